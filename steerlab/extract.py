@@ -1,0 +1,205 @@
+"""Run a model over both sides of every pair and cache locus-pooled residual activations.
+
+The residual stream at layer ``l`` is the output of decoder block ``l`` (0-based). At the
+last block this is the stream *before* the model's final norm; note that transformers'
+``output_hidden_states[-1]`` is taken after that norm.
+
+Pooling happens inside forward hooks, one batched matrix product per layer, so only
+``[batch, n_layers, d_model]`` floats per batch ever leave the model; the forward pass stops
+after the last requested block (no final norm, no LM head).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+import steerlab
+from steerlab.cache import ActivationCache, CacheWriter, check_compatible, partial_path
+from steerlab.errors import CacheError, PairFileError
+from steerlab.loci import Locus, char_range, render, token_positions
+from steerlab.models import LoadedModel, chat_template_hash, check_layers
+from steerlab.pairs import SIDES, Pair, structure_problems
+
+CACHE_DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One side of one pair, tokenised, with the token positions its locus pools over."""
+
+    input_ids: list[int]
+    positions: list[int]
+
+
+def encode_side(loaded: LoadedModel, pair: Pair, side: str, locus: Locus) -> Encoded:
+    tokenizer = loaded.tokenizer
+    try:
+        rendered = render(tokenizer, pair.chat(side), loaded.chat_template, pair.span(side))
+        chars = char_range(rendered, locus)
+        enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+        positions = token_positions(enc["offset_mapping"], chars, locus)
+    except PairFileError as exc:
+        raise PairFileError(f"pair {pair.id!r} ({side}): {exc}") from None
+    return Encoded(input_ids=list(enc["input_ids"]), positions=positions)
+
+
+def encode_pairs(loaded: LoadedModel, pairs: Sequence[Pair], locus: Locus) -> list[tuple[Encoded, Encoded]]:
+    """Tokenise every pair up front, so bad input fails before anything is written."""
+    encoded = []
+    for pair in pairs:
+        problems = structure_problems(pair)
+        if problems:
+            raise PairFileError(f"pair {pair.id!r}: {problems[0].message} (run `steerlab pairs validate`)")
+        encoded.append(tuple(encode_side(loaded, pair, side, locus) for side in SIDES))
+    return encoded  # type: ignore[return-value]
+
+
+class _StopForward(Exception):
+    """Raised by the last capture hook: nothing after that block is needed."""
+
+
+@contextlib.contextmanager
+def pooling_hooks(blocks: torch.nn.ModuleList, layers: list[int], weights: torch.Tensor) -> Iterator[list[torch.Tensor]]:
+    """Hooks that pool each selected block's output with ``weights`` ``[batch, seq]``.
+
+    Yields a list that fills with one ``[batch, d_model]`` float32 tensor per selected layer.
+    The hook on the deepest selected block stops the forward pass.
+    """
+    pooled: list[torch.Tensor] = []
+    by_device: dict[torch.device, torch.Tensor] = {}
+    deepest = max(layers)
+
+    def make_hook(layer: int):
+        def hook(_module: Any, _args: Any, output: Any) -> None:
+            hidden = output[0] if isinstance(output, tuple) else output  # [batch, seq, d_model]
+            w = by_device.get(hidden.device)
+            if w is None:
+                w = by_device.setdefault(hidden.device, weights.to(hidden.device))
+            pooled.append(torch.bmm(w.unsqueeze(1), hidden.float()).squeeze(1))  # [batch, d_model]
+            if layer == deepest:
+                raise _StopForward
+
+        return hook
+
+    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in layers]
+    try:
+        yield pooled
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def pad_batch(sides: Sequence[Encoded], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids``/``attention_mask`` ``[batch, seq]`` and pooling weights ``[batch, seq]``."""
+    seq = max(len(s.input_ids) for s in sides)
+    ids = torch.full((len(sides), seq), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sides), seq), dtype=torch.long)
+    weights = torch.zeros((len(sides), seq), dtype=torch.float32)
+    for row, side in enumerate(sides):
+        ids[row, : len(side.input_ids)] = torch.tensor(side.input_ids)
+        mask[row, : len(side.input_ids)] = 1
+        weights[row, side.positions] = 1.0 / len(side.positions)
+    return ids.to(device), mask.to(device), weights
+
+
+@torch.inference_mode()
+def pooled_activations(loaded: LoadedModel, sides: Sequence[Encoded], layers: list[int]) -> torch.Tensor:
+    """Locus-pooled residual activations ``[len(sides), len(layers), d_model]`` (float32, CPU)."""
+    ids, mask, weights = pad_batch(sides, loaded.tokenizer.pad_token_id, loaded.device)
+    with pooling_hooks(loaded.blocks, layers, weights) as pooled:
+        try:
+            loaded.model(input_ids=ids, attention_mask=mask, use_cache=False)
+        except _StopForward:
+            pass
+    return torch.stack([p.cpu() for p in pooled], dim=1)
+
+
+def cache_meta(
+    loaded: LoadedModel, pairs: Sequence[Pair], *, locus: Locus, dtype: str, layers: list[int], pair_file: Path, pair_file_hash: str
+) -> dict[str, Any]:
+    splits: dict[str, int] = {}
+    for p in pairs:
+        splits[p.split] = splits.get(p.split, 0) + 1
+    return {
+        "format_version": 1,
+        "steerlab_version": steerlab.__version__,
+        "model": loaded.fingerprint.to_dict(),
+        "model_source": loaded.source,
+        "locus": locus.value,
+        "dtype": dtype,
+        "layers": layers,
+        "d_model": loaded.d_model,
+        "n_pairs": len(pairs),
+        "chat_template_hash": chat_template_hash(loaded.chat_template),
+        "pair_file": str(pair_file),
+        "pair_file_hash": pair_file_hash,
+        "concepts": sorted({p.concept for p in pairs}),
+        "split_counts": splits,
+    }
+
+
+def extract(
+    loaded: LoadedModel,
+    pairs: Sequence[Pair],
+    out: Path,
+    *,
+    locus: Locus | str = Locus.scratchpad_mean,
+    dtype: str = "float32",
+    layers: list[int] | None = None,
+    batch_size: int = 8,
+    resume: bool = False,
+    overwrite: bool = False,
+    pair_file: Path = Path("<memory>"),
+    pair_file_hash: str = "",
+    progress: bool = True,
+) -> Path:
+    """Write (or resume, or reuse) the activation cache for ``pairs`` at ``out``.
+
+    ``batch_size`` counts pairs; each batch runs ``2 * batch_size`` sequences.
+    """
+    out = Path(out)
+    locus = Locus(locus)
+    if dtype not in CACHE_DTYPES:
+        raise CacheError(f"cache dtype {dtype!r} is not supported; use {' or '.join(CACHE_DTYPES)}")
+    if batch_size < 1:
+        raise CacheError("--batch-size must be at least 1")
+    layers = check_layers(layers, loaded.n_layers)
+    meta = cache_meta(
+        loaded, pairs, locus=locus, dtype=dtype, layers=layers, pair_file=pair_file, pair_file_hash=pair_file_hash
+    )
+
+    if out.exists() and not overwrite:
+        if not resume:
+            raise CacheError(f"{out} already exists; pass --overwrite to replace it or --resume to reuse it")
+        check_compatible(ActivationCache.open(out).meta, meta, out)
+        return out  # complete and matching: nothing to do
+    if partial_path(out).exists() and not (resume or overwrite):
+        raise CacheError(
+            f"an interrupted run left {partial_path(out)}; pass --resume to continue it or --overwrite to start over"
+        )
+
+    encoded = encode_pairs(loaded, pairs, locus)
+    writer = CacheWriter(out, meta, [p.id for p in pairs], [p.split for p in pairs], [p.concept for p in pairs])
+    start = writer.open(resume=resume and not overwrite)
+    try:
+        bar = tqdm(total=len(pairs), initial=start, unit="pair", desc="extract", disable=not progress)
+        for lo in range(start, len(pairs), batch_size):
+            chunk = encoded[lo : lo + batch_size]
+            sides = [side for pair_sides in chunk for side in pair_sides]  # pos0, neg0, pos1, neg1, ...
+            acts = pooled_activations(loaded, sides, layers)  # [2 * b, n_layers, d_model]
+            block = acts.reshape(len(chunk), 2, len(layers), loaded.d_model).numpy().astype(dtype, copy=False)
+            writer.write(lo, block)
+            bar.update(len(chunk))
+        bar.close()
+    except BaseException:
+        writer.close()
+        raise
+    return writer.finish()
+
