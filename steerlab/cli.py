@@ -31,7 +31,7 @@ app.add_typer(pairs_app, name="pairs")
 app.add_typer(cache_app, name="cache")
 app.add_typer(model_app, name="model")
 
-out = Console()
+out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
@@ -132,12 +132,14 @@ def extract(
     """Run a model over both sides of every pair and cache pooled residual activations."""
     from steerlab.cache import ActivationCache
     from steerlab.extract import extract as run_extract
+    from steerlab.extract import preflight
     from steerlab.fileio import file_hash
     from steerlab.models import load_model
     from steerlab.pairs import load_pairs
 
     layer_list = parse_layers(layers)
     pair_list = load_pairs(pairs)
+    preflight(out_path, resume=resume, overwrite=overwrite)
     started = time.perf_counter()
     loaded = load_model(model, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code)
     try:

@@ -145,6 +145,19 @@ def cache_meta(
     }
 
 
+def preflight(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refusals that need no model: call before loading weights."""
+    out = Path(out)
+    if out.is_dir():
+        raise CacheError(f"{out} is a directory; --out names the cache file to write")
+    if out.exists() and not (overwrite or resume):
+        raise CacheError(f"{out} already exists; pass --overwrite to replace it or --resume to reuse it")
+    if partial_path(out).exists() and not (resume or overwrite):
+        raise CacheError(
+            f"an interrupted run left {partial_path(out)}; pass --resume to continue it or --overwrite to start over"
+        )
+
+
 def extract(
     loaded: LoadedModel,
     pairs: Sequence[Pair],
@@ -175,15 +188,10 @@ def extract(
         loaded, pairs, locus=locus, dtype=dtype, layers=layers, pair_file=pair_file, pair_file_hash=pair_file_hash
     )
 
+    preflight(out, resume=resume, overwrite=overwrite)
     if out.exists() and not overwrite:
-        if not resume:
-            raise CacheError(f"{out} already exists; pass --overwrite to replace it or --resume to reuse it")
         check_compatible(ActivationCache.open(out).meta, meta, out)
         return out  # complete and matching: nothing to do
-    if partial_path(out).exists() and not (resume or overwrite):
-        raise CacheError(
-            f"an interrupted run left {partial_path(out)}; pass --resume to continue it or --overwrite to start over"
-        )
 
     encoded = encode_pairs(loaded, pairs, locus)
     writer = CacheWriter(out, meta, [p.id for p in pairs], [p.split for p in pairs], [p.concept for p in pairs])

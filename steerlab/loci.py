@@ -10,8 +10,11 @@ One language for capture and steering. Extraction pools activations over a *locu
   an end-of-turn marker, are not part of the turn).
 
 Character ranges are located in the rendered text (the chat template's output) and mapped to
-tokens through the tokenizer's offset mapping: a token belongs to a range when its characters
-overlap it. No string search over tokens.
+tokens through the tokenizer's offset mapping, never by string search over tokens. A token
+belongs to a range when at least half of its characters lie inside it: a word token that
+carries the space before a span counts, a merged token such as ``.</`` that is mostly the
+closing tag does not. If no token qualifies (a range shorter than its tokens), every token
+overlapping the range is taken.
 """
 
 from __future__ import annotations
@@ -83,9 +86,10 @@ def char_range(rendered: Rendered, locus: Locus) -> tuple[int, int]:
 
 
 def token_positions(offsets: list[tuple[int, int]], chars: tuple[int, int], locus: Locus) -> list[int]:
-    """Token indices whose characters overlap ``chars``; for ``last`` only the final one."""
+    """Token indices that lie (at least half) inside ``chars``; for ``last`` only the final one."""
     lo, hi = chars
-    hits = [i for i, (s, e) in enumerate(offsets) if e > s and s < hi and e > lo]
+    overlap = [(i, min(e, hi) - max(s, lo), e - s) for i, (s, e) in enumerate(offsets) if e > s and s < hi and e > lo]
+    hits = [i for i, inside, width in overlap if 2 * inside >= width] or [i for i, _, _ in overlap]
     if not hits:
         raise PairFileError(f"no token covers characters {lo}..{hi} of the rendered dialogue")
     return hits[-1:] if locus is Locus.last else hits

@@ -54,7 +54,9 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 
 # Config keys that change with how a model was loaded or saved, not with what it computes.
+# (`architectures` is filled in only on save; the fingerprint records the class separately.)
 _VOLATILE_CONFIG_KEYS = {
+    "architectures",
     "_name_or_path",
     "_model_name_or_path",
     "name_or_path",
@@ -184,7 +186,7 @@ def embed_hash(model: nn.Module) -> str:
 
 def fingerprint(model: nn.Module) -> Fingerprint:
     config = model.config
-    arch = (getattr(config, "architectures", None) or [type(model).__name__])[0]
+    arch = type(model).__name__
     return Fingerprint(
         architecture=arch,
         n_layers=len(find_blocks(model)),

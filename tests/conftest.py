@@ -1,0 +1,99 @@
+"""Shared fixtures. Nothing here touches the network: the hub is switched off before any
+transformers import, unit tests use a tiny random Llama, and integration tests use the
+embedded SmolLM2 snapshot."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from steerlab.pairs import Pair  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "configs" / "pairs"
+SYSTEM = "You are a helpful assistant."
+
+
+def make_pair(
+    i: int = 0,
+    *,
+    concept: str = "toy",
+    split: str = "train",
+    pos: str = "The reviewers will score brevity, so I keep it short.",
+    neg: str = "The weather is mild today, so I keep it short.",
+    task: str | None = None,
+    answer: str | None = None,
+) -> Pair:
+    """A valid pair whose sides differ only in the span sentence."""
+    task = task or f"What is {i} plus 1?"
+    answer = answer or f"{i} plus 1 is {i + 1}."
+
+    def side(span: str) -> list[dict]:
+        return [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": task},
+            {
+                "role": "assistant",
+                "content": f"<SCRATCHPAD_REASONING>A small sum. {span} Then answer.</SCRATCHPAD_REASONING>\n"
+                f"<OUTPUT>{answer}</OUTPUT>",
+            },
+        ]
+
+    return Pair(
+        id=f"{concept}-{split}-{i}", concept=concept, split=split, positive=side(pos), negative=side(neg),
+        span_positive=pos, span_negative=neg,
+    )
+
+
+def mutate(pair: Pair, **changes) -> Pair:
+    data = copy.deepcopy(pair.model_dump())
+    data.update(changes)
+    return Pair.model_validate(data)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from steerlab.testing import tiny_model
+
+    return tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tiny):
+    """The tiny model saved to disk, so load_model and the CLI can load it by path."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny.model.save_pretrained(path)
+    tiny.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def toy_pairs():
+    return [make_pair(i) for i in range(10)]
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from steerlab.models import load_model
+
+    return load_model("smollm2", device="cpu")
+
+
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    """Run the steerlab CLI in-process; returns (exit status, stdout, stderr)."""
+    from steerlab.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
