@@ -166,7 +166,9 @@ class ActivationCache:
     def open(cls, path: Path) -> ActivationCache:
         path = Path(path)
         if not path.is_file():
-            hint = " (an interrupted run left a .partial file: rerun with --resume)" if partial_path(path).exists() else ""
+            hint = (
+                " (an interrupted run left a .partial file: rerun with --resume)" if partial_path(path).exists() else ""
+            )
             raise CacheError(f"no activation cache at {path}{hint}")
         try:
             with h5py.File(path, "r") as f:

@@ -9,7 +9,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -35,7 +34,7 @@ out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
-def parse_layers(spec: Optional[str]) -> Optional[list[int]]:
+def parse_layers(spec: str | None) -> list[int] | None:
     """``"3,5,10-12"`` -> ``[3, 5, 10, 11, 12]``; ``None`` -> every layer."""
     if spec is None:
         return None
@@ -59,10 +58,10 @@ def parse_layers(spec: Optional[str]) -> Optional[list[int]]:
 @pairs_app.command("validate")
 def pairs_validate(
     file: Path = typer.Argument(..., help="Pair set (JSONL)."),
-    config: Optional[Path] = typer.Option(
+    config: Path | None = typer.Option(
         None, help="Validation config (YAML). Default: validate.yaml beside FILE if present, else built-in defaults."
     ),
-    drop_invalid: Optional[Path] = typer.Option(
+    drop_invalid: Path | None = typer.Option(
         None, "--drop-invalid", help="Write the valid pairs to this new file and exit 0."
     ),
     show: int = typer.Option(20, help="How many rejected pairs to list."),
@@ -119,15 +118,17 @@ def extract(
     out_path: Path = typer.Option(..., "--out", help="Activation cache to write (HDF5)."),
     model: str = typer.Option("smollm2", help="Hub id, local directory, .gguf file, or smollm2 (embedded)."),
     locus: Locus = typer.Option(Locus.scratchpad_mean, help="Token positions to pool over."),
-    layers: Optional[str] = typer.Option(None, help="Layers to cache, e.g. 3,5,10-12 (default: all)."),
+    layers: str | None = typer.Option(None, help="Layers to cache, e.g. 3,5,10-12 (default: all)."),
     cache_dtype: str = typer.Option("float32", help="float32 or float16."),
     batch_size: int = typer.Option(8, help="Pairs per forward batch (2 sequences each)."),
     dtype: str = typer.Option("auto", help="Model dtype: auto, float32, float16, bfloat16."),
     device: str = typer.Option("auto", help="auto (cuda if available), cpu, cuda, cuda:1, ..."),
-    device_map: Optional[str] = typer.Option(None, help="'auto' to spread a large model over all GPUs."),
+    device_map: str | None = typer.Option(None, help="'auto' to spread a large model over all GPUs."),
     trust_remote_code: bool = typer.Option(False, help="Allow model code from the hub."),
     resume: bool = typer.Option(False, help="Continue an interrupted run (or reuse a finished matching cache)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing cache (the old one stays until the new one is done)."),
+    overwrite: bool = typer.Option(
+        False, help="Replace an existing cache (the old one stays until the new one is done)."
+    ),
 ) -> None:
     """Run a model over both sides of every pair and cache pooled residual activations."""
     from steerlab.cache import ActivationCache
@@ -197,7 +198,7 @@ def model_info(
     out.print_json(json.dumps(info))
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point: a SteerlabError prints one line on stderr and exits with status 2.
 
     Usage errors (unknown option, missing argument) are typer's own and also exit 2.

@@ -21,9 +21,9 @@ import torch
 from tqdm.auto import tqdm
 
 import steerlab
-from steerlab.cache import ActivationCache, CacheWriter, check_compatible, partial_path
+from steerlab.cache import FORMAT_VERSION, ActivationCache, CacheWriter, check_compatible, partial_path
 from steerlab.errors import CacheError, PairFileError
-from steerlab.loci import Locus, char_range, render, token_positions
+from steerlab.loci import Locus, char_range, render, render_prompt, token_positions
 from steerlab.models import LoadedModel, chat_template_hash, check_layers
 from steerlab.pairs import SIDES, Pair, structure_problems
 
@@ -38,27 +38,40 @@ class Encoded:
     positions: list[int]
 
 
-def encode_side(loaded: LoadedModel, pair: Pair, side: str, locus: Locus) -> Encoded:
-    tokenizer = loaded.tokenizer
-    try:
-        rendered = render(tokenizer, pair.chat(side), loaded.chat_template, pair.span(side))
-        chars = char_range(rendered, locus)
-        enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
-        positions = token_positions(enc["offset_mapping"], chars, locus)
-    except PairFileError as exc:
-        raise PairFileError(f"pair {pair.id!r} ({side}): {exc}") from None
-    return Encoded(input_ids=list(enc["input_ids"]), positions=positions)
-
-
 def encode_pairs(loaded: LoadedModel, pairs: Sequence[Pair], locus: Locus) -> list[tuple[Encoded, Encoded]]:
-    """Tokenise every pair up front, so bad input fails before anything is written."""
-    encoded = []
+    """Tokenise every pair up front, so bad input fails before anything is written.
+
+    Both sides of a pair share their prompt, so it is rendered once; all texts go through the
+    tokenizer in one batched call.
+    """
+    tokenizer, template = loaded.tokenizer, loaded.chat_template
+    texts, ranges = [], []
     for pair in pairs:
         problems = structure_problems(pair)
         if problems:
             raise PairFileError(f"pair {pair.id!r}: {problems[0].message} (run `steerlab pairs validate`)")
-        encoded.append(tuple(encode_side(loaded, pair, side, locus) for side in SIDES))
-    return encoded  # type: ignore[return-value]
+        prompt_messages = pair.chat("positive")[:-1]
+        prompt = render_prompt(tokenizer, prompt_messages, template)
+        for side in SIDES:
+            try:
+                chat = pair.chat(side)
+                shared = prompt if chat[:-1] == prompt_messages else None
+                rendered = render(tokenizer, chat, template, pair.span(side), prompt=shared)
+                ranges.append(char_range(rendered, locus))
+            except PairFileError as exc:
+                raise PairFileError(f"pair {pair.id!r} ({side}): {exc}") from None
+            texts.append(rendered.text)
+    if not texts:
+        return []
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    encoded = []
+    for k, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], strict=True)):
+        try:
+            positions = token_positions(offsets, ranges[k], locus)
+        except PairFileError as exc:
+            raise PairFileError(f"pair {pairs[k // 2].id!r} ({SIDES[k % 2]}): {exc}") from None
+        encoded.append(Encoded(input_ids=list(ids), positions=positions))
+    return [(encoded[i], encoded[i + 1]) for i in range(0, len(encoded), 2)]
 
 
 class _StopForward(Exception):
@@ -66,7 +79,9 @@ class _StopForward(Exception):
 
 
 @contextlib.contextmanager
-def pooling_hooks(blocks: torch.nn.ModuleList, layers: list[int], weights: torch.Tensor) -> Iterator[list[torch.Tensor]]:
+def pooling_hooks(
+    blocks: torch.nn.ModuleList, layers: list[int], weights: torch.Tensor
+) -> Iterator[list[torch.Tensor]]:
     """Hooks that pool each selected block's output with ``weights`` ``[batch, seq]``.
 
     Yields a list that fills with one ``[batch, d_model]`` float32 tensor per selected layer.
@@ -96,7 +111,9 @@ def pooling_hooks(blocks: torch.nn.ModuleList, layers: list[int], weights: torch
             handle.remove()
 
 
-def pad_batch(sides: Sequence[Encoded], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_batch(
+    sides: Sequence[Encoded], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ``input_ids``/``attention_mask`` ``[batch, seq]`` and pooling weights ``[batch, seq]``."""
     seq = max(len(s.input_ids) for s in sides)
     ids = torch.full((len(sides), seq), pad_id, dtype=torch.long)
@@ -122,13 +139,20 @@ def pooled_activations(loaded: LoadedModel, sides: Sequence[Encoded], layers: li
 
 
 def cache_meta(
-    loaded: LoadedModel, pairs: Sequence[Pair], *, locus: Locus, dtype: str, layers: list[int], pair_file: Path, pair_file_hash: str
+    loaded: LoadedModel,
+    pairs: Sequence[Pair],
+    *,
+    locus: Locus,
+    dtype: str,
+    layers: list[int],
+    pair_file: Path,
+    pair_file_hash: str,
 ) -> dict[str, Any]:
     splits: dict[str, int] = {}
     for p in pairs:
         splits[p.split] = splits.get(p.split, 0) + 1
     return {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "steerlab_version": steerlab.__version__,
         "model": loaded.fingerprint.to_dict(),
         "model_source": loaded.source,
@@ -210,4 +234,3 @@ def extract(
         writer.close()
         raise
     return writer.finish()
-

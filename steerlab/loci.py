@@ -44,14 +44,19 @@ class Rendered:
     span: tuple[int, int] | None
 
 
-def render(tokenizer: Any, messages: list[dict[str, str]], template: str, span: str | None = None) -> Rendered:
-    """Render a dialogue ending in an assistant turn and locate its response, scratchpad, span."""
+def render(
+    tokenizer: Any, messages: list[dict[str, str]], template: str, span: str | None = None, prompt: str | None = None
+) -> Rendered:
+    """Render a dialogue ending in an assistant turn and locate its response, scratchpad, span.
+
+    ``prompt`` may pass in the already rendered ``messages[:-1]`` with the generation prompt
+    (both sides of a pair share it).
+    """
     if not messages or messages[-1]["role"] != "assistant":
         raise PairFileError("a dialogue to render must end with an assistant turn")
     text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
-    prompt = tokenizer.apply_chat_template(
-        messages[:-1], chat_template=template, tokenize=False, add_generation_prompt=True
-    )
+    if prompt is None:
+        prompt = render_prompt(tokenizer, messages[:-1], template)
     content = messages[-1]["content"]
     start = text.find(content, len(prompt) if text.startswith(prompt) else 0)
     if start < 0:
@@ -70,6 +75,11 @@ def render(tokenizer: Any, messages: list[dict[str, str]], template: str, span: 
         if at >= 0:
             span_range = (at, at + len(span))
     return Rendered(text=text, response=response, scratchpad=scratchpad, span=span_range)
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]], template: str) -> str:
+    """The rendered prompt: the messages before the assistant turn, with the generation prompt."""
+    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
 
 
 def char_range(rendered: Rendered, locus: Locus) -> tuple[int, int]:

@@ -251,9 +251,7 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.warning("converting %s to a safetensors snapshot in %s (once)", gguf_path.name, target)
-    src = AutoModelForCausalLM.from_pretrained(
-        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-    )
+    src = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     config = src.config
     if hasattr(config, "quantization_config"):
@@ -360,9 +358,7 @@ def prepare(model: nn.Module, tokenizer: Any, source: str) -> LoadedModel:
             "(offset mappings); install `tokenizers` or convert it"
         )
     blocks = find_blocks(model)
-    return LoadedModel(
-        model=model, tokenizer=tokenizer, source=source, blocks=blocks, fingerprint=fingerprint(model)
-    )
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, blocks=blocks, fingerprint=fingerprint(model))
 
 
 def check_layers(layers: list[int] | None, n_layers: int) -> list[int]:
@@ -373,9 +369,7 @@ def check_layers(layers: list[int] | None, n_layers: int) -> list[int]:
         raise ConfigError("the layer list is empty; name at least one layer or omit --layers")
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
-        raise ConfigError(
-            f"layer(s) {bad} out of range: this model has {n_layers} layers, numbered 0..{n_layers - 1}"
-        )
+        raise ConfigError(f"layer(s) {bad} out of range: this model has {n_layers} layers, numbered 0..{n_layers - 1}")
     if len(set(layers)) != len(layers):
         raise ConfigError(f"layer list {layers} names a layer twice")
     return sorted(layers)

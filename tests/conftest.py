@@ -12,8 +12,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
+from steerlab.extract import encode_pairs  # noqa: E402
+from steerlab.loci import Locus  # noqa: E402
 from steerlab.pairs import Pair  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,8 +51,13 @@ def make_pair(
         ]
 
     return Pair(
-        id=f"{concept}-{split}-{i}", concept=concept, split=split, positive=side(pos), negative=side(neg),
-        span_positive=pos, span_negative=neg,
+        id=f"{concept}-{split}-{i}",
+        concept=concept,
+        split=split,
+        positive=side(pos),
+        negative=side(neg),
+        span_positive=pos,
+        span_negative=neg,
     )
 
 
@@ -97,3 +106,26 @@ def run_cli(args, capsys) -> tuple[int, str, str]:
         code = exc.code if isinstance(exc.code, int) else 1
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def reference(loaded, pairs, locus):
+    """Pool transformers' own output_hidden_states, one unpadded sequence at a time.
+
+    With tie_last_hidden_states off, hidden_states[l + 1] is the output of block l for every l
+    (by default transformers replaces the last one with the final-norm output).
+    """
+    encoded = encode_pairs(loaded, pairs, Locus(locus))
+    config = loaded.model.config
+    config.tie_last_hidden_states = False
+    try:
+        rows = []
+        for sides in encoded:
+            row = []
+            for side in sides:
+                with torch.inference_mode():
+                    hs = loaded.model(torch.tensor([side.input_ids]), output_hidden_states=True).hidden_states
+                row.append(np.stack([h[0, side.positions].mean(0).numpy() for h in hs[1:]]))
+            rows.append(row)
+    finally:
+        del config.tie_last_hidden_states
+    return np.array(rows)  # [n_pairs, 2, n_layers, d_model]

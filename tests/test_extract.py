@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, make_pair, run_cli
+from conftest import REPO, make_pair, reference, run_cli
 
 from steerlab.cache import ActivationCache, partial_path, progress_path
 from steerlab.errors import CacheError, ConfigError, PairFileError
@@ -18,29 +18,6 @@ from steerlab.extract import encode_pairs, extract
 from steerlab.loci import Locus
 from steerlab.pairs import write_pairs
 from steerlab.testing import tiny_model
-
-
-def reference(loaded, pairs, locus):
-    """Pool transformers' own output_hidden_states, one unpadded sequence at a time.
-
-    With tie_last_hidden_states off, hidden_states[l + 1] is the output of block l for every l
-    (by default transformers replaces the last one with the final-norm output).
-    """
-    encoded = encode_pairs(loaded, pairs, Locus(locus))
-    config = loaded.model.config
-    config.tie_last_hidden_states = False
-    try:
-        rows = []
-        for sides in encoded:
-            row = []
-            for side in sides:
-                with torch.inference_mode():
-                    hs = loaded.model(torch.tensor([side.input_ids]), output_hidden_states=True).hidden_states
-                row.append(np.stack([h[0, side.positions].mean(0).numpy() for h in hs[1:]]))
-            rows.append(row)
-    finally:
-        del config.tie_last_hidden_states
-    return np.array(rows)  # [n_pairs, 2, n_layers, d_model]
 
 
 def varied_pairs(n):
@@ -90,8 +67,15 @@ def test_locus_token_positions_follow_the_half_inside_rule(tiny):
         assert side.positions == inside
         decoded = tok.decode([side.input_ids[i] for i in side.positions])
         assert text.startswith(decoded.strip()[:5]) and len(decoded) >= len(text) - 3
-    assert tok.decode([encode_pairs(tiny, [pair], Locus.span_mean)[0][0].input_ids[i] for i in
-                       encode_pairs(tiny, [pair], Locus.span_mean)[0][0].positions]) == pair.span_positive
+    assert (
+        tok.decode(
+            [
+                encode_pairs(tiny, [pair], Locus.span_mean)[0][0].input_ids[i]
+                for i in encode_pairs(tiny, [pair], Locus.span_mean)[0][0].positions
+            ]
+        )
+        == pair.span_positive
+    )
     last = encode_pairs(tiny, [pair], Locus.last)[0][0]
     resp = encode_pairs(tiny, [pair], Locus.response_mean)[0][0]
     assert last.positions == [resp.positions[-1]]
@@ -122,7 +106,12 @@ def test_metadata_and_split_reading(tiny, tmp_path):
     )
     meta = cache.meta
     assert meta["model"] == tiny.fingerprint.to_dict()
-    assert (meta["locus"], meta["dtype"], meta["pair_file_hash"], meta["n_pairs"]) == ("span_mean", "float32", "abc123", 3)
+    assert (meta["locus"], meta["dtype"], meta["pair_file_hash"], meta["n_pairs"]) == (
+        "span_mean",
+        "float32",
+        "abc123",
+        3,
+    )
     assert meta["layers"] == [0, 1, 2, 3] and meta["split_counts"] == {"train": 2, "val": 1}
     assert len(meta["chat_template_hash"]) == 16 and meta["steerlab_version"]
     assert cache.pair_ids == ["toy-train-0", "toy-val-1", "toy-train-2"]
@@ -280,7 +269,9 @@ def test_cli_extract(tiny, tiny_dir, tmp_path, capsys):
     code, _, err = run_cli([*args[:-2], "--layers", "0,7", "--overwrite"], capsys)
     assert code == 2 and "layer(s) [7] out of range" in err
     (tmp_path / "bad.jsonl").write_text('{"id": 1\n')
-    code, _, err = run_cli(["extract", "--pairs", tmp_path / "bad.jsonl", "--model", tiny_dir, "--out", tmp_path / "x.h5"], capsys)
+    code, _, err = run_cli(
+        ["extract", "--pairs", tmp_path / "bad.jsonl", "--model", tiny_dir, "--out", tmp_path / "x.h5"], capsys
+    )
     assert code == 2 and "bad.jsonl:1: malformed JSON" in err
     code, _, err = run_cli(["cache", "inspect", out], capsys)
     assert code == 0 and '"locus": "span_mean"' in _

