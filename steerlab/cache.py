@@ -102,6 +102,7 @@ class CacheWriter:
         return 0
 
     def _create(self, part: Path) -> None:
+        part.parent.mkdir(parents=True, exist_ok=True)
         for stale in (part, progress_path(self.out)):
             stale.unlink(missing_ok=True)
         n_layers, d_model = len(self.meta["layers"]), self.meta["d_model"]

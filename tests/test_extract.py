@@ -92,6 +92,11 @@ def test_float16_and_layer_subset(tiny, tmp_path):
     np.testing.assert_array_equal(sub.load(layers=[3]), data[:, :, [1]])
 
 
+def test_output_directory_is_created(tiny, tmp_path):
+    out = extract(tiny, [make_pair(0)], tmp_path / "new" / "dir" / "c.h5", progress=False)
+    assert ActivationCache.open(out).load().shape == (1, 2, 4, 64)
+
+
 def test_batch_size_does_not_change_values(tiny, tmp_path):
     pairs = varied_pairs(6)
     one = ActivationCache.open(extract(tiny, pairs, tmp_path / "a.h5", batch_size=1, progress=False)).load()
@@ -119,17 +124,21 @@ def test_metadata_and_split_reading(tiny, tmp_path):
     assert cache.load("keyword_hard").shape[0] == 0
 
 
-class Interrupt:
-    """A forward hook that raises KeyboardInterrupt on the n-th forward pass."""
+def interrupted_extract(loaded, pairs, out, *, at_batch, batch_size):
+    """Run extract() and press Ctrl-C (KeyboardInterrupt) in the forward pass of batch ``at_batch``."""
+    calls = []
 
-    def __init__(self, model, at):
-        self.calls, self.at = 0, at
-        self.handle = model.get_input_embeddings().register_forward_hook(self)
-
-    def __call__(self, *_):
-        self.calls += 1
-        if self.calls == self.at:
+    def hook(*_):
+        calls.append(1)
+        if len(calls) == at_batch:
             raise KeyboardInterrupt
+
+    handle = loaded.model.get_input_embeddings().register_forward_hook(hook)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            extract(loaded, pairs, out, batch_size=batch_size, progress=False)
+    finally:
+        handle.remove()
 
 
 def test_interrupt_then_resume_equals_uninterrupted(tiny, tmp_path):
@@ -137,12 +146,7 @@ def test_interrupt_then_resume_equals_uninterrupted(tiny, tmp_path):
     clean = ActivationCache.open(extract(tiny, pairs, tmp_path / "clean.h5", batch_size=3, progress=False))
 
     out = tmp_path / "c.h5"
-    stop = Interrupt(tiny.model, at=3)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            extract(tiny, pairs, out, batch_size=3, progress=False)
-    finally:
-        stop.handle.remove()
+    interrupted_extract(tiny, pairs, out, at_batch=3, batch_size=3)
     assert not out.exists() and partial_path(out).exists()
     assert json.loads(progress_path(out).read_text())["rows_done"] == 6
 
@@ -201,12 +205,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tiny, tmp_path):
 def test_resume_refuses_other_locus_or_model(tiny, tmp_path):
     pairs = varied_pairs(6)
     out = tmp_path / "c.h5"
-    stop = Interrupt(tiny.model, at=2)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            extract(tiny, pairs, out, batch_size=2, progress=False)
-    finally:
-        stop.handle.remove()
+    interrupted_extract(tiny, pairs, out, at_batch=2, batch_size=2)
     before = partial_path(out).read_bytes()
     with pytest.raises(CacheError, match=r"written for locus 'scratchpad_mean' \(this run: 'last'\)"):
         extract(tiny, pairs, out, locus="last", batch_size=2, resume=True, progress=False)
