@@ -190,10 +190,18 @@ class ActivationCache:
     def layers(self) -> list[int]:
         return list(self.meta["layers"])
 
-    def load(self, split: str | None = None, layers: list[int] | None = None) -> np.ndarray:
-        """Activations ``[n_rows, 2, n_selected_layers, d_model]`` for one split (or all)."""
-        rows = np.arange(len(self.pair_ids)) if split is None else np.flatnonzero(np.array(self.splits) == split)
-        cols = slice(None)
+    def rows(self, split: str | None = None, concept: str | None = None) -> np.ndarray:
+        """Row indices of one split and/or concept (all rows when both are None), in file order."""
+        keep = np.ones(len(self.pair_ids), dtype=bool)
+        if split is not None:
+            keep &= np.array(self.splits) == split
+        if concept is not None:
+            keep &= np.array(self.concepts) == concept
+        return np.flatnonzero(keep)
+
+    def load(self, split: str | None = None, layers: list[int] | None = None, concept: str | None = None) -> np.ndarray:
+        """Activations ``[n_rows, 2, n_selected_layers, d_model]`` for one split and/or concept (or all)."""
+        cols: Any = slice(None)
         if layers is not None:
             missing = [layer for layer in layers if layer not in self.layers]
             if missing:
@@ -201,8 +209,9 @@ class ActivationCache:
             cols = [self.layers.index(layer) for layer in layers]
         with h5py.File(self.path, "r") as f:
             acts = f["activations"]
-            if split is None:
+            if split is None and concept is None:
                 data = acts[...]
             else:
+                rows = self.rows(split, concept)
                 data = acts[rows] if len(rows) else np.empty((0, *acts.shape[1:]), dtype=acts.dtype)
         return data[:, :, cols] if layers is not None else data

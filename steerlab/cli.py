@@ -26,9 +26,11 @@ app = typer.Typer(
 pairs_app = typer.Typer(no_args_is_help=True, help="Contrastive pair sets: validate and clean.")
 cache_app = typer.Typer(no_args_is_help=True, help="Activation caches: inspect.")
 model_app = typer.Typer(no_args_is_help=True, help="Models: inspect what steerlab sees.")
+vectors_app = typer.Typer(no_args_is_help=True, help="Vector files: inspect.")
 app.add_typer(pairs_app, name="pairs")
 app.add_typer(cache_app, name="cache")
 app.add_typer(model_app, name="model")
+app.add_typer(vectors_app, name="vectors")
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -115,7 +117,7 @@ def pairs_validate(
 @app.command()
 def extract(
     pairs: Path = typer.Option(..., help="Pair set (JSONL)."),
-    out_path: Path = typer.Option(..., "--out", help="Activation cache to write (HDF5)."),
+    out_path: Path = typer.Option(..., "--cache", "--out", help="Activation cache to write or reuse (HDF5)."),
     model: str = typer.Option("smollm2", help="Hub id, local directory, .gguf file, or smollm2 (embedded)."),
     locus: Locus = typer.Option(Locus.scratchpad_mean, help="Token positions to pool over."),
     layers: str | None = typer.Option(None, help="Layers to cache, e.g. 3,5,10-12 (default: all)."),
@@ -125,12 +127,30 @@ def extract(
     device: str = typer.Option("auto", help="auto (cuda if available), cpu, cuda, cuda:1, ..."),
     device_map: str | None = typer.Option(None, help="'auto' to spread a large model over all GPUs."),
     trust_remote_code: bool = typer.Option(False, help="Allow model code from the hub."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run (or reuse a finished matching cache)."),
-    overwrite: bool = typer.Option(
-        False, help="Replace an existing cache (the old one stays until the new one is done)."
+    resume: bool = typer.Option(False, help="Continue an interrupted run."),
+    overwrite: bool = typer.Option(False, help="Replace an existing cache (the old one stays until the new is done)."),
+    fit: bool = typer.Option(
+        True, help="After caching, fit vectors with diagnostics and controls (--no-fit: cache only)."
     ),
+    vectors_dir: Path = typer.Option(
+        Path("vectors"), help="Vector files go to VECTORS_DIR/<concept>/NAME.safetensors."
+    ),
+    name: str | None = typer.Option(None, help="Vector file name (default: the model's short name)."),
+    method: str = typer.Option("logistic", help="logistic, mean_diff or pca."),
+    c: float = typer.Option(1.0, "--C", help="Inverse L2 strength of the logistic fit (scikit-learn's C)."),
+    folds: int = typer.Option(5, help="Cross-validation folds (split by pair)."),
+    seed: int = typer.Option(0, help="Seed of the fold split."),
+    select: str = typer.Option("top-k", help="Layer selection: top-k, band or list."),
+    k: int = typer.Option(3, help="Layers chosen by top-k or band."),
+    select_layers: str | None = typer.Option(None, help="Layers for --select list, e.g. 12,13,14."),
+    controls: int = typer.Option(5, help="Norm-matched random controls per vector."),
+    control_seed: int = typer.Option(1000, help="Seed of control 0 (control i uses seed + i)."),
+    overwrite_vectors: bool = typer.Option(False, help="Replace existing vector files."),
 ) -> None:
-    """Run a model over both sides of every pair and cache pooled residual activations."""
+    """Cache pooled residual activations for a pair set, then fit vectors with diagnostics and controls.
+
+    A finished cache that matches the run is reused; an interrupted one continues with --resume.
+    """
     from steerlab.cache import ActivationCache
     from steerlab.extract import extract as run_extract
     from steerlab.extract import preflight
@@ -139,8 +159,13 @@ def extract(
     from steerlab.pairs import load_pairs
 
     layer_list = parse_layers(layers)
+    settings = _fit_settings(method, c, folds, seed, select, k, select_layers, controls, control_seed, device)
     pair_list = load_pairs(pairs)
-    preflight(out_path, resume=resume, overwrite=overwrite)
+    pair_hash = file_hash(pairs)
+    expect = {"locus": locus.value, "dtype": cache_dtype, "pair_file_hash": pair_hash}
+    if layer_list is not None:
+        expect["layers"] = sorted(layer_list)
+    preflight(out_path, resume=resume, overwrite=overwrite, expect=expect)
     started = time.perf_counter()
     loaded = load_model(model, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code)
     try:
@@ -155,7 +180,7 @@ def extract(
             resume=resume,
             overwrite=overwrite,
             pair_file=pairs,
-            pair_file_hash=file_hash(pairs),
+            pair_file_hash=pair_hash,
         )
     except KeyboardInterrupt:
         err.print(f"interrupted; rerun the same command with --resume to continue {out_path}")
@@ -166,6 +191,91 @@ def extract(
         f"{cache.meta['d_model']} ({cache.meta['dtype']}), locus {cache.meta['locus']}, "
         f"{time.perf_counter() - started:.1f}s"
     )
+    if fit:
+        del loaded
+        for concept in sorted(set(cache.concepts)):
+            _fit_and_report(path, settings, vectors_dir, name, concept, overwrite_vectors)
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def _fit_settings(method, c, folds, seed, select, k, select_layers, controls, control_seed, device):
+    from steerlab.directions import FitSettings
+
+    return FitSettings(
+        method=method, c=c, folds=folds, seed=seed, select=select, k=k,
+        select_layers=parse_layers(select_layers), controls=controls, control_seed=control_seed, device=device,
+    )  # fmt: skip
+
+
+def _fit_and_report(cache_path, settings, vectors_dir, name, concept, overwrite) -> None:
+    from steerlab.cache import ActivationCache
+    from steerlab.directions import fit_cache, model_tag, resolve_concept
+
+    cache = ActivationCache.open(cache_path)
+    concept = resolve_concept(cache, concept)
+    target = Path(vectors_dir) / concept / f"{name or model_tag(cache.meta['model_source'])}.safetensors"
+    bundle, path = fit_cache(cache_path, settings, target, concept=concept, overwrite=overwrite)
+    print_diagnostics(bundle.meta)
+    out.print(f"wrote {path} (+ .diagnostics.json, .diagnostics.png)")
+
+
+def print_diagnostics(meta: dict) -> None:
+    """The per-layer diagnostics table of a vector file, and its controls' summary."""
+    import numpy as np
+
+    per_layer = meta["diagnostics"]["per_layer"]
+    selected = set(meta["selected_layers"])
+    columns = [("cv_auroc", "CV AUROC"), ("val_auroc", "val AUROC"), ("keyword_hard_auroc", "kw-hard AUROC"),
+               ("val_tpr_at_5fpr", "val TPR@5%"), ("val_paired_accuracy", "val paired acc"),
+               ("vector_norm", "|v|"), ("resid_norm", "mean |h|")]  # fmt: skip
+    columns = [(key, label) for key, label in columns if key in per_layer]
+    table = Table(title=f"{meta['concept']}: {meta['method']} on {meta['locus']} ({meta['model_source']})")
+    table.add_column("layer", justify="right")
+    for _, label in columns:
+        table.add_column(label, justify="right")
+    for i, layer in enumerate(meta["layers"]):
+        mark = f"*{layer}" if layer in selected else str(layer)
+        table.add_row(mark, *(f"{per_layer[key][i]:.3f}" for key, _ in columns))
+    out.print(table)
+    rule = meta["selection"]
+    k = f" (k={rule['k']})" if "k" in rule else ""
+    out.print(f"selected layers {meta['selected_layers']} (marked *) by {rule['name']}{k}")
+    ctrl = meta["controls"]["diagnostics"]
+    if ctrl:
+        idx = [meta["layers"].index(layer) for layer in meta["selected_layers"]]
+        vals = np.array([[c["val_auroc"][i] for i in idx] for c in ctrl])
+        real = np.mean([per_layer["val_auroc"][i] for i in idx])
+        out.print(
+            f"{len(ctrl)} random controls, val AUROC at the selected layers: mean {vals.mean():.3f} "
+            f"(min {vals.min():.3f}, max {vals.max():.3f}); the real vector: {real:.3f}"
+        )
+
+
+@app.command("fit")
+def fit_command(
+    cache: Path = typer.Option(..., help="Activation cache (HDF5) written by steerlab extract."),
+    vectors_dir: Path = typer.Option(
+        Path("vectors"), help="Vector files go to VECTORS_DIR/<concept>/NAME.safetensors."
+    ),
+    name: str | None = typer.Option(None, help="Vector file name (default: the model's short name)."),
+    concept: str | None = typer.Option(None, help="Concept to fit when the cache holds several."),
+    method: str = typer.Option("logistic", help="logistic, mean_diff or pca."),
+    c: float = typer.Option(1.0, "--C", help="Inverse L2 strength of the logistic fit (scikit-learn's C)."),
+    folds: int = typer.Option(5, help="Cross-validation folds (split by pair)."),
+    seed: int = typer.Option(0, help="Seed of the fold split."),
+    select: str = typer.Option("top-k", help="Layer selection: top-k, band or list."),
+    k: int = typer.Option(3, help="Layers chosen by top-k or band."),
+    select_layers: str | None = typer.Option(None, help="Layers for --select list, e.g. 12,13,14."),
+    controls: int = typer.Option(5, help="Norm-matched random controls per vector."),
+    control_seed: int = typer.Option(1000, help="Seed of control 0 (control i uses seed + i)."),
+    device: str = typer.Option("auto", help="Where to fit: auto (cuda if available), cpu, cuda."),
+    overwrite: bool = typer.Option(False, help="Replace existing vector files."),
+) -> None:
+    """Fit one direction per layer from a cache, with CV diagnostics, layer selection and random controls."""
+    settings = _fit_settings(method, c, folds, seed, select, k, select_layers, controls, control_seed, device)
+    _fit_and_report(cache, settings, vectors_dir, name, concept, overwrite)
 
 
 # ----------------------------------------------------------------------------- inspect
@@ -178,6 +288,27 @@ def cache_inspect(file: Path = typer.Argument(..., help="Activation cache (HDF5)
 
     cache = ActivationCache.open(file)
     out.print_json(json.dumps(cache.meta, sort_keys=True))
+
+
+@vectors_app.command("inspect")
+def vectors_inspect(
+    file: Path = typer.Argument(..., help="Vector file (.safetensors)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole metadata header as JSON."),
+) -> None:
+    """Print a vector file's metadata and per-layer diagnostics."""
+    from steerlab.vectors import VectorBundle
+
+    bundle = VectorBundle.load(file)
+    meta = bundle.meta
+    if as_json:
+        out.print_json(json.dumps(meta, sort_keys=True))
+        return
+    for key in ("concept", "method", "C", "locus", "model_source", "pair_file", "pair_file_hash", "steerlab_version"):
+        out.print(f"{key}: {meta.get(key)}")
+    fp = meta["model"]
+    out.print(f"model: {fp['architecture']}, {fp['n_layers']} layers x {fp['d_model']} (config {fp['config_hash']})")
+    out.print(f"controls: {meta['controls']['n']} (seeds {meta['controls']['seeds']})")
+    print_diagnostics(meta)
 
 
 @model_app.command("info")

@@ -21,7 +21,14 @@ import torch
 from tqdm.auto import tqdm
 
 import steerlab
-from steerlab.cache import FORMAT_VERSION, ActivationCache, CacheWriter, check_compatible, partial_path
+from steerlab.cache import (
+    FORMAT_VERSION,
+    IDENTITY_FIELDS,
+    ActivationCache,
+    CacheWriter,
+    check_compatible,
+    partial_path,
+)
 from steerlab.errors import CacheError, PairFileError
 from steerlab.loci import Locus, char_range, render, render_prompt, token_positions
 from steerlab.models import LoadedModel, chat_template_hash, check_layers
@@ -169,17 +176,22 @@ def cache_meta(
     }
 
 
-def preflight(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refusals that need no model: call before loading weights."""
+def preflight(out: Path, *, resume: bool, overwrite: bool, expect: dict[str, Any] | None = None) -> None:
+    """Refusals that need no model: call before loading weights.
+
+    ``expect`` holds whichever identity fields are known without the model (locus, dtype,
+    pair_file_hash, layers); a finished cache at ``out`` that disagrees is refused here.
+    """
     out = Path(out)
     if out.is_dir():
-        raise CacheError(f"{out} is a directory; --out names the cache file to write")
-    if out.exists() and not (overwrite or resume):
-        raise CacheError(f"{out} already exists; pass --overwrite to replace it or --resume to reuse it")
+        raise CacheError(f"{out} is a directory; --cache names the cache file to write")
     if partial_path(out).exists() and not (resume or overwrite):
         raise CacheError(
             f"an interrupted run left {partial_path(out)}; pass --resume to continue it or --overwrite to start over"
         )
+    if out.exists() and not overwrite and expect:
+        meta = ActivationCache.open(out).meta
+        check_compatible(meta, {**{k: meta.get(k) for k in IDENTITY_FIELDS}, **expect}, out)
 
 
 def extract(
@@ -197,9 +209,12 @@ def extract(
     pair_file_hash: str = "",
     progress: bool = True,
 ) -> Path:
-    """Write (or resume, or reuse) the activation cache for ``pairs`` at ``out``.
+    """Write the activation cache for ``pairs`` at ``out``, or reuse or resume one.
 
-    ``batch_size`` counts pairs; each batch runs ``2 * batch_size`` sequences.
+    A finished cache at ``out`` written with the same settings and model is reused as it is; one
+    written otherwise is refused unless ``overwrite`` (which replaces it only once the new one is
+    complete). An interrupted run's partial cache continues with ``resume``. ``batch_size``
+    counts pairs; each batch runs ``2 * batch_size`` sequences.
     """
     out = Path(out)
     locus = Locus(locus)
@@ -215,7 +230,7 @@ def extract(
     preflight(out, resume=resume, overwrite=overwrite)
     if out.exists() and not overwrite:
         check_compatible(ActivationCache.open(out).meta, meta, out)
-        return out  # complete and matching: nothing to do
+        return out  # finished and matching: reuse it
 
     encoded = encode_pairs(loaded, pairs, locus)
     writer = CacheWriter(out, meta, [p.id for p in pairs], [p.split for p in pairs], [p.concept for p in pairs])

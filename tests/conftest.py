@@ -129,3 +129,37 @@ def reference(loaded, pairs, locus):
     finally:
         del config.tie_last_hidden_states
     return np.array(rows)  # [n_pairs, 2, n_layers, d_model]
+
+
+def synthetic_cache(path, acts, splits, concept="toy", fingerprint=None, layers=None):
+    """Write ``acts`` [n, 2, L, D] as a finished activation cache through the real writer."""
+    from steerlab.cache import FORMAT_VERSION, CacheWriter
+
+    n, _, n_layers, d_model = acts.shape
+    fp = fingerprint or {
+        "architecture": "Synthetic", "n_layers": n_layers, "d_model": d_model, "config_hash": "0", "embed_hash": "0",
+    }  # fmt: skip
+    meta = {
+        "format_version": FORMAT_VERSION, "model": fp, "model_source": "synthetic", "locus": "span_mean",
+        "dtype": "float32", "layers": layers or list(range(n_layers)), "d_model": d_model, "n_pairs": n,
+        "chat_template_hash": "0", "pair_file": "synthetic.jsonl", "pair_file_hash": "0",
+    }  # fmt: skip
+    writer = CacheWriter(path, meta, [f"p{i}" for i in range(n)], list(splits), [concept] * n)
+    writer.open(resume=False)
+    writer.write(0, np.asarray(acts, dtype=np.float32))
+    return writer.finish()
+
+
+def planted(n_pairs, n_layers=3, d_model=32, signal=1.0, noise=0.1, seed=0, base=3.0):
+    """Paired activations whose differences are a planted unit direction (per layer) plus noise.
+
+    Both sides of a pair share a random base of scale ``base`` (which the difference removes, but
+    which spreads the unpaired projections). Returns (acts, directions).
+    """
+    g = torch.Generator().manual_seed(seed)
+    direction = torch.randn(n_layers, d_model, generator=g)
+    direction /= direction.norm(dim=-1, keepdim=True)
+    shared = base * torch.randn(n_pairs, n_layers, d_model, generator=g)
+    pos = shared + signal * direction + noise * torch.randn(n_pairs, n_layers, d_model, generator=g)
+    neg = shared + noise * torch.randn(n_pairs, n_layers, d_model, generator=g)
+    return torch.stack([pos, neg], dim=1), direction

@@ -219,10 +219,11 @@ def test_finished_cache_is_protected(tiny, tmp_path):
     pairs = varied_pairs(4)
     out = extract(tiny, pairs, tmp_path / "c.h5", progress=False)
     stamp = out.stat().st_mtime_ns
-    with pytest.raises(CacheError, match="already exists; pass --overwrite"):
-        extract(tiny, pairs, out, progress=False)
-    extract(tiny, pairs, out, resume=True, progress=False)  # complete and matching: a no-op
+    extract(tiny, pairs, out, progress=False)  # finished and matching: reused as it is
+    extract(tiny, pairs, out, resume=True, progress=False)
     assert out.stat().st_mtime_ns == stamp
+    with pytest.raises(CacheError, match=r"another model .*--overwrite"):
+        extract(tiny_model(seed=3), pairs, out, progress=False)
     with pytest.raises(CacheError, match="written for locus"):
         extract(tiny, pairs, out, locus="last", resume=True, progress=False)
     extract(tiny, pairs, out, locus="last", overwrite=True, progress=False)
@@ -256,15 +257,20 @@ def test_cli_extract(tiny, tiny_dir, tmp_path, capsys):
     src = tmp_path / "p.jsonl"
     write_pairs(varied_pairs(5), src)
     out = tmp_path / "c.h5"
-    args = ["extract", "--pairs", src, "--model", tiny_dir, "--out", out, "--locus", "span_mean", "--batch-size", "2"]
+    args = ["extract", "--pairs", src, "--model", tiny_dir, "--no-fit", "--out", out, "--locus", "span_mean",
+            "--batch-size", "2"]  # fmt: skip
     code, stdout, err = run_cli(args, capsys)
     assert code == 0, err
     assert "5 pairs x 2 sides x 4 layers x 64" in stdout
     cache = ActivationCache.open(out)
     np.testing.assert_allclose(cache.load(), reference(tiny, varied_pairs(5), "span_mean"), atol=2e-5, rtol=1e-4)
 
-    code, _, err = run_cli(args, capsys)
-    assert code == 2 and "already exists" in err and err.count("\n") == 1
+    stamp = out.stat().st_mtime_ns
+    code, stdout, err = run_cli(args, capsys)  # the same run again reuses the finished cache
+    assert code == 0 and out.stat().st_mtime_ns == stamp
+    code, _, err = run_cli([*args[:-4], "--locus", "last", "--batch-size", "2"], capsys)
+    assert code == 2 and "written for locus 'span_mean' (this run: 'last')" in err and err.count("\n") == 1
+    assert "Loading" not in err  # refused before the model loads
     code, _, err = run_cli([*args[:-2], "--layers", "0,7", "--overwrite"], capsys)
     assert code == 2 and "layer(s) [7] out of range" in err
     (tmp_path / "bad.jsonl").write_text('{"id": 1\n')
@@ -274,3 +280,20 @@ def test_cli_extract(tiny, tiny_dir, tmp_path, capsys):
     assert code == 2 and "bad.jsonl:1: malformed JSON" in err
     code, _, err = run_cli(["cache", "inspect", out], capsys)
     assert code == 0 and '"locus": "span_mean"' in _
+
+
+def test_cli_extract_then_fit(tiny_dir, tmp_path, capsys):
+    pairs = [make_pair(i, split="train" if i < 24 else "val") for i in range(32)]
+    src = tmp_path / "p.jsonl"
+    write_pairs(pairs, src)
+    vec = tmp_path / "vectors"
+    args = ["extract", "--pairs", src, "--model", tiny_dir, "--cache", tmp_path / "c.h5", "--locus", "span_mean",
+            "--vectors-dir", vec, "--name", "tiny", "--folds", "2", "--controls", "2"]  # fmt: skip
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    from steerlab.vectors import VectorBundle
+
+    bundle = VectorBundle.load(vec / "toy" / "tiny.safetensors")
+    assert bundle.meta["locus"] == "span_mean" and len(bundle.controls) == 2
+    assert bundle.meta["cache_file"] == str(tmp_path / "c.h5")
+    assert "selected layers" in out

@@ -1,0 +1,198 @@
+"""Per-layer diagnostics of fitted directions, and layer selection from them alone.
+
+Every score is a projection of raw activations onto the unit-norm direction. For each layer:
+
+- ``cv_auroc``: k-fold cross-validated AUROC on the ``train`` pairs. Folds split *pairs*, so both
+  sides of a pair are always in the same fold; each fold refits the direction on its training
+  pairs and scores its held-out activations; the result is the mean over folds.
+- on each validation split present (``val``, ``keyword_hard``), with the direction fitted on all
+  ``train`` pairs: ``auroc``, ``tpr_at_5fpr`` (the best true-positive rate at a false-positive
+  rate of at most 5%), ``paired_accuracy`` (share of pairs whose positive projects above its
+  negative), ``mean_gap`` (mean positive-minus-negative projection) and ``mean_cosine``
+  (mean cosine between the direction and each pair's difference).
+- ``vector_norm`` and ``resid_norm`` (mean residual-stream norm over the train activations), to
+  reason about dose.
+
+Layer selection (:func:`select_layers`) reads these numbers only, never downstream behaviour.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.model_selection import KFold
+
+from steerlab.errors import ConfigError
+from steerlab.fit import DEFAULT_C, estimator, feature_scale, logistic_standardised
+
+VALIDATION_SPLITS = ("val", "keyword_hard")
+MIN_FOLD_PAIRS = 10
+SELECT_RULES = ("top-k", "band", "list")
+
+
+def pair_folds(n_pairs: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train pair indices, held-out pair indices) per fold; a pair never straddles folds."""
+    if n_pairs // folds < MIN_FOLD_PAIRS:
+        raise ConfigError(
+            f"{n_pairs} train pairs in {folds} folds leaves fewer than {MIN_FOLD_PAIRS} pairs per fold; "
+            "add train pairs or lower --folds"
+        )
+    return list(KFold(n_splits=folds, shuffle=True, random_state=seed).split(np.arange(n_pairs)))
+
+
+def auroc(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """AUROC of positive vs negative scores, ``[B, n1]`` and ``[B, n2]`` -> ``[B]``; ties count 1/2."""
+    greater = (pos[:, :, None] > neg[:, None, :]).double().mean((1, 2))
+    ties = (pos[:, :, None] == neg[:, None, :]).double().mean((1, 2))
+    return greater + 0.5 * ties
+
+
+def tpr_at_fpr(pos: torch.Tensor, neg: torch.Tensor, max_fpr: float = 0.05) -> torch.Tensor:
+    """Highest TPR over thresholds whose FPR is at most ``max_fpr`` (``[B, n1]``, ``[B, n2]`` -> ``[B]``)."""
+    n_neg = neg.shape[1]
+    allowed = math.floor(max_fpr * n_neg + 1e-9)  # negatives allowed at or above the threshold
+    top = torch.sort(neg, dim=1, descending=True).values
+    if allowed >= n_neg:
+        return torch.ones(pos.shape[0], dtype=torch.float64, device=pos.device)
+    # threshold strictly above the (allowed+1)-th highest negative
+    bound = top[:, allowed]
+    return (pos > bound[:, None]).double().mean(1)
+
+
+def projections(acts: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """``[n, 2, L, D]`` onto unit ``[L, D]`` -> ``[L, n, 2]``."""
+    unit = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    return torch.einsum("nsld,ld->lns", acts, unit)
+
+
+def split_metrics(acts: torch.Tensor, directions: torch.Tensor) -> dict[str, np.ndarray]:
+    """Metrics of ``directions`` ``[L, D]`` on one split's activations ``[n, 2, L, D]``."""
+    proj = projections(acts, directions)  # [L, n, 2]
+    pos, neg = proj[..., 0], proj[..., 1]
+    diffs = (acts[:, 0] - acts[:, 1]).transpose(0, 1)  # [L, n, D]
+    cos = torch.nn.functional.cosine_similarity(diffs, directions[:, None, :], dim=-1)  # [L, n]
+    return {
+        "auroc": auroc(pos, neg).cpu().numpy(),
+        "tpr_at_5fpr": tpr_at_fpr(pos, neg).cpu().numpy(),
+        "paired_accuracy": (pos > neg).double().mean(1).cpu().numpy(),
+        "mean_gap": (pos - neg).mean(1).double().cpu().numpy(),
+        "mean_cosine": cos.mean(1).double().cpu().numpy(),
+    }
+
+
+def cv_auroc_logistic(train: torch.Tensor, folds: list, c: float, layer_chunk: int = 8) -> np.ndarray:
+    """Cross-validated AUROC per layer for the logistic estimator, batched over folds x layers."""
+    n, _, n_layers, _ = train.shape
+    diffs = (train[:, 0] - train[:, 1]).transpose(0, 1)  # [L, n, D]
+    acts = train.permute(2, 0, 1, 3)  # [L, n, 2, D]
+    out = np.zeros((len(folds), n_layers))
+    for lo in range(0, n_layers, layer_chunk):
+        d = diffs[lo : lo + layer_chunk]
+        # Folds have equal training sizes up to one pair; batch those that match.
+        for size in sorted({len(tr) for tr, _ in folds}):
+            group = [(f, tr, te) for f, (tr, te) in enumerate(folds) if len(tr) == size]
+            tr_idx = torch.tensor(np.stack([tr for _, tr, _ in group]), device=train.device)  # [F, size]
+            z_raw = d[:, tr_idx]  # [chunk, F, size, D]
+            scale = feature_scale(z_raw)  # [chunk, F, D]
+            z = z_raw / scale[:, :, None, :]
+            w = logistic_standardised(z.flatten(0, 1), c=c).reshape(*z.shape[:2], -1) / scale  # [chunk, F, D]
+            unit = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+            for j, (f, _, te) in enumerate(group):
+                held = acts[lo : lo + layer_chunk][:, torch.as_tensor(te, device=train.device)]  # [chunk, t, 2, D]
+                proj = torch.einsum("ctsd,cd->cts", held, unit[:, j])
+                out[f, lo : lo + layer_chunk] = auroc(proj[..., 0], proj[..., 1]).cpu().numpy()
+    return out.mean(0)
+
+
+def cv_auroc_generic(train: torch.Tensor, folds: list, method: str, c: float) -> np.ndarray:
+    fit = estimator(method, c)
+    scores = []
+    for tr, te in folds:
+        tr_t, te_t = torch.as_tensor(tr), torch.as_tensor(te)
+        directions = fit(train[tr_t, 0], train[tr_t, 1])
+        proj = projections(train[te_t], directions)
+        scores.append(auroc(proj[..., 0], proj[..., 1]).cpu().numpy())
+    return np.mean(scores, axis=0)
+
+
+@dataclass
+class Diagnostics:
+    """Per-layer numbers (one entry per cached layer) plus how they were made."""
+
+    layers: list[int]
+    directions: torch.Tensor  # [L, D], fitted on all train pairs
+    per_layer: dict[str, list[float]]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def column(self, name: str) -> np.ndarray:
+        return np.asarray(self.per_layer[name], dtype=float)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": self.layers, "settings": self.settings, "per_layer": self.per_layer}
+
+
+def diagnose(
+    splits: dict[str, torch.Tensor],
+    layers: list[int],
+    *,
+    method: str = "logistic",
+    c: float = DEFAULT_C,
+    folds: int = 5,
+    seed: int = 0,
+) -> Diagnostics:
+    """Fit on ``splits['train']`` ([n, 2, L, D]) and compute every diagnostic per layer."""
+    train = splits["train"]
+    fold_idx = pair_folds(train.shape[0], folds, seed)
+    if method == "logistic":
+        cv = cv_auroc_logistic(train, fold_idx, c)
+    else:
+        cv = cv_auroc_generic(train, fold_idx, method, c)
+    directions = estimator(method, c)(train[:, 0], train[:, 1])
+    per_layer: dict[str, list[float]] = {"cv_auroc": cv.tolist()}
+    for split in VALIDATION_SPLITS:
+        if split in splits:
+            for name, values in split_metrics(splits[split], directions).items():
+                per_layer[f"{split}_{name}"] = values.tolist()
+    per_layer["vector_norm"] = directions.norm(dim=-1).double().cpu().tolist()
+    per_layer["resid_norm"] = train.norm(dim=-1).mean((0, 1)).double().cpu().tolist()
+    settings = {"method": method, "C": c, "folds": folds, "seed": seed, "fold_grouping": "by pair"}
+    settings["n_pairs"] = {s: int(a.shape[0]) for s, a in splits.items()}
+    return Diagnostics(layers=list(layers), directions=directions, per_layer=per_layer, settings=settings)
+
+
+def select_layers(diag: Diagnostics, rule: str = "top-k", k: int = 3, explicit: list[int] | None = None) -> dict:
+    """Choose steering layers from the diagnostics; returns ``{"layers": [...], "rule": {...}}``.
+
+    - ``top-k``: the k layers with the highest CV AUROC, ties broken by keyword-hard AUROC;
+    - ``band``: k contiguous layers centred on the top layer (shifted to fit inside the model);
+    - ``list``: exactly ``explicit``.
+    """
+    if rule not in SELECT_RULES:
+        raise ConfigError(f"unknown selection rule {rule!r}; use one of {', '.join(SELECT_RULES)}")
+    cached = diag.layers
+    if rule == "list":
+        if not explicit:
+            raise ConfigError("--select list needs --select-layers, e.g. 12,13,14")
+        missing = [layer for layer in explicit if layer not in cached]
+        if missing:
+            raise ConfigError(f"layer(s) {missing} out of range: the cache holds layers {cached[0]}..{cached[-1]}")
+        return {"layers": sorted(set(explicit)), "rule": {"name": "list", "layers": sorted(set(explicit))}}
+    if not 1 <= k <= len(cached):
+        raise ConfigError(f"--k {k} must be between 1 and the {len(cached)} cached layers")
+    cv = diag.column("cv_auroc")
+    kh = diag.column("keyword_hard_auroc") if "keyword_hard_auroc" in diag.per_layer else np.full(len(cached), -1.0)
+    order = sorted(range(len(cached)), key=lambda i: (-round(cv[i], 6), -round(kh[i], 6), cached[i]))
+    if rule == "top-k":
+        chosen = sorted(cached[i] for i in order[:k])
+    else:
+        peak = order[0]
+        start = min(max(0, peak - (k - 1) // 2), len(cached) - k)
+        chosen = cached[start : start + k]
+    return {
+        "layers": chosen,
+        "rule": {"name": rule, "k": k, "by": "cv_auroc, ties by keyword_hard_auroc"},
+    }

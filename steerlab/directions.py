@@ -1,0 +1,191 @@
+"""From an activation cache to a vector file: check, fit, diagnose, select layers, add controls.
+
+:func:`fit_cache` is what ``steerlab fit`` and ``steerlab extract`` call; it writes three files
+side by side: ``NAME.safetensors`` (vector, controls, metadata), ``NAME.diagnostics.json`` and
+``NAME.diagnostics.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import steerlab
+from steerlab import plots
+from steerlab.cache import ActivationCache
+from steerlab.diagnostics import VALIDATION_SPLITS, Diagnostics, diagnose, select_layers, split_metrics
+from steerlab.errors import CacheError, ConfigError
+from steerlab.fileio import atomic_write_text
+from steerlab.fit import DEFAULT_C, METHODS
+from steerlab.vectors import VectorBundle, random_controls
+
+VECTOR_FORMAT_VERSION = 1
+
+
+@dataclass
+class FitSettings:
+    method: str = "logistic"
+    c: float = DEFAULT_C
+    folds: int = 5
+    seed: int = 0
+    select: str = "top-k"
+    k: int = 3
+    select_layers: list[int] | None = None
+    controls: int = 5
+    control_seed: int = 1000
+    device: str = "auto"
+
+
+def model_tag(source: str) -> str:
+    """A file-name-safe short name for a model source (``smollm2``, ``Llama-3.1-8B-Instruct``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source.rstrip("/")).name or source).strip("-") or "model"
+
+
+def resolve_concept(cache: ActivationCache, concept: str | None) -> str:
+    """The concept to fit: the one named, or the cache's only one."""
+    concepts = sorted(set(cache.concepts))
+    if concept is None:
+        if len(concepts) > 1:
+            raise ConfigError(f"{cache.path} holds concepts {concepts}; choose one with --concept")
+        return concepts[0]
+    if concept not in concepts:
+        raise ConfigError(f"concept {concept!r} is not in {cache.path} (it holds {concepts})")
+    return concept
+
+
+def load_splits(cache: ActivationCache, concept: str | None, device: str) -> tuple[str, dict[str, torch.Tensor]]:
+    """Read and check the train and validation splits of one concept."""
+    concept = resolve_concept(cache, concept)
+    splits: dict[str, torch.Tensor] = {}
+    for split in ("train", *VALIDATION_SPLITS):
+        data = cache.load(split, concept=concept)
+        if len(data):
+            splits[split] = data
+    if "train" not in splits:
+        raise ConfigError(f"{cache.path} has no train pairs for {concept!r}; the fit needs split: train")
+    if "val" not in splits:
+        raise ConfigError(
+            f"the val split of {concept!r} in {cache.path} is empty; add pairs with split: val "
+            "(the diagnostics need it)"
+        )
+    ids = np.array(cache.pair_ids, dtype=object)
+    for split, data in splits.items():
+        rows = ids[cache.rows(split, concept)]
+        bad = ~np.isfinite(data)
+        if bad.any():
+            pair, _side, layer, _ = np.argwhere(bad)[0]
+            raise CacheError(
+                f"non-finite activation in {cache.path}: pair {rows[pair]!r}, layer {cache.layers[layer]}; "
+                "re-extract (float16 overflow? use --cache-dtype float32)"
+            )
+        same = np.all(data[:, 0] == data[:, 1], axis=(1, 2))
+        if same.any():
+            raise CacheError(
+                f"pair(s) {list(rows[same][:5])} have identical activations on both sides; their texts "
+                "do not differ inside the locus (check the pairs with `steerlab pairs validate`)"
+            )
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
+    return concept, {s: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev) for s, a in splits.items()}
+
+
+def control_diagnostics(controls: torch.Tensor, splits: dict[str, torch.Tensor]) -> list[dict[str, list[float]]]:
+    """Controls are not fitted, so they are scored directly: AUROC on every split present."""
+    out = []
+    for ctrl in controls.to(next(iter(splits.values())).device):
+        entry = {}
+        for split, data in splits.items():
+            entry[f"{split}_auroc"] = split_metrics(data, ctrl)["auroc"].tolist()
+        out.append(entry)
+    return out
+
+
+def fit_cache(
+    cache_path: Path, settings: FitSettings, out: Path, concept: str | None = None, overwrite: bool = False
+) -> tuple[VectorBundle, Path]:
+    """Fit the vector bundle for one concept of a cache and write it with its report at ``out``."""
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ConfigError(f"vector file {out} must end in .safetensors")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} already exists; pass --overwrite to replace it")
+    if settings.method not in METHODS:
+        raise ConfigError(f"unknown method {settings.method!r}; use one of {', '.join(METHODS)}")
+    if settings.controls < 0:
+        raise ConfigError("--controls must be 0 or more")
+    cache = ActivationCache.open(cache_path)
+    concept, splits = load_splits(cache, concept, settings.device)
+    diag = diagnose(
+        splits, cache.layers, method=settings.method, c=settings.c, folds=settings.folds, seed=settings.seed
+    )
+    selection = select_layers(diag, settings.select, settings.k, settings.select_layers)
+    controls = random_controls(diag.directions.cpu(), settings.controls, settings.control_seed)
+    ctrl_diag = control_diagnostics(controls, splits)
+    meta = bundle_meta(cache, concept, settings, diag, selection, ctrl_diag)
+    bundle = VectorBundle.build(diag.directions.cpu(), controls, meta)
+    bundle.save(out)
+    report = {k: meta[k] for k in ("concept", "method", "locus", "layers", "selected_layers", "selection")}
+    report.update(diagnostics=meta["diagnostics"], controls=meta["controls"], model=meta["model"])
+    atomic_write_text(out.with_suffix(".diagnostics.json"), json.dumps(report, indent=1, sort_keys=True) + "\n")
+    draw(meta, out.with_suffix(".diagnostics.png"))
+    return bundle, out
+
+
+def bundle_meta(
+    cache: ActivationCache,
+    concept: str,
+    settings: FitSettings,
+    diag: Diagnostics,
+    selection: dict[str, Any],
+    ctrl_diag: list[dict[str, list[float]]],
+) -> dict[str, Any]:
+    cm = cache.meta
+    return {
+        "format": "steerlab-vector",
+        "format_version": VECTOR_FORMAT_VERSION,
+        "steerlab_version": steerlab.__version__,
+        "concept": concept,
+        "method": settings.method,
+        "C": settings.c if settings.method == "logistic" else None,
+        "locus": cm["locus"],
+        "layers": cache.layers,
+        "selected_layers": selection["layers"],
+        "selection": selection["rule"],
+        "model": cm["model"],
+        "model_source": cm["model_source"],
+        "chat_template_hash": cm["chat_template_hash"],
+        "pair_file": cm["pair_file"],
+        "pair_file_hash": cm["pair_file_hash"],
+        "cache_file": str(cache.path),
+        "diagnostics": diag.to_dict(),
+        "controls": {
+            "n": settings.controls,
+            "kind": "independent Gaussian per layer, rescaled to the real vector's norm at that layer",
+            "source": concept,
+            "seeds": [settings.control_seed + i for i in range(settings.controls)],
+            "diagnostics": ctrl_diag,
+        },
+    }
+
+
+def draw(meta: dict[str, Any], path: Path) -> Path:
+    per_layer = meta["diagnostics"]["per_layer"]
+    curves = {"CV AUROC (train)": per_layer["cv_auroc"]}
+    for split in VALIDATION_SPLITS:
+        if f"{split}_auroc" in per_layer:
+            curves[f"{split} AUROC"] = per_layer[f"{split}_auroc"]
+    band = None
+    ctrl = meta["controls"]["diagnostics"]
+    if ctrl:
+        vals = np.array([c["val_auroc"] for c in ctrl])
+        band = (vals.min(0).tolist(), vals.max(0).tolist())
+    title = f"{meta['concept']} | {meta['method']} | {meta['locus']} | {meta['model_source']}"
+    norms = {"vector norm": per_layer["vector_norm"], "mean residual norm": per_layer["resid_norm"]}
+    return plots.layer_diagnostics(meta["layers"], curves, norms, meta["selected_layers"], band, title, path)

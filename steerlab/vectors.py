@@ -1,0 +1,162 @@
+"""Steering vectors, their norm-matched random controls, and the vector file.
+
+A vector file is safetensors with two tensors and a JSON header (never pickle):
+
+    vector    [n_layers, d_model]            float32, one direction per cached layer
+    controls  [n_controls, n_layers, d_model] float32, norm-matched Gaussian controls
+    metadata["steerlab"] = JSON: concept, method, locus, layers (cached), selected layers and the
+        rule that chose them, model fingerprint, per-layer diagnostics, pair-file hash, control
+        seeds and provenance, steerlab version.
+
+A control is, at every layer, an independent Gaussian vector rescaled to the real vector's norm
+at that layer; control i is drawn from ``torch.Generator().manual_seed(seed + i)``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from steerlab.errors import SteerlabError
+from steerlab.fileio import atomic_path
+from steerlab.models import Fingerprint
+
+META_KEY = "steerlab"
+
+
+class VectorError(SteerlabError):
+    """A vector file that is missing, malformed, or for another model."""
+
+
+def random_controls(vector: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` controls ``[n, L, D]``, each layer an independent Gaussian scaled to ``vector``'s norm there."""
+    norms = vector.norm(dim=-1, keepdim=True)  # [L, 1]
+    out = []
+    for i in range(n):
+        g = torch.randn(vector.shape, generator=torch.Generator().manual_seed(seed + i), dtype=torch.float64)
+        out.append((g / g.norm(dim=-1, keepdim=True) * norms.double().cpu()).to(torch.float32))
+    return torch.stack(out) if out else torch.empty(0, *vector.shape)
+
+
+@dataclass(frozen=True)
+class SteeringVector:
+    """One direction per layer, with the layers it steers by default.
+
+    ``directions`` holds a row per entry of ``layers_available`` (model layer indices); ``layers``
+    is the selection. Arithmetic returns new objects; nothing is modified in place.
+    """
+
+    directions: torch.Tensor  # [n_available, d_model]
+    layers_available: tuple[int, ...]
+    layers: tuple[int, ...]
+    fingerprint: dict[str, Any]
+    name: str = "vector"
+
+    @property
+    def d_model(self) -> int:
+        return self.directions.shape[-1]
+
+    def at(self, layer: int) -> torch.Tensor:
+        """The direction at a model layer ``[d_model]``."""
+        if layer not in self.layers_available:
+            raise VectorError(f"{self.name} has no direction for layer {layer} (it has {list(self.layers_available)})")
+        return self.directions[self.layers_available.index(layer)]
+
+    def select(self, layers: list[int]) -> SteeringVector:
+        """The same directions with another layer selection."""
+        for layer in layers:
+            self.at(layer)
+        return replace(self, layers=tuple(sorted(set(layers))))
+
+    def selected(self) -> torch.Tensor:
+        """``[len(layers), d_model]`` rows for the selected layers."""
+        return torch.stack([self.at(layer) for layer in self.layers])
+
+    def norms(self) -> dict[int, float]:
+        return {layer: float(self.at(layer).norm()) for layer in self.layers}
+
+    def scale(self, factor: float) -> SteeringVector:
+        return replace(self, directions=self.directions * factor, name=f"{factor}*{self.name}")
+
+    def __mul__(self, factor: float) -> SteeringVector:
+        return self.scale(factor)
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> SteeringVector:
+        return replace(self, directions=-self.directions, name=f"-{self.name}")
+
+    def __add__(self, other: SteeringVector) -> SteeringVector:
+        """Layerwise sum over the layers both vectors have; the selection is the union."""
+        if Fingerprint.from_dict(self.fingerprint) != Fingerprint.from_dict(other.fingerprint):
+            raise VectorError(f"cannot combine {self.name} and {other.name}: they were fitted on different models")
+        common = tuple(layer for layer in self.layers_available if layer in other.layers_available)
+        rows = torch.stack([self.at(layer) + other.at(layer) for layer in common])
+        chosen = tuple(sorted(set(self.layers) | set(other.layers)))
+        missing = [layer for layer in chosen if layer not in common]
+        if missing:
+            raise VectorError(f"cannot combine {self.name} and {other.name}: layer(s) {missing} missing in one")
+        return SteeringVector(rows, common, chosen, self.fingerprint, name=f"{self.name}+{other.name}")
+
+
+@dataclass
+class VectorBundle:
+    """A fitted vector, its random controls, and the metadata of the file."""
+
+    vector: SteeringVector
+    controls: list[SteeringVector]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, directions: torch.Tensor, controls: torch.Tensor, meta: dict[str, Any]) -> VectorBundle:
+        available = tuple(meta["layers"])
+        selected = tuple(meta["selected_layers"])
+        fp = meta["model"]
+        vector = SteeringVector(directions.float().cpu(), available, selected, fp, name=meta.get("concept", "vector"))
+        ctrl = [
+            SteeringVector(c.float().cpu(), available, selected, fp, name=f"{vector.name}/control{i}")
+            for i, c in enumerate(controls)
+        ]
+        return cls(vector=vector, controls=ctrl, meta=meta)
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        tensors = {
+            "vector": self.vector.directions.contiguous(),
+            "controls": torch.stack([c.directions for c in self.controls]).contiguous()
+            if self.controls
+            else torch.empty(0, *self.vector.directions.shape),
+        }
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(self.meta, sort_keys=True)})
+        return path
+
+    @classmethod
+    def load(cls, path: Path, expect: Fingerprint | None = None, force: bool = False) -> VectorBundle:
+        """Load a vector file; refuse it for a model whose fingerprint differs unless ``force``."""
+        path = Path(path)
+        if not path.is_file():
+            raise VectorError(f"no vector file at {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        except Exception as exc:  # safetensors raises its own error types
+            raise VectorError(f"{path} is not a safetensors file ({exc})") from None
+        if META_KEY not in header or "vector" not in tensors:
+            raise VectorError(f"{path} is not a steerlab vector file (no '{META_KEY}' header or 'vector' tensor)")
+        meta = json.loads(header[META_KEY])
+        if expect is not None:
+            diff = Fingerprint.from_dict(meta["model"]).differences(expect)
+            if diff and not force:
+                raise VectorError(
+                    f"{path} was fitted on another model (fingerprint differs in {', '.join(diff)}); "
+                    "use the matching model, or force it if you know what you are doing"
+                )
+        return cls.build(tensors["vector"], tensors.get("controls", torch.empty(0)), meta)
