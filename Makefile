@@ -1,6 +1,6 @@
 # The README's commands. Each target installs what it needs into .venv first (once).
 #
-#   make demo    validate the demo pair sets and extract their activation caches with SmolLM2
+#   make demo    validate the demo pair sets, extract their caches with SmolLM2, fit vectors + controls
 #   make test    run the whole test suite (unit tier + SmolLM2 integration tier)
 #
 # torch is pinned here, not in setup.cfg: `torch==2.13.0` is the CPU build. On a GPU machine
@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.steerlab-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test test-unit bench lint clean
+.PHONY: install demo vectors test test-unit bench lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,18 @@ demo: $(STAMP)
 	$(BIN)/steerlab pairs validate configs/pairs/researcher_expectations.jsonl
 	$(BIN)/steerlab pairs validate configs/pairs/retraining_consequences.jsonl
 	$(BIN)/steerlab extract --pairs configs/pairs/researcher_expectations.jsonl --model smollm2 \
-		--locus scratchpad_mean --out $(DEMO_OUT)/researcher_expectations.h5 --resume
+		--locus scratchpad_mean --cache $(DEMO_OUT)/researcher_expectations.h5 --resume \
+		--vectors-dir $(DEMO_OUT)/vectors --overwrite-vectors
 	$(BIN)/steerlab extract --pairs configs/pairs/retraining_consequences.jsonl --model smollm2 \
-		--locus scratchpad_mean --out $(DEMO_OUT)/retraining_consequences.h5 --resume
+		--locus scratchpad_mean --cache $(DEMO_OUT)/retraining_consequences.h5 --resume \
+		--vectors-dir $(DEMO_OUT)/vectors --overwrite-vectors
+
+# Regenerate the vectors shipped in vectors/ (same settings as the demo).
+vectors: $(STAMP)
+	$(MAKE) demo
+	for c in researcher_expectations retraining_consequences; do \
+		cp $(DEMO_OUT)/vectors/$$c/smollm2.* vectors/$$c/ 2>/dev/null || \
+		{ mkdir -p vectors/$$c && cp $(DEMO_OUT)/vectors/$$c/smollm2.* vectors/$$c/; }; done
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import DEMO, reference, run_cli
+from conftest import DEMO, REPO, reference, run_cli
 
 from steerlab.cache import ActivationCache
 from steerlab.extract import encode_pairs
@@ -42,7 +42,20 @@ def test_cli_extract_on_smollm2_matches_hidden_states(smollm2, tmp_path, capsys)
     write_pairs(pairs, src)
     out = tmp_path / "c.h5"
     code, stdout, err = run_cli(
-        ["extract", "--pairs", src, "--out", out, "--locus", "scratchpad_mean", "--batch-size", "4", "--device", "cpu"],
+        [
+            "extract",
+            "--pairs",
+            src,
+            "--out",
+            out,
+            "--no-fit",
+            "--locus",
+            "scratchpad_mean",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+        ],
         capsys,
     )
     assert code == 0, err
@@ -51,3 +64,24 @@ def test_cli_extract_on_smollm2_matches_hidden_states(smollm2, tmp_path, capsys)
     got = cache.load()
     assert got.shape == (6, 2, 30, 576)
     np.testing.assert_allclose(got, reference(smollm2, pairs, "scratchpad_mean"), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("concept", ["researcher_expectations", "retraining_consequences"])
+def test_shipped_vectors_match_the_model_and_separate_fresh_activations(smollm2, concept):
+    from steerlab.extract import pooled_activations
+    from steerlab.vectors import VectorBundle
+
+    bundle = VectorBundle.load(REPO / "vectors" / concept / "smollm2.safetensors", expect=smollm2.fingerprint)
+    meta = bundle.meta
+    assert meta["concept"] == concept and meta["method"] == "logistic" and meta["locus"] == "scratchpad_mean"
+    assert len(bundle.controls) == 5 and len(meta["selected_layers"]) == 3
+    per_layer = meta["diagnostics"]["per_layer"]
+    assert min(per_layer["val_auroc"][layer] for layer in meta["selected_layers"]) > 0.9
+    # fresh activations of held-out pairs, through today's code, still separate on the shipped vector
+    pairs = [p for p in load_pairs(DEMO / f"{concept}.jsonl") if p.split == "val"][:8]
+    sides = [s for pair in encode_pairs(smollm2, pairs, Locus.scratchpad_mean) for s in pair]
+    acts = pooled_activations(smollm2, sides, meta["selected_layers"])  # [16, 3, 576]
+    proj = torch.einsum("nld,ld->nl", acts, bundle.vector.selected())
+    assert (proj[0::2] > proj[1::2]).all()
+    ctrl = torch.einsum("nld,ld->nl", acts, bundle.controls[0].selected())
+    assert not (ctrl[0::2] > ctrl[1::2]).all()
