@@ -4,7 +4,8 @@ Every score is a projection of raw activations onto the unit-norm direction. For
 
 - ``cv_auroc``: k-fold cross-validated AUROC on the ``train`` pairs. Folds split *pairs*, so both
   sides of a pair are always in the same fold; each fold refits the direction on its training
-  pairs and scores its held-out activations; the result is the mean over folds.
+  pairs (standardised with those pairs' own scale) and scores its held-out activations; the
+  result is the mean over folds.
 - on each validation split present (``val``, ``keyword_hard``), with the direction fitted on all
   ``train`` pairs: ``auroc``, ``tpr_at_5fpr`` (the best true-positive rate at a false-positive
   rate of at most 5%), ``paired_accuracy`` (share of pairs whose positive projects above its
@@ -27,7 +28,7 @@ import torch
 from sklearn.model_selection import KFold
 
 from steerlab.errors import ConfigError
-from steerlab.fit import DEFAULT_C, estimator, feature_scale, logistic_standardised
+from steerlab.fit import DEFAULT_C, estimator, layer_chunk, logistic_weights
 
 VALIDATION_SPLITS = ("val", "keyword_hard")
 MIN_FOLD_PAIRS = 10
@@ -84,28 +85,47 @@ def split_metrics(acts: torch.Tensor, directions: torch.Tensor) -> dict[str, np.
     }
 
 
-def cv_auroc_logistic(train: torch.Tensor, folds: list, c: float, layer_chunk: int = 8) -> np.ndarray:
-    """Cross-validated AUROC per layer for the logistic estimator, batched over folds x layers."""
-    n, _, n_layers, _ = train.shape
+def cv_auroc_logistic(train: torch.Tensor, folds: list, c: float, budget_bytes: int = 1 << 30) -> np.ndarray:
+    """Cross-validated AUROC per layer for the logistic estimator, batched over folds x layers.
+
+    Each fold standardises with the scale of its own training pairs, as a StandardScaler fitted
+    inside the fold would. The folds' training sets differ in size by at most one pair; they are
+    padded with zero rows to one size, which is exact: a zero row has zero margin and adds
+    nothing to w = Z^T a.
+    """
+    n, _, n_layers, d_model = train.shape
     diffs = (train[:, 0] - train[:, 1]).transpose(0, 1)  # [L, n, D]
     acts = train.permute(2, 0, 1, 3)  # [L, n, 2, D]
+    size = max(len(tr) for tr, _ in folds)
+    # training indices per fold, padded with index n (a zero row appended to the differences)
+    padded = np.stack([np.concatenate([tr, np.full(size - len(tr), n)]).astype(np.int64) for tr, _ in folds])
+    padded = torch.from_numpy(padded).to(train.device)  # [F, size]
+    count = torch.tensor([len(tr) for tr, _ in folds], device=train.device, dtype=train.dtype)  # [F]
+    held_mask = torch.zeros(len(folds), n, dtype=train.dtype, device=train.device)
+    for f, (_, te) in enumerate(folds):
+        held_mask[f, torch.as_tensor(te, device=train.device)] = 1.0
     out = np.zeros((len(folds), n_layers))
-    for lo in range(0, n_layers, layer_chunk):
-        d = diffs[lo : lo + layer_chunk]
-        # Folds have equal training sizes up to one pair; batch those that match.
-        for size in sorted({len(tr) for tr, _ in folds}):
-            group = [(f, tr, te) for f, (tr, te) in enumerate(folds) if len(tr) == size]
-            tr_idx = torch.tensor(np.stack([tr for _, tr, _ in group]), device=train.device)  # [F, size]
-            z_raw = d[:, tr_idx]  # [chunk, F, size, D]
-            scale = feature_scale(z_raw)  # [chunk, F, D]
-            z = z_raw / scale[:, :, None, :]
-            w = logistic_standardised(z.flatten(0, 1), c=c).reshape(*z.shape[:2], -1) / scale  # [chunk, F, D]
-            unit = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-            for j, (f, _, te) in enumerate(group):
-                held = acts[lo : lo + layer_chunk][:, torch.as_tensor(te, device=train.device)]  # [chunk, t, 2, D]
-                proj = torch.einsum("ctsd,cd->cts", held, unit[:, j])
-                out[f, lo : lo + layer_chunk] = auroc(proj[..., 0], proj[..., 1]).cpu().numpy()
+    step = layer_chunk(3 * len(folds) * size * d_model * train.element_size(), budget_bytes)
+    for lo in range(0, n_layers, step):
+        d = diffs[lo : lo + step]  # [chunk, n, D]
+        # each fold's feature scale over its training rows: total sum of squares minus held-out
+        sq = d.pow(2)
+        scale_sq = (sq.sum(1)[:, None, :] - torch.einsum("fn,cnd->cfd", held_mask, sq)).clamp_min(0)
+        scale_sq = scale_sq / count[None, :, None]  # [chunk, F, D]
+        inv_sq = torch.where(scale_sq > 0, 1 / scale_sq, torch.ones_like(scale_sq))  # 1 / s^2
+        x = torch.nn.functional.pad(d, (0, 0, 0, 1))[:, padded]  # [chunk, F, size, D]
+        w = logistic_weights(x, inv_sq, c)  # [chunk, F, D]
+        _score_folds(out, lo, acts[lo : lo + step], w, folds)
     return out.mean(0)
+
+
+def _score_folds(out: np.ndarray, lo: int, acts: torch.Tensor, w: torch.Tensor, folds: list) -> None:
+    """Held-out AUROC of each fold's direction ``w`` ``[chunk, F, D]`` on ``acts`` ``[chunk, n, 2, D]``."""
+    unit = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    for f, (_, te) in enumerate(folds):
+        held = acts[:, torch.as_tensor(te, device=acts.device)]  # [chunk, t, 2, D]
+        proj = torch.einsum("ctsd,cd->cts", held, unit[:, f])
+        out[f, lo : lo + acts.shape[0]] = auroc(proj[..., 0], proj[..., 1]).cpu().numpy()
 
 
 def cv_auroc_generic(train: torch.Tensor, folds: list, method: str, c: float) -> np.ndarray:

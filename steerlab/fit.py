@@ -91,15 +91,30 @@ def _damped_newton(x, objective, newton_step, max_iter: int, tol: float) -> torc
     return x
 
 
+def _warm_start(margin_dir: torch.Tensor, sq_norm: torch.Tensor, c: float, steps: int = 30) -> torch.Tensor:
+    """Best multiple t of the mean standardised difference w = t * mean(z): 1-D Newton per batch row.
+
+    ``margin_dir`` ``[B, n]`` is Z mean(z) (each sample's margin per unit t) and ``sq_norm`` ``[B]``
+    is |mean(z)|^2. Starting Newton there skips the damped phase in which the weights grow from 0.
+    """
+    t = torch.zeros_like(sq_norm)
+    for _ in range(steps):
+        margins = t[:, None] * margin_dir
+        grad = t * sq_norm - 2 * c * (torch.sigmoid(-margins) * margin_dir).sum(-1)
+        hess = sq_norm + 2 * c * (torch.sigmoid(margins) * torch.sigmoid(-margins) * margin_dir**2).sum(-1)
+        t = t - grad / hess.clamp_min(1e-30)
+    return t
+
+
 def logistic_dual(gram: torch.Tensor, c: float = DEFAULT_C, max_iter: int = 100, tol: float = 1e-10) -> torch.Tensor:
     """Dual coefficients ``a`` ``[B, n]`` (w = Z^T a) for each Gram matrix K = Z Z^T ``[B, n, n]``.
 
     The gradient in ``a`` is K r with r = a - 2C sigmoid(-K a) and the Hessian is
     K (I + 2C W K) with W = diag(p (1 - p)), so (I + 2C W K)^-1 r is a Newton step: one n x n
-    solve per layer. For n << d_model.
+    solve per layer (batched LU: on CPU faster for these sizes than Cholesky on the symmetrised
+    system). For n << d_model.
     """
     gram = gram.double()
-    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
 
     def objective(alpha: torch.Tensor) -> torch.Tensor:
         margins = torch.einsum("bij,bj->bi", gram, alpha)
@@ -109,11 +124,14 @@ def logistic_dual(gram: torch.Tensor, c: float = DEFAULT_C, max_iter: int = 100,
         margins = torch.einsum("bij,bj->bi", gram, alpha)
         p = torch.sigmoid(margins)
         residual = alpha - 2 * c * torch.sigmoid(-margins)
-        system = eye + 2 * c * (p * (1 - p))[:, :, None] * gram
+        system = gram * (2 * c * p * (1 - p))[:, :, None]  # I + 2C W K, built in place
+        system.diagonal(dim1=-2, dim2=-1).add_(1.0)
         return torch.linalg.solve(system, residual.unsqueeze(-1)).squeeze(-1)
 
-    alpha = torch.zeros(gram.shape[:2], dtype=gram.dtype, device=gram.device)
-    return _damped_newton(alpha, objective, newton_step, max_iter, tol)
+    n = gram.shape[-1]
+    margin_dir = gram.sum(-1) / n  # K (1/n): margins of w = mean(z)
+    alpha = _warm_start(margin_dir, margin_dir.sum(-1) / n, c)[:, None].expand(-1, n) / n
+    return _damped_newton(alpha.contiguous(), objective, newton_step, max_iter, tol)
 
 
 def logistic_primal(z: torch.Tensor, c: float = DEFAULT_C, max_iter: int = 100, tol: float = 1e-10) -> torch.Tensor:
@@ -133,34 +151,49 @@ def logistic_primal(z: torch.Tensor, c: float = DEFAULT_C, max_iter: int = 100, 
         hessian = eye + 2 * c * torch.einsum("bnd,bn,bne->bde", z, p * (1 - p), z)
         return torch.linalg.solve(hessian, grad.unsqueeze(-1)).squeeze(-1)
 
-    w = torch.zeros(z.shape[0], z.shape[-1], dtype=z.dtype, device=z.device)
+    mean = z.mean(1)  # [B, d]
+    w = _warm_start(torch.einsum("bnd,bd->bn", z, mean), (mean * mean).sum(-1), c)[:, None] * mean
     return _damped_newton(w, objective, newton_step, max_iter, tol)
 
 
-def logistic_standardised(z: torch.Tensor, c: float = DEFAULT_C, max_iter: int = 100) -> torch.Tensor:
-    """Weights ``[B, d]`` for standardised differences ``[B, n, d]``, in whichever space is smaller."""
-    n, d = z.shape[-2:]
+def layer_chunk(per_layer_bytes: int, budget_bytes: int = 1 << 30) -> int:
+    """How many layers to process at once so the largest temporaries stay within ``budget_bytes``."""
+    return max(1, budget_bytes // max(1, per_layer_bytes))
+
+
+def logistic_weights(x: torch.Tensor, inv_sq: torch.Tensor, c: float = DEFAULT_C, max_iter: int = 100) -> torch.Tensor:
+    """Directions in activation coordinates from raw paired differences ``x`` ``[..., n, D]`` and
+    the inverse squared feature scales ``inv_sq`` ``[..., D]`` (standardisation is z = x / s).
+
+    In the dual, K = z z^T = (x / s^2) x^T and v = (z^T a) / s = (x^T a) / s^2, so z itself is
+    never formed; in the primal, v = w / s.
+    """
+    batch = x.shape[:-2]
+    n, d = x.shape[-2:]
     if n <= d:
-        alpha = logistic_dual(z @ z.transpose(-1, -2), c=c, max_iter=max_iter)  # [B, n]
-        return torch.einsum("bn,bnd->bd", alpha.to(z.dtype), z)
-    return logistic_primal(z, c=c, max_iter=max_iter).to(z.dtype)
+        gram = (x * inv_sq[..., None, :]) @ x.transpose(-1, -2)  # [..., n, n]
+        alpha = logistic_dual(gram.reshape(-1, n, n), c=c, max_iter=max_iter).reshape(*batch, n).to(x.dtype)
+        return torch.einsum("...n,...nd->...d", alpha, x) * inv_sq
+    inv = inv_sq.sqrt()
+    z = (x * inv[..., None, :]).reshape(-1, n, d)
+    return logistic_primal(z, c=c, max_iter=max_iter).to(x.dtype).reshape(*batch, d) * inv
 
 
 def logistic(
-    pos: torch.Tensor, neg: torch.Tensor, c: float = DEFAULT_C, layer_chunk: int = 16, max_iter: int = 100
+    pos: torch.Tensor, neg: torch.Tensor, c: float = DEFAULT_C, budget_bytes: int = 1 << 30, max_iter: int = 100
 ) -> torch.Tensor:
     """Paired logistic-regression directions ``[L, D]`` in activation coordinates.
 
-    Layers are processed ``layer_chunk`` at a time to bound memory (the standardised
-    differences of a chunk, ``[chunk, n, D]``, are the largest object).
+    Layers are processed in chunks whose temporaries (a few ``[chunk, n, D]``) stay within
+    ``budget_bytes``.
     """
-    diffs = (pos - neg).transpose(0, 1)  # [L, n, D]
-    out = torch.empty(diffs.shape[0], diffs.shape[2], dtype=torch.float32, device=diffs.device)
-    for lo in range(0, diffs.shape[0], layer_chunk):
-        chunk = diffs[lo : lo + layer_chunk].float()
-        scale = feature_scale(chunk)  # [chunk, D]
-        w = logistic_standardised(chunk / scale[:, None, :], c=c, max_iter=max_iter)  # [chunk, D]
-        out[lo : lo + layer_chunk] = w / scale
+    diffs = (pos - neg).transpose(0, 1).float()  # [L, n, D]
+    n_layers, n, d = diffs.shape
+    out = torch.empty(n_layers, d, dtype=torch.float32, device=diffs.device)
+    step = layer_chunk(3 * n * d * 4, budget_bytes)
+    for lo in range(0, n_layers, step):
+        chunk = diffs[lo : lo + step]
+        out[lo : lo + step] = logistic_weights(chunk, feature_scale(chunk).pow(-2), c=c, max_iter=max_iter)
     return out
 
 
