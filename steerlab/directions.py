@@ -23,6 +23,7 @@ from steerlab.diagnostics import VALIDATION_SPLITS, Diagnostics, diagnose, selec
 from steerlab.errors import CacheError, ConfigError
 from steerlab.fileio import atomic_write_text
 from steerlab.fit import DEFAULT_C, METHODS
+from steerlab.models import resolve_device
 from steerlab.vectors import VectorBundle, random_controls
 
 VECTOR_FORMAT_VERSION = 1
@@ -90,9 +91,7 @@ def load_splits(cache: ActivationCache, concept: str | None, device: str) -> tup
                 f"pair(s) {list(rows[same][:5])} have identical activations on both sides; their texts "
                 "do not differ inside the locus (check the pairs with `steerlab pairs validate`)"
             )
-    dev = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    )
+    dev = torch.device(resolve_device(device))
     return concept, {s: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev) for s, a in splits.items()}
 
 

@@ -241,3 +241,6 @@ def test_cli_fit_and_inspect(tmp_path, capsys):
     assert code == 2 and "layer(s) [5] out of range" in err
     code, _, err = run_cli(["fit", "--cache", cache, "--method", "svm", "--vectors-dir", tmp_path / "x"], capsys)
     assert code == 2 and "unknown method 'svm'" in err
+    if not torch.cuda.is_available():
+        code, _, err = run_cli(["fit", "--cache", cache, "--device", "cuda", "--vectors-dir", tmp_path / "x"], capsys)
+        assert code == 2 and "CUDA is not available" in err
