@@ -18,14 +18,13 @@ downloaded where the benchmarks run), for GPU runs.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from record import write_record  # benchmarks/record.py
 
 from steerlab.extract import encode_pairs, extract
 from steerlab.loci import Locus
@@ -142,23 +141,7 @@ def main() -> None:
             f"overhead {result['overhead_pct']}% (paired median {result['overhead_pct_paired_median']}%)"
         )
         results.append(result)
-    record = {
-        "benchmark": "extract_throughput",
-        "target": "caching costs at most 10% over the bare forward pass",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_threads": torch.get_num_threads(),
-            "device": args.device,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "torch": torch.__version__,
-        },
-        "settings": {k: str(v) for k, v in vars(args).items()},
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_record(args.out, "extract_throughput", "caching costs at most 10% over the bare forward pass", args, results)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 import warnings
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from record import write_record  # benchmarks/record.py
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -146,23 +146,13 @@ def main() -> None:
         result = run(shape, args)
         print(json.dumps(result))
         results.append(result)
-    record = {
-        "benchmark": "fit_speed",
-        "target": ">= 10x faster than the per-layer scikit-learn loop on CPU at equal AUROC (GPU: 100x)",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_threads": torch.get_num_threads(),
-            "device": args.device,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "torch": torch.__version__,
-        },
-        "settings": {k: str(v) for k, v in vars(args).items()},
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_record(
+        args.out,
+        "fit_speed",
+        ">= 10x faster than the per-layer scikit-learn loop on CPU at equal AUROC (GPU: 100x)",
+        args,
+        results,
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -31,6 +32,20 @@ app.add_typer(pairs_app, name="pairs")
 app.add_typer(cache_app, name="cache")
 app.add_typer(model_app, name="model")
 app.add_typer(vectors_app, name="vectors")
+
+# Options shared by `extract` (which fits after caching) and `fit`: declared once.
+VectorsDir = Annotated[Path, typer.Option(help="Vector files go to VECTORS_DIR/<concept>/NAME.safetensors.")]
+VectorName = Annotated[str | None, typer.Option(help="Vector file name (default: the model's short name).")]
+Method = Annotated[str, typer.Option(help="logistic, mean_diff or pca.")]
+InverseL2 = Annotated[float, typer.Option("--C", help="Inverse L2 strength of the logistic fit (scikit-learn's C).")]
+Folds = Annotated[int, typer.Option(help="Cross-validation folds (split by pair).")]
+FoldSeed = Annotated[int, typer.Option(help="Seed of the fold split.")]
+Select = Annotated[str, typer.Option(help="Layer selection: top-k, band or list.")]
+TopK = Annotated[int, typer.Option(help="Layers chosen by top-k or band.")]
+SelectLayers = Annotated[str | None, typer.Option(help="Layers for --select list, e.g. 12,13,14.")]
+Controls = Annotated[int, typer.Option(help="Norm-matched random controls per vector.")]
+ControlSeed = Annotated[int, typer.Option(help="Seed of control 0 (control i uses seed + i).")]
+
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -132,19 +147,17 @@ def extract(
     fit: bool = typer.Option(
         True, help="After caching, fit vectors with diagnostics and controls (--no-fit: cache only)."
     ),
-    vectors_dir: Path = typer.Option(
-        Path("vectors"), help="Vector files go to VECTORS_DIR/<concept>/NAME.safetensors."
-    ),
-    name: str | None = typer.Option(None, help="Vector file name (default: the model's short name)."),
-    method: str = typer.Option("logistic", help="logistic, mean_diff or pca."),
-    c: float = typer.Option(1.0, "--C", help="Inverse L2 strength of the logistic fit (scikit-learn's C)."),
-    folds: int = typer.Option(5, help="Cross-validation folds (split by pair)."),
-    seed: int = typer.Option(0, help="Seed of the fold split."),
-    select: str = typer.Option("top-k", help="Layer selection: top-k, band or list."),
-    k: int = typer.Option(3, help="Layers chosen by top-k or band."),
-    select_layers: str | None = typer.Option(None, help="Layers for --select list, e.g. 12,13,14."),
-    controls: int = typer.Option(5, help="Norm-matched random controls per vector."),
-    control_seed: int = typer.Option(1000, help="Seed of control 0 (control i uses seed + i)."),
+    vectors_dir: VectorsDir = Path("vectors"),
+    name: VectorName = None,
+    method: Method = "logistic",
+    c: InverseL2 = 1.0,
+    folds: Folds = 5,
+    seed: FoldSeed = 0,
+    select: Select = "top-k",
+    k: TopK = 3,
+    select_layers: SelectLayers = None,
+    controls: Controls = 5,
+    control_seed: ControlSeed = 1000,
     overwrite_vectors: bool = typer.Option(False, help="Replace existing vector files."),
 ) -> None:
     """Cache pooled residual activations for a pair set, then fit vectors with diagnostics and controls.
@@ -256,20 +269,18 @@ def print_diagnostics(meta: dict) -> None:
 @app.command("fit")
 def fit_command(
     cache: Path = typer.Option(..., help="Activation cache (HDF5) written by steerlab extract."),
-    vectors_dir: Path = typer.Option(
-        Path("vectors"), help="Vector files go to VECTORS_DIR/<concept>/NAME.safetensors."
-    ),
-    name: str | None = typer.Option(None, help="Vector file name (default: the model's short name)."),
+    vectors_dir: VectorsDir = Path("vectors"),
+    name: VectorName = None,
     concept: str | None = typer.Option(None, help="Concept to fit when the cache holds several."),
-    method: str = typer.Option("logistic", help="logistic, mean_diff or pca."),
-    c: float = typer.Option(1.0, "--C", help="Inverse L2 strength of the logistic fit (scikit-learn's C)."),
-    folds: int = typer.Option(5, help="Cross-validation folds (split by pair)."),
-    seed: int = typer.Option(0, help="Seed of the fold split."),
-    select: str = typer.Option("top-k", help="Layer selection: top-k, band or list."),
-    k: int = typer.Option(3, help="Layers chosen by top-k or band."),
-    select_layers: str | None = typer.Option(None, help="Layers for --select list, e.g. 12,13,14."),
-    controls: int = typer.Option(5, help="Norm-matched random controls per vector."),
-    control_seed: int = typer.Option(1000, help="Seed of control 0 (control i uses seed + i)."),
+    method: Method = "logistic",
+    c: InverseL2 = 1.0,
+    folds: Folds = 5,
+    seed: FoldSeed = 0,
+    select: Select = "top-k",
+    k: TopK = 3,
+    select_layers: SelectLayers = None,
+    controls: Controls = 5,
+    control_seed: ControlSeed = 1000,
     device: str = typer.Option("auto", help="Where to fit: auto (cuda if available), cpu, cuda."),
     overwrite: bool = typer.Option(False, help="Replace existing vector files."),
 ) -> None:
