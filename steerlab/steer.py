@@ -1,0 +1,182 @@
+"""Steering: add vectors to the residual stream through one fused, per-row hook object.
+
+For every selected layer l, every row b of the batch and every position t (``position="all"``,
+the paper's setting)::
+
+    h_l[b, t] += T[row[b], j(l)]
+
+``T`` ``[n_settings + 1, n_layers_selected, d_model]`` holds pre-scaled vectors (multiplier
+times direction; row 0 is zeros, for unsteered rows), built once by :func:`build_table`.
+``row[b]`` says which setting row b of the batch uses, so one batch can mix vectors, signed
+multipliers and unsteered rows: a sweep over 7 multipliers x 21 vectors is one stream of full
+batches, not 147 generation runs.
+
+Per forward step each selected layer does one in-place add of a precomputed, device-resident,
+dtype-matched ``[batch, d_model]`` buffer (gathered from ``T`` once per batch in
+:meth:`Steerer.set_rows`): no allocation, no ``.item()``, no host-device sync. The buffers are
+static, so the same hooks work under ``torch.compile``.
+
+``position``: ``"all"`` (prompt and generated tokens), ``"prompt"`` (the prefill pass only) or
+``"generation"`` (decode steps only: the generated tokens' positions).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from steerlab.errors import ConfigError
+from steerlab.vectors import SteeringVector, VectorError
+
+Position = Literal["all", "prompt", "generation"]
+POSITIONS = ("all", "prompt", "generation")
+Scale = Literal["absolute", "relative"]
+
+
+@dataclass(frozen=True)
+class SteeringSetting:
+    """One steering configuration: ``multiplier`` times ``vector`` at ``layers``.
+
+    ``scale="absolute"`` (the paper's convention) multiplies the saved vector as it is;
+    ``scale="relative"`` makes the multiplier a fraction of the layer's mean residual-stream
+    norm (``resid_norms``, recorded in the vector file): the added vector is
+    ``multiplier * resid_norm[l] * v_l / |v_l|``.
+    """
+
+    vector: SteeringVector
+    multiplier: float
+    layers: tuple[int, ...] | None = None  # default: the vector's selected layers
+    scale: Scale = "absolute"
+    resid_norms: dict[int, float] | None = None
+
+    def steered_layers(self) -> tuple[int, ...]:
+        return tuple(self.layers) if self.layers is not None else self.vector.layers
+
+    def rows(self, layers: Sequence[int]) -> torch.Tensor:
+        """This setting's additive vectors ``[len(layers), d_model]`` (zeros where it does not steer)."""
+        if not math.isfinite(self.multiplier):
+            raise ConfigError(f"multiplier {self.multiplier} is not a finite number")
+        if self.scale not in ("absolute", "relative"):
+            raise ConfigError(f"unknown scale {self.scale!r}; use absolute or relative")
+        mine = set(self.steered_layers())
+        out = torch.zeros(len(layers), self.vector.d_model, dtype=torch.float32)
+        for j, layer in enumerate(layers):
+            if layer not in mine:
+                continue
+            v = self.vector.at(layer).float()
+            if self.scale == "relative":
+                if not self.resid_norms or layer not in self.resid_norms:
+                    raise VectorError(f"relative scale needs the mean residual norm of layer {layer}")
+                v = v / v.norm().clamp_min(1e-30) * self.resid_norms[layer]
+            out[j] = self.multiplier * v
+        return out
+
+
+def build_table(settings: Sequence[SteeringSetting], d_model: int) -> tuple[torch.Tensor, list[int]]:
+    """The table ``[1 + len(settings), n_layers, d_model]`` (row 0 zeros) and its layers.
+
+    The layers are the union of every setting's layers, sorted; setting i is row i + 1.
+    """
+    for s in settings:
+        if s.vector.d_model != d_model:
+            raise VectorError(f"{s.vector.name} has d_model {s.vector.d_model}, the model {d_model}")
+    layers = sorted({layer for s in settings for layer in s.steered_layers()})
+    table = torch.zeros(1 + len(settings), len(layers), d_model, dtype=torch.float32)
+    for i, s in enumerate(settings):
+        table[i + 1] = s.rows(layers)
+    return table, layers
+
+
+class Steerer:
+    """Owns the hooks of all selected layers; install and remove with one call (or ``with``).
+
+    ``table`` ``[n_rows, len(layers), d_model]``; call :meth:`set_rows` with the table row of
+    each batch row before a forward pass or a ``generate`` call.
+    """
+
+    def __init__(
+        self,
+        blocks: nn.ModuleList,
+        layers: Sequence[int],
+        table: torch.Tensor,
+        position: Position = "all",
+        max_batch: int = 256,
+    ):
+        if position not in POSITIONS:
+            raise ConfigError(f"unknown position {position!r}; use one of {', '.join(POSITIONS)}")
+        if table.dim() != 3 or table.shape[1] != len(layers):
+            raise ConfigError(f"table shape {tuple(table.shape)} does not match {len(layers)} layers")
+        bad = [layer for layer in layers if not 0 <= layer < len(blocks)]
+        if bad:
+            raise ConfigError(f"layer(s) {bad} out of range: the model has {len(blocks)} layers")
+        self.blocks, self.layers, self.position = blocks, list(layers), position
+        self._tables: list[torch.Tensor] = []  # per layer [n_rows, d_model], on the block's device/dtype
+        self._per_row: list[torch.Tensor] = []  # per layer [max_batch, d_model], static buffers
+        for j, layer in enumerate(self.layers):
+            ref = next(blocks[layer].parameters())
+            self._tables.append(table[:, j].to(device=ref.device, dtype=ref.dtype).contiguous())
+            self._per_row.append(torch.zeros(max_batch, table.shape[-1], device=ref.device, dtype=ref.dtype))
+        self.max_batch = max_batch
+        self._handles: list[Any] = []
+
+    def set_rows(self, rows: torch.Tensor | Sequence[int]) -> None:
+        """Table row per batch row ``[batch]``; gathers each layer's ``[batch, d_model]`` buffer once."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        if rows.numel() > self.max_batch:
+            raise ConfigError(f"batch of {rows.numel()} rows exceeds max_batch={self.max_batch}")
+        n_rows = self._tables[0].shape[0]
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n_rows):
+            raise ConfigError(f"table rows must lie in 0..{n_rows - 1}")
+        for table, buffer in zip(self._tables, self._per_row, strict=True):
+            buffer[: rows.numel()] = table[rows.to(table.device)]
+            buffer[rows.numel() :] = 0
+
+    def _hook(self, j: int):
+        buffer = self._per_row[j]
+        position = self.position
+
+        def hook(_module: Any, _args: Any, output: Any) -> None:
+            hidden = output[0] if isinstance(output, tuple) else output  # [batch, seq, d_model]
+            if position == "prompt" and hidden.shape[1] == 1:
+                return
+            if position == "generation" and hidden.shape[1] != 1:
+                return
+            hidden.add_(buffer[: hidden.shape[0]].unsqueeze(1))
+
+        return hook
+
+    def install(self) -> Steerer:
+        if self._handles:
+            raise RuntimeError("steering hooks are already installed")
+        self._handles = [self.blocks[layer].register_forward_hook(self._hook(j)) for j, layer in enumerate(self.layers)]
+        return self
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> Steerer:
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def steerer_for(
+    blocks: nn.ModuleList,
+    settings: Sequence[SteeringSetting],
+    d_model: int,
+    position: Position = "all",
+    max_batch: int = 256,
+) -> Steerer:
+    """A :class:`Steerer` whose table row ``i + 1`` is ``settings[i]`` (row 0: unsteered)."""
+    table, layers = build_table(settings, d_model)
+    if not layers:
+        raise ConfigError("no layer to steer: every setting has an empty layer list")
+    return Steerer(blocks, layers, table, position=position, max_batch=max_batch)
