@@ -85,3 +85,22 @@ def test_shipped_vectors_match_the_model_and_separate_fresh_activations(smollm2,
     assert (proj[0::2] > proj[1::2]).all()
     ctrl = torch.einsum("nld,ld->nl", acts, bundle.controls[0].selected())
     assert not (ctrl[0::2] > ctrl[1::2]).all()
+
+
+def test_steered_greedy_generation_on_smollm2(smollm2):
+    from steerlab.backends.base import Request, Sampling
+    from steerlab.backends.hf import HFBackend
+    from steerlab.generate import as_chat, settings_for
+    from steerlab.vectors import VectorBundle
+
+    bundle = VectorBundle.load(
+        REPO / "vectors" / "researcher_expectations" / "smollm2.safetensors", smollm2.fingerprint
+    )
+    zero, strong = settings_for(bundle, [0.0, 0.5], scale="relative")  # 0.5: half the layer's mean |h|
+    prompt = as_chat("Give me one word that means the opposite of 'noisy'.")
+    sampling = Sampling(max_new_tokens=12)
+    plain, at_zero, steered = HFBackend(smollm2).generate(
+        [Request(prompt, sampling), Request(prompt, sampling, zero), Request(prompt, sampling, strong)]
+    )
+    assert plain.text and at_zero.text == plain.text
+    assert steered.text != plain.text

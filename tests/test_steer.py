@@ -33,20 +33,22 @@ TEXTS = ["The user asks for a short answer.", "Spell this backwards", "Convert 1
 def test_zero_multiplier_and_zero_row_are_bit_identical(tiny):
     batch = left_padded(tiny, TEXTS)
     plain = logits(tiny, batch)
+    before = hook_count(tiny)  # transformers may keep output-recording hooks of its own
     with steerer_for(tiny.blocks, [SteeringSetting(vector(tiny, 0), 0.0)], tiny.d_model) as steer:
         steer.set_rows([1, 1, 1])  # multiplier 0
         assert torch.equal(logits(tiny, batch), plain)
         steer.set_rows([0, 0, 0])  # the zero row
         assert torch.equal(logits(tiny, batch), plain)
-    assert hook_count(tiny) == 0
+    assert hook_count(tiny) == before
 
 
 def test_hooks_are_removed_after_an_exception(tiny):
     steer = steerer_for(tiny.blocks, [SteeringSetting(vector(tiny, 0), 1.0)], tiny.d_model)
+    before = hook_count(tiny)
     with pytest.raises(RuntimeError, match="boom"), steer:
-        assert hook_count(tiny) == 2
+        assert hook_count(tiny) == before + 2
         raise RuntimeError("boom")
-    assert hook_count(tiny) == 0
+    assert hook_count(tiny) == before
 
 
 def test_per_row_batch_equals_each_setting_alone(tiny):

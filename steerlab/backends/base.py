@@ -1,0 +1,63 @@
+"""The backend interface: requests in, results out."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from steerlab.errors import ConfigError
+from steerlab.steer import SteeringSetting
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters of one request. ``temperature == 0`` is greedy decoding."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be at least 1 (got {self.max_new_tokens})")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ConfigError(f"temperature must be a finite number >= 0 (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must lie in (0, 1] (got {self.top_p})")
+
+
+@dataclass(frozen=True, eq=False)
+class Request:
+    """One generation: chat messages, sampling, and optionally a steering setting."""
+
+    messages: Sequence[dict[str, str]]
+    sampling: Sampling = field(default_factory=Sampling)
+    steering: SteeringSetting | None = None
+    id: str = ""
+
+
+@dataclass
+class Result:
+    id: str
+    text: str
+    n_prompt_tokens: int
+    n_new_tokens: int
+    finish_reason: Literal["eos", "stop", "length"]
+    seconds: float
+
+
+class Backend(Protocol):
+    def generate(self, requests: Sequence[Request]) -> list[Result]: ...
+
+
+def check_requests(requests: Sequence[Request]) -> None:
+    if not requests:
+        raise ConfigError("no prompts to generate from: the request list is empty")
+    for r in requests:
+        if not r.messages or not any(m.get("content", "").strip() for m in r.messages):
+            raise ConfigError(f"request {r.id!r} has an empty prompt")
+        r.sampling.check()

@@ -1,0 +1,152 @@
+"""Batched generation with Hugging Face transformers, per-row steering and per-row seeds.
+
+Requests are rendered with the chat template, sorted by prompt length and cut into batches
+(so padding waste stays low), left-padded, and decoded with the KV cache. Each batch installs
+one :class:`~steerlab.steer.Steerer` whose table holds every distinct steering setting of the
+call; each row selects its own. Sampling draws from a ``torch.Generator`` per row seeded with
+that request's seed, so a row's sample does not depend on what else is in its batch (up to the
+last-bit numerical effects of padding). Results come back in request order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+
+from steerlab.backends.base import Request, Result, Sampling, check_requests
+from steerlab.models import LoadedModel
+from steerlab.steer import Position, SteeringSetting, steerer_for
+
+_STOP_TAIL_TOKENS = 24  # tokens decoded to look for a stop string
+
+
+class HFBackend:
+    def __init__(self, loaded: LoadedModel, batch_size: int = 16, position: Position = "all"):
+        self.loaded = loaded
+        self.batch_size = batch_size
+        self.position = position
+        eos = loaded.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if loaded.tokenizer.eos_token_id is not None:
+            eos_ids.add(loaded.tokenizer.eos_token_id)
+        self.eos_ids = eos_ids
+
+    def prompt_ids(self, request: Request) -> list[int]:
+        tok = self.loaded.tokenizer
+        text = tok.apply_chat_template(
+            list(request.messages), chat_template=self.loaded.chat_template, tokenize=False, add_generation_prompt=True
+        )
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    def generate(self, requests: Sequence[Request]) -> list[Result]:
+        check_requests(requests)
+        settings: list[SteeringSetting] = []
+        row_of: dict[int, int] = {}  # id(setting) -> table row
+        for r in requests:
+            if r.steering is not None and id(r.steering) not in row_of:
+                settings.append(r.steering)
+                row_of[id(r.steering)] = len(settings)
+        rows = [row_of.get(id(r.steering), 0) for r in requests]
+        ids = [self.prompt_ids(r) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: len(ids[i]))
+        results: list[Result | None] = [None] * len(requests)
+        steerer = None
+        if settings:
+            steerer = steerer_for(
+                self.loaded.blocks, settings, self.loaded.d_model, position=self.position, max_batch=self.batch_size
+            ).install()
+        try:
+            for lo in range(0, len(order), self.batch_size):
+                batch = order[lo : lo + self.batch_size]
+                if steerer is not None:
+                    steerer.set_rows([rows[i] for i in batch])
+                started = time.perf_counter()
+                outs = self._decode([ids[i] for i in batch], [requests[i].sampling for i in batch])
+                seconds = (time.perf_counter() - started) / len(batch)
+                for i, (text, n_new, reason) in zip(batch, outs, strict=True):
+                    results[i] = Result(requests[i].id, text, len(ids[i]), n_new, reason, seconds)
+        finally:
+            if steerer is not None:
+                steerer.remove()
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _decode(self, seqs: list[list[int]], samplings: list[Sampling]) -> list[tuple[str, int, str]]:
+        model, tok, device = self.loaded.model, self.loaded.tokenizer, self.loaded.device
+        batch, width = len(seqs), max(len(s) for s in seqs)
+        pad = tok.pad_token_id
+        input_ids = torch.full((batch, width), pad, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        for b, s in enumerate(seqs):
+            input_ids[b, width - len(s) :] = torch.tensor(s)
+            mask[b, width - len(s) :] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        generators = [torch.Generator(device=device).manual_seed(s.seed) for s in samplings]
+        limit = max(s.max_new_tokens for s in samplings)
+        new: list[list[int]] = [[] for _ in range(batch)]
+        reason = ["length"] * batch
+        done = [False] * batch
+
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        for _ in range(limit):
+            logits = out.logits[:, -1, :].float()  # [batch, vocab]
+            nxt = self._pick(logits, samplings, generators)
+            for b in range(batch):
+                if done[b]:
+                    continue
+                token = int(nxt[b])
+                if token in self.eos_ids:
+                    done[b], reason[b] = True, "eos"
+                    continue
+                new[b].append(token)
+                if samplings[b].stop and self._stopped(new[b], samplings[b].stop):
+                    done[b], reason[b] = True, "stop"
+                elif len(new[b]) >= samplings[b].max_new_tokens:
+                    done[b] = True
+            if all(done):
+                break
+            feed = torch.where(torch.tensor(done, device=device), torch.full_like(nxt, pad), nxt)
+            mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
+            positions = positions[:, -1:] + 1
+            out = model(
+                input_ids=feed[:, None], attention_mask=mask, position_ids=positions,
+                past_key_values=out.past_key_values, use_cache=True,
+            )  # fmt: skip
+        texts = []
+        for b in range(batch):
+            text = tok.decode(new[b], skip_special_tokens=True)
+            if reason[b] == "stop":
+                text = _cut_at_stop(text, samplings[b].stop)
+            texts.append(text)
+        return list(zip(texts, [len(n) for n in new], reason, strict=True))
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, samplings: list[Sampling], generators: list[torch.Generator]) -> torch.Tensor:
+        """Next token per row ``[batch]``: greedy rows by argmax, sampled rows from their own generator."""
+        picked = logits.argmax(-1)
+        for b, s in enumerate(samplings):
+            if s.temperature == 0:
+                continue
+            probs = torch.softmax(logits[b] / s.temperature, dim=-1)
+            if s.top_p < 1:
+                sorted_p, idx = probs.sort(descending=True)
+                keep = sorted_p.cumsum(0) - sorted_p < s.top_p  # smallest set reaching top_p
+                probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
+            picked[b] = torch.multinomial(probs, 1, generator=generators[b])[0]
+        return picked
+
+    def _stopped(self, tokens: list[int], stops: tuple[str, ...]) -> bool:
+        tail = self.loaded.tokenizer.decode(tokens[-_STOP_TAIL_TOKENS:], skip_special_tokens=True)
+        return any(s in tail for s in stops)
+
+
+def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
+    """Text up to and including the first stop string."""
+    hits = [(text.find(s), s) for s in stops if s in text]
+    if not hits:
+        return text
+    at, stop = min(hits)
+    return text[: at + len(stop)]
