@@ -1,6 +1,6 @@
 # The README's commands. Each target installs what it needs into .venv first (once).
 #
-#   make demo    validate the demo pair sets, extract their caches with SmolLM2, fit vectors + controls
+#   make demo    validate the demo pairs, cache activations with SmolLM2, fit vectors + controls, run a small sweep
 #   make test    run the whole test suite (unit tier + SmolLM2 integration tier)
 #
 # torch is pinned here, not in setup.cfg: `torch==2.13.0` is the CPU build. On a GPU machine
@@ -34,6 +34,7 @@ demo: $(STAMP)
 	$(BIN)/steerlab extract --pairs configs/pairs/retraining_consequences.jsonl --model smollm2 \
 		--locus scratchpad_mean --cache $(DEMO_OUT)/retraining_consequences.h5 --resume \
 		--vectors-dir $(DEMO_OUT)/vectors --overwrite-vectors
+	$(BIN)/steerlab sweep --config configs/sweep_demo.yaml --out $(DEMO_OUT)/sweep
 
 # Regenerate the vectors shipped in vectors/ (same settings as the demo).
 vectors: $(STAMP)

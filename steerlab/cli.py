@@ -356,6 +356,55 @@ def steer(
         history.append({"role": "assistant", "content": group[-1].text})
 
 
+# ----------------------------------------------------------------------------- sweep
+
+
+@app.command()
+def sweep(
+    config: Path = typer.Option(..., help="Sweep config (YAML), e.g. configs/sweep_demo.yaml."),
+    vectors: str | None = typer.Option(None, help="Override: vector files, comma-separated."),
+    multipliers: str | None = typer.Option(None, help="Override: signed multipliers, e.g. -0.03,-0.015,0,0.015,0.03."),
+    controls: int | None = typer.Option(None, help="Override: random controls per vector."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Override: run directory."),
+    scorer: str | None = typer.Option(None, help="Override: regex or module:function scoring each output."),
+    device: str = typer.Option("auto", help="auto (cuda if available), cpu, cuda."),
+    dtype: str = typer.Option("auto", help="Model dtype: auto, float32, float16, bfloat16."),
+) -> None:
+    """Run (or resume) a sweep of vectors and their random controls over signed multipliers, then summarise it."""
+    from steerlab.backends.hf import HFBackend
+    from steerlab.generate import parse_multipliers
+    from steerlab.models import load_model
+    from steerlab.sweep import figure, load_config, run_sweep, write_summary
+
+    cfg = load_config(
+        config,
+        vectors=vectors.split(",") if vectors else None,
+        multipliers=parse_multipliers(multipliers) if multipliers else None,
+        controls=controls,
+        out=out_dir,
+        scorer=scorer,
+    )
+    loaded = load_model(cfg.model, dtype=dtype, device=device)
+    run_dir = run_sweep(cfg, HFBackend(loaded, batch_size=cfg.batch_size), loaded.fingerprint)
+    out.print(f"records in {run_dir}/records.jsonl")
+    if cfg.scorer is None:
+        out.print("no scorer in the config: records only (set scorer: to summarise)")
+        return
+    path, cells = write_summary(run_dir, cfg.scorer)
+    table = Table(title=f"{run_dir}: score = {cfg.scorer}")
+    for col in ("vector", "condition", "multiplier", "real", "controls min-max", "z"):
+        table.add_column(col)
+    for c in cells:
+        z = c.get("z")
+        table.add_row(
+            c["vector"], c["condition"], f"{c['multiplier']:+g}", f"{c['real_mean']:.3f} +- {c['real_sem']:.3f}",
+            f"{c['control_min']:.3f}-{c['control_max']:.3f}" if "control_min" in c else "-",
+            f"{z:+.2f}" if z is not None else "-",
+        )  # fmt: skip
+    out.print(table)
+    out.print(f"wrote {path} and {figure(run_dir, cells, cfg.scorer)}")
+
+
 # ----------------------------------------------------------------------------- inspect
 
 

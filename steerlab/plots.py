@@ -50,3 +50,37 @@ def layer_diagnostics(
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return Path(path)
+
+
+def sweep(
+    panels: dict[str, dict[str, dict[str, list[float]]]],
+    score_label: str,
+    path: Path,
+) -> Path:
+    """One panel per condition: score vs signed multiplier, per vector the real vector as a line
+    with s.e.m. error bars and its random controls as a shaded min-max band (dotted: mean +- 2 s.d.).
+
+    ``panels[condition][vector]`` holds lists keyed multiplier, real_mean, real_sem, control_min,
+    control_max, control_lo, control_hi (one entry per multiplier, in order).
+    """
+    conditions = list(panels)
+    fig, axes = plt.subplots(1, len(conditions), figsize=(5 * len(conditions), 4), sharey=True, squeeze=False)
+    for ax, condition in zip(axes[0], conditions, strict=True):
+        for i, (vector, s) in enumerate(panels[condition].items()):
+            color = f"C{i}"
+            ax.errorbar(s["multiplier"], s["real_mean"], yerr=s["real_sem"], color=color, marker="o", capsize=3,
+                        label=vector)  # fmt: skip
+            ax.fill_between(s["multiplier"], s["control_min"], s["control_max"], color=color, alpha=0.15,
+                            label=f"{vector}: random controls")  # fmt: skip
+            ax.plot(s["multiplier"], s["control_lo"], color=color, linestyle=":", linewidth=1)
+            ax.plot(s["multiplier"], s["control_hi"], color=color, linestyle=":", linewidth=1)
+        ax.axvline(0, color="grey", linewidth=0.8)
+        ax.set_title(condition)
+        ax.set_xlabel("signed multiplier")
+    axes[0][0].set_ylabel(score_label)
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return Path(path)
