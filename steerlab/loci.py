@@ -1,6 +1,9 @@
 """Token loci: which positions of a rendered dialogue an operation reads or writes.
 
-One language for capture and steering. Extraction pools activations over a *locus*:
+One language for capture and steering. Steering writes at a :data:`Position`: ``all`` (every
+prompt and generated token, the paper's setting), ``prompt`` (the prompt's tokens: the prefill
+pass) or ``generation`` (generated tokens: the decode steps). Extraction pools activations over
+a *locus*:
 
 - ``response_mean``: every token of the assistant turn's content;
 - ``scratchpad_mean``: the scratchpad's content only (between the tags; the paper's
@@ -21,10 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from steerlab.errors import PairFileError
 from steerlab.pairs import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
+
+Position = Literal["all", "prompt", "generation"]
+POSITIONS: tuple[str, ...] = ("all", "prompt", "generation")
 
 
 class Locus(str, Enum):

@@ -16,8 +16,9 @@ dtype-matched ``[batch, d_model]`` buffer (gathered from ``T`` once per batch in
 :meth:`Steerer.set_rows`): no allocation, no ``.item()``, no host-device sync. The buffers are
 static, so the same hooks work under ``torch.compile``.
 
-``position``: ``"all"`` (prompt and generated tokens), ``"prompt"`` (the prefill pass only) or
-``"generation"`` (decode steps only: the generated tokens' positions).
+``position`` (the :mod:`steerlab.loci` position language): ``"all"`` (prompt and generated
+tokens), ``"prompt"`` (the prefill pass only) or ``"generation"`` (decode steps only: the
+generated tokens' positions).
 """
 
 from __future__ import annotations
@@ -31,10 +32,9 @@ import torch
 from torch import nn
 
 from steerlab.errors import ConfigError
+from steerlab.loci import POSITIONS, Position
 from steerlab.vectors import SteeringVector, VectorError
 
-Position = Literal["all", "prompt", "generation"]
-POSITIONS = ("all", "prompt", "generation")
 Scale = Literal["absolute", "relative"]
 
 

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 import torch
 
 from steerlab.backends.base import Request, Result, Sampling, check_requests
+from steerlab.loci import Position
 from steerlab.models import LoadedModel
-from steerlab.steer import Position, SteeringSetting, steerer_for
+from steerlab.steer import SteeringSetting, steerer_for
 
 _STOP_TAIL_TOKENS = 24  # tokens decoded to look for a stop string
 
