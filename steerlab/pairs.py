@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from steerlab.errors import ConfigError, PairFileError
+from steerlab.config import load_yaml
+from steerlab.errors import PairFileError
 from steerlab.fileio import atomic_write_text
 
 SCRATCHPAD_OPEN, SCRATCHPAD_CLOSE = "<SCRATCHPAD_REASONING>", "</SCRATCHPAD_REASONING>"
@@ -163,17 +163,7 @@ class ValidationConfig(BaseModel):
 def load_validation_config(path: Path | None) -> ValidationConfig:
     if path is None:
         return ValidationConfig()
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"validation config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        return ValidationConfig.model_validate(data)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    return load_yaml(path, ValidationConfig, "validation config")
 
 
 @dataclass(frozen=True)

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
 import steerlab
 from steerlab.backends.base import Backend, Request, Sampling
+from steerlab.config import load_yaml
 from steerlab.errors import ConfigError
 from steerlab.fileio import atomic_write_text, file_hash
 from steerlab.generate import Messages, load_prompts
@@ -83,18 +83,7 @@ class SweepConfig(BaseModel):
 
 
 def load_config(path: Path, **overrides: Any) -> SweepConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return SweepConfig.model_validate(data)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"{path}: {'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}") from None
+    return load_yaml(path, SweepConfig, "sweep config", overrides)
 
 
 @dataclass(frozen=True)

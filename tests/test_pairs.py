@@ -217,3 +217,6 @@ def test_cli_validate_reads_config_beside_file(tmp_path, capsys):
     (tmp_path / "validate.yaml").write_text("keywords: [not, a, mapping]\n")
     code, _, err = run_cli(["pairs", "validate", tmp_path / "p.jsonl"], capsys)
     assert code == 2 and "validate.yaml: keywords" in err
+    (tmp_path / "validate.yaml").write_text("- a list\n- not settings\n")
+    code, _, err = run_cli(["pairs", "validate", tmp_path / "p.jsonl"], capsys)
+    assert code == 2 and "expected a mapping of settings, got list" in err
