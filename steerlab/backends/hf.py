@@ -95,10 +95,9 @@ class HFBackend:
         for _ in range(limit):
             logits = out.logits[:, -1, :].float()  # [batch, vocab]
             nxt = self._pick(logits, samplings, generators)
-            for b in range(batch):
+            for b, token in enumerate(nxt.tolist()):  # one device sync per step, not one per row
                 if done[b]:
                     continue
-                token = int(nxt[b])
                 if token in self.eos_ids:
                     done[b], reason[b] = True, "eos"
                     continue
