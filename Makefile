@@ -49,8 +49,13 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration"
 
+# steering-vectors (the peer library of the sweep comparison) pins transformers<5; it only
+# needs torch hooks, so it goes in without its dependencies, for the benchmarks alone.
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps steering-vectors==0.12.2
 	$(BIN)/python benchmarks/bench_extract.py
+	$(BIN)/python benchmarks/bench_fit.py
+	$(BIN)/python benchmarks/bench_steer.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check steerlab sdf_addon tests benchmarks configs
