@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -61,7 +61,7 @@ class SteeringSetting:
         """This setting's additive vectors ``[len(layers), d_model]`` (zeros where it does not steer)."""
         if not math.isfinite(self.multiplier):
             raise ConfigError(f"multiplier {self.multiplier} is not a finite number")
-        if self.scale not in ("absolute", "relative"):
+        if self.scale not in get_args(Scale):
             raise ConfigError(f"unknown scale {self.scale!r}; use absolute or relative")
         mine = set(self.steered_layers())
         out = torch.zeros(len(layers), self.vector.d_model, dtype=torch.float32)

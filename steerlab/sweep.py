@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 import re
 import statistics
 import time
@@ -39,7 +40,7 @@ from steerlab.errors import ConfigError
 from steerlab.fileio import atomic_write_text, file_hash
 from steerlab.generate import Messages, load_prompts
 from steerlab.models import Fingerprint
-from steerlab.steer import SteeringSetting
+from steerlab.steer import Scale, SteeringSetting
 from steerlab.vectors import VectorBundle
 
 HEADER, RECORDS, SUMMARY = "header.json", "records.jsonl", "summary.json"
@@ -53,7 +54,7 @@ class SweepConfig(BaseModel):
     vectors: list[Path] = Field(min_length=1)
     controls: int = Field(default=2, ge=0)
     multipliers: list[float] = Field(min_length=1)
-    scale: str = "absolute"
+    scale: Scale = "absolute"  # absolute or relative, as in steerlab.steer
     layers: list[int] | None = None
     conditions: dict[str, str | None] = Field(default_factory=lambda: {"default": None})  # name -> system prompt
     prompts: Path
@@ -69,17 +70,10 @@ class SweepConfig(BaseModel):
     @field_validator("multipliers")
     @classmethod
     def _finite(cls, values: list[float]) -> list[float]:
-        bad = [v for v in values if v != v or v in (float("inf"), float("-inf"))]
+        bad = [v for v in values if not math.isfinite(v)]
         if bad:
             raise ValueError(f"multiplier {bad[0]} is not a finite number")
         return values
-
-    @field_validator("scale")
-    @classmethod
-    def _scale(cls, value: str) -> str:
-        if value not in ("absolute", "relative"):
-            raise ValueError("scale must be absolute or relative")
-        return value
 
 
 def load_config(path: Path, **overrides: Any) -> SweepConfig:
@@ -257,7 +251,7 @@ def _settings(config: SweepConfig, arms: Sequence[Arm]) -> dict[tuple[str, str, 
 
     out = {}
     for arm in arms:
-        for setting in settings_for(arm.bundle, config.multipliers, config.layers, config.scale, arm.control):  # type: ignore[arg-type]
+        for setting in settings_for(arm.bundle, config.multipliers, config.layers, config.scale, arm.control):
             out[(arm.vector, arm.arm, setting.multiplier)] = setting
     return out
 

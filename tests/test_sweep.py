@@ -119,6 +119,8 @@ def test_bad_sweeps(tmp_path):
         run_sweep(config(tmp_path, prompts=tmp_path / "empty.txt"), FakeBackend(), None, progress=False)
     with pytest.raises(ValueError, match="not a finite number"):
         config(tmp_path, multipliers=[float("nan")])
+    with pytest.raises(ValueError, match="'absolute' or 'relative'"):
+        config(tmp_path, scale="linear")
 
 
 def test_cli_sweep_config_errors(tmp_path, capsys):
