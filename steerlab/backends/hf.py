@@ -10,6 +10,7 @@ last-bit numerical effects of padding). Results come back in request order.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 
@@ -34,12 +35,25 @@ class HFBackend:
             eos_ids.add(loaded.tokenizer.eos_token_id)
         self.eos_ids = eos_ids
 
-    def prompt_ids(self, request: Request) -> list[int]:
+    def prompt_ids(self, requests: Sequence[Request]) -> list[list[int]]:
+        """Token ids of each request's rendered prompt.
+
+        A sweep sends every prompt once per setting, so each distinct prompt is rendered once
+        and all of them go through the tokenizer in one batched call.
+        """
         tok = self.loaded.tokenizer
-        text = tok.apply_chat_template(
-            list(request.messages), chat_template=self.loaded.chat_template, tokenize=False, add_generation_prompt=True
-        )
-        return tok(text, add_special_tokens=False)["input_ids"]
+        keys = [json.dumps(list(r.messages), sort_keys=True) for r in requests]
+        unique: dict[str, list[dict[str, str]]] = {}
+        for key, r in zip(keys, requests, strict=True):
+            unique.setdefault(key, list(r.messages))
+        texts = [
+            tok.apply_chat_template(
+                messages, chat_template=self.loaded.chat_template, tokenize=False, add_generation_prompt=True
+            )
+            for messages in unique.values()
+        ]
+        ids = dict(zip(unique, tok(texts, add_special_tokens=False)["input_ids"], strict=True))
+        return [ids[key] for key in keys]
 
     def generate(self, requests: Sequence[Request]) -> list[Result]:
         check_requests(requests)
@@ -50,7 +64,7 @@ class HFBackend:
                 settings.append(r.steering)
                 row_of[id(r.steering)] = len(settings)
         rows = [row_of.get(id(r.steering), 0) for r in requests]
-        ids = [self.prompt_ids(r) for r in requests]
+        ids = self.prompt_ids(requests)
         order = sorted(range(len(requests)), key=lambda i: len(ids[i]))
         results: list[Result | None] = [None] * len(requests)
         steerer = None
