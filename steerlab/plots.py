@@ -84,3 +84,53 @@ def sweep(
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return Path(path)
+
+
+CONDITION_COLORS = {"monitored": "tab:red", "unmonitored": "tab:blue", "raw": "tab:grey"}
+
+
+def af_sweep(panels: dict[str, dict[str, dict[str, list[float]]]], concepts: dict[str, str], path: Path) -> Path:
+    """The paper's steering figure, one column per vector.
+
+    Top: acceptance (compliance) vs signed multiplier for each condition, the real vector with
+    Wilson 95% error bars and its random controls' min-max band shaded in the condition's colour.
+    Bottom: the judge's mean score per concept vs multiplier (solid: monitored, dashed: others).
+
+    ``panels[vector][condition]`` holds lists keyed multiplier, value, ci_low, ci_high,
+    control_min, control_max and ``judge_<concept>_mean``; ``concepts`` maps concept key -> label.
+    """
+    vectors = list(panels)
+    fig, axes = plt.subplots(2, len(vectors), figsize=(5 * len(vectors), 7), sharex="col", squeeze=False)
+    for col, vector in enumerate(vectors):
+        top, bottom = axes[0][col], axes[1][col]
+        for condition, s in panels[vector].items():
+            if condition == "gap":
+                continue
+            color = CONDITION_COLORS.get(condition, "black")
+            x = s["multiplier"]
+            err = [[v - lo for v, lo in zip(s["value"], s["ci_low"], strict=True)],
+                   [hi - v for v, hi in zip(s["value"], s["ci_high"], strict=True)]]  # fmt: skip
+            top.errorbar(x, s["value"], yerr=err, color=color, marker="o", capsize=3, label=condition)
+            top.fill_between(x, s["control_min"], s["control_max"], color=color, alpha=0.15,
+                             label=f"{condition}: random controls")  # fmt: skip
+            style = "-" if condition == "monitored" else "--"
+            for j, (key, label) in enumerate(concepts.items()):
+                values = s.get(f"judge_{key}_mean")
+                if values:
+                    bottom.plot(x, values, color=f"C{j + 2}", linestyle=style, marker="o", markersize=3,
+                                label=f"{label} ({condition})")  # fmt: skip
+        top.set_title(vector)
+        top.set_ylim(-0.03, 1.03)
+        top.set_ylabel("acceptance")
+        bottom.set_ylabel("judge score (mean)")
+        bottom.set_xlabel("signed multiplier")
+        for ax in (top, bottom):
+            ax.axvline(0, color="grey", linewidth=0.8)
+        top.legend(fontsize=7)
+        if bottom.lines:
+            bottom.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return Path(path)

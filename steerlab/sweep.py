@@ -1,15 +1,18 @@
-"""Sweeps: (vectors + their random controls) x signed multipliers x conditions x prompts x seeds.
+"""Sweeps: (vectors + their random controls) x signed multipliers x conditions x requests x seeds.
 
-Every combination is a *row*. Rows run through a backend in full batches with per-row
-steering, and each finished row is one JSON line in ``RUN_DIR/records.jsonl`` (every input,
-the full output, the steering setting, timing). ``RUN_DIR/header.json`` records the config,
-model fingerprint, vector-file hashes and package versions. A killed sweep resumes: finished
-rows are read back and skipped, and a torn last line is dropped.
+Every combination is a *row*. A scenario (:mod:`steerlab.harness.scenario`) turns a row's
+request and condition into chat messages; rows run through a backend in full batches with
+per-row steering (a turn that needs continuing, as in the alignment-faking protocol, is sent
+again with the next batch of turns), and each finished row is one *sample*, a JSON line of
+``RUN_DIR/samples.jsonl`` (see :mod:`steerlab.harness.records`). A killed run resumes: finished
+samples are read back and skipped, and a torn last line is dropped.
 
 Rows at multiplier 0 are the same generation whatever the vector, so they are generated once
-per (condition, prompt, seed) and shared.
+per (condition, request, seed) and shared. With no vectors the run is the unsteered evaluation
+(``steerlab eval``): one arm named ``none`` at multiplier 0.
 
-:func:`summarise` scores every record with a user scorer (a regex or a ``module:function``)
+Summaries: the alignment-faking scenario's labels go through :mod:`steerlab.harness.summary`;
+the plain scenario scores every sample with a user scorer (a regex or a ``module:function``)
 and reports, per (vector, multiplier, condition), the real vector's mean score against the
 envelope of its random controls (min-max, and mean +- 2 s.d. across controls) with the real
 effect's z-score relative to the controls.
@@ -28,44 +31,83 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
-import steerlab
 from steerlab.backends.base import Backend, Request, Sampling
 from steerlab.config import load_yaml
 from steerlab.errors import ConfigError
 from steerlab.fileio import atomic_write_text, file_hash
-from steerlab.generate import Messages, load_prompts
+from steerlab.harness.datasets import Item, load_requests
+from steerlab.harness.records import FORMAT, SAMPLES, SUMMARY, git_commit, open_run, read_header, read_samples, versions
+from steerlab.harness.scenario import AlignmentFaking, Plain, Scenario, Turn, next_turn_messages
 from steerlab.models import Fingerprint
 from steerlab.steer import Scale, SteeringSetting
 from steerlab.vectors import VectorBundle
 
-HEADER, RECORDS, SUMMARY = "header.json", "records.jsonl", "summary.json"
+RECORDS = SAMPLES
+read_records = read_samples
+NONE = "none"  # vector and arm name of unsteered rows in a run without vectors
+
+
+class AlignmentFakingConfig(BaseModel):
+    """Settings of the alignment-faking scenario (``scenario: alignment_faking``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    system_prompt: Path | None = None  # a prompt file; None: steerlab's default prompt
+    free_tier_true: str = "True"
+    free_tier_false: str = "False"
+    prefill: str = ""  # e.g. "<SCRATCHPAD_REASONING>"
+    max_turns: int = Field(default=4, ge=1)
+    raw_instruction: bool = True
+
+
+class JudgeConfig(BaseModel):
+    """Which judge scores the scratchpads (see :mod:`steerlab.harness.judge`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    backend: Literal["anthropic", "local"] = "anthropic"
+    model: str = "claude-sonnet-4-5"
+    rubric: Path = Path("configs/judge/rubric.yaml")
+    concurrency: int = Field(default=8, ge=1)
+    max_retries: int = Field(default=6, ge=0)
+    batch: bool = False  # the Message Batches API (half price, results within 24 h)
+    max_tokens: int = Field(default=400, ge=16)
 
 
 class SweepConfig(BaseModel):
-    """A sweep; YAML files under configs/ validate through this model."""
+    """A run of the harness; YAML files under configs/ validate through this model."""
 
     model_config = ConfigDict(extra="forbid")
     model: str = "smollm2"
-    vectors: list[Path] = Field(min_length=1)
+    vectors: list[Path] = Field(default_factory=list)  # empty: the unsteered evaluation
     controls: int = Field(default=2, ge=0)
-    multipliers: list[float] = Field(min_length=1)
+    multipliers: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
     scale: Scale = "absolute"  # absolute or relative, as in steerlab.steer
     layers: list[int] | None = None
-    conditions: dict[str, str | None] = Field(default_factory=lambda: {"default": None})  # name -> system prompt
-    prompts: Path
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    scenario: Literal["plain", "alignment_faking"] = "plain"
+    # plain: name -> system prompt (None: none); alignment_faking: names from monitored/unmonitored/raw
+    conditions: dict[str, str | None] | list[str] | None = None
+    alignment_faking: AlignmentFakingConfig = Field(default_factory=AlignmentFakingConfig)
+    prompts: str  # request file (.txt, .jsonl, .csv) or a Hugging Face dataset id
+    prompt_set: str | None = None  # request-id prefix (default: the file's stem)
+    limit: int | None = Field(default=None, ge=1)  # only the first N requests
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     max_new_tokens: int = 40
     temperature: float = 0.0
     top_p: float = 1.0
     stop: list[str] = Field(default_factory=list)
     batch_size: int = 16
-    scorer: str | None = None  # a regex, or "module:function" taking (text, record) -> float
+    scorer: str | None = None  # plain scenario: a regex, or "module:function" taking (text, sample) -> float
+    judge: JudgeConfig | None = None
     out: Path = Path("runs/sweep")
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value
 
     @field_validator("multipliers")
     @classmethod
@@ -75,19 +117,42 @@ class SweepConfig(BaseModel):
             raise ValueError(f"multiplier {bad[0]} is not a finite number")
         return values
 
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepConfig:
+        if not self.vectors and any(m != 0 for m in self.multipliers):
+            raise ValueError("non-zero multipliers need vectors to steer with (give vectors, or multipliers [0])")
+        if self.conditions is None:
+            self.conditions = ["monitored", "unmonitored"] if self.scenario == "alignment_faking" else {"default": None}
+        if self.scenario == "alignment_faking" and isinstance(self.conditions, dict):
+            raise ValueError("alignment_faking conditions are a list of names (monitored, unmonitored, raw)")
+        if self.scenario == "plain" and isinstance(self.conditions, list):
+            self.conditions = {name: None for name in self.conditions}
+        return self
+
 
 def load_config(path: Path, **overrides: Any) -> SweepConfig:
     return load_yaml(path, SweepConfig, "sweep config", overrides)
 
 
+def make_scenario(config: SweepConfig) -> Scenario:
+    if config.scenario == "plain":
+        assert isinstance(config.conditions, dict)
+        return Plain(config.conditions)
+    af = config.alignment_faking
+    return AlignmentFaking.from_file(
+        af.system_prompt, free_tier_true=af.free_tier_true, free_tier_false=af.free_tier_false, prefill=af.prefill,
+        max_turns=af.max_turns, raw_instruction=af.raw_instruction, chosen=tuple(config.conditions or ()),
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Row:
     id: str
-    vector: str  # the real vector's name (its concept)
-    arm: str  # "real" or "control<i>"
+    vector: str  # the real vector's name (its concept), or "none"
+    arm: str  # "real", "control<i>", or "none"
     multiplier: float
     condition: str
-    prompt_index: int
+    item: str  # the request's id
     seed: int
 
 
@@ -95,11 +160,13 @@ class Row:
 class Arm:
     vector: str
     arm: str
-    bundle: VectorBundle
+    bundle: VectorBundle | None
     control: int | None
 
 
 def load_arms(config: SweepConfig, fingerprint: Fingerprint | None) -> list[Arm]:
+    if not config.vectors:
+        return [Arm(NONE, NONE, None, None)]
     arms = []
     names: set[str] = set()
     for path in config.vectors:
@@ -115,135 +182,149 @@ def load_arms(config: SweepConfig, fingerprint: Fingerprint | None) -> list[Arm]
     return arms
 
 
-def expand(config: SweepConfig, arms: Sequence[Arm], n_prompts: int) -> list[Row]:
+def expand(config: SweepConfig, arms: Sequence[Arm], items: Sequence[Item], conditions: Sequence[str]) -> list[Row]:
     rows = []
     for arm in arms:
         for m in config.multipliers:
-            for cond in config.conditions:
-                for p in range(n_prompts):
+            for cond in conditions:
+                for item in items:
                     for seed in config.seeds:
-                        rid = f"{arm.vector}/{arm.arm}|{m:+g}|{cond}|p{p}|s{seed}"
-                        rows.append(Row(rid, arm.vector, arm.arm, m, cond, p, seed))
+                        rid = f"{arm.vector}/{arm.arm}|{m:+g}|{cond}|{item.id}|s{seed}"
+                        rows.append(Row(rid, arm.vector, arm.arm, m, cond, item.id, seed))
     return rows
 
 
-def _versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    return {"steerlab": steerlab.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
-
-
 def config_hash(config: SweepConfig) -> str:
-    data = config.model_dump(mode="json", exclude={"out", "batch_size", "scorer"})
+    data = config.model_dump(mode="json", exclude={"out", "batch_size", "scorer", "judge"})
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def read_records(run_dir: Path) -> list[dict[str, Any]]:
-    """Finished records; a torn last line (a kill mid-write) is dropped and cut from the file."""
-    path = Path(run_dir) / RECORDS
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    keep, records = 0, []
-    for line in raw.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        keep += len(line)
-    if keep != len(raw):
-        with open(path, "r+b") as fh:
-            fh.truncate(keep)
-    return records
+def _items_hash(items: Sequence[Item]) -> str:
+    data = [(i.id, i.prompt, i.messages) for i in items]
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_header(config: SweepConfig, scenario: Scenario, items: Sequence[Item], fingerprint, n_rows: int) -> dict:
+    prompt_path = Path(config.prompts)
+    system_file = scenario.describe().get("system_prompt_file")
+    return {
+        "kind": "steerlab-run",
+        "format": FORMAT,
+        "config": config.model_dump(mode="json"),
+        "config_hash": config_hash(config),
+        "scenario": scenario.describe(),
+        "model": fingerprint.to_dict() if fingerprint else None,
+        "vector_files": {str(p): file_hash(Path(p)) for p in config.vectors},
+        "prompt_files": {
+            **({str(prompt_path): file_hash(prompt_path)} if prompt_path.is_file() else {}),
+            **({system_file: file_hash(Path(system_file))} if system_file else {}),
+        },
+        "requests_hash": _items_hash(items),
+        "items": [i.id for i in items],
+        "seeds": config.seeds,
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "n_rows": n_rows,
+    }
 
 
 def run_sweep(
     config: SweepConfig, backend: Backend, fingerprint: Fingerprint | None, progress: bool = True, chunk: int = 64
 ) -> Path:
-    """Run (or resume) the sweep into ``config.out``; returns the run directory."""
+    """Run (or resume) the rows of ``config`` into ``config.out``; returns the run directory."""
     run_dir = Path(config.out)
-    prompts = load_prompts(config.prompts)
+    scenario = make_scenario(config)
+    items = load_requests(config.prompts, config.prompt_set, config.limit)
+    by_id = {i.id: i for i in items}
     arms = load_arms(config, fingerprint)
-    rows = expand(config, arms, len(prompts))
-    header = {
-        "kind": "steerlab-sweep",
-        "config": config.model_dump(mode="json"),
-        "config_hash": config_hash(config),
-        "model": fingerprint.to_dict() if fingerprint else None,
-        "vector_files": {str(p): file_hash(Path(p)) for p in config.vectors},
-        "prompts_hash": file_hash(config.prompts),
-        "versions": _versions(),
-        "n_rows": len(rows),
-    }
-    header_path = run_dir / HEADER
-    if header_path.exists():
-        old = json.loads(header_path.read_text())
-        for key in ("config_hash", "model", "vector_files", "prompts_hash"):
-            if old.get(key) != header[key]:
-                raise ConfigError(
-                    f"{run_dir} holds a sweep with another {key.replace('_', ' ')}; choose a new --out "
-                    "or delete the directory"
-                )
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(header_path, json.dumps(header, indent=1, sort_keys=True) + "\n")
+    rows = expand(config, arms, items, scenario.conditions())
+    header = build_header(config, scenario, items, fingerprint, len(rows))
+    open_run(run_dir, header, ("config_hash", "model", "vector_files", "requests_hash", "scenario"))
 
-    done = {r["id"] for r in read_records(run_dir)}
+    done = {r["id"] for r in read_samples(run_dir)}
     todo = [r for r in rows if r.id not in done]
     settings = _settings(config, arms)
     sampling = {
-        s: Sampling(config.max_new_tokens, config.temperature, config.top_p, s, tuple(config.stop))
+        s: scenario.sampling(Sampling(config.max_new_tokens, config.temperature, config.top_p, s, tuple(config.stop)))
         for s in config.seeds
     }
-    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), unit="row", desc="sweep", disable=not progress)
-    with open(run_dir / RECORDS, "a", encoding="utf-8") as fh:
+    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), unit="sample", desc="run", disable=not progress)
+    with open(run_dir / SAMPLES, "a", encoding="utf-8") as fh:
         for lo in range(0, len(todo), chunk):
             part = todo[lo : lo + chunk]
-            # one request per distinct generation: multiplier 0 is the same for every arm
+            # one generation per distinct key: multiplier 0 is the same for every arm
             keys = [_generation_key(r) for r in part]
-            unique = list(dict.fromkeys(keys))
-            requests = []
-            for key in unique:
-                row = part[keys.index(key)]
-                messages = _messages(prompts[row.prompt_index], config.conditions[row.condition])
-                setting = None if row.multiplier == 0 else settings[(row.vector, row.arm, row.multiplier)]
-                requests.append(Request(messages, sampling[row.seed], setting, id=key))
+            jobs: dict[str, Job] = {}
+            for row, key in zip(part, keys, strict=True):
+                if key not in jobs:
+                    setting = None if row.multiplier == 0 else settings[(row.vector, row.arm, row.multiplier)]
+                    messages = scenario.messages(by_id[row.item], row.condition)
+                    jobs[key] = Job(key, messages, sampling[row.seed], setting, scenario.prefill_for(row.condition))
             started = time.perf_counter()
-            results = dict(zip(unique, backend.generate(requests), strict=True))
+            turns = converse(scenario, backend, list(jobs.values()))
             elapsed = time.perf_counter() - started
             for row, key in zip(part, keys, strict=True):
-                res = results[key]
-                record = {
+                job, sample_turns = jobs[key], turns[key]
+                sample = {
                     **row.__dict__,
-                    "prompt": prompts[row.prompt_index],
-                    "system": config.conditions[row.condition],
-                    "layers": list(settings[(row.vector, row.arm, row.multiplier)].steered_layers())
-                    if row.multiplier
-                    else [],
+                    "prompt": by_id[row.item].prompt,
+                    "messages": job.messages,
+                    "prefill": job.prefill,
+                    "system": next((m["content"] for m in job.messages if m["role"] == "system"), None),
+                    "layers": list(job.setting.steered_layers()) if job.setting else [],
                     "scale": config.scale,
-                    "text": res.text,
-                    "finish_reason": res.finish_reason,
-                    "n_new_tokens": res.n_new_tokens,
+                    "turns": [t.__dict__ for t in sample_turns],
+                    "text": "\n".join(t.text for t in sample_turns),
+                    "finish_reason": sample_turns[-1].finish_reason,
+                    "n_new_tokens": sum(t.n_new_tokens for t in sample_turns),
                     "seconds": round(elapsed / len(part), 4),
+                    **scenario.label(sample_turns, row.condition),
                 }
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
             fh.flush()
             bar.update(len(part))
     bar.close()
     return run_dir
 
 
+@dataclass
+class Job:
+    """One distinct generation (possibly several turns) of a chunk."""
+
+    key: str
+    messages: list[dict[str, str]]
+    sampling: Sampling
+    setting: SteeringSetting | None
+    prefill: str
+
+
+def converse(scenario: Scenario, backend: Backend, jobs: Sequence[Job]) -> dict[str, list[Turn]]:
+    """Run each job's turns: all first turns in one backend call, then every continuation together."""
+    convo = {j.key: list(j.messages) for j in jobs}
+    turns: dict[str, list[Turn]] = {j.key: [] for j in jobs}
+    active = list(jobs)
+    for t in range(scenario.max_turns):
+        requests = [
+            Request(convo[j.key], j.sampling, j.setting, id=f"{j.key}#t{t}", prefill=j.prefill if t == 0 else "")
+            for j in active
+        ]
+        results = backend.generate(requests)
+        following = []
+        for job, res in zip(active, results, strict=True):
+            text = (job.prefill if t == 0 else "") + res.text
+            turns[job.key].append(Turn(text, res.finish_reason, res.n_new_tokens))
+            if t + 1 < scenario.max_turns and scenario.continues(text, res.finish_reason):
+                convo[job.key] = next_turn_messages(convo[job.key], text)
+                following.append(job)
+        active = following
+        if not active:
+            break
+    return turns
+
+
 def _generation_key(row: Row) -> str:
     steer = "none" if row.multiplier == 0 else f"{row.vector}/{row.arm}|{row.multiplier:+g}"
-    return f"{steer}|{row.condition}|p{row.prompt_index}|s{row.seed}"
-
-
-def _messages(prompt: Messages, system: str | None) -> Messages:
-    user = [m for m in prompt if m["role"] != "system"]
-    return ([{"role": "system", "content": system}] if system else []) + user
+    return f"{steer}|{row.condition}|{row.item}|s{row.seed}"
 
 
 def _settings(config: SweepConfig, arms: Sequence[Arm]) -> dict[tuple[str, str, float], SteeringSetting]:
@@ -251,6 +332,8 @@ def _settings(config: SweepConfig, arms: Sequence[Arm]) -> dict[tuple[str, str, 
 
     out = {}
     for arm in arms:
+        if arm.bundle is None:
+            continue
         for setting in settings_for(arm.bundle, config.multipliers, config.layers, config.scale, arm.control):
             out[(arm.vector, arm.arm, setting.multiplier)] = setting
     return out
@@ -287,11 +370,12 @@ def summarise(records: Sequence[dict[str, Any]], score: Callable[[str, dict[str,
         cells[(r["vector"], r["multiplier"], r["condition"])][r["arm"]].append(score(r["text"], r))
     out = []
     for (vector, mult, cond), arms in sorted(cells.items()):
-        real_mean, real_sem = _mean_sem(arms["real"]) if arms.get("real") else (float("nan"), float("nan"))
-        ctrl_means = [statistics.fmean(v) for a, v in sorted(arms.items()) if a != "real"]
+        real = arms.get("real") or arms.get(NONE) or []
+        real_mean, real_sem = _mean_sem(real) if real else (float("nan"), float("nan"))
+        ctrl_means = [statistics.fmean(v) for a, v in sorted(arms.items()) if a not in ("real", NONE)]
         entry: dict[str, Any] = {
             "vector": vector, "multiplier": mult, "condition": cond,
-            "real_mean": real_mean, "real_sem": real_sem, "n": len(arms.get("real", [])),
+            "real_mean": real_mean, "real_sem": real_sem, "n": len(real),
             "n_controls": len(ctrl_means),
         }  # fmt: skip
         if ctrl_means:
@@ -307,9 +391,10 @@ def summarise(records: Sequence[dict[str, Any]], score: Callable[[str, dict[str,
 
 
 def write_summary(run_dir: Path, spec: str) -> tuple[Path, list[dict[str, Any]]]:
+    """Score a plain run's samples with ``spec`` and write summary.json."""
     records = read_records(run_dir)
     if not records:
-        raise ConfigError(f"{run_dir} has no records to summarise")
+        raise ConfigError(f"{run_dir} has no samples to summarise")
     summary = summarise(records, scorer(spec))
     path = Path(run_dir) / SUMMARY
     atomic_write_text(path, json.dumps({"scorer": spec, "cells": summary}, indent=1) + "\n")
@@ -326,3 +411,33 @@ def figure(run_dir: Path, summary: Sequence[dict[str, Any]], scorer_name: str) -
         for key in ("multiplier", "real_mean", "real_sem", "control_min", "control_max", "control_lo", "control_hi"):
             series[key].append(cell.get(key, float("nan")))
     return plots.sweep(panels, scorer_name, Path(run_dir) / "sweep.png")
+
+
+# ----------------------------------------------------------------------------- labelled runs
+
+
+def write_label_summary(run_dir: Path) -> tuple[Path, dict[str, list[dict[str, Any]]]]:
+    """Statistics of a labelled (alignment-faking) run into summary.json (see harness.summary)."""
+    from steerlab.harness.summary import summarise_labels
+
+    header = read_header(run_dir)
+    samples = read_samples(run_dir)
+    if not samples:
+        raise ConfigError(f"{run_dir} has no samples to summarise")
+    if "label" not in samples[0]:
+        raise ConfigError(f"{run_dir} is a {header['scenario']['name']} run: its samples carry no labels")
+    summary = summarise_labels(samples, seed=min(header["seeds"]))
+    path = Path(run_dir) / SUMMARY
+    atomic_write_text(path, json.dumps({"scenario": header["scenario"]["name"], **summary}, indent=1) + "\n")
+    return path, summary
+
+
+def label_figure(run_dir: Path, summary: dict[str, list[dict[str, Any]]], concepts: dict[str, str]) -> Path | None:
+    """Acceptance and judge decomposition vs multiplier per vector (None for an unsteered run)."""
+    from steerlab import plots
+    from steerlab.harness.summary import figure_panels
+
+    panels = {v: p for v, p in figure_panels(summary["curves"]).items() if v != NONE}
+    if not panels:
+        return None
+    return plots.af_sweep(panels, concepts, Path(run_dir) / "af_sweep.png")

@@ -59,9 +59,9 @@ def test_expansion_records_and_shared_zero_rows(tmp_path):
     # multiplier 0 is generated once per (condition, prompt, seed) and shared by the three arms
     assert len(backend.served) == len(records) - 2 * 8
     by_id = {r["id"]: r for r in records}
-    r = by_id["toy/control1|+2|monitored|p1|s0"]
+    r = by_id["toy/control1|+2|monitored|prompts-001|s0"]
     assert r["text"] == "m=+2 toy/control1" and r["system"] == "You are watched." and r["layers"] == [1]
-    assert by_id["toy/real|+0|unmonitored|p0|s1"]["text"] == "none"
+    assert by_id["toy/real|+0|unmonitored|prompts-000|s1"]["text"] == "none"
     header = json.loads((run_dir / "header.json").read_text())
     assert header["n_rows"] == len(records) and header["versions"]["steerlab"]
 
@@ -115,7 +115,7 @@ def test_bad_sweeps(tmp_path):
     with pytest.raises(ConfigError, match="asks for 5"):
         run_sweep(config(tmp_path, controls=5), FakeBackend(), None, progress=False)
     (tmp_path / "empty.txt").write_text("")
-    with pytest.raises(ConfigError, match="holds no prompts"):
+    with pytest.raises(ConfigError, match="holds no requests"):
         run_sweep(config(tmp_path, prompts=tmp_path / "empty.txt"), FakeBackend(), None, progress=False)
     with pytest.raises(ValueError, match="not a finite number"):
         config(tmp_path, multipliers=[float("nan")])

@@ -32,12 +32,17 @@ class Sampling:
 
 @dataclass(frozen=True, eq=False)
 class Request:
-    """One generation: chat messages, sampling, and optionally a steering setting."""
+    """One generation: chat messages, sampling, and optionally a steering setting.
+
+    ``prefill`` is text the assistant's turn starts with (after the chat template's generation
+    prompt); the result's text is what the model wrote after it.
+    """
 
     messages: Sequence[dict[str, str]]
     sampling: Sampling = field(default_factory=Sampling)
     steering: SteeringSetting | None = None
     id: str = ""
+    prefill: str = ""
 
 
 @dataclass

@@ -42,15 +42,16 @@ class HFBackend:
         and all of them go through the tokenizer in one batched call.
         """
         tok = self.loaded.tokenizer
-        keys = [json.dumps(list(r.messages), sort_keys=True) for r in requests]
-        unique: dict[str, list[dict[str, str]]] = {}
+        keys = [json.dumps([list(r.messages), r.prefill], sort_keys=True) for r in requests]
+        unique: dict[str, Request] = {}
         for key, r in zip(keys, requests, strict=True):
-            unique.setdefault(key, list(r.messages))
+            unique.setdefault(key, r)
         texts = [
             tok.apply_chat_template(
-                messages, chat_template=self.loaded.chat_template, tokenize=False, add_generation_prompt=True
+                list(r.messages), chat_template=self.loaded.chat_template, tokenize=False, add_generation_prompt=True
             )
-            for messages in unique.values()
+            + r.prefill
+            for r in unique.values()
         ]
         ids = dict(zip(unique, tok(texts, add_special_tokens=False)["input_ids"], strict=True))
         return [ids[key] for key in keys]
