@@ -82,7 +82,7 @@ def parse(turns: Sequence[str], finish_reason: str) -> Parsed:
         end = body.find(OUTPUT_CLOSE)
         output = (body[:end] if end >= 0 else body).strip()
         complete = end >= 0 or finish_reason != "length"
-    elif not open_reasoning(text) and after.strip() and OUTPUT_OPEN not in text:
+    elif not open_reasoning(text) and after.strip():
         output = after.strip()  # raw condition, or a <think> model answering directly
         complete = finish_reason != "length"
     if output is not None and complete:
