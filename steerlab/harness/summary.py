@@ -33,6 +33,8 @@ def judge_means(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if judge.get("error"):
             errors += 1
             continue
+        if "scores" not in judge:  # skipped: no reasoning to judge
+            continue
         judged += 1
         for concept, value in judge["scores"].items():
             scores[concept].append(float(value["score"]))
