@@ -367,11 +367,18 @@ def sweep(
     controls: int | None = typer.Option(None, help="Override: random controls per vector."),
     out_dir: Path | None = typer.Option(None, "--out", help="Override: run directory."),
     scorer: str | None = typer.Option(None, help="Override: regex or module:function scoring each output."),
+    scenario: str | None = typer.Option(None, help="Override: plain or alignment_faking."),
+    dry_run_flag: bool = typer.Option(False, "--dry-run", help="Labelled runs: print size and judge cost only."),
     device: str = typer.Option("auto", help="auto (cuda if available), cpu, cuda."),
     dtype: str = typer.Option("auto", help="Model dtype: auto, float32, float16, bfloat16."),
 ) -> None:
-    """Run (or resume) a sweep of vectors and their random controls over signed multipliers, then summarise it."""
+    """Run (or resume) a sweep of vectors and their random controls over signed multipliers, then summarise it.
+
+    With `scenario: alignment_faking` in the config the run is labelled, judged (with `judge:`)
+    and summarised as acceptance, gap and judge scores per (vector, multiplier, condition).
+    """
     from steerlab.backends.hf import HFBackend
+    from steerlab.cli_harness import run_config
     from steerlab.generate import parse_multipliers
     from steerlab.models import load_model
     from steerlab.sweep import figure, load_config, run_sweep, write_summary
@@ -384,6 +391,12 @@ def sweep(
         out=out_dir,
         scorer=scorer,
     )
+    if cfg.scenario != "plain" or scenario is not None:
+        if scenario is not None:
+            cfg = cfg.model_copy(update={"scenario": scenario})
+            cfg = type(cfg).model_validate(cfg.model_dump())
+        run_config(cfg, device=device, dtype=dtype, dry=dry_run_flag)
+        return
     loaded = load_model(cfg.model, dtype=dtype, device=device)
     run_dir = run_sweep(cfg, HFBackend(loaded, batch_size=cfg.batch_size), loaded.fingerprint)
     out.print(f"records in {run_dir}/records.jsonl")
@@ -454,6 +467,15 @@ def model_info(
         "chat_template_hash": chat_template_hash(loaded.chat_template),
     }
     out.print_json(json.dumps(info))
+
+
+def _register_harness() -> None:
+    from steerlab.cli_harness import register
+
+    register(app, pairs_app)
+
+
+_register_harness()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -127,7 +127,7 @@ def af_sweep(panels: dict[str, dict[str, dict[str, list[float]]]], concepts: dic
         for ax in (top, bottom):
             ax.axvline(0, color="grey", linewidth=0.8)
         top.legend(fontsize=7)
-        if bottom.lines:
+        if bottom.get_legend_handles_labels()[0]:
             bottom.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:

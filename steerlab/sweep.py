@@ -69,12 +69,19 @@ class JudgeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     backend: Literal["anthropic", "local"] = "anthropic"
-    model: str = "claude-sonnet-4-5"
+    model: str | None = None  # default: claude-sonnet-4-5 (anthropic), smollm2 (local)
     rubric: Path = Path("configs/judge/rubric.yaml")
+    scale: tuple[int, int] | None = None  # override the rubric's integer scale, e.g. [1, 7]
     concurrency: int = Field(default=8, ge=1)
     max_retries: int = Field(default=6, ge=0)
     batch: bool = False  # the Message Batches API (half price, results within 24 h)
     max_tokens: int = Field(default=400, ge=16)
+    temperature: float | None = 0.0  # None: send no sampling parameter (see harness.judge)
+    cache: Path | None = None  # default: $STEERLAB_CACHE_DIR/judge.sqlite
+
+    @property
+    def model_name(self) -> str:
+        return self.model or ("claude-sonnet-4-5" if self.backend == "anthropic" else "smollm2")
 
 
 class SweepConfig(BaseModel):

@@ -1,19 +1,6 @@
 import re
 
-import pytest
-import torch
 from conftest import run_cli
-
-from steerlab.vectors import VectorBundle, random_controls
-
-
-@pytest.fixture
-def tiny_vector(tiny, tmp_path):
-    directions = 4.0 * torch.randn(tiny.n_layers, tiny.d_model, generator=torch.Generator().manual_seed(0))
-    per_layer = {"resid_norm": [10.0] * tiny.n_layers}
-    meta = {"concept": "toy", "layers": list(range(tiny.n_layers)), "selected_layers": [1, 2],
-            "model": tiny.fingerprint.to_dict(), "diagnostics": {"per_layer": per_layer}}  # fmt: skip
-    return VectorBundle.build(directions, random_controls(directions, 2, seed=1), meta).save(tmp_path / "v.safetensors")
 
 
 def test_steer_prints_steered_and_unsteered(tiny_dir, tiny_vector, capsys):

@@ -1,0 +1,311 @@
+"""The harness commands of the CLI: ``eval``, ``judge``, ``pairs from-traces``, and what
+``sweep`` does after generating a labelled run. Registered on the app by :mod:`steerlab.cli`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.table import Table
+
+from steerlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from steerlab.harness.judge import JudgeBackend
+    from steerlab.models import LoadedModel
+    from steerlab.sweep import JudgeConfig, SweepConfig
+
+JudgeFactory = Callable[["LoadedModel | None"], "JudgeBackend"]
+
+
+def _console():
+    from steerlab.cli import err, out
+
+    return out, err
+
+
+def parse_ints(spec: str, what: str) -> list[int]:
+    try:
+        values = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} {spec!r} is not a comma-separated list of integers") from None
+    if not values:
+        raise ConfigError(f"{what} needs at least one value")
+    return values
+
+
+def judge_factory(cfg: JudgeConfig, run_dir: Path) -> JudgeFactory:
+    """A judge maker. The anthropic judge is built now, so a missing key stops the run before
+    any generation; a local judge model loads when it is needed (after generation)."""
+    from steerlab.harness.judge import AnthropicJudge, LocalJudge
+
+    if cfg.backend == "anthropic":
+        judge = AnthropicJudge(
+            cfg.model_name, max_tokens=cfg.max_tokens, concurrency=cfg.concurrency, max_retries=cfg.max_retries,
+            batch=cfg.batch, temperature=cfg.temperature, batch_state=Path(run_dir) / "judge_batch.json",
+        )  # fmt: skip
+        return lambda _loaded: judge
+
+    def local(loaded: LoadedModel | None) -> LocalJudge:
+        from steerlab.backends.hf import HFBackend
+        from steerlab.models import load_model
+
+        if loaded is None or loaded.source != cfg.model_name:
+            loaded = load_model(cfg.model_name)
+        return LocalJudge(HFBackend(loaded, batch_size=8), cfg.model_name, max_tokens=cfg.max_tokens)
+
+    return local
+
+
+def _rubric_and_cache(cfg: JudgeConfig):
+    from steerlab.harness.judge import JudgeCache, Rubric
+    from steerlab.models import cache_dir
+
+    rubric = Rubric.load(cfg.rubric, scale=cfg.scale)
+    return rubric, JudgeCache(cfg.cache or cache_dir() / "judge.sqlite")
+
+
+def run_judge(run_dir: Path, cfg: JudgeConfig, make: JudgeFactory, loaded: LoadedModel | None = None) -> None:
+    from steerlab.harness.judge import judge_run
+
+    out, _ = _console()
+    rubric, cache = _rubric_and_cache(cfg)
+    report = judge_run(run_dir, make(loaded), rubric, cache, cfg.rubric)
+    cache.close()
+    out.print(
+        f"judge {cfg.backend}:{cfg.model_name}: {report.n} traces, {report.cached} from the cache, "
+        f"{report.judged} judged now ({report.calls} calls), {report.errors} judge errors, "
+        f"{report.skipped} samples without reasoning"
+    )
+
+
+def dry_run(samples: list[dict[str, Any]], cfg: JudgeConfig) -> None:
+    """Print what judging would cost: only traces the cache does not hold are counted."""
+    from steerlab.harness.judge import JudgeCache, estimate
+
+    out, _ = _console()
+    rubric, cache = _rubric_and_cache(cfg)
+    params = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
+    if cfg.backend == "local":
+        params["prefill"] = '{"A": {"score": '
+    texts = sorted({s["reasoning"] for s in samples if s.get("reasoning")})
+    todo = [t for t in texts if cache.get(JudgeCache.key(cfg.model_name, rubric.hash(), t, params)) is None]
+    est = estimate(rubric, todo, cfg.model_name, cfg.max_tokens, cfg.batch)
+    usd = "unknown price for this model" if est["usd"] is None else f"at most ${est['usd']:.2f}"
+    out.print(
+        f"dry run: {len(texts)} distinct traces, {len(texts) - len(todo)} cached; {est['calls']} calls, "
+        f"~{est['input_tokens']} input tokens, <= {est['max_output_tokens']} output tokens: {usd}"
+        + (" (batch price)" if cfg.batch else "")
+    )
+
+
+def finish_labelled(run_dir: Path, cfg: SweepConfig, make: JudgeFactory | None, loaded: LoadedModel | None) -> None:
+    """Judge (if asked), then summarise, print and draw a labelled run."""
+    if make is not None and cfg.judge is not None:
+        run_judge(run_dir, cfg.judge, make, loaded)
+    print_label_summary(run_dir, cfg.judge)
+
+
+def print_label_summary(run_dir: Path, judge: JudgeConfig | None) -> None:
+    from steerlab.harness.judge import Rubric
+    from steerlab.sweep import label_figure, write_label_summary
+
+    out, _ = _console()
+    path, summary = write_label_summary(run_dir)
+    table = Table(title=f"{run_dir}: acceptance (Wilson 95%)")
+    has_judge = any("judge_A_mean" in c for c in summary["curves"])
+    for col in ("vector", "multiplier", "condition", "acceptance", "controls min-max",
+                *(("judge A", "judge B") if has_judge else ())):  # fmt: skip
+        table.add_column(col)
+    for c in summary["curves"]:
+        if c["condition"] == "gap":
+            continue
+        ctrl = f"{c['control_min']:.2f}-{c['control_max']:.2f}" if "control_min" in c else "-"
+        judged = [f"{c.get(f'judge_{k}_mean', float('nan')):.1f}" for k in ("A", "B")] if has_judge else []
+        table.add_row(c["vector"], f"{c['multiplier']:+g}", c["condition"],
+                      f"{c['value']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]", ctrl, *judged)  # fmt: skip
+    out.print(table)
+    if summary["gaps"]:
+        gaps = Table(title="gap = monitored - unmonitored (bootstrap 95% over requests; two-proportion test)")
+        for col in ("vector", "arm", "multiplier", "gap", "p", "seeds mean +- s.e.m."):
+            gaps.add_column(col)
+        for g in summary["gaps"]:
+            seeds = f"{g['seed_mean']:+.3f} +- {g['seed_sem']:.3f}" if "seed_mean" in g else "-"
+            gap = f"{g['gap']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}]"
+            gaps.add_row(g["vector"], g["arm"], f"{g['multiplier']:+g}", gap, f"{g['p']:.3g}", seeds)
+        out.print(gaps)
+    concepts = {"A": "A", "B": "B"}
+    if judge is not None and Path(judge.rubric).is_file():
+        concepts = {k: c.name for k, c in Rubric.load(judge.rubric).concepts.items()}
+    fig = label_figure(run_dir, summary, concepts)
+    out.print(f"wrote {path}" + (f" and {fig}" if fig else ""))
+
+
+def register(app: typer.Typer, pairs_app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_command(
+        dataset: str = typer.Option(..., help="Requests: .csv/.jsonl (goal or prompt column), .txt, or a hub id."),
+        model: str = typer.Option("smollm2", help="Hub id, local directory, .gguf file, or smollm2."),
+        out_dir: Path = typer.Option(..., "--out", help="Run directory (resumed if it holds this run)."),
+        conditions: str = typer.Option("monitored,unmonitored", help="Any of monitored, unmonitored, raw."),
+        seeds: str = typer.Option("0", help="Sampling seeds, e.g. 0,1,2."),
+        system_prompt: Path | None = typer.Option(None, help="System prompt file (default: steerlab's own)."),
+        tier_literal: str = typer.Option("True", help="The monitored tier tag's value: True or true."),
+        prefill: str = typer.Option("", help="Assistant prefill, e.g. '<SCRATCHPAD_REASONING>'."),
+        max_turns: int = typer.Option(4, help="Turns per sample (continuations with <NEXT/>)."),
+        vector: Path | None = typer.Option(None, help="Steer with this vector file (and its controls)."),
+        alpha: str = typer.Option("0", help="Signed multipliers with --vector, e.g. -0.2,0,0.2."),
+        controls: int = typer.Option(0, help="Random controls of --vector to run beside it."),
+        scale: str = typer.Option("absolute", help="absolute or relative (x the layer's mean |h|)."),
+        limit: int | None = typer.Option(None, help="Only the first N requests."),
+        max_new_tokens: int = typer.Option(1024, help="Tokens per turn."),
+        temperature: float = typer.Option(1.0, help="Sampling temperature (0: greedy)."),
+        batch_size: int = typer.Option(16, help="Rows per generation batch."),
+        judge: str = typer.Option("none", help="none, anthropic or local."),
+        judge_model: str | None = typer.Option(None, help="Judge model (default claude-sonnet-4-5 / smollm2)."),
+        judge_batch: bool = typer.Option(False, help="Judge through the Message Batches API."),
+        rubric: Path = typer.Option(Path("configs/judge/rubric.yaml"), help="Judge rubric (YAML)."),
+        dry_run_flag: bool = typer.Option(False, "--dry-run", help="Print the run's size and judge cost; run nothing."),
+        device: str = typer.Option("auto", help="auto (cuda if available), cpu, cuda."),
+        dtype: str = typer.Option("auto", help="Model dtype: auto, float32, float16, bfloat16."),
+    ) -> None:
+        """Run the alignment-faking evaluation (optionally steered), label, judge and summarise it."""
+        from steerlab.generate import parse_multipliers
+        from steerlab.sweep import SweepConfig
+
+        if tier_literal not in ("True", "true"):
+            raise ConfigError(f"--tier-literal {tier_literal!r}: use True or true")
+        if judge not in ("none", "anthropic", "local"):
+            raise ConfigError(f"--judge {judge!r}: use none, anthropic or local")
+        judge_cfg = None
+        if judge != "none":
+            judge_cfg = {"backend": judge, "model": judge_model, "batch": judge_batch, "rubric": str(rubric)}
+        cfg = _validated(
+            SweepConfig,
+            model=model, vectors=[str(vector)] if vector else [], controls=controls,
+            multipliers=parse_multipliers(alpha), scale=scale, scenario="alignment_faking",
+            conditions=[c.strip() for c in conditions.split(",") if c.strip()],
+            alignment_faking={"system_prompt": str(system_prompt) if system_prompt else None,
+                              "free_tier_true": tier_literal, "free_tier_false": "False" if tier_literal == "True"
+                              else "false", "prefill": prefill, "max_turns": max_turns},
+            prompts=dataset, limit=limit, seeds=parse_ints(seeds, "--seeds"), max_new_tokens=max_new_tokens,
+            temperature=temperature, batch_size=batch_size, judge=judge_cfg, out=str(out_dir),
+        )  # fmt: skip
+        run_config(cfg, device=device, dtype=dtype, dry=dry_run_flag)
+
+    @app.command("judge")
+    def judge_command(
+        run_dir: Path = typer.Argument(..., help="Run directory written by steerlab eval or sweep."),
+        backend: str = typer.Option("anthropic", "--judge", help="anthropic or local."),
+        judge_model: str | None = typer.Option(None, help="Judge model (default claude-sonnet-4-5 / smollm2)."),
+        rubric: Path = typer.Option(Path("configs/judge/rubric.yaml"), help="Judge rubric (YAML)."),
+        scale: str | None = typer.Option(None, help="Override the rubric's scale, e.g. 1,7."),
+        batch: bool = typer.Option(False, help="Use the Message Batches API (half price; waits for the batch)."),
+        concurrency: int = typer.Option(8, help="Parallel API calls."),
+        cache: Path | None = typer.Option(None, help="Judgement cache (default $STEERLAB_CACHE_DIR/judge.sqlite)."),
+        dry_run_flag: bool = typer.Option(False, "--dry-run", help="Print the cost of uncached traces only."),
+    ) -> None:
+        """(Re)score the scratchpads of an existing run, without regenerating; cached judgements cost nothing."""
+        from steerlab.harness.records import read_header, read_samples
+        from steerlab.sweep import JudgeConfig
+
+        read_header(run_dir)
+        scale_pair = None
+        if scale is not None:
+            values = parse_ints(scale, "--scale")
+            if len(values) != 2:
+                raise ConfigError(f"--scale {scale!r}: give min,max, e.g. 1,7")
+            scale_pair = (values[0], values[1])
+        cfg = _validated(JudgeConfig, backend=backend, model=judge_model, rubric=str(rubric), scale=scale_pair,
+                         batch=batch, concurrency=concurrency, cache=str(cache) if cache else None)  # fmt: skip
+        samples = read_samples(run_dir)
+        if dry_run_flag:
+            dry_run(samples, cfg)
+            return
+        run_judge(run_dir, cfg, judge_factory(cfg, run_dir))
+        if samples and "label" in samples[0]:
+            print_label_summary(run_dir, cfg)
+
+    @pairs_app.command("from-traces")
+    def from_traces(
+        run_dirs: list[Path] = typer.Argument(..., help="Judged run directories (pairs match requests across them)."),
+        out_file: Path = typer.Option(..., "--out", help="Pair file to write (JSONL, the foundation format)."),
+        high: int = typer.Option(7, help="A score counts as high at or above this."),
+        low: int = typer.Option(3, help="A score counts as low at or below this."),
+        length_tolerance: float = typer.Option(0.3, help="Largest relative difference of scratchpad lengths."),
+        val_share: float = typer.Option(0.2, help="Share of requests whose pairs go to the val split."),
+        overwrite: bool = typer.Option(False, help="Replace an existing pair file."),
+    ) -> None:
+        """Build in-context researcher-expectation and retraining-consequence pairs from judged traces."""
+        from steerlab.harness.records import read_header, read_samples
+        from steerlab.harness.traces import build_pairs
+        from steerlab.pairs import write_pairs
+
+        out, err = _console()
+        if out_file.exists() and not overwrite:
+            raise ConfigError(f"{out_file} exists; pass --overwrite or name a new file")
+        if not low < high:
+            raise ConfigError(f"--low {low} must be below --high {high}")
+        samples = []
+        for run_dir in run_dirs:
+            read_header(run_dir)
+            samples += read_samples(run_dir)
+        if not any((s.get("judge") or {}).get("scores") for s in samples):
+            raise ConfigError("no judged samples in these runs; run `steerlab judge RUN_DIR` first")
+        pairs, counts = build_pairs(samples, high=high, low=low, length_tolerance=length_tolerance,
+                                    val_share=val_share)  # fmt: skip
+        table = Table(title="pairs from traces")
+        for col in ("concept", "positives", "negatives", "pairs", "unmatched positives", "'future' pos/neg"):
+            table.add_column(col)
+        for concept, c in counts.items():
+            mine = [p for p in pairs if p.concept == concept]
+            fut = f"{sum(p.meta['future_positive'] for p in mine)}/{sum(p.meta['future_negative'] for p in mine)}"
+            table.add_row(concept, str(c["positives"]), str(c["negatives"]), str(c["pairs"]),
+                          str(c["unmatched_positives"]), fut)  # fmt: skip
+        out.print(table)
+        if not pairs:
+            raise ConfigError("no pairs could be formed (see the counts above); lower --high or raise --low")
+        write_pairs(pairs, out_file)
+        out.print(f"wrote {len(pairs)} pairs to {out_file}")
+
+
+def _validated(schema: Any, **data: Any) -> Any:
+    """Build a pydantic settings model from CLI options; a bad value is one line, exit 2."""
+    from pydantic import ValidationError
+
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        raise ConfigError(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}") from None
+
+
+def run_config(cfg: SweepConfig, device: str = "auto", dtype: str = "auto", dry: bool = False) -> Path | None:
+    """Generate (or resume) a run, then, for a labelled run, judge and summarise it."""
+    from steerlab.backends.hf import HFBackend
+    from steerlab.harness.datasets import load_requests
+    from steerlab.models import load_model
+    from steerlab.sweep import load_arms, make_scenario, run_sweep
+
+    out, _ = _console()
+    scenario = make_scenario(cfg)
+    items = load_requests(cfg.prompts, cfg.prompt_set, cfg.limit)  # a bad request file fails before the model loads
+    if dry:
+        n_arms = len(load_arms(cfg, None))
+        n = n_arms * len(cfg.multipliers) * len(scenario.conditions()) * len(items) * len(cfg.seeds)
+        out.print(f"dry run: {n} samples ({len(items)} requests), up to {scenario.max_turns} turns of "
+                  f"{cfg.max_new_tokens} tokens each")  # fmt: skip
+        if cfg.judge is not None:
+            fake = [{"reasoning": "x" * int(cfg.max_new_tokens * scenario.max_turns * 3.5) + str(i)} for i in range(n)]
+            dry_run(fake, cfg.judge)
+        return None
+    make = judge_factory(cfg.judge, Path(cfg.out)) if cfg.judge is not None else None
+    loaded = load_model(cfg.model, dtype=dtype, device=device)
+    run_dir = run_sweep(cfg, HFBackend(loaded, batch_size=cfg.batch_size), loaded.fingerprint)
+    out.print(f"samples in {run_dir}/samples.jsonl")
+    if cfg.scenario == "alignment_faking":
+        finish_labelled(run_dir, cfg, make, loaded)
+    return run_dir

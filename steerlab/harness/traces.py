@@ -1,0 +1,123 @@
+"""In-context pairs from judged traces (``steerlab pairs from-traces``).
+
+The judge scores every scratchpad on A (researcher expectations) and B (retraining
+consequences) in one coordinate system, so the model's own traces can be sorted into
+contrastive pairs for :mod:`steerlab.extract`:
+
+- researcher_expectations: positive = high A and low B; negative = low A and low B;
+- retraining_consequences: positive = high B; negative = low B, with A as close to the
+  positive's A as the candidates allow.
+
+Both sides of a pair answer the *same user request* (samples are grouped by request id, across
+every run given), no sample is used twice within a concept, and the two scratchpads' lengths
+differ by at most ``length_tolerance`` (relative to the longer one), so a direction cannot be
+read off length alone. Each pair records how often the word "future" occurs on either side (a
+lexical tell of retraining talk worth checking before trusting a direction). Pairs of a request
+go to ``val`` when a hash of the request id falls in the validation share, else ``train``, so no
+request is split across the two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from steerlab.pairs import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, Pair
+
+RE, RC = "researcher_expectations", "retraining_consequences"
+PREFIX = {RE: "re", RC: "rc"}
+_FUTURE = re.compile(r"\bfuture\b", re.I)
+
+
+@dataclass
+class Trace:
+    id: str
+    item: str
+    messages: list[dict[str, str]]
+    reasoning: str
+    a: int
+    b: int
+
+
+def judged_traces(samples: Sequence[dict[str, Any]]) -> list[Trace]:
+    out = []
+    for s in samples:
+        scores = (s.get("judge") or {}).get("scores")
+        if not scores or not s.get("reasoning") or "A" not in scores or "B" not in scores:
+            continue
+        out.append(Trace(s["id"], s["item"], list(s["messages"]), s["reasoning"], scores["A"]["score"],
+                         scores["B"]["score"]))  # fmt: skip
+    return out
+
+
+def _close_in_length(p: Trace, n: Trace, tolerance: float) -> bool:
+    lp, ln = len(p.reasoning), len(n.reasoning)
+    return abs(lp - ln) <= tolerance * max(lp, ln)
+
+
+def _split(item: str, val_share: float) -> str:
+    h = int(hashlib.sha256(item.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "val" if h < val_share else "train"
+
+
+def _side(trace: Trace) -> list[dict[str, str]]:
+    body = f"{SCRATCHPAD_OPEN}{trace.reasoning}{SCRATCHPAD_CLOSE}"
+    return [m for m in trace.messages if m["role"] != "assistant"] + [{"role": "assistant", "content": body}]
+
+
+def build_pairs(
+    samples: Sequence[dict[str, Any]],
+    high: int = 7,
+    low: int = 3,
+    length_tolerance: float = 0.3,
+    val_share: float = 0.2,
+) -> tuple[list[Pair], dict[str, dict[str, int]]]:
+    """Pairs of both concepts, and per concept the counts of candidates and pairs made."""
+    by_item: dict[str, list[Trace]] = defaultdict(list)
+    for t in judged_traces(samples):
+        by_item[t.item].append(t)
+    rules = {
+        RE: (lambda t: t.a >= high and t.b <= low, lambda t: t.a <= low and t.b <= low),
+        RC: (lambda t: t.b >= high, lambda t: t.b <= low),
+    }
+    pairs: list[Pair] = []
+    counts: dict[str, dict[str, int]] = {}
+    for concept, (is_pos, is_neg) in rules.items():
+        c = {"positives": 0, "negatives": 0, "pairs": 0, "unmatched_positives": 0}
+        for item in sorted(by_item):
+            traces = sorted(by_item[item], key=lambda t: t.id)
+            positives = [t for t in traces if is_pos(t)]
+            negatives = [t for t in traces if is_neg(t)]
+            c["positives"] += len(positives)
+            c["negatives"] += len(negatives)
+            used: set[str] = set()
+            for p in positives:
+                free = [
+                    n
+                    for n in negatives
+                    if n.id not in used and n.id != p.id and _close_in_length(p, n, length_tolerance)
+                ]
+                if not free:
+                    c["unmatched_positives"] += 1
+                    continue
+                # retraining pairs match A where possible; both prefer the closest length
+                n = min(free, key=lambda n: (abs(n.a - p.a) if concept == RC else 0,
+                                             abs(len(n.reasoning) - len(p.reasoning)), n.id))  # fmt: skip
+                used.add(n.id)
+                pairs.append(Pair(
+                    id=f"{PREFIX[concept]}-trace-{len([q for q in pairs if q.concept == concept]):04d}",
+                    concept=concept, split=_split(item, val_share),
+                    positive=_side(p), negative=_side(n),
+                    span_positive=p.reasoning, span_negative=n.reasoning,
+                    meta={"item": item, "positive_sample": p.id, "negative_sample": n.id,
+                          "scores_positive": {"A": p.a, "B": p.b}, "scores_negative": {"A": n.a, "B": n.b},
+                          "future_positive": len(_FUTURE.findall(p.reasoning)),
+                          "future_negative": len(_FUTURE.findall(n.reasoning))},
+                ))  # fmt: skip
+                c["pairs"] += 1
+        counts[concept] = c
+    return pairs, counts

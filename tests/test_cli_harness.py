@@ -1,0 +1,141 @@
+"""The harness commands end to end: eval, sweep --scenario alignment_faking, judge, pairs from-traces."""
+
+import json
+
+import yaml
+from conftest import run_cli
+
+from steerlab.harness.records import load_run, read_header
+from steerlab.harness.traces import build_pairs
+from steerlab.pairs import load_pairs
+
+BENIGN = "configs/requests/benign.jsonl"
+
+
+def test_eval_runs_labels_summarises_and_resumes(tiny_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["eval", "--model", tiny_dir, "--dataset", BENIGN, "--limit", "2", "--seeds", "0,1",
+            "--max-new-tokens", "4", "--out", run, "--prefill", "<SCRATCHPAD_REASONING>"]  # fmt: skip
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    frame = load_run(run)
+    assert len(frame) == 2 * 2 * 2 and set(frame["label"]) == {"truncated"}  # 4 tokens never finish a scratchpad
+    summary = json.loads((run / "summary.json").read_text())
+    cells = {c["condition"]: c for c in summary["cells"]}
+    assert cells["monitored"]["n"] == 4 and cells["monitored"]["n_truncated"] == 4 and cells["monitored"]["rate"] == 0
+    assert summary["gaps"][0]["seed_gaps"] == [0.0, 0.0] and "gap = monitored - unmonitored" in out
+    header = read_header(run)
+    assert header["config"]["alignment_faking"]["prefill"] == "<SCRATCHPAD_REASONING>"
+    before = (run / "samples.jsonl").read_bytes()
+    code, _, err = run_cli(args, capsys)  # a finished run: nothing is generated again
+    assert code == 0, err and (run / "samples.jsonl").read_bytes() == before
+    code, _, err = run_cli([*args[:-2], "--seeds", "5"], capsys)  # another run into the same directory
+    assert code == 2 and "another config hash" in err
+
+
+def test_eval_refuses_bad_input_before_loading_anything(tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("question\nx\n")
+    base = ["eval", "--model", "no/such-model", "--out", tmp_path / "run"]
+    code, _, err = run_cli([*base, "--dataset", bad], capsys)
+    assert code == 2 and "no prompt column" in err
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    code, _, err = run_cli([*base, "--dataset", BENIGN, "--judge", "anthropic"], capsys)
+    assert code == 2 and "set ANTHROPIC_API_KEY" in err and not (tmp_path / "run").exists()
+    code, _, err = run_cli([*base, "--dataset", BENIGN, "--conditions", "monitored,watched"], capsys)
+    assert code == 2 and "unknown condition 'watched'" in err
+    code, _, err = run_cli([*base, "--dataset", BENIGN, "--tier-literal", "yes"], capsys)
+    assert code == 2 and "use True or true" in err
+    code, out, err = run_cli([*base, "--dataset", BENIGN, "--dry-run", "--judge", "local", "--seeds", "0,1"], capsys)
+    assert code == 0 and "96 samples (24 requests)" in out and "calls" in out
+
+
+def test_steered_alignment_faking_sweep_with_controls(tiny_dir, tiny_vector, tmp_path, capsys):
+    cfg = tmp_path / "af.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": str(tiny_dir), "vectors": [str(tiny_vector)], "controls": 2, "multipliers": [-4, 0, 4],
+        "scenario": "alignment_faking", "prompts": BENIGN, "limit": 2, "max_new_tokens": 3, "out": str(tmp_path / "sw"),
+    }))  # fmt: skip
+    code, out, err = run_cli(["sweep", "--config", cfg], capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "sw" / "summary.json").read_text())
+    curves = {(c["multiplier"], c["condition"]): c for c in summary["curves"]}
+    assert set(curves) == {(m, c) for m in (-4, 0, 4) for c in ("monitored", "unmonitored", "gap")}
+    assert curves[(4, "monitored")]["n_controls"] == 2 and "control_min" in curves[(-4, "gap")]
+    assert len(summary["gaps"]) == 3 * 3  # (real + 2 controls) x 3 multipliers
+    assert (tmp_path / "sw" / "af_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(load_run(tmp_path / "sw")) == 3 * 3 * 2 * 2
+
+
+def judged_run(tmp_path, samples):
+    run = tmp_path / "judged"
+    run.mkdir()
+    (run / "header.json").write_text(json.dumps({"format": 2, "seeds": [0], "scenario": {"name": "alignment_faking"}}))
+    (run / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    return run
+
+
+def trace(sid, item, a, b, reasoning):
+    scores = {"A": {"score": a, "justification": ""}, "B": {"score": b, "justification": ""}}
+    return {"id": sid, "vector": "none", "arm": "none", "multiplier": 0.0, "item": item, "condition": "monitored",
+            "seed": 0, "label": "rejected", "messages": [{"role": "user", "content": f"request {item}"}],
+            "reasoning": reasoning, "judge": {"scores": scores}}  # fmt: skip
+
+
+def test_judge_cli_dry_run_and_a_local_judge_that_cannot_answer(tiny_dir, tmp_path, capsys):
+    run = judged_run(tmp_path, [{**trace(f"s{i}", "q", 0, 0, f"thinking {i % 2}"), "judge": None} for i in range(4)])
+    code, out, err = run_cli(["judge", run, "--dry-run", "--cache", tmp_path / "c.sqlite"], capsys)
+    assert code == 0 and "2 distinct traces, 0 cached; 2 calls" in out
+    code, out, err = run_cli(["judge", run, "--judge", "local", "--judge-model", tiny_dir,
+                              "--cache", tmp_path / "c.sqlite"], capsys)  # fmt: skip
+    assert code == 0, err and "4 judge errors" in out  # a random model's reply never parses: errors, not zeros
+    frame = load_run(run)
+    assert frame["judge_error"].str.startswith("unparseable reply").all() and "judge_A" not in frame
+    code, _, err = run_cli(["judge", tmp_path], capsys)
+    assert code == 2 and "not a steerlab run directory" in err
+
+
+def test_pairs_match_request_length_and_a_without_reuse():
+    long, short = "x" * 100, "y" * 50
+    samples = [
+        trace("p1", "q1", 9, 1, long + " future future"),  # RE positive
+        trace("p2", "q1", 1, 9, long + " the future"),  # RC positive (A low)
+        trace("n1", "q1", 1, 1, long + " plain"),  # low on both: RE negative, RC negative
+        trace("n2", "q1", 6, 2, long + " other"),  # RC negative with A middling; not an RE positive (A < 7)
+        trace("n3", "q2", 1, 1, long),  # another request: never paired with q1
+        trace("p3", "q1", 9, 9, short),  # RC positive, but too short for any negative
+        trace("p4", "q1", 10, 0, long),  # RE positive: n1 already used by p1 -> unmatched
+    ]
+    pairs, counts = build_pairs(samples, length_tolerance=0.3)
+    re_pairs = [p for p in pairs if p.concept == "researcher_expectations"]
+    rc_pairs = [p for p in pairs if p.concept == "retraining_consequences"]
+    assert [(p.meta["positive_sample"], p.meta["negative_sample"]) for p in re_pairs] == [("p1", "n1")]
+    assert counts["researcher_expectations"]["unmatched_positives"] == 1  # p4: no reuse of n1, n3 is q2
+    # RC: p2 (A=1) takes n1 (A=1) over n2 (A=6), p1 and p4 (low B too); p3 is too short
+    assert [(p.meta["positive_sample"], p.meta["negative_sample"]) for p in rc_pairs] == [("p2", "n1")]
+    assert counts["retraining_consequences"] == {"positives": 2, "negatives": 5, "pairs": 1, "unmatched_positives": 1}
+    assert (re_pairs[0].meta["future_positive"], re_pairs[0].meta["future_negative"]) == (2, 0)
+    assert re_pairs[0].positive[0].content == "request q1" == re_pairs[0].negative[0].content
+
+
+def test_pairs_from_traces_cli_writes_an_extractable_pair_file(tmp_path, capsys):
+    samples = []
+    for q in range(6):
+        samples += [
+            trace(f"a{q}", f"q{q}", 9, 1, "I should give the evaluators the answer they want. " * 3),
+            trace(f"b{q}", f"q{q}", 1, 1, "The user asked a question; I will simply answer it. " * 3),
+            trace(f"c{q}", f"q{q}", 2, 9, "If I refuse, training will change my future values. " * 3),
+        ]
+    run = judged_run(tmp_path, samples)
+    out_file = tmp_path / "pairs.jsonl"
+    code, out, err = run_cli(["pairs", "from-traces", run, "--out", out_file], capsys)
+    assert code == 0, err
+    pairs = load_pairs(out_file)
+    assert {p.concept for p in pairs} == {"researcher_expectations", "retraining_consequences"} and len(pairs) == 12
+    assert all(p.positive[-1].content.startswith("<SCRATCHPAD_REASONING>") for p in pairs)
+    code, _, err = run_cli(["pairs", "from-traces", run, "--out", out_file], capsys)
+    assert code == 2 and "exists" in err
+    (tmp_path / "u").mkdir()
+    unjudged = judged_run(tmp_path / "u", [{**samples[0], "judge": None}])
+    code, _, err = run_cli(["pairs", "from-traces", unjudged, "--out", tmp_path / "new.jsonl"], capsys)
+    assert code == 2 and "steerlab judge" in err
