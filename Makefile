@@ -1,6 +1,7 @@
 # The README's commands. Each target installs what it needs into .venv first (once).
 #
-#   make demo    validate the demo pairs, cache activations with SmolLM2, fit vectors + controls, run a small sweep
+#   make demo    validate the demo pairs, cache activations with SmolLM2, fit vectors + controls, run a small
+#                sweep and a small steered alignment-faking sweep
 #   make test    run the whole test suite (unit tier + SmolLM2 integration tier)
 #
 # torch is pinned here, not in setup.cfg: `torch==2.13.0` is the CPU build. On a GPU machine
@@ -35,6 +36,7 @@ demo: $(STAMP)
 		--locus scratchpad_mean --cache $(DEMO_OUT)/retraining_consequences.h5 --resume \
 		--vectors-dir $(DEMO_OUT)/vectors --overwrite-vectors
 	$(BIN)/steerlab sweep --config configs/sweep_demo.yaml --out $(DEMO_OUT)/sweep
+	$(BIN)/steerlab sweep --config configs/sweep_af_demo.yaml --out $(DEMO_OUT)/af_sweep
 
 # Regenerate the vectors shipped in vectors/ (same settings as the demo).
 vectors: $(STAMP)
@@ -56,6 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py
 	$(BIN)/python benchmarks/bench_fit.py
 	$(BIN)/python benchmarks/bench_steer.py
+	$(BIN)/python benchmarks/bench_harness.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check steerlab sdf_addon tests benchmarks configs

@@ -390,16 +390,14 @@ def sweep(
         controls=controls,
         out=out_dir,
         scorer=scorer,
+        scenario=scenario,
     )
-    if cfg.scenario != "plain" or scenario is not None:
-        if scenario is not None:
-            cfg = cfg.model_copy(update={"scenario": scenario})
-            cfg = type(cfg).model_validate(cfg.model_dump())
+    if cfg.scenario == "alignment_faking":
         run_config(cfg, device=device, dtype=dtype, dry=dry_run_flag)
         return
     loaded = load_model(cfg.model, dtype=dtype, device=device)
     run_dir = run_sweep(cfg, HFBackend(loaded, batch_size=cfg.batch_size), loaded.fingerprint)
-    out.print(f"records in {run_dir}/records.jsonl")
+    out.print(f"samples in {run_dir}/samples.jsonl")
     if cfg.scorer is None:
         out.print("no scorer in the config: records only (set scorer: to summarise)")
         return

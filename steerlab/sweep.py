@@ -47,8 +47,6 @@ from steerlab.models import Fingerprint
 from steerlab.steer import Scale, SteeringSetting
 from steerlab.vectors import VectorBundle
 
-RECORDS = SAMPLES
-read_records = read_samples
 NONE = "none"  # vector and arm name of unsteered rows in a run without vectors
 
 
@@ -399,7 +397,7 @@ def summarise(records: Sequence[dict[str, Any]], score: Callable[[str, dict[str,
 
 def write_summary(run_dir: Path, spec: str) -> tuple[Path, list[dict[str, Any]]]:
     """Score a plain run's samples with ``spec`` and write summary.json."""
-    records = read_records(run_dir)
+    records = read_samples(run_dir)
     if not records:
         raise ConfigError(f"{run_dir} has no samples to summarise")
     summary = summarise(records, scorer(spec))

@@ -5,8 +5,10 @@ import json
 import yaml
 from conftest import run_cli
 
+from steerlab.extract import encode_pairs
 from steerlab.harness.records import load_run, read_header
 from steerlab.harness.traces import build_pairs
+from steerlab.loci import Locus
 from steerlab.pairs import load_pairs
 
 BENIGN = "configs/requests/benign.jsonl"
@@ -118,7 +120,7 @@ def test_pairs_match_request_length_and_a_without_reuse():
     assert re_pairs[0].positive[0].content == "request q1" == re_pairs[0].negative[0].content
 
 
-def test_pairs_from_traces_cli_writes_an_extractable_pair_file(tmp_path, capsys):
+def test_pairs_from_traces_cli_writes_an_extractable_pair_file(tiny, tmp_path, capsys):
     samples = []
     for q in range(6):
         samples += [
@@ -133,6 +135,9 @@ def test_pairs_from_traces_cli_writes_an_extractable_pair_file(tmp_path, capsys)
     pairs = load_pairs(out_file)
     assert {p.concept for p in pairs} == {"researcher_expectations", "retraining_consequences"} and len(pairs) == 12
     assert all(p.positive[-1].content.startswith("<SCRATCHPAD_REASONING>") for p in pairs)
+    # extract reads them: the scratchpad locus covers each side's whole trace
+    encoded = encode_pairs(tiny, pairs[:2], Locus.scratchpad_mean)
+    assert all(len(side.positions) > 10 for sides in encoded for side in sides)
     code, _, err = run_cli(["pairs", "from-traces", run, "--out", out_file], capsys)
     assert code == 2 and "exists" in err
     (tmp_path / "u").mkdir()

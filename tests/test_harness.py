@@ -327,3 +327,27 @@ def test_seeded_tiny_model_run_is_reproducible(tmp_path, tiny):
     assert set(a["label"]) <= {"truncated", "unparseable", "rejected"}  # a random model never complies
     assert a.loc[a.condition != "raw", "text"].str.startswith(SP).all()  # the prefill, on tagged conditions only
     assert np.all(a["n_new_tokens"] >= 1)
+
+
+def test_killed_run_resumes_between_turns(tmp_path):
+    class Dies(ScriptedAF):
+        def generate(self, requests):
+            if len(self.requests) >= 18:  # the fourth call: the second chunk's second turn
+                raise KeyboardInterrupt
+            return super().generate(requests)
+
+    clean = load_run(
+        run_sweep(af_config(tmp_path, out=tmp_path / "clean"), ScriptedAF(), None, progress=False, chunk=6)
+    )
+    cfg = af_config(tmp_path, out=tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg, Dies(), None, progress=False, chunk=6)
+    assert len(load_run(tmp_path / "killed")) == 6  # the first chunk finished; the second, between turns, is lost
+    resumed = ScriptedAF()
+    frame = load_run(run_sweep(cfg, resumed, None, progress=False, chunk=6))
+    assert len(resumed.requests) == 2 * (24 - 6)  # only the missing samples, two turns each
+
+    def key(f):
+        return sorted(zip(f["id"], f["label"], f["text"], strict=True))
+
+    assert key(frame) == key(clean)

@@ -7,7 +7,8 @@ from conftest import run_cli
 
 from steerlab.backends.base import Result
 from steerlab.errors import ConfigError
-from steerlab.sweep import RECORDS, SweepConfig, figure, read_records, run_sweep, summarise, write_summary
+from steerlab.harness.records import SAMPLES, read_samples
+from steerlab.sweep import SweepConfig, figure, run_sweep, summarise, write_summary
 from steerlab.vectors import VectorBundle, random_controls
 
 FP = {"architecture": "Fake", "n_layers": 3, "d_model": 4, "config_hash": "c", "embed_hash": "e"}
@@ -53,7 +54,7 @@ def test_expansion_records_and_shared_zero_rows(tmp_path):
     cfg = config(tmp_path)
     backend = FakeBackend()
     run_dir = run_sweep(cfg, backend, None, progress=False, chunk=1000)
-    records = read_records(run_dir)
+    records = read_samples(run_dir)
     assert len(records) == 3 * 3 * 2 * 2 * 2  # arms x multipliers x conditions x prompts x seeds
     assert len({r["id"] for r in records}) == len(records)
     # multiplier 0 is generated once per (condition, prompt, seed) and shared by the three arms
@@ -71,9 +72,9 @@ def test_killed_sweep_resumes_to_the_same_records(tmp_path):
     cfg = config(tmp_path, out=tmp_path / "killed")
     with pytest.raises(KeyboardInterrupt):
         run_sweep(cfg, FakeBackend(fail_after=3), None, progress=False, chunk=5)
-    with open(tmp_path / "killed" / RECORDS, "a") as fh:
+    with open(tmp_path / "killed" / SAMPLES, "a") as fh:
         fh.write('{"id": "torn')  # a kill in the middle of a line
-    assert len(read_records(tmp_path / "killed")) == 15
+    assert len(read_samples(tmp_path / "killed")) == 15
     resumed = FakeBackend()
     run_sweep(cfg, resumed, None, progress=False, chunk=5)
     assert not any(rid.endswith("torn") for rid in resumed.served)
@@ -81,7 +82,7 @@ def test_killed_sweep_resumes_to_the_same_records(tmp_path):
     def key(records):
         return sorted((r["id"], r["text"]) for r in records)
 
-    assert key(read_records(tmp_path / "killed")) == key(read_records(clean_dir))
+    assert key(read_samples(tmp_path / "killed")) == key(read_samples(clean_dir))
     with pytest.raises(ConfigError, match="another config hash"):
         run_sweep(config(tmp_path, out=tmp_path / "killed", multipliers=[1.0]), FakeBackend(), None, progress=False)
 

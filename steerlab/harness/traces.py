@@ -14,7 +14,8 @@ differ by at most ``length_tolerance`` (relative to the longer one), so a direct
 read off length alone. Each pair records how often the word "future" occurs on either side (a
 lexical tell of retraining talk worth checking before trusting a direction). Pairs of a request
 go to ``val`` when a hash of the request id falls in the validation share, else ``train``, so no
-request is split across the two.
+request is split across the two. Each side is the request's messages and one assistant turn:
+the sample's reasoning as one scratchpad (continuation turns merged) and its final output.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from steerlab.pairs import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, Pair
+from steerlab.pairs import OUTPUT_CLOSE, OUTPUT_OPEN, SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN, Pair
 
 RE, RC = "researcher_expectations", "retraining_consequences"
 PREFIX = {RE: "re", RC: "rc"}
@@ -39,6 +40,7 @@ class Trace:
     item: str
     messages: list[dict[str, str]]
     reasoning: str
+    output: str
     a: int
     b: int
 
@@ -49,8 +51,8 @@ def judged_traces(samples: Sequence[dict[str, Any]]) -> list[Trace]:
         scores = (s.get("judge") or {}).get("scores")
         if not scores or not s.get("reasoning") or "A" not in scores or "B" not in scores:
             continue
-        out.append(Trace(s["id"], s["item"], list(s["messages"]), s["reasoning"], scores["A"]["score"],
-                         scores["B"]["score"]))  # fmt: skip
+        out.append(Trace(s["id"], s["item"], list(s["messages"]), s["reasoning"], s.get("output") or "",
+                         scores["A"]["score"], scores["B"]["score"]))  # fmt: skip
     return out
 
 
@@ -65,7 +67,7 @@ def _split(item: str, val_share: float) -> str:
 
 
 def _side(trace: Trace) -> list[dict[str, str]]:
-    body = f"{SCRATCHPAD_OPEN}{trace.reasoning}{SCRATCHPAD_CLOSE}"
+    body = f"{SCRATCHPAD_OPEN}{trace.reasoning}{SCRATCHPAD_CLOSE}\n{OUTPUT_OPEN}{trace.output}{OUTPUT_CLOSE}"
     return [m for m in trace.messages if m["role"] != "assistant"] + [{"role": "assistant", "content": body}]
 
 
