@@ -129,6 +129,9 @@ def af_sweep(panels: dict[str, dict[str, dict[str, list[float]]]], concepts: dic
         top.legend(fontsize=7)
         if bottom.get_legend_handles_labels()[0]:
             bottom.legend(fontsize=7)
+        else:
+            bottom.text(0.5, 0.5, "no judge scores (run steerlab judge RUN_DIR)", ha="center", va="center",
+                        transform=bottom.transAxes, color="grey")  # fmt: skip
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
