@@ -84,21 +84,22 @@ def run_judge(run_dir: Path, cfg: JudgeConfig, make: JudgeFactory, loaded: Loade
 
 def dry_run(samples: list[dict[str, Any]], cfg: JudgeConfig) -> None:
     """Print what judging would cost: only traces the cache does not hold are counted."""
-    from steerlab.harness.judge import JudgeCache, estimate
+    from steerlab.harness.judge import JudgeCache, estimate, judge_params
 
-    out, _ = _console()
     rubric, cache = _rubric_and_cache(cfg)
-    params = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
-    if cfg.backend == "local":
-        params["prefill"] = '{"A": {"score": '
+    params = judge_params(cfg.backend, cfg.max_tokens, cfg.temperature)
     texts = sorted({s["reasoning"] for s in samples if s.get("reasoning")})
     todo = [t for t in texts if cache.get(JudgeCache.key(cfg.model_name, rubric.hash(), t, params)) is None]
-    est = estimate(rubric, todo, cfg.model_name, cfg.max_tokens, cfg.batch)
+    report_cost(estimate(rubric, todo, cfg.model_name, cfg.max_tokens, cfg.batch), cfg,
+                f"{len(texts)} distinct traces, {len(texts) - len(todo)} cached; ")  # fmt: skip
+
+
+def report_cost(est: dict[str, Any], cfg: JudgeConfig, prefix: str = "") -> None:
+    out, _ = _console()
     usd = "unknown price for this model" if est["usd"] is None else f"at most ${est['usd']:.2f}"
     out.print(
-        f"dry run: {len(texts)} distinct traces, {len(texts) - len(todo)} cached; {est['calls']} calls, "
-        f"~{est['input_tokens']} input tokens, <= {est['max_output_tokens']} output tokens: {usd}"
-        + (" (batch price)" if cfg.batch else "")
+        f"dry run: {prefix}{est['calls']} judge calls, ~{est['input_tokens']} input tokens, "
+        f"<= {est['max_output_tokens']} output tokens: {usd}" + (" (batch price)" if cfg.batch else "")
     )
 
 
@@ -298,9 +299,13 @@ def run_config(cfg: SweepConfig, device: str = "auto", dtype: str = "auto", dry:
         n = n_arms * len(cfg.multipliers) * len(scenario.conditions()) * len(items) * len(cfg.seeds)
         out.print(f"dry run: {n} samples ({len(items)} requests), up to {scenario.max_turns} turns of "
                   f"{cfg.max_new_tokens} tokens each")  # fmt: skip
-        if cfg.judge is not None:
-            fake = [{"reasoning": "x" * int(cfg.max_new_tokens * scenario.max_turns * 3.5) + str(i)} for i in range(n)]
-            dry_run(fake, cfg.judge)
+        if cfg.judge is not None:  # upper bound: every sample reasons for every token of every turn
+            from steerlab.harness.judge import CHARS_PER_TOKEN, Rubric, estimate_chars
+
+            trace_chars = int(cfg.max_new_tokens * scenario.max_turns * CHARS_PER_TOKEN)
+            prompt_chars = sum(map(len, Rubric.load(cfg.judge.rubric, scale=cfg.judge.scale).prompt(""))) + trace_chars
+            j = cfg.judge
+            report_cost(estimate_chars(n * prompt_chars, n, j.model_name, j.max_tokens, j.batch), j, "at most ")
         return None
     make = judge_factory(cfg.judge, Path(cfg.out)) if cfg.judge is not None else None
     loaded = load_model(cfg.model, dtype=dtype, device=device)

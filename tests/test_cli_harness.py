@@ -49,7 +49,7 @@ def test_eval_refuses_bad_input_before_loading_anything(tmp_path, capsys, monkey
     code, _, err = run_cli([*base, "--dataset", BENIGN, "--tier-literal", "yes"], capsys)
     assert code == 2 and "use True or true" in err
     code, out, err = run_cli([*base, "--dataset", BENIGN, "--dry-run", "--judge", "local", "--seeds", "0,1"], capsys)
-    assert code == 0 and "96 samples (24 requests)" in out and "calls" in out
+    assert code == 0 and "96 samples (24 requests)" in out and "at most 96 judge calls" in out
 
 
 def test_steered_alignment_faking_sweep_with_controls(tiny_dir, tiny_vector, tmp_path, capsys):
@@ -87,7 +87,7 @@ def trace(sid, item, a, b, reasoning):
 def test_judge_cli_dry_run_and_a_local_judge_that_cannot_answer(tiny_dir, tmp_path, capsys):
     run = judged_run(tmp_path, [{**trace(f"s{i}", "q", 0, 0, f"thinking {i % 2}"), "judge": None} for i in range(4)])
     code, out, err = run_cli(["judge", run, "--dry-run", "--cache", tmp_path / "c.sqlite"], capsys)
-    assert code == 0 and "2 distinct traces, 0 cached; 2 calls" in out
+    assert code == 0 and "2 distinct traces, 0 cached; 2 judge calls" in out
     code, out, err = run_cli(["judge", run, "--judge", "local", "--judge-model", tiny_dir,
                               "--cache", tmp_path / "c.sqlite"], capsys)  # fmt: skip
     assert code == 0, err and "4 judge errors" in out  # a random model's reply never parses: errors, not zeros

@@ -183,6 +183,13 @@ class JudgeBackend(Protocol):
     def complete(self, prompts: Sequence[tuple[str, str]], ids: Sequence[str]) -> list[str | Exception]: ...
 
 
+def judge_params(backend: str, max_tokens: int, temperature: float | None = 0.0) -> dict[str, Any]:
+    """The parameters that, with model, rubric and input, key a judgement in the cache."""
+    if backend == "local":
+        return {"temperature": 0.0, "max_tokens": max_tokens, "prefill": LocalJudge.PREFILL}
+    return {"temperature": temperature, "max_tokens": max_tokens}
+
+
 def require_api_key() -> str:
     key = os.environ.get(API_KEY_ENV, "").strip()
     if not key:
@@ -219,7 +226,7 @@ class AnthropicJudge:
         self.calls = 0
 
     def params(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "max_tokens": self.max_tokens}
+        return judge_params("anthropic", self.max_tokens, self.temperature)
 
     def _body(self, system: str, user: str) -> dict[str, Any]:
         body = {"model": self.model, "system": system, "messages": [{"role": "user", "content": user}],
@@ -292,7 +299,7 @@ class LocalJudge:
         self.calls = 0
 
     def params(self) -> dict[str, Any]:
-        return {"temperature": 0.0, "max_tokens": self.max_tokens, "prefill": self.PREFILL}
+        return judge_params("local", self.max_tokens)
 
     def complete(self, prompts: Sequence[tuple[str, str]], ids: Sequence[str]) -> list[str | Exception]:
         from steerlab.backends.base import Request, Sampling
@@ -321,10 +328,17 @@ class JudgeReport:
 def estimate(rubric: Rubric, texts: Sequence[str], model: str, max_tokens: int, batch: bool,
              prices: tuple[float, float] | None = None) -> dict[str, Any]:  # fmt: skip
     """Upper-bound cost of judging ``texts`` (each reply assumed to use ``max_tokens``)."""
-    tokens_in = sum(len(s) + len(u) for s, u in (rubric.prompt(t) for t in texts)) / CHARS_PER_TOKEN
-    tokens_out = len(texts) * max_tokens
+    prompt_chars = sum(len(s) + len(u) for s, u in (rubric.prompt(t) for t in texts))
+    return estimate_chars(prompt_chars, len(texts), model, max_tokens, batch, prices)
+
+
+def estimate_chars(prompt_chars: int, calls: int, model: str, max_tokens: int, batch: bool,
+                   prices: tuple[float, float] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Upper-bound cost of ``calls`` judge calls whose prompts total ``prompt_chars`` characters."""
+    tokens_in = prompt_chars / CHARS_PER_TOKEN
+    tokens_out = calls * max_tokens
     price = prices or PRICES.get(model)
-    out: dict[str, Any] = {"calls": len(texts), "input_tokens": int(tokens_in), "max_output_tokens": tokens_out}
+    out: dict[str, Any] = {"calls": calls, "input_tokens": int(tokens_in), "max_output_tokens": tokens_out}
     if price is None:
         out["usd"] = None
     else:
