@@ -180,6 +180,11 @@ def embed_hash(model: nn.Module) -> str:
     weight = model.get_input_embeddings().weight
     if weight.is_meta:
         return "unavailable"
+    return embed_rows_hash(weight)
+
+
+def embed_rows_hash(weight: torch.Tensor) -> str:
+    """Hash of the first embedding rows rounded through bf16 (fp32 and bf16 loads agree)."""
     rows = weight[:_EMBED_ROWS].detach().to(torch.bfloat16).to(torch.float32).cpu()
     return _sha(rows.numpy().tobytes())
 
@@ -285,6 +290,25 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.endswith(".gguf") or name.count("/") > 1
 
 
+def resolve_source(name: str) -> tuple[Path | str, str | None]:
+    """Where a model named by the user lives: (a local directory or hub id, the .gguf file name or None)."""
+    if name == EMBEDDED_DEFAULT:
+        return embedded_snapshot(), None
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path.parent, path.name
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{path} holds no model (no config.json); pass a directory written by "
+                "save_pretrained, a .gguf file, a hub id, or 'smollm2'"
+            )
+        return path, None
+    if path.exists() or _looks_like_path(name):
+        raise ModelLoadError(f"no model at {name!r}: the path does not exist or is not a model")
+    return name, None
+
+
 def load_model(
     name: str | None = None,
     *,
@@ -306,24 +330,9 @@ def load_model(
         "dtype": _torch_dtype(dtype, resolved_device),
         "trust_remote_code": trust_remote_code,
     }
-    if name == EMBEDDED_DEFAULT:
-        where: Path | str = embedded_snapshot()
-    else:
-        path = Path(name).expanduser()
-        if path.is_file() and path.suffix == ".gguf":
-            where = path.parent
-            kwargs["gguf_file"] = path.name
-        elif path.is_dir():
-            if not (path / "config.json").is_file():
-                raise ModelLoadError(
-                    f"{path} holds no model (no config.json); pass a directory written by "
-                    "save_pretrained, a .gguf file, a hub id, or 'smollm2'"
-                )
-            where = path
-        elif path.exists() or _looks_like_path(name):
-            raise ModelLoadError(f"no model at {name!r}: the path does not exist or is not a model")
-        else:
-            where = name
+    where, gguf_file = resolve_source(name)
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
     try:
         config = AutoConfig.from_pretrained(where, **{k: v for k, v in kwargs.items() if k != "dtype"})
     except (OSError, ValueError) as exc:
