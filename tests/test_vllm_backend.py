@@ -127,6 +127,7 @@ def test_cli_steer_and_eval_on_vllm(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: a second engine beside the module's
+    monkeypatch.setenv("STEERLAB_VLLM_EAGER", "1")  # compiled mode has its own test; keep this one quick
     vector = VECTORS["retraining_consequences"]
     code, out, err = run_cli(["steer", "--backend", "vllm", "--vector", vector, "--alpha", "0.2", "--scale", "relative",
                               "--prompt", "Name a colour.", "--compare", "--max-new-tokens", "8"], capsys)  # fmt: skip

@@ -51,7 +51,7 @@ class VLLMBackend:
         *,
         dtype: str = "auto",
         tensor_parallel_size: int = 1,
-        enforce_eager: bool = False,
+        enforce_eager: bool | None = None,
         gpu_memory_utilization: float | None = None,
         max_model_len: int | None = 4096,
         max_settings: int = vllm_steer.DEFAULT_MAX_SETTINGS,
@@ -78,6 +78,8 @@ class VLLMBackend:
         self.chat_template = self.tokenizer.chat_template or FALLBACK_CHAT_TEMPLATE
         self.n_layers, self.d_model = _n_layers(config), _d_model(config)
         self.max_settings = max_settings
+        if enforce_eager is None:  # the CLI's default: vLLM's own mode unless STEERLAB_VLLM_EAGER=1
+            enforce_eager = os.environ.get("STEERLAB_VLLM_EAGER") == "1"
         self.ignore_eos = False  # benchmarks set it, so every request generates max_new_tokens tokens
         on_cpu = not torch.cuda.is_available()
         os.environ[vllm_steer.ENV] = "1"  # inherited by worker processes: their plugin patches the runner
