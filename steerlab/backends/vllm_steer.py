@@ -94,7 +94,7 @@ def set_table(worker: Any, layers: Sequence[int], table: torch.Tensor) -> int:
     return len(decoder_layers(model))
 
 
-def fill_rows(runner: Any, num_tokens: int) -> None:
+def fill_rows(runner: Any) -> None:
     """Per-token table rows for the batch the runner is about to run."""
     model = runner.model
     rows = model.steerlab_rows
@@ -102,45 +102,40 @@ def fill_rows(runner: Any, num_tokens: int) -> None:
     starts = runner.query_start_loc.np[: num_reqs + 1]
     host = torch.zeros(rows.shape[0], dtype=torch.long)
     for i, req_id in enumerate(runner.input_batch.req_ids[:num_reqs]):
-        extra = runner.requests[req_id].sampling_params.extra_args or {}
-        row = int(extra.get(ROW_KEY, 0))
+        params = runner.requests[req_id].sampling_params  # None for pooling requests
+        row = int(((params.extra_args if params is not None else None) or {}).get(ROW_KEY, 0))
         if row:
             host[int(starts[i]) : int(starts[i + 1])] = row
     rows.copy_(host, non_blocking=True)
 
 
 def patch_runner() -> None:
-    """Wrap the V1 model runner so loaded models get steering and every forward fills the rows."""
+    """Wrap the V1 model runners so loaded models get steering and every forward fills the rows."""
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     if getattr(GPUModelRunner, "_steerlab_patched", False):
         return
-    load_model, model_forward = GPUModelRunner.load_model, GPUModelRunner._model_forward
 
-    def patched_load(self: Any, *args: Any, **kwargs: Any) -> Any:
-        out = load_model(self, *args, **kwargs)
-        max_settings = int(os.environ.get(MAX_SETTINGS_ENV, DEFAULT_MAX_SETTINGS))
-        install(self.model, self.scheduler_config.max_num_batched_tokens + 512, max_settings)
-        return out
+    def with_steering(load_model: Any) -> Any:
+        def patched(self: Any, *args: Any, **kwargs: Any) -> Any:
+            out = load_model(self, *args, **kwargs)
+            max_settings = int(os.environ.get(MAX_SETTINGS_ENV, DEFAULT_MAX_SETTINGS))
+            install(self.model, self.scheduler_config.max_num_batched_tokens + 512, max_settings)
+            return out
+
+        return patched
+
+    model_forward = GPUModelRunner._model_forward
 
     def patched_forward(self: Any, input_ids: Any = None, positions: Any = None, *args: Any, **kwargs: Any) -> Any:
         if getattr(self.model, "steerlab_installed", False):
-            n = positions.shape[-1] if positions is not None else input_ids.shape[0]
-            fill_rows(self, n)
+            fill_rows(self)
         return model_forward(self, input_ids, positions, *args, **kwargs)
 
-    GPUModelRunner.load_model = patched_load
-    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
-
-    cpu_load = CPUModelRunner.load_model
-
-    def patched_cpu_load(self: Any, *args: Any, **kwargs: Any) -> Any:
-        out = cpu_load(self, *args, **kwargs)
-        max_settings = int(os.environ.get(MAX_SETTINGS_ENV, DEFAULT_MAX_SETTINGS))
-        install(self.model, self.scheduler_config.max_num_batched_tokens + 512, max_settings)
-        return out
-
-    CPUModelRunner.load_model = patched_cpu_load
+    for runner in (GPUModelRunner, CPUModelRunner):  # the CPU runner has a load_model of its own
+        if "load_model" in vars(runner):
+            runner.load_model = with_steering(vars(runner)["load_model"])
     GPUModelRunner._model_forward = patched_forward
     GPUModelRunner._steerlab_patched = True
 
