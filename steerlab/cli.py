@@ -376,7 +376,7 @@ def sweep(
     out_dir: Path | None = typer.Option(None, "--out", help="Override: run directory."),
     scorer: str | None = typer.Option(None, help="Override: regex or module:function scoring each output."),
     scenario: str | None = typer.Option(None, help="Override: plain or alignment_faking."),
-    dry_run_flag: bool = typer.Option(False, "--dry-run", help="Labelled runs: print size and judge cost only."),
+    dry_run_flag: bool = typer.Option(False, "--dry-run", help="Print the run's size (and judge cost) only."),
     device: str = typer.Option("auto", help="auto (cuda if available), cpu, cuda."),
     dtype: str = typer.Option("auto", help="Model dtype: auto, float32, float16, bfloat16."),
     backend_kind: BackendKind = "hf",
@@ -388,10 +388,9 @@ def sweep(
     With `scenario: alignment_faking` in the config the run is labelled, judged (with `judge:`)
     and summarised as acceptance, gap and judge scores per (vector, multiplier, condition).
     """
-    from steerlab.backends import make_backend
     from steerlab.cli_harness import run_config
     from steerlab.generate import parse_multipliers
-    from steerlab.sweep import figure, load_config, run_sweep, write_summary
+    from steerlab.sweep import figure, load_config, write_summary
 
     cfg = load_config(
         config,
@@ -402,16 +401,12 @@ def sweep(
         scorer=scorer,
         scenario=scenario,
     )
-    engine = {"backend": backend_kind, "tensor_parallel_size": tensor_parallel_size, "lora": lora}
-    if cfg.scenario == "alignment_faking":
-        run_config(cfg, device=device, dtype=dtype, dry=dry_run_flag, **engine)
-        return
-    backend, fingerprint, _ = make_backend(
-        backend_kind, cfg.model, batch_size=cfg.batch_size, dtype=dtype, device=device,
+    run_dir = run_config(
+        cfg, device=device, dtype=dtype, dry=dry_run_flag, backend=backend_kind,
         tensor_parallel_size=tensor_parallel_size, lora=lora,
     )  # fmt: skip
-    run_dir = run_sweep(cfg, backend, fingerprint)
-    out.print(f"samples in {run_dir}/samples.jsonl")
+    if run_dir is None or cfg.scenario == "alignment_faking":  # a dry run, or labelled and summarised already
+        return
     if cfg.scorer is None:
         out.print("no scorer in the config: records only (set scorer: to summarise)")
         return
