@@ -89,7 +89,9 @@ def dry_run(samples: list[dict[str, Any]], cfg: JudgeConfig) -> None:
     rubric, cache = _rubric_and_cache(cfg)
     params = judge_params(cfg.backend, cfg.max_tokens, cfg.temperature)
     texts = sorted({s["reasoning"] for s in samples if s.get("reasoning")})
-    todo = [t for t in texts if cache.get(JudgeCache.key(cfg.model_name, rubric.hash(), t, params)) is None]
+    rubric_hash = rubric.hash()
+    todo = [t for t in texts if cache.get(JudgeCache.key(cfg.model_name, rubric_hash, t, params)) is None]
+    cache.close()
     report_cost(estimate(rubric, todo, cfg.model_name, cfg.max_tokens, cfg.batch), cfg,
                 f"{len(texts)} distinct traces, {len(texts) - len(todo)} cached; ")  # fmt: skip
 

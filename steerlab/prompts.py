@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from steerlab.config import load_yaml
 from steerlab.errors import ConfigError
 
 STRENGTHS = ("weak", "standard", "strong")
@@ -65,13 +65,7 @@ class Registry(BaseModel):
 
 
 def load_registry(path: Path = DEFAULT_CLAIMS) -> Registry:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"claims file {path} does not exist (the default is {DEFAULT_CLAIMS})")
-    try:
-        registry = Registry.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise ConfigError(f"claims file {path} is invalid: {str(exc).splitlines()[0]}") from None
+    registry = load_yaml(path, Registry, "claims file")
     ids = [c.id for c in registry.claims]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:

@@ -51,7 +51,7 @@ def test_bad_claims(registry, tmp_path):
     bad.write_text(
         "claims:\n  - id: X1+\n    family: X\n    item: X1\n    side: '*'\n    summary: s\n    text: {weak: w}\n"
     )
-    with pytest.raises(ConfigError, match="is invalid"):
+    with pytest.raises(ConfigError, match=r"claims\.yaml: claims\.0\.side: Input should be '\+' or '-'"):
         load_registry(bad)
 
 

@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from steerlab.config import load_yaml
 from steerlab.errors import ConfigError, SteerlabError
 from steerlab.fileio import atomic_write_text
 
@@ -92,17 +92,9 @@ class Rubric(BaseModel):
 
     @classmethod
     def load(cls, path: Path, scale: tuple[int, int] | None = None) -> Rubric:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"rubric {path} does not exist (the default is configs/judge/rubric.yaml)")
-        try:
-            rubric = cls.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-        except (yaml.YAMLError, ValidationError) as exc:
-            raise ConfigError(f"rubric {path} is invalid: {str(exc).splitlines()[0]}") from None
-        if scale is not None:
-            rubric = rubric.model_copy(update={"scale": {"min": scale[0], "max": scale[1]}})
-            rubric = cls.model_validate(rubric.model_dump())
-        return rubric
+        """The rubric in ``path`` (default configs/judge/rubric.yaml), its scale replaced by ``scale``."""
+        override = {"scale": {"min": scale[0], "max": scale[1]}} if scale is not None else None
+        return load_yaml(path, cls, "rubric", override)
 
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
