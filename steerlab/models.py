@@ -316,15 +316,19 @@ def load_model(
     device: str = "auto",
     device_map: str | None = None,
     trust_remote_code: bool = False,
+    lora: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM and tokenizer by hub id, local path, ``.gguf`` file or ``smollm2``.
 
     ``device_map="auto"`` spreads a model larger than one GPU over all of them (accelerate);
-    then ``device`` is ignored.
+    then ``device`` is ignored. ``lora``: a peft adapter directory, merged into the weights
+    (so steering hooks and fingerprints see one plain model).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     name = name or EMBEDDED_DEFAULT
+    if lora is not None:
+        check_adapter(lora)  # before any weights load
     resolved_device = resolve_device(device)
     kwargs: dict[str, Any] = {
         "dtype": _torch_dtype(dtype, resolved_device),
@@ -351,10 +355,25 @@ def load_model(
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelLoadError(f"cannot load model {name!r} as a causal LM: {first}") from exc
+    if lora is not None:
+        model = merge_lora(model, lora)
     if device_map is None:
         model.to(resolved_device)
     model.eval()
-    return prepare(model, tokenizer, source=str(name))
+    return prepare(model, tokenizer, source=str(name) + (f"+{lora}" if lora else ""))
+
+
+def check_adapter(adapter: str | Path) -> None:
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ModelLoadError(f"{adapter} is not a LoRA adapter directory (no adapter_config.json)")
+
+
+def merge_lora(model: nn.Module, adapter: str | Path) -> nn.Module:
+    """``model`` with the peft LoRA adapter in ``adapter`` merged into its weights."""
+    from peft import PeftModel
+
+    check_adapter(adapter)
+    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
 
 
 def prepare(model: nn.Module, tokenizer: Any, source: str) -> LoadedModel:
