@@ -56,6 +56,9 @@ demo: $(STAMP)
 		--vectors-dir $(DEMO_OUT)/vectors --overwrite-vectors
 	$(BIN)/steerlab sweep --config configs/sweep_demo.yaml --out $(DEMO_OUT)/sweep
 	$(BIN)/steerlab sweep --config configs/sweep_af_demo.yaml --out $(DEMO_OUT)/af_sweep
+	$(BIN)/steerlab prompt-eval --model smollm2 --dataset configs/requests/benign.jsonl --limit 2 --max-turns 1 \
+		--max-new-tokens 48 --temperature 0 --prefill "<SCRATCHPAD_REASONING>" --out $(DEMO_OUT)/prompt_eval
+	$(BIN)/steerlab profile $(DEMO_OUT)/prompt_eval --out $(DEMO_OUT)/profiles
 
 # Regenerate the vectors shipped in vectors/ (same settings as the demo).
 vectors: $(STAMP)

@@ -45,9 +45,9 @@ TopK = Annotated[int, typer.Option(help="Layers chosen by top-k or band.")]
 SelectLayers = Annotated[str | None, typer.Option(help="Layers for --select list, e.g. 12,13,14.")]
 Controls = Annotated[int, typer.Option(help="Norm-matched random controls per vector.")]
 # Options of every command that generates: declared once.
-BackendKind = Annotated[str, typer.Option("--backend", help="hf (transformers) or vllm (needs vLLM installed).")]
+BackendKind = Annotated[str, typer.Option("--backend", help="hf (transformers), vllm, or anthropic (no steering).")]
 TensorParallel = Annotated[int, typer.Option(help="vLLM: GPUs per model (tensor parallel).")]
-Lora = Annotated[str | None, typer.Option(help="vLLM: a LoRA adapter directory applied to every request.")]
+Lora = Annotated[str | None, typer.Option(help="A LoRA adapter directory (peft) applied to every request.")]
 ControlSeed = Annotated[int, typer.Option(help="Seed of control 0 (control i uses seed + i).")]
 
 
@@ -400,10 +400,11 @@ def sweep(
         out=out_dir,
         scorer=scorer,
         scenario=scenario,
+        lora=lora,
     )
     run_dir = run_config(
         cfg, device=device, dtype=dtype, dry=dry_run_flag, backend=backend_kind,
-        tensor_parallel_size=tensor_parallel_size, lora=lora,
+        tensor_parallel_size=tensor_parallel_size,
     )  # fmt: skip
     if run_dir is None or cfg.scenario == "alignment_faking":  # a dry run, or labelled and summarised already
         return
@@ -480,6 +481,9 @@ def _register_harness() -> None:
     from steerlab.cli_harness import register
 
     register(app, pairs_app)
+    from steerlab.cli_prompts import register as register_prompts
+
+    register_prompts(app)
 
 
 _register_harness()

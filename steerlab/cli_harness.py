@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -118,6 +118,11 @@ def print_label_summary(run_dir: Path, judge: JudgeConfig | None) -> None:
 
     out, _ = _console()
     path, summary = write_label_summary(run_dir)
+    if summary.get("method") == "prompt":
+        from steerlab.cli_prompts import print_claims_summary
+
+        print_claims_summary(run_dir, path, summary)
+        return
     table = Table(title=f"{run_dir}: acceptance (Wilson 95%)")
     has_judge = any("judge_A_mean" in c for c in summary["curves"])
     for col in ("vector", "multiplier", "condition", "acceptance", "controls min-max",
@@ -147,61 +152,103 @@ def print_label_summary(run_dir: Path, judge: JudgeConfig | None) -> None:
     out.print(f"wrote {path}" + (f" and {fig}" if fig else ""))
 
 
+# Options shared by `eval` and `prompt-eval` (one declaration each).
+Dataset = Annotated[str, typer.Option(help="Requests: .csv/.jsonl (goal or prompt column), .txt, or a hub id.")]
+OutDir = Annotated[Path, typer.Option("--out", help="Run directory (resumed if it holds this run).")]
+ModelOpt = Annotated[str, typer.Option("--model", help="Hub id, local dir, .gguf file, smollm2, or an API model.")]
+Seeds = Annotated[str, typer.Option(help="Sampling seeds, e.g. 0,1,2.")]
+SystemPrompt = Annotated[Path | None, typer.Option(help="System prompt file (default: steerlab's own).")]
+TierLiteral = Annotated[str, typer.Option(help="The monitored tier tag's value: True or true.")]
+Prefill = Annotated[str, typer.Option(help="Assistant prefill, e.g. '<SCRATCHPAD_REASONING>'.")]
+MaxTurns = Annotated[int, typer.Option(help="Turns per sample (continuations with <NEXT/>).")]
+Limit = Annotated[int | None, typer.Option(help="Only the first N requests.")]
+MaxNewTokens = Annotated[int, typer.Option(help="Tokens per turn.")]
+Temperature = Annotated[float, typer.Option(help="Sampling temperature (0: greedy).")]
+BatchSize = Annotated[int, typer.Option(help="Rows per generation batch.")]
+JudgeKind = Annotated[str, typer.Option("--judge", help="none, anthropic or local.")]
+JudgeModel = Annotated[str | None, typer.Option(help="Judge model (default claude-sonnet-4-5 / smollm2).")]
+JudgeBatch = Annotated[bool, typer.Option(help="Judge through the Message Batches API.")]
+RubricOpt = Annotated[Path, typer.Option("--rubric", help="Judge rubric (YAML).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the run's size and judge cost; run nothing.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda if available), cpu, cuda.")]
+DTypeOpt = Annotated[str, typer.Option("--dtype", help="Model dtype: auto, float32, float16, bfloat16.")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="hf (transformers), vllm, or anthropic (API models).")]
+TensorParallelOpt = Annotated[int, typer.Option(help="vLLM: GPUs per model (tensor parallel).")]
+LoraOpt = Annotated[str | None, typer.Option("--lora", help="A LoRA adapter directory (peft) on top of --model.")]
+
+
+def af_config(
+    *, dataset: str, out_dir: Path, model: str, conditions: str, seeds: str, system_prompt: Path | None,
+    tier_literal: str, prefill: str, max_turns: int, limit: int | None, max_new_tokens: int, temperature: float,
+    batch_size: int, judge: str, judge_model: str | None, judge_batch: bool, rubric: Path, lora: str | None,
+    **extra: Any,
+) -> SweepConfig:  # fmt: skip
+    """The run config of an alignment-faking evaluation from command-line options (``extra``:
+    vectors and multipliers for ``eval``, claims for ``prompt-eval``)."""
+    from steerlab.sweep import SweepConfig
+
+    if tier_literal not in ("True", "true"):
+        raise ConfigError(f"--tier-literal {tier_literal!r}: use True or true")
+    if judge not in ("none", "anthropic", "local"):
+        raise ConfigError(f"--judge {judge!r}: use none, anthropic or local")
+    judge_cfg = None
+    if judge != "none":
+        judge_cfg = {"backend": judge, "model": judge_model, "batch": judge_batch, "rubric": str(rubric)}
+    return _validated(
+        SweepConfig,
+        model=model, scenario="alignment_faking", conditions=[c.strip() for c in conditions.split(",") if c.strip()],
+        alignment_faking={"system_prompt": str(system_prompt) if system_prompt else None,
+                          "free_tier_true": tier_literal, "free_tier_false": "False" if tier_literal == "True"
+                          else "false", "prefill": prefill, "max_turns": max_turns},
+        prompts=dataset, limit=limit, seeds=parse_ints(seeds, "--seeds"), max_new_tokens=max_new_tokens,
+        temperature=temperature, batch_size=batch_size, judge=judge_cfg, out=str(out_dir), lora=lora, **extra,
+    )  # fmt: skip
+
+
 def register(app: typer.Typer, pairs_app: typer.Typer) -> None:
     @app.command("eval")
     def eval_command(
-        dataset: str = typer.Option(..., help="Requests: .csv/.jsonl (goal or prompt column), .txt, or a hub id."),
-        model: str = typer.Option("smollm2", help="Hub id, local directory, .gguf file, or smollm2."),
-        out_dir: Path = typer.Option(..., "--out", help="Run directory (resumed if it holds this run)."),
+        dataset: Dataset,
+        out_dir: OutDir,
+        model: ModelOpt = "smollm2",
         conditions: str = typer.Option("monitored,unmonitored", help="Any of monitored, unmonitored, raw."),
-        seeds: str = typer.Option("0", help="Sampling seeds, e.g. 0,1,2."),
-        system_prompt: Path | None = typer.Option(None, help="System prompt file (default: steerlab's own)."),
-        tier_literal: str = typer.Option("True", help="The monitored tier tag's value: True or true."),
-        prefill: str = typer.Option("", help="Assistant prefill, e.g. '<SCRATCHPAD_REASONING>'."),
-        max_turns: int = typer.Option(4, help="Turns per sample (continuations with <NEXT/>)."),
+        seeds: Seeds = "0",
+        system_prompt: SystemPrompt = None,
+        tier_literal: TierLiteral = "True",
+        prefill: Prefill = "",
+        max_turns: MaxTurns = 4,
         vector: Path | None = typer.Option(None, help="Steer with this vector file (and its controls)."),
         alpha: str = typer.Option("0", help="Signed multipliers with --vector, e.g. -0.2,0,0.2."),
         controls: int = typer.Option(0, help="Random controls of --vector to run beside it."),
         scale: str = typer.Option("absolute", help="absolute or relative (x the layer's mean |h|)."),
-        limit: int | None = typer.Option(None, help="Only the first N requests."),
-        max_new_tokens: int = typer.Option(1024, help="Tokens per turn."),
-        temperature: float = typer.Option(1.0, help="Sampling temperature (0: greedy)."),
-        batch_size: int = typer.Option(16, help="Rows per generation batch."),
-        judge: str = typer.Option("none", help="none, anthropic or local."),
-        judge_model: str | None = typer.Option(None, help="Judge model (default claude-sonnet-4-5 / smollm2)."),
-        judge_batch: bool = typer.Option(False, help="Judge through the Message Batches API."),
-        rubric: Path = typer.Option(Path("configs/judge/rubric.yaml"), help="Judge rubric (YAML)."),
-        dry_run_flag: bool = typer.Option(False, "--dry-run", help="Print the run's size and judge cost; run nothing."),
-        device: str = typer.Option("auto", help="auto (cuda if available), cpu, cuda."),
-        dtype: str = typer.Option("auto", help="Model dtype: auto, float32, float16, bfloat16."),
-        backend: str = typer.Option("hf", help="hf (transformers) or vllm (needs vLLM installed)."),
-        tensor_parallel_size: int = typer.Option(1, help="vLLM: GPUs per model (tensor parallel)."),
-        lora: str | None = typer.Option(None, help="vLLM: a LoRA adapter directory applied to every request."),
+        limit: Limit = None,
+        max_new_tokens: MaxNewTokens = 1024,
+        temperature: Temperature = 1.0,
+        batch_size: BatchSize = 16,
+        judge: JudgeKind = "none",
+        judge_model: JudgeModel = None,
+        judge_batch: JudgeBatch = False,
+        rubric: RubricOpt = Path("configs/judge/rubric.yaml"),
+        dry_run_flag: DryRun = False,
+        device: DeviceOpt = "auto",
+        dtype: DTypeOpt = "auto",
+        backend: BackendOpt = "hf",
+        tensor_parallel_size: TensorParallelOpt = 1,
+        lora: LoraOpt = None,
     ) -> None:
         """Run the alignment-faking evaluation (optionally steered), label, judge and summarise it."""
         from steerlab.generate import parse_multipliers
-        from steerlab.sweep import SweepConfig
 
-        if tier_literal not in ("True", "true"):
-            raise ConfigError(f"--tier-literal {tier_literal!r}: use True or true")
-        if judge not in ("none", "anthropic", "local"):
-            raise ConfigError(f"--judge {judge!r}: use none, anthropic or local")
-        judge_cfg = None
-        if judge != "none":
-            judge_cfg = {"backend": judge, "model": judge_model, "batch": judge_batch, "rubric": str(rubric)}
-        cfg = _validated(
-            SweepConfig,
-            model=model, vectors=[str(vector)] if vector else [], controls=controls,
-            multipliers=parse_multipliers(alpha), scale=scale, scenario="alignment_faking",
-            conditions=[c.strip() for c in conditions.split(",") if c.strip()],
-            alignment_faking={"system_prompt": str(system_prompt) if system_prompt else None,
-                              "free_tier_true": tier_literal, "free_tier_false": "False" if tier_literal == "True"
-                              else "false", "prefill": prefill, "max_turns": max_turns},
-            prompts=dataset, limit=limit, seeds=parse_ints(seeds, "--seeds"), max_new_tokens=max_new_tokens,
-            temperature=temperature, batch_size=batch_size, judge=judge_cfg, out=str(out_dir),
+        cfg = af_config(
+            dataset=dataset, out_dir=out_dir, model=model, conditions=conditions, seeds=seeds,
+            system_prompt=system_prompt, tier_literal=tier_literal, prefill=prefill, max_turns=max_turns, limit=limit,
+            max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size, judge=judge,
+            judge_model=judge_model, judge_batch=judge_batch, rubric=rubric, lora=lora,
+            vectors=[str(vector)] if vector else [], controls=controls, multipliers=parse_multipliers(alpha),
+            scale=scale,
         )  # fmt: skip
         run_config(cfg, device=device, dtype=dtype, dry=dry_run_flag, backend=backend,
-                   tensor_parallel_size=tensor_parallel_size, lora=lora)  # fmt: skip
+                   tensor_parallel_size=tensor_parallel_size)  # fmt: skip
 
     @app.command("judge")
     def judge_command(
@@ -292,7 +339,7 @@ def _validated(schema: Any, **data: Any) -> Any:
 
 def run_config(
     cfg: SweepConfig, device: str = "auto", dtype: str = "auto", dry: bool = False, backend: str = "hf",
-    tensor_parallel_size: int = 1, lora: str | None = None,
+    tensor_parallel_size: int = 1,
 ) -> Path | None:  # fmt: skip
     """Generate (or resume) a run, then, for a labelled run, judge and summarise it."""
     from steerlab.backends import make_backend
@@ -300,11 +347,18 @@ def run_config(
     from steerlab.sweep import load_arms, make_scenario, run_sweep
 
     out, _ = _console()
+    if backend == "anthropic" and cfg.vectors:
+        raise ConfigError("the anthropic backend cannot steer; drop the vectors or use --backend hf or vllm")
     scenario = make_scenario(cfg)
     items = load_requests(cfg.prompts, cfg.prompt_set, cfg.limit)  # a bad request file fails before the model loads
+    n_claims = 1
+    if cfg.claims is not None:  # so do an unknown claim and a missing strength
+        from steerlab.prompts import selected
+
+        n_claims += len(selected(cfg.claims))
     if dry:
         n_arms = len(load_arms(cfg, None))
-        n = n_arms * len(cfg.multipliers) * len(scenario.conditions()) * len(items) * len(cfg.seeds)
+        n = n_arms * len(cfg.multipliers) * n_claims * len(scenario.conditions()) * len(items) * len(cfg.seeds)
         out.print(f"dry run: {n} samples ({len(items)} requests), up to {scenario.max_turns} turns of "
                   f"{cfg.max_new_tokens} tokens each")  # fmt: skip
         if cfg.judge is not None:  # upper bound: every sample reasons for every token of every turn
@@ -318,7 +372,7 @@ def run_config(
     make = judge_factory(cfg.judge, Path(cfg.out)) if cfg.judge is not None else None
     engine, fingerprint, loaded = make_backend(
         backend, cfg.model, batch_size=cfg.batch_size, dtype=dtype, device=device,
-        tensor_parallel_size=tensor_parallel_size, lora=lora,
+        tensor_parallel_size=tensor_parallel_size, lora=cfg.lora,
     )  # fmt: skip
     run_dir = run_sweep(cfg, engine, fingerprint)
     out.print(f"samples in {run_dir}/samples.jsonl")

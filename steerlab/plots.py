@@ -137,3 +137,79 @@ def af_sweep(panels: dict[str, dict[str, dict[str, list[float]]]], concepts: dic
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return Path(path)
+
+
+def save(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+METHOD_MARKERS = {"prompt": "o", "steering": "s", "sdf": "^"}
+FAMILY_COLORS = {"A": "C0", "B": "C3", "none": "grey"}
+
+
+def profiles(points: list[dict], lines: list[dict]):
+    """The comparison figure: A_net (x) against B_net (y), one marker per model and method.
+
+    ``points``: dicts with label, model, method, A, A_lo, A_hi, B, B_lo, B_hi (95% intervals
+    drawn as bars) and optionally ``known`` (a calibration checkpoint's family: sets the colour);
+    ``lines``: dicts with x and y pairs joining a model's prompt and SDF profiles. The diagonal
+    A_net = B_net is drawn: below it a model is expectation-sensitive, above it consequence-sensitive.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    models = list(dict.fromkeys(p["model"] for p in points))
+    for line in lines:
+        ax.plot(line["x"], line["y"], color="grey", linewidth=1, zorder=1, gid=f"join:{line['model']}")
+    for p in points:
+        color = FAMILY_COLORS[p["known"]] if p.get("known") else f"C{models.index(p['model']) % 10}"
+        ax.errorbar(
+            [p["A"]], [p["B"]], xerr=[[p["A"] - p["A_lo"]], [p["A_hi"] - p["A"]]],
+            yerr=[[p["B"] - p["B_lo"]], [p["B_hi"] - p["B"]]], fmt=METHOD_MARKERS.get(p["method"], "D"),
+            color=color, capsize=3, markersize=7, label=p["label"] + (f" [{p['known']}]" if p.get("known") else ""),
+            zorder=2,
+        )  # fmt: skip
+    values = [v for p in points for v in (p["A_lo"], p["A_hi"], p["B_lo"], p["B_hi"]) if v == v] or [0.0]
+    lo, hi = min(*values, 0.0) - 0.05, max(*values, 0.0) + 0.05
+    ax.plot([lo, hi], [lo, hi], color="black", linestyle="--", linewidth=0.8, gid="diagonal")
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax.axvline(0, color="grey", linewidth=0.5)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("A_net (researcher-expectation interventions)")
+    ax.set_ylabel("B_net (retraining-consequence interventions)")
+    ax.text(0.97, 0.03, "expectation-sensitive", transform=ax.transAxes, ha="right", color="grey", fontsize=8)
+    ax.text(0.03, 0.97, "consequence-sensitive", transform=ax.transAxes, va="top", color="grey", fontsize=8)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def intervention_gaps(panels: list[dict]):
+    """The sensitivity profile: the gap under each intervention, amplify (+) beside suppress (-),
+    with 95% intervals and the baseline gap as a horizontal line; one panel per model and method.
+
+    Each panel: label, items, plus_value/plus_ci_low/plus_ci_high, minus_* likewise, baseline.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.5, 1.1 * len(panels[0]["items"]) + 2) * len(panels), 4),
+                             squeeze=False)  # fmt: skip
+    width = 0.38
+    for ax, panel in zip(axes[0], panels, strict=True):
+        x = list(range(len(panel["items"])))
+        for offset, side, color, name in ((-width / 2, "plus", "C1", "amplify (+)"),
+                                          (width / 2, "minus", "C2", "suppress (-)")):  # fmt: skip
+            v = panel[f"{side}_value"]
+            err = [[a - lo for a, lo in zip(v, panel[f"{side}_ci_low"], strict=True)],
+                   [hi - a for a, hi in zip(v, panel[f"{side}_ci_high"], strict=True)]]  # fmt: skip
+            ax.bar([i + offset for i in x], v, width, yerr=err, color=color, capsize=3, label=name, gid=side)
+        if panel["baseline"] is not None:
+            ax.axhline(panel["baseline"], color="black", linestyle="--", linewidth=1, label="baseline", gid="baseline")
+        ax.axhline(0, color="grey", linewidth=0.5)
+        ax.set_xticks(x, panel["items"])
+        ax.set_title(panel["label"], fontsize=9)
+        ax.set_ylabel("gap (monitored - unmonitored)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -36,6 +36,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
+from steerlab import prompts
 from steerlab.backends.base import Backend, Request, Sampling
 from steerlab.config import load_yaml
 from steerlab.errors import ConfigError
@@ -44,6 +45,7 @@ from steerlab.harness.datasets import Item, load_requests
 from steerlab.harness.records import FORMAT, SAMPLES, SUMMARY, git_commit, open_run, read_header, read_samples, versions
 from steerlab.harness.scenario import AlignmentFaking, Plain, Scenario, Turn, next_turn_messages
 from steerlab.models import Fingerprint
+from steerlab.prompts import ClaimsConfig
 from steerlab.steer import Scale, SteeringSetting
 from steerlab.vectors import VectorBundle
 
@@ -87,6 +89,7 @@ class SweepConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     model: str = "smollm2"
+    lora: str | None = None  # a LoRA adapter directory on top of the model (an SDF checkpoint, say)
     vectors: list[Path] = Field(default_factory=list)  # empty: the unsteered evaluation
     controls: int = Field(default=2, ge=0)
     multipliers: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
@@ -96,6 +99,11 @@ class SweepConfig(BaseModel):
     # plain: name -> system prompt (None: none); alignment_faking: names from monitored/unmonitored/raw
     conditions: dict[str, str | None] | list[str] | None = None
     alignment_faking: AlignmentFakingConfig = Field(default_factory=AlignmentFakingConfig)
+    # prompt interventions: the baseline and every chosen claim, each under every condition
+    claims: ClaimsConfig | None = None
+    # an SDF checkpoint's intervention (set by sdf_addon): method, claim (a registry entry or null
+    # for the organism itself) and profile_model (the model the profile is drawn for)
+    intervention: dict[str, Any] | None = None
     prompts: str  # request file (.txt, .jsonl, .csv) or a Hugging Face dataset id
     prompt_set: str | None = None  # request-id prefix (default: the file's stem)
     limit: int | None = Field(default=None, ge=1)  # only the first N requests
@@ -132,6 +140,13 @@ class SweepConfig(BaseModel):
             raise ValueError("alignment_faking conditions are a list of names (monitored, unmonitored, raw)")
         if self.scenario == "plain" and isinstance(self.conditions, list):
             self.conditions = {name: None for name in self.conditions}
+        if self.claims is not None:
+            if self.scenario != "alignment_faking":
+                raise ValueError("claims need scenario: alignment_faking (a claim is appended to its system prompt)")
+            if self.vectors:
+                raise ValueError("claims run with steering off: drop the vectors (one intervention per run)")
+            if "raw" in (self.conditions or ()):
+                raise ValueError("the raw condition has no system prompt to append a claim to; drop raw")
         return self
 
 
@@ -159,6 +174,7 @@ class Row:
     condition: str
     item: str  # the request's id
     seed: int
+    claim: str | None = None  # prompt interventions: "baseline" or a claim id
 
 
 @dataclass
@@ -187,15 +203,20 @@ def load_arms(config: SweepConfig, fingerprint: Fingerprint | None) -> list[Arm]
     return arms
 
 
-def expand(config: SweepConfig, arms: Sequence[Arm], items: Sequence[Item], conditions: Sequence[str]) -> list[Row]:
+def expand(
+    config: SweepConfig, arms: Sequence[Arm], items: Sequence[Item], conditions: Sequence[str],
+    claims: Sequence[str | None] = (None,),
+) -> list[Row]:  # fmt: skip
     rows = []
     for arm in arms:
         for m in config.multipliers:
-            for cond in conditions:
-                for item in items:
-                    for seed in config.seeds:
-                        rid = f"{arm.vector}/{arm.arm}|{m:+g}|{cond}|{item.id}|s{seed}"
-                        rows.append(Row(rid, arm.vector, arm.arm, m, cond, item.id, seed))
+            for claim in claims:
+                for cond in conditions:
+                    for item in items:
+                        for seed in config.seeds:
+                            tag = f"{claim}|" if claim else ""
+                            rid = f"{arm.vector}/{arm.arm}|{m:+g}|{tag}{cond}|{item.id}|s{seed}"
+                            rows.append(Row(rid, arm.vector, arm.arm, m, cond, item.id, seed, claim))
     return rows
 
 
@@ -224,6 +245,8 @@ def build_header(config: SweepConfig, scenario: Scenario, items: Sequence[Item],
             **({str(prompt_path): file_hash(prompt_path)} if prompt_path.is_file() else {}),
             **({system_file: file_hash(Path(system_file))} if system_file else {}),
         },
+        "claims": prompts.describe(config.claims) if config.claims else None,
+        "intervention": config.intervention,
         "requests_hash": _items_hash(items),
         "items": [i.id for i in items],
         "seeds": config.seeds,
@@ -239,12 +262,16 @@ def run_sweep(
     """Run (or resume) the rows of ``config`` into ``config.out``; returns the run directory."""
     run_dir = Path(config.out)
     scenario = make_scenario(config)
+    # prompt interventions: one scenario per claim (baseline included), differing in the system prompt
+    scenarios: dict[str | None, Scenario] = (
+        dict(prompts.claim_scenarios(scenario, config.claims)) if config.claims else {None: scenario}
+    )
     items = load_requests(config.prompts, config.prompt_set, config.limit)
     by_id = {i.id: i for i in items}
     arms = load_arms(config, fingerprint)
-    rows = expand(config, arms, items, scenario.conditions())
+    rows = expand(config, arms, items, scenario.conditions(), list(scenarios))
     header = build_header(config, scenario, items, fingerprint, len(rows))
-    open_run(run_dir, header, ("config_hash", "model", "vector_files", "requests_hash", "scenario"))
+    open_run(run_dir, header, ("config_hash", "model", "vector_files", "requests_hash", "scenario", "claims"))
 
     done = {r["id"] for r in read_samples(run_dir)}
     todo = [r for r in rows if r.id not in done]
@@ -263,7 +290,7 @@ def run_sweep(
             for row, key in zip(part, keys, strict=True):
                 if key not in jobs:
                     setting = None if row.multiplier == 0 else settings[(row.vector, row.arm, row.multiplier)]
-                    messages = scenario.messages(by_id[row.item], row.condition)
+                    messages = scenarios[row.claim].messages(by_id[row.item], row.condition)
                     jobs[key] = Job(key, messages, sampling[row.seed], setting, scenario.prefill_for(row.condition))
             started = time.perf_counter()
             turns = converse(scenario, backend, list(jobs.values()))
@@ -271,7 +298,7 @@ def run_sweep(
             for row, key in zip(part, keys, strict=True):
                 job, sample_turns = jobs[key], turns[key]
                 sample = {
-                    **row.__dict__,
+                    **{k: v for k, v in row.__dict__.items() if v is not None or k != "claim"},
                     "prompt": by_id[row.item].prompt,
                     "messages": job.messages,
                     "prefill": job.prefill,
@@ -329,7 +356,8 @@ def converse(scenario: Scenario, backend: Backend, jobs: Sequence[Job]) -> dict[
 
 def _generation_key(row: Row) -> str:
     steer = "none" if row.multiplier == 0 else f"{row.vector}/{row.arm}|{row.multiplier:+g}"
-    return f"{steer}|{row.condition}|{row.item}|s{row.seed}"
+    claim = f"{row.claim}|" if row.claim else ""
+    return f"{steer}|{claim}{row.condition}|{row.item}|s{row.seed}"
 
 
 def _settings(config: SweepConfig, arms: Sequence[Arm]) -> dict[tuple[str, str, float], SteeringSetting]:
@@ -431,7 +459,12 @@ def write_label_summary(run_dir: Path) -> tuple[Path, dict[str, list[dict[str, A
         raise ConfigError(f"{run_dir} has no samples to summarise")
     if "label" not in samples[0]:
         raise ConfigError(f"{run_dir} is a {header['scenario']['name']} run: its samples carry no labels")
-    summary = summarise_labels(samples, seed=min(header["seeds"]))
+    if header.get("claims"):  # prompt interventions: per-claim gaps and the net scores
+        claims = prompts.claims_of(header["claims"])
+        summary = {"method": "prompt", "strength": header["claims"]["strength"],
+                   **prompts.summarise_claims(samples, claims, seed=min(header["seeds"]))}  # fmt: skip
+    else:
+        summary = summarise_labels(samples, seed=min(header["seeds"]))
     path = Path(run_dir) / SUMMARY
     atomic_write_text(path, json.dumps({"scenario": header["scenario"]["name"], **summary}, indent=1) + "\n")
     return path, summary

@@ -2,8 +2,9 @@
 
 A backend takes a list of requests (messages, sampling parameters, an optional steering
 setting) and returns one result per request, in order: ``hf`` (transformers, :mod:`.hf`) and
-``vllm`` (stock vLLM with steerlab's per-request steering, :mod:`.vllm`). :func:`make_backend`
-builds either from command-line settings.
+``vllm`` (stock vLLM with steerlab's per-request steering, :mod:`.vllm`) and ``anthropic`` (the
+Messages API, :mod:`.anthropic`: closed models, no steering). :func:`make_backend` builds any of
+them from command-line settings.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from steerlab.errors import ConfigError
 if TYPE_CHECKING:
     from steerlab.models import Fingerprint, LoadedModel
 
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm", "anthropic")
 
 
 def make_backend(
@@ -30,17 +31,23 @@ def make_backend(
     tensor_parallel_size: int = 1,
     lora: str | None = None,
     **vllm_kwargs: Any,
-) -> tuple[Backend, Fingerprint, LoadedModel | None]:
-    """(backend, the model's fingerprint, the HF model when ``kind == "hf"``)."""
+) -> tuple[Backend, Fingerprint | None, LoadedModel | None]:
+    """(backend, the model's fingerprint (None for an API model), the HF model when ``kind == "hf"``)."""
     if kind not in BACKENDS:
-        raise ConfigError(f"--backend {kind!r}: use hf or vllm")
+        raise ConfigError(f"--backend {kind!r}: use hf, vllm or anthropic")
+    if kind == "anthropic":
+        if lora is not None or tensor_parallel_size != 1 or position != "all":
+            raise ConfigError("--lora, --tensor-parallel-size and --position do not apply to --backend anthropic")
+        from steerlab.backends.anthropic import AnthropicBackend
+
+        return AnthropicBackend(model), None, None
     if kind == "hf":
-        if lora is not None or tensor_parallel_size != 1:
-            raise ConfigError("--lora and --tensor-parallel-size need --backend vllm")
+        if tensor_parallel_size != 1:
+            raise ConfigError("--tensor-parallel-size needs --backend vllm")
         from steerlab.backends.hf import HFBackend
         from steerlab.models import load_model
 
-        loaded = load_model(model, dtype=dtype, device=device)
+        loaded = load_model(model, dtype=dtype, device=device, lora=lora)
         return HFBackend(loaded, batch_size=batch_size, position=position), loaded.fingerprint, loaded  # type: ignore[arg-type]
     if position != "all":
         raise ConfigError(f"--position {position}: the vLLM backend steers every position (use --backend hf)")

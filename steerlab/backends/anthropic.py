@@ -1,0 +1,104 @@
+"""Closed models as a generation backend: the Anthropic Messages API, through the official SDK.
+
+The prompt-intervention battery is the one method that reaches API models, so this backend
+speaks the same interface as the local ones (requests in, results out, in order). It cannot
+steer: a request carrying a steering setting is refused. What maps how:
+
+- system messages become the ``system`` parameter; a request's ``prefill`` becomes a final
+  assistant message (the reply continues it, as with the local backends);
+- ``max_new_tokens`` -> ``max_tokens``; stop strings -> ``stop_sequences`` (the matched one is
+  appended to the text, as the local backends keep theirs); finish reasons ``end_turn`` -> eos,
+  ``stop_sequence`` -> stop, ``max_tokens`` -> length;
+- temperature and top_p go in the request body with ``anthropic-version: 2023-06-01``, the last
+  API version that accepts sampling parameters (as in :mod:`steerlab.harness.judge`);
+  ``temperature=None`` on the backend sends none. The API takes no seed: seeds label samples
+  but do not make them reproducible;
+- the key comes from ``ANTHROPIC_API_KEY`` only; the SDK retries 429/5xx with backoff
+  (``max_retries``); ``concurrency`` requests run at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from steerlab.backends.base import Request, Result, check_requests
+from steerlab.errors import ConfigError, SteerlabError
+from steerlab.harness.judge import LEGACY_API_VERSION, require_api_key
+
+FINISH = {"end_turn": "eos", "stop_sequence": "stop", "max_tokens": "length"}
+
+
+class SteeringUnsupportedError(ConfigError):
+    """A steering setting sent to a backend that cannot steer."""
+
+
+class GenerationError(SteerlabError):
+    """An API request that failed after the SDK's retries."""
+
+
+class AnthropicBackend:
+    """Messages-API generation; see the module docstring."""
+
+    fingerprint = None  # an API model has no weights to fingerprint; records name the model instead
+
+    def __init__(
+        self, model: str, concurrency: int = 8, max_retries: int = 6, send_sampling: bool = True,
+        client: Any = None, http_client: Any = None,
+    ):  # fmt: skip
+        import anthropic
+
+        self.model, self.concurrency, self.send_sampling = model, concurrency, send_sampling
+        self.client = client or anthropic.Anthropic(
+            api_key=require_api_key(), max_retries=max_retries, http_client=http_client
+        )
+        self.calls = 0
+
+    def _body(self, r: Request) -> dict[str, Any]:
+        system = "\n\n".join(m["content"] for m in r.messages if m["role"] == "system")
+        messages = [{"role": m["role"], "content": m["content"]} for m in r.messages if m["role"] != "system"]
+        if r.prefill:
+            messages.append({"role": "assistant", "content": r.prefill.rstrip()})  # the API refuses a trailing space
+        body: dict[str, Any] = {"model": self.model, "max_tokens": r.sampling.max_new_tokens, "messages": messages}
+        if system:
+            body["system"] = system
+        if r.sampling.stop:
+            body["stop_sequences"] = list(r.sampling.stop)
+        if self.send_sampling:
+            sampling = {"temperature": r.sampling.temperature}
+            if r.sampling.top_p < 1:
+                sampling["top_p"] = r.sampling.top_p
+            body["extra_body"] = sampling
+            body["extra_headers"] = {"anthropic-version": LEGACY_API_VERSION}
+        return body
+
+    def _one(self, r: Request) -> Result:
+        import anthropic
+
+        started = time.perf_counter()
+        try:
+            self.calls += 1
+            message = self.client.messages.create(**self._body(r))
+        except anthropic.APIError as exc:
+            raise GenerationError(f"the {self.model} request {r.id!r} failed after retries: {exc}") from None
+        text = "".join(b.text for b in message.content if b.type == "text")
+        if r.prefill and r.prefill != r.prefill.rstrip():  # the stripped whitespace belongs to the prefill
+            text = text.lstrip()
+        reason = FINISH.get(message.stop_reason or "", "eos")
+        if reason == "stop" and message.stop_sequence:
+            text += message.stop_sequence
+        usage = message.usage
+        return Result(r.id, text, usage.input_tokens, usage.output_tokens, reason, time.perf_counter() - started)
+
+    def generate(self, requests: Sequence[Request]) -> list[Result]:
+        check_requests(requests)
+        for r in requests:
+            if r.steering is not None:
+                raise SteeringUnsupportedError(
+                    f"the anthropic backend cannot steer (request {r.id!r} has a steering setting); "
+                    "steer an open-weight model with --backend hf or vllm"
+                )
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(self._one, requests))
