@@ -191,8 +191,9 @@ def require_api_key() -> str:
     return key
 
 
-class AnthropicJudge:
-    """Claude through the official SDK; see the module docstring."""
+class AnthropicText:
+    """Claude through the official SDK: (system, user) prompts in, replies out. The judge's backend
+    (:class:`AnthropicJudge`) and the SDF add-on's document generator; see the module docstring."""
 
     def __init__(
         self,
@@ -281,30 +282,51 @@ class AnthropicJudge:
         return [replies.get(c, RuntimeError("missing from the batch results")) for c in custom]
 
 
-class LocalJudge:
-    """A local chat model as the judge, through a steerlab generation backend (greedy)."""
+AnthropicJudge = AnthropicText  # the judge calls it at temperature 0 (the default)
 
-    PREFILL = '{"A": {"score": '
 
-    def __init__(self, backend: Any, model: str, max_tokens: int = 200):
-        self.backend, self.model, self.max_tokens = backend, model, max_tokens
+class LocalText:
+    """A local chat model behind a steerlab generation backend: (system, user) prompts in, replies out.
+
+    ``prefill`` starts every reply (and is part of it); with ``temperature > 0`` each prompt's
+    sampling seed is derived from its id, so a rerun reproduces it.
+    """
+
+    PREFILL = ""
+
+    def __init__(self, backend: Any, model: str, max_tokens: int = 200, temperature: float = 0.0):
+        self.backend, self.model, self.max_tokens, self.temperature = backend, model, max_tokens, temperature
         self.calls = 0
 
     def params(self) -> dict[str, Any]:
-        return judge_params("local", self.max_tokens)
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens, "prefill": self.PREFILL}
 
     def complete(self, prompts: Sequence[tuple[str, str]], ids: Sequence[str]) -> list[str | Exception]:
         from steerlab.backends.base import Request, Sampling
 
-        sampling = Sampling(max_new_tokens=self.max_tokens, temperature=0.0)
         requests = [
             Request(
-                [{"role": "system", "content": s}, {"role": "user", "content": u}], sampling, id=i, prefill=self.PREFILL
+                [{"role": "system", "content": s}, {"role": "user", "content": u}],
+                Sampling(max_new_tokens=self.max_tokens, temperature=self.temperature,
+                         seed=int(hashlib.sha256(i.encode()).hexdigest()[:8], 16)),
+                id=i, prefill=self.PREFILL,
             )  # fmt: skip
             for (s, u), i in zip(prompts, ids, strict=True)
         ]
         self.calls += len(requests)
         return [self.PREFILL + r.text for r in self.backend.generate(requests)]
+
+
+class LocalJudge(LocalText):
+    """A local chat model as the judge (greedy, the JSON reply's first characters prefilled)."""
+
+    PREFILL = '{"A": {"score": '
+
+    def __init__(self, backend: Any, model: str, max_tokens: int = 200):
+        super().__init__(backend, model, max_tokens, temperature=0.0)
+
+    def params(self) -> dict[str, Any]:
+        return judge_params("local", self.max_tokens)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import steerlab
 from steerlab.errors import ConfigError
-from steerlab.fileio import atomic_write_text
+from steerlab.fileio import atomic_write_text, read_jsonl
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -94,23 +94,7 @@ def open_run(run_dir: Path, header: dict[str, Any], keys: Sequence[str]) -> None
 
 def read_samples(run_dir: Path) -> list[dict[str, Any]]:
     """Finished samples; a torn last line (a kill mid-write) is dropped and cut from the file."""
-    path = Path(run_dir) / SAMPLES
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    keep, samples = 0, []
-    for line in raw.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        try:
-            samples.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        keep += len(line)
-    if keep != len(raw):
-        with open(path, "r+b") as fh:
-            fh.truncate(keep)
-    return samples
+    return read_jsonl(Path(run_dir) / SAMPLES)
 
 
 def rewrite_samples(run_dir: Path, samples: Sequence[dict[str, Any]]) -> None:
