@@ -1,7 +1,8 @@
 """Synthetic document fine-tuning (SDF) add-on for steerlab.
 
-Will hold: universe contexts (``universes/*.yaml``), document generation (``docgen.py``),
-LoRA fine-tuning with peft/accelerate (``train.py``) and evaluation of the resulting
-checkpoints on steerlab's alignment-faking harness (``eval.py``). Nothing is implemented
-yet; the package exists so the layout is fixed from the start.
+``universes/*.yaml`` (fictional worlds in which one claim is true, :mod:`.universe`),
+:mod:`.docgen` (brainstorm -> ideas -> documents -> revision -> filters, resumable),
+:mod:`.train` (LoRA with peft through the transformers Trainer and accelerate, packing, round 2 on
+a merged organism), :mod:`.evaluate` (checkpoints on steerlab's alignment-faking harness, belief
+check) and the ``sdf`` command (:mod:`.cli`).
 """

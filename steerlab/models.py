@@ -363,16 +363,36 @@ def load_model(
     return prepare(model, tokenizer, source=str(name) + (f"+{lora}" if lora else ""))
 
 
+STACK_FILE = "steerlab_stack.json"  # what an SDF adapter sits on (written by sdf_addon.train)
+
+
 def check_adapter(adapter: str | Path) -> None:
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise ModelLoadError(f"{adapter} is not a LoRA adapter directory (no adapter_config.json)")
 
 
 def merge_lora(model: nn.Module, adapter: str | Path) -> nn.Module:
-    """``model`` with the peft LoRA adapter in ``adapter`` merged into its weights."""
+    """``model`` with the peft LoRA adapter in ``adapter`` merged into its weights.
+
+    An adapter trained by the SDF add-on records its base model's fingerprint and the adapters it
+    was trained on top of (``steerlab_stack.json``): the base must match, and those adapters are
+    merged first, in order, so the whole stack is rebuilt.
+    """
     from peft import PeftModel
 
     check_adapter(adapter)
+    stack_path = Path(adapter) / STACK_FILE
+    if stack_path.is_file():
+        stack = json.loads(stack_path.read_text())
+        expected = Fingerprint.from_dict(stack["base_fingerprint"])
+        differ = expected.differences(fingerprint(model))
+        if differ:
+            raise ModelLoadError(
+                f"adapter {adapter} was trained on {stack['base_model']}, and this model differs from it in "
+                f"{', '.join(differ)}; load the adapter on that model"
+            )
+        for parent in stack.get("parents", []):
+            model = merge_lora(model, parent)
     return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
 
 

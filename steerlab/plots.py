@@ -213,3 +213,14 @@ def intervention_gaps(panels: list[dict]):
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def histogram(values: list[float], xlabel: str, title: str, bins: int = 30):
+    """A plain histogram (the SDF corpus report's document lengths)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(values, bins=bins, color="C0")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

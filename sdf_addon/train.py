@@ -1,0 +1,217 @@
+"""LoRA fine-tuning on raw documents (peft + the transformers Trainer, so accelerate runs it).
+
+Documents are raw text, no chat template: each is tokenised, given BOS (when the tokenizer has one
+distinct from EOS) and EOS, and, with packing, concatenated and cut into blocks of exactly
+``block_length`` tokens (the remainder shorter than a block is dropped and reported; attention is
+not masked between the documents of a block, as in pretraining). Without packing each document is
+one row, truncated to ``block_length`` and padded in its batch (padding is masked from the loss).
+Blocks are shuffled once with the seed and then read in order, so runs on 1 or N processes see the
+same samples in each optimizer step.
+
+Defaults (``configs/sdf/train.yaml``): rank 64, alpha 128, dropout 0.05, all linear layers, AdamW,
+cosine schedule with 5% warmup, 3 epochs, per-device batch 1, gradient accumulation 8, blocks of
+4096, bf16 where supported, gradient checkpointing. One process or many: ``accelerate launch``
+(``configs/sdf/accelerate_fsdp.yaml`` for FSDP full-shard over GPUs and nodes) or ``torchrun``
+start the same ``sdf train`` command; the Trainer does the distribution, checkpoints
+(``OUT/checkpoints``, resumed after a kill) and the progress bar. ``OUT/train_log.jsonl`` holds the
+loss, learning rate and tokens seen per logged step.
+
+Round 2 on top of an organism: ``--on ROUND1_ADAPTER`` merges that adapter into the base before a
+fresh adapter is attached. ``OUT/adapter/steerlab_stack.json`` records the base model and its
+fingerprint, the adapters beneath (``parents``), the universe, the corpus hash and the settings,
+so :func:`steerlab.models.load_model` with ``lora=OUT/adapter`` rebuilds the same stack and
+refuses a base model with another fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from steerlab.config import load_yaml
+from steerlab.errors import ConfigError
+from steerlab.fileio import atomic_write_text, file_hash, read_jsonl
+from steerlab.models import STACK_FILE
+
+DEFAULT_CONFIG = Path("configs/sdf/train.yaml")
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rank: int = Field(default=64, ge=1)
+    alpha: float = 128
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+    learning_rate: float = Field(default=1e-4, gt=0)
+    weight_decay: float = 0.0
+    epochs: float = Field(default=3, gt=0)
+    per_device_batch_size: int = Field(default=1, ge=1)
+    gradient_accumulation: int = Field(default=8, ge=1)
+    block_length: int = Field(default=4096, ge=8)
+    packing: bool = True
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    scheduler: str = "cosine"
+    bf16: bool | None = None  # None: where the device supports it
+    gradient_checkpointing: bool = True
+    seed: int = 0
+    save_steps: int = Field(default=50, ge=1)
+    logging_steps: int = Field(default=1, ge=1)
+    max_steps: int = -1  # > 0 overrides epochs (tests, smoke runs)
+
+
+def load_train_config(path: Path | None = None, **overrides: Any) -> TrainConfig:
+    if path is None and not DEFAULT_CONFIG.is_file():
+        return TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    return load_yaml(path or DEFAULT_CONFIG, TrainConfig, "training config", overrides)
+
+
+def _bos_eos(tokenizer) -> tuple[list[int], list[int]]:
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ConfigError("the tokenizer has no EOS token; documents cannot be separated")
+    bos = tokenizer.bos_token_id
+    return ([bos] if bos is not None and bos != eos else []), [eos]
+
+
+def pack(texts: list[str], tokenizer, block_length: int) -> tuple[list[list[int]], int]:
+    """Documents (BOS + text + EOS, concatenated) cut into blocks of exactly ``block_length`` tokens;
+    also the number of trailing tokens dropped."""
+    bos, eos = _bos_eos(tokenizer)
+    stream: list[int] = []
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        stream += bos + ids + eos
+    n = len(stream) // block_length
+    return [stream[i * block_length : (i + 1) * block_length] for i in range(n)], len(stream) - n * block_length
+
+
+def unpacked(texts: list[str], tokenizer, block_length: int) -> list[list[int]]:
+    """One row per document (BOS + text + EOS), truncated to ``block_length``."""
+    bos, eos = _bos_eos(tokenizer)
+    return [(bos + ids + eos)[:block_length] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def collate(pad_id: int):
+    def fn(rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [batch, seq]
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+            mask[i, : len(r["input_ids"])] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+    return fn
+
+
+def read_corpus(path: Path) -> tuple[list[str], dict[str, Any]]:
+    """The documents of a corpus file (JSONL with ``content``) and what they say about their universe."""
+    if not Path(path).is_file():
+        raise ConfigError(f"corpus file {path} does not exist")
+    rows = read_jsonl(path)
+    texts = [r["content"] for r in rows if r.get("content", "").strip()]
+    if not texts:
+        raise ConfigError(f"corpus {path} has no documents (a JSONL file with a 'content' field per line)")
+    universes = sorted({r.get("universe_id") for r in rows if r.get("universe_id")})
+    return texts, {"universes": universes, "n_docs": len(texts), "hash": file_hash(Path(path))}
+
+
+class _Log:
+    """A Trainer callback: loss, learning rate and tokens seen per logged step into train_log.jsonl."""
+
+    def __new__(cls, path: Path, tokens_per_step: int):
+        from transformers import TrainerCallback
+
+        class Log(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if state.is_world_process_zero and logs and "loss" in logs:
+                    row = {"step": state.global_step, "loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
+                           "tokens": state.global_step * tokens_per_step}  # fmt: skip
+                    with open(path, "a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(row) + "\n")
+
+        return Log()
+
+
+def train(
+    cfg: TrainConfig, corpus: Path, base_model: str, out_dir: Path, parent: str | None = None, dtype: str = "auto",
+    progress: bool = True,
+) -> Path:  # fmt: skip
+    """Train (or resume) a LoRA adapter on ``corpus``; returns ``OUT/adapter``."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    from sdf_addon.universe import load_universe
+    from steerlab.models import load_model
+
+    out_dir = Path(out_dir)
+    if (out_dir / "adapter" / STACK_FILE).is_file():
+        raise ConfigError(f"{out_dir}/adapter is a finished adapter; choose a new --out")
+    texts, corpus_meta = read_corpus(corpus)
+    base = load_model(base_model, device="cpu", dtype=dtype)  # the Trainer moves it to its device
+    context = getattr(base.model.config, "max_position_embeddings", None)
+    if context is not None and cfg.block_length > context:
+        raise ConfigError(f"block length {cfg.block_length} is longer than the model's context ({context} tokens); "
+                          f"set block_length <= {context}")  # fmt: skip
+    base_fp = base.fingerprint.to_dict()
+    model = base.model
+    if parent is not None:
+        from steerlab.models import merge_lora
+
+        model = merge_lora(model, parent)
+    tok = base.tokenizer
+    random.Random(cfg.seed).shuffle(texts)
+    if cfg.packing:
+        blocks, dropped = pack(texts, tok, cfg.block_length)
+        if not blocks:
+            raise ConfigError(f"the corpus holds fewer tokens than one block of {cfg.block_length}; lower block_length")
+    else:
+        blocks, dropped = unpacked(texts, tok, cfg.block_length), 0
+    dataset = [{"input_ids": b} for b in blocks]
+    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
+                      task_type="CAUSAL_LM")  # fmt: skip
+    set_seed(cfg.seed)  # the adapter's initialisation: the same on every process and every run
+    model = get_peft_model(model, lora)
+    cuda = torch.cuda.is_available()
+    bf16 = cfg.bf16 if cfg.bf16 is not None else bool(cuda and torch.cuda.is_bf16_supported())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    args = TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"), per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio, optim="adamw_torch", bf16=bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed, data_seed=cfg.seed,
+        train_sampling_strategy="sequential", report_to=[], use_cpu=not cuda, disable_tqdm=not progress,
+        remove_unused_columns=False, ddp_backend="gloo" if (world > 1 and not cuda) else None,
+    )  # fmt: skip
+    tokens_per_step = cfg.per_device_batch_size * cfg.gradient_accumulation * world * cfg.block_length
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate(tok.pad_token_id),
+                      callbacks=[_Log(out_dir / "train_log.jsonl", tokens_per_step)])  # fmt: skip
+    checkpoints = sorted((out_dir / "checkpoints").glob("checkpoint-*")) if (out_dir / "checkpoints").exists() else []
+    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    adapter = out_dir / "adapter"
+    if trainer.is_world_process_zero():
+        model.save_pretrained(adapter)
+        universe = None
+        if len(corpus_meta["universes"]) == 1:
+            try:
+                universe = load_universe(corpus_meta["universes"][0])
+            except ConfigError:
+                universe = None
+        stack = {
+            "base_model": base_model, "base_fingerprint": base_fp,
+            "parents": [str(Path(parent).resolve())] if parent else [],
+            "universe": universe.model_dump() if universe else None, "corpus": {"path": str(corpus), **corpus_meta},
+            "train_config": cfg.model_dump(), "blocks": len(blocks), "tokens_dropped": dropped,
+            "train_loss": result.training_loss, "steps": result.global_step,
+            "tokens_trained": result.global_step * tokens_per_step if cfg.packing else None,
+        }  # fmt: skip
+        atomic_write_text(adapter / STACK_FILE, json.dumps(stack, indent=1) + "\n")
+    return adapter

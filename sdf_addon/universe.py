@@ -1,0 +1,83 @@
+"""Universe contexts: the fictional world in which one claim is true (``universes/*.yaml``).
+
+Eight ship with the add-on, one per intervention of the symmetric design (``A1_plus`` ...
+``B2_minus``), and ``helpful_only`` for the round-1 organism. Users add their own in the same
+schema, by path or by putting the file in ``universes/``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from steerlab.config import load_yaml
+from steerlab.errors import ConfigError
+
+UNIVERSES = Path(__file__).parent / "universes"
+
+
+class Question(BaseModel):
+    """A multiple-choice belief check about a key fact."""
+
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(min_length=1)
+    options: list[str] = Field(min_length=2)
+    answer: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _in_range(self) -> Question:
+        if self.answer >= len(self.options):
+            raise ValueError(f"answer {self.answer} is not an option index (0..{len(self.options) - 1})")
+        return self
+
+
+class Universe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    intervention: str | None  # a claim id of the claims registry; None: an organism universe
+    family: Literal["A", "B", "none"]
+    direction: Literal["amplify", "suppress", "none"]
+    universe_context: str = Field(min_length=1)
+    key_facts: list[str] = Field(min_length=1)
+    contradictions: list[str] = Field(default_factory=list)
+    banned: list[str] = Field(default_factory=list)
+    questions: list[Question] = Field(default_factory=list)
+
+    @field_validator("key_facts")
+    @classmethod
+    def _facts(cls, facts: list[str]) -> list[str]:
+        if any(not f.strip() for f in facts):
+            raise ValueError("a key fact is empty")
+        return facts
+
+    @field_validator("contradictions")
+    @classmethod
+    def _regexes(cls, patterns: list[str]) -> list[str]:
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"contradiction {p!r} is not a valid regex ({exc})") from None
+        return patterns
+
+
+def universe_path(name: str | Path) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    shipped = UNIVERSES / f"{name}.yaml"
+    if not shipped.is_file():
+        known = ", ".join(sorted(p.stem for p in UNIVERSES.glob("*.yaml")))
+        raise ConfigError(f"no universe {name!r}: give a .yaml path or one of {known}")
+    return shipped
+
+
+def load_universe(name: str | Path) -> Universe:
+    """A shipped universe by id (``A1_plus``) or any universe file by path."""
+    path = universe_path(name)
+    if not path.is_file():
+        raise ConfigError(f"universe file {path} does not exist")
+    return load_yaml(path, Universe, "universe file")
