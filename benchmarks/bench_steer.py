@@ -177,11 +177,17 @@ def hetero(loaded, args, prompts) -> list[dict]:
 def sweep_vs_loop(loaded, args, prompts) -> dict:
     from steering_vectors import SteeringVector as PeerVector
 
-    bundle = VectorBundle.load(REPO / "vectors/researcher_expectations/smollm2.safetensors", expect=loaded.fingerprint)
-    vectors = [bundle.vector, *bundle.controls[:5]]
     multipliers = [-0.3, -0.2, -0.1, 0.1, 0.2, 0.3, 0.4]
-    resid = dict(zip(bundle.meta["layers"], bundle.meta["diagnostics"]["per_layer"]["resid_norm"], strict=True))
-    settings = [SteeringSetting(v, m, scale="relative", resid_norms=resid) for v in vectors for m in multipliers]
+    if loaded.source == "smollm2":  # the shipped vector and 5 of its controls
+        shipped = REPO / "vectors/researcher_expectations/smollm2.safetensors"
+        bundle = VectorBundle.load(shipped, expect=loaded.fingerprint)
+        vectors = [bundle.vector, *bundle.controls[:5]]
+        resid = dict(zip(bundle.meta["layers"], bundle.meta["diagnostics"]["per_layer"]["resid_norm"], strict=True))
+        settings = [SteeringSetting(v, m, scale="relative", resid_norms=resid) for v in vectors for m in multipliers]
+    else:  # a random-weight model: 6 random vectors at its 8 middle layers, absolute scale
+        layers = middle_layers(loaded.n_layers, 8)
+        vectors = [random_vector(loaded, layers, seed=i) for i in range(6)]
+        settings = [SteeringSetting(v, 10 * m) for v in vectors for m in multipliers]
     chats = prompts[:4]
     sampling = Sampling(max_new_tokens=args.new_tokens)
     backend = HFBackend(loaded, batch_size=32)
@@ -246,7 +252,7 @@ def main() -> None:
         if "hetero" in parts:
             entry["hetero"] = hetero(loaded, args, prompts)
             print(name, "hetero", entry["hetero"])
-        if "sweep" in parts and name == "smollm2":
+        if "sweep" in parts and name != "tiny":
             entry["sweep_vs_loop"] = sweep_vs_loop(loaded, args, prompts)
             print(name, "sweep", entry["sweep_vs_loop"])
         results.append(entry)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -122,16 +123,16 @@ def read_corpus(path: Path) -> tuple[list[str], dict[str, Any]]:
 
 
 class _Log:
-    """A Trainer callback: loss, learning rate and tokens seen per logged step into train_log.jsonl."""
+    """A Trainer callback: loss, learning rate, tokens seen and wall time per logged step into train_log.jsonl."""
 
-    def __new__(cls, path: Path, tokens_per_step: int):
+    def __new__(cls, path: Path, tokens_seen):
         from transformers import TrainerCallback
 
         class Log(TrainerCallback):
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if state.is_world_process_zero and logs and "loss" in logs:
                     row = {"step": state.global_step, "loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
-                           "tokens": state.global_step * tokens_per_step}  # fmt: skip
+                           "tokens": tokens_seen(state.global_step), "time": time.time()}  # fmt: skip
                     with open(path, "a", encoding="utf-8") as fh:
                         fh.write(json.dumps(row) + "\n")
 
@@ -191,14 +192,26 @@ def train(
         train_sampling_strategy="sequential", report_to=[], use_cpu=not cuda, disable_tqdm=not progress,
         remove_unused_columns=False, ddp_backend="gloo" if (world > 1 and not cuda) else None,
     )  # fmt: skip
-    tokens_per_step = cfg.per_device_batch_size * cfg.gradient_accumulation * world * cfg.block_length
+    rows_per_step = cfg.per_device_batch_size * cfg.gradient_accumulation * world
+    lengths = [len(b) for b in blocks]
+    cumulative = [0]
+    for n in lengths:
+        cumulative.append(cumulative[-1] + n)
+
+    def tokens_seen(steps: int) -> int:  # rows are read in order, epoch after epoch
+        full, part = divmod(steps * rows_per_step, len(lengths))
+        return full * cumulative[-1] + cumulative[part]
+
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate(tok.pad_token_id),
-                      callbacks=[_Log(out_dir / "train_log.jsonl", tokens_per_step)])  # fmt: skip
+                      callbacks=[_Log(out_dir / "train_log.jsonl", tokens_seen)])  # fmt: skip
     checkpoints = sorted((out_dir / "checkpoints").glob("checkpoint-*")) if (out_dir / "checkpoints").exists() else []
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     adapter = out_dir / "adapter"
+    if trainer.is_fsdp_enabled:  # gather the shards into one adapter file
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(adapter))  # every process takes part (FSDP); rank 0 writes
     if trainer.is_world_process_zero():
-        model.save_pretrained(adapter)
+        (adapter / "training_args.bin").unlink(missing_ok=True)  # a pickle; the settings are in the stack file
         universe = None
         if len(corpus_meta["universes"]) == 1:
             try:
@@ -211,7 +224,7 @@ def train(
             "universe": universe.model_dump() if universe else None, "corpus": {"path": str(corpus), **corpus_meta},
             "train_config": cfg.model_dump(), "blocks": len(blocks), "tokens_dropped": dropped,
             "train_loss": result.training_loss, "steps": result.global_step,
-            "tokens_trained": result.global_step * tokens_per_step if cfg.packing else None,
+            "tokens_trained": tokens_seen(result.global_step), "train_runtime_s": result.metrics.get("train_runtime"),
         }  # fmt: skip
         atomic_write_text(adapter / STACK_FILE, json.dumps(stack, indent=1) + "\n")
     return adapter
