@@ -307,9 +307,13 @@ class LocalText:
         requests = [
             Request(
                 [{"role": "system", "content": s}, {"role": "user", "content": u}],
-                Sampling(max_new_tokens=self.max_tokens, temperature=self.temperature,
-                         seed=int(hashlib.sha256(i.encode()).hexdigest()[:8], 16)),
-                id=i, prefill=self.PREFILL,
+                Sampling(
+                    max_new_tokens=self.max_tokens,
+                    temperature=self.temperature,
+                    seed=int(hashlib.sha256(i.encode()).hexdigest()[:8], 16),
+                ),
+                id=i,
+                prefill=self.PREFILL,
             )  # fmt: skip
             for (s, u), i in zip(prompts, ids, strict=True)
         ]
