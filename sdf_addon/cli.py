@@ -1,24 +1,23 @@
 """The ``sdf`` command: ``gen`` (documents), ``train`` (LoRA), ``merge`` (a stack into a full model),
 ``eval`` (checkpoints on the harness, with the belief check). Errors exit 2 with one line, as in
-``steerlab``. Runs under ``accelerate launch`` or ``torchrun`` as ``-m sdf_addon.cli train ...``.
+``steerlab`` (:func:`steerlab.cli.run_app`). Runs under ``accelerate launch`` or ``torchrun`` as
+``-m sdf_addon.cli train ...``.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from steerlab.errors import ConfigError, SteerlabError
+from steerlab.errors import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Synthetic document fine-tuning for steerlab.")  # fmt: skip
 out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 def _generator(kind: str, model: str | None, batch: bool, concurrency: int, max_tokens: int, temperature: float,
@@ -190,11 +189,9 @@ def eval_command(
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        app(args=argv, prog_name="sdf")
-    except SteerlabError as exc:
-        err.print(f"sdf: error: {exc}", markup=False)
-        sys.exit(2)
+    from steerlab.cli import run_app
+
+    run_app(app, argv, "sdf")
 
 
 if __name__ == "__main__":

@@ -489,16 +489,21 @@ def _register_harness() -> None:
 _register_harness()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: a SteerlabError prints one line on stderr and exits with status 2.
+def run_app(typer_app: typer.Typer, argv: list[str] | None, prog_name: str) -> None:
+    """Run a command line: a SteerlabError prints one line on stderr and exits with status 2.
 
     Usage errors (unknown option, missing argument) are typer's own and also exit 2.
     """
     try:
-        app(args=argv, prog_name="steerlab")
+        typer_app(args=argv, prog_name=prog_name)
     except SteerlabError as exc:
-        err.print(f"steerlab: error: {exc}", markup=False)
+        err.print(f"{prog_name}: error: {exc}", markup=False)
         sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``steerlab`` entry point (see :func:`run_app`)."""
+    run_app(app, argv, "steerlab")
 
 
 if __name__ == "__main__":

@@ -177,6 +177,16 @@ TensorParallelOpt = Annotated[int, typer.Option(help="vLLM: GPUs per model (tens
 LoraOpt = Annotated[str | None, typer.Option("--lora", help="A LoRA adapter directory (peft) on top of --model.")]
 
 
+AF_OPTIONS = ("dataset", "out_dir", "model", "seeds", "system_prompt", "tier_literal", "prefill", "max_turns",
+              "limit", "max_new_tokens", "temperature", "batch_size", "judge", "judge_model", "judge_batch", "rubric",
+              "lora")  # fmt: skip
+
+
+def af_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The shared options (:data:`AF_OPTIONS`) out of a command's arguments (its ``locals()``)."""
+    return {k: values[k] for k in AF_OPTIONS}
+
+
 def af_config(
     *, dataset: str, out_dir: Path, model: str, conditions: str, seeds: str, system_prompt: Path | None,
     tier_literal: str, prefill: str, max_turns: int, limit: int | None, max_new_tokens: int, temperature: float,
@@ -239,14 +249,8 @@ def register(app: typer.Typer, pairs_app: typer.Typer) -> None:
         """Run the alignment-faking evaluation (optionally steered), label, judge and summarise it."""
         from steerlab.generate import parse_multipliers
 
-        cfg = af_config(
-            dataset=dataset, out_dir=out_dir, model=model, conditions=conditions, seeds=seeds,
-            system_prompt=system_prompt, tier_literal=tier_literal, prefill=prefill, max_turns=max_turns, limit=limit,
-            max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size, judge=judge,
-            judge_model=judge_model, judge_batch=judge_batch, rubric=rubric, lora=lora,
-            vectors=[str(vector)] if vector else [], controls=controls, multipliers=parse_multipliers(alpha),
-            scale=scale,
-        )  # fmt: skip
+        cfg = af_config(**af_options(locals()), conditions=conditions, vectors=[str(vector)] if vector else [],
+                        controls=controls, multipliers=parse_multipliers(alpha), scale=scale)  # fmt: skip
         run_config(cfg, device=device, dtype=dtype, dry=dry_run_flag, backend=backend,
                    tensor_parallel_size=tensor_parallel_size)  # fmt: skip
 

@@ -35,6 +35,7 @@ from steerlab.cli_harness import (
     TensorParallelOpt,
     TierLiteral,
     af_config,
+    af_options,
     run_config,
 )  # fmt: skip
 from steerlab.errors import ConfigError
@@ -118,13 +119,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Evaluate the baseline and every claim under monitored and unmonitored (one resumable run),
         then report each claim's gap and the net scores A_net and B_net."""
-        cfg = af_config(
-            dataset=dataset, out_dir=out_dir, model=model, conditions="monitored,unmonitored", seeds=seeds,
-            system_prompt=system_prompt, tier_literal=tier_literal, prefill=prefill, max_turns=max_turns, limit=limit,
-            max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size, judge=judge,
-            judge_model=judge_model, judge_batch=judge_batch, rubric=rubric, lora=lora,
-            claims={"file": str(claims_file), "select": claims, "strength": strength},
-        )  # fmt: skip
+        cfg = af_config(**af_options(locals()), conditions="monitored,unmonitored",
+                        claims={"file": str(claims_file), "select": claims, "strength": strength})  # fmt: skip
         run_config(cfg, device=device, dtype=dtype, dry=dry_run_flag, backend=backend,
                    tensor_parallel_size=tensor_parallel_size)  # fmt: skip
 
