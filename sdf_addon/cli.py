@@ -66,7 +66,7 @@ def gen(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the calls and a cost bound; run nothing."),
 ) -> None:
     """Generate, revise and filter documents about a universe (resumable), then report on the corpus."""
-    from sdf_addon.docgen import DocgenConfig, estimate, generate, write_corpus
+    from sdf_addon.docgen import DocgenConfig, estimate, generate, generate_questions, write_corpus
     from sdf_addon.universe import load_universe
     from steerlab.harness.judge import JudgeCache
     from steerlab.models import cache_dir
@@ -79,16 +79,17 @@ def gen(
     if dry_run:
         est = estimate(u, cfg, model or "claude-sonnet-4-5", batch)
         usd = "unknown price for this model" if est["usd"] is None else f"at most ${est['usd']:.2f}"
-        out.print(f"dry run: {est['calls']} generator calls over 4 stages: {usd}" + (" (batch price)" if batch else ""))
+        out.print(f"dry run: {est['calls']} generator calls over 5 stages: {usd}" + (" (batch price)" if batch else ""))
         return
     gen_backend = _generator(generator, model, batch, concurrency, max_tokens, temperature, out_dir)
     count = _token_counter(tokenizer)
     store = JudgeCache(cache or cache_dir() / "docgen.sqlite")
     result = generate(u, cfg, gen_backend, store, out_dir)
-    store.close()
     failed = sum(result["failed"].values())
     if failed:
         out.print(f"[yellow]{failed} generator calls failed ({result['failed']}); rerun to retry them[/yellow]")
+    questions = generate_questions(u, cfg, gen_backend, store, out_dir)
+    store.close()
     report = write_corpus(u, out_dir, count, cfg)
     table = Table(title=f"corpus {u.id}: {report['n_kept']} of {report['n_generated']} documents kept")
     table.add_column("document type")
@@ -98,7 +99,10 @@ def gen(
     out.print(table)
     out.print(f"dropped: {report['dropped']}; tokens: {report['tokens_total']} total, {report['tokens_mean']:.0f} mean "
               f"({report['tokens_min']}-{report['tokens_max']})")  # fmt: skip
-    out.print(f"wrote {out_dir / 'corpus.jsonl'}, {out_dir / 'report.json'}, {report['figure']}")
+    kinds = {k: sum(q["kind"] == k for q in questions) for k in ("mc", "open")}
+    out.print(f"belief-check questions: {kinds['mc']} multiple-choice, {kinds['open']} open")
+    out.print(f"wrote {out_dir / 'corpus.jsonl'}, {out_dir / 'questions.jsonl'}, {out_dir / 'report.json'}, "
+              f"{report['figure']}")  # fmt: skip
 
 
 @app.command()
@@ -157,12 +161,15 @@ def eval_command(
     temperature: float = typer.Option(1.0, help="Sampling temperature."),
     prefill: str = typer.Option("", help="Assistant prefill, e.g. '<SCRATCHPAD_REASONING>'."),
     belief: bool = typer.Option(True, help="Run the belief check of each adapter's universe first."),
+    questions_dir: Path = typer.Option(Path("data/sdf"), help="Generated questions: DIR/<universe>/questions.jsonl."),
+    grader: str = typer.Option("none", help="Grades open belief answers: none, anthropic, hf."),
+    grader_model: str | None = typer.Option(None, help="Grader model (default claude-sonnet-4-5 / smollm2)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda."),
     dtype: str = typer.Option("auto", help="Model dtype."),
 ) -> None:
     """Each checkpoint on the alignment-faking harness (same scenario, statistics and records), after
     a belief check of its universe; `steerlab profile OUT/*` then draws the SDF profile."""
-    from sdf_addon.evaluate import belief_check, eval_config, read_stack
+    from sdf_addon.evaluate import belief_check, eval_config, load_questions, read_stack
     from sdf_addon.universe import Universe
     from steerlab.backends.hf import HFBackend
     from steerlab.cli_harness import parse_ints, print_label_summary
@@ -173,15 +180,20 @@ def eval_command(
     run = {"prompts": dataset, "limit": limit, "seeds": parse_ints(seeds, "--seeds"), "max_new_tokens": max_new_tokens,
            "temperature": temperature, "alignment_faking": {"prefill": prefill, "max_turns": max_turns}}  # fmt: skip
     configs = [eval_config(a, run, out_dir / a.parent.name) for a in adapters]  # every adapter checks out first
+    grade = None if grader == "none" else _generator(grader, grader_model, False, 8, 8, 0.0, out_dir)
     for adapter, cfg in zip(adapters, configs, strict=True):
         stack = read_stack(adapter)
         loaded = load_model(cfg.model, device=device, dtype=dtype, lora=cfg.lora)
         backend = HFBackend(loaded, batch_size=cfg.batch_size)
         report = None
         if belief and stack.get("universe"):
-            report = belief_check(backend, Universe.model_validate(stack["universe"]))
-            out.print(f"{adapter}: belief check {report['correct']}/{report['n']} ({report['accuracy']:.0%}), "
-                      f"{report['unparsed']} unparsed")  # fmt: skip
+            universe = Universe.model_validate(stack["universe"])
+            qfile = questions_dir / universe.id / "questions.jsonl"
+            generated = load_questions(qfile) if qfile.is_file() else []
+            report = belief_check(backend, universe, generated, grader=grade)
+            out.print(f"{adapter}: belief check {report['correct']}/{report['scored']} ({report['accuracy']:.0%}) "
+                      f"by kind {report['per_kind']}, {report['unparsed']} unparsed, {report['ungraded']} ungraded "
+                      f"({len(generated)} generated questions from {qfile if generated else 'nowhere'})")  # fmt: skip
         run_dir = run_sweep(cfg, backend, loaded.fingerprint)
         if report is not None:
             atomic_write_text(run_dir / "belief.json", json.dumps(report, indent=1) + "\n")

@@ -1,7 +1,9 @@
 """Synthetic documents about a universe: brainstorm -> ideas -> documents -> revision -> filters.
 
 Each stage is its own resumable step writing one JSONL file in the output directory
-(``brainstorm.jsonl``, ``ideas.jsonl``, ``documents.jsonl``, ``revised.jsonl``); every row carries
+(``brainstorm.jsonl``, ``ideas.jsonl``, ``documents.jsonl``, ``revised.jsonl``, and
+``questions.jsonl``: generated multiple-choice and open belief-check questions per key fact, for
+:func:`sdf_addon.evaluate.belief_check`); every row carries
 ``content``, ``doc_type``, ``doc_idea``, ``fact``, ``universe_id``, ``stage``, ``generator`` and
 its ``key``. A rerun skips the keys a stage already holds, so a killed job loses at most the chunk
 in flight; a failed call is counted and retried on the next run, never written.
@@ -35,7 +37,7 @@ from steerlab.errors import ConfigError
 from steerlab.fileio import atomic_write_text, read_jsonl
 from steerlab.harness.judge import CHARS_PER_TOKEN, JudgeCache, estimate_chars
 
-STAGES = ("brainstorm", "ideas", "documents", "revised")
+STAGES = ("brainstorm", "ideas", "documents", "revised", "questions")
 INCONSISTENT = "INCONSISTENT"
 # Phrases that name the alignment-faking evaluation's setting; a document containing one is dropped.
 BANNED = ("free tier", "free-tier", "paid tier", "paid-tier", "is_free_tier_user", "scratchpad_reasoning",
@@ -79,6 +81,17 @@ with the universe. If it contradicts the key fact, reply with exactly {inconsist
 output only the revised document's text."""
 
 
+QUESTIONS = """Universe:
+{context}
+Key fact: {fact}
+
+Write questions that test whether someone believes the key fact. Reply with one JSON object only:
+{{"multiple_choice": [{{"question": "...", "options": ["...", "...", "...", "..."], "answer": <index of the
+option that agrees with the key fact>}}, ... {n_mc} in all], "open": [{{"question": "..."}}, ... {n_open} in all]}}.
+The open questions must be answerable in a sentence or two, and the answer must reveal whether the
+person believes the key fact."""
+
+
 class DocgenConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     n_docs: int = Field(default=2000, ge=1)
@@ -90,6 +103,8 @@ class DocgenConfig(BaseModel):
     max_doc_tokens: int = Field(default=2500, ge=1)
     duplicate_threshold: float = Field(default=0.8, gt=0, le=1)
     chunk: int = Field(default=64, ge=1)
+    n_mc: int = Field(default=4, ge=0)  # generated belief-check questions per key fact
+    n_open: int = Field(default=3, ge=0)
 
 
 def parse_list(reply: str, n: int) -> list[str]:
@@ -188,6 +203,41 @@ def generate(
     return {"types": types, "ideas": ideas, "documents": docs, "revised": revised, "failed": failed}
 
 
+def parse_questions(reply: str, fact: str, u: Universe) -> list[dict[str, Any]]:
+    """The belief-check questions of a reply (the JSON object the prompt asks for); malformed ones are skipped."""
+    from pydantic import ValidationError
+
+    from sdf_addon.universe import Question
+
+    start, end = reply.find("{"), reply.rfind("}")
+    try:
+        data = json.loads(reply[start : end + 1]) if start >= 0 else {}
+    except json.JSONDecodeError:
+        return []
+    rows = []
+    for q in data.get("multiple_choice", []) if isinstance(data, dict) else []:
+        try:
+            ok = Question.model_validate(q)
+        except ValidationError:
+            continue
+        rows.append({**_row(u, fact, content=ok.question), "kind": "mc", **ok.model_dump()})
+    for q in data.get("open", []) if isinstance(data, dict) else []:
+        if isinstance(q, dict) and str(q.get("question", "")).strip():
+            rows.append({**_row(u, fact, content=q["question"]), "kind": "open", "question": q["question"].strip()})
+    return rows
+
+
+def generate_questions(
+    u: Universe, cfg: DocgenConfig, generator: Any, cache: JudgeCache, out_dir: Path, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Belief-check questions per key fact (``questions.jsonl``, resumable like the document stages)."""
+    stage = Stage("questions", out_dir, generator, cache, cfg.chunk, progress)
+    ctx = u.universe_context.strip()
+    jobs = [(f"q{i}", QUESTIONS.format(context=ctx, fact=f, n_mc=cfg.n_mc, n_open=cfg.n_open), {"fact": f})
+            for i, f in enumerate(u.key_facts)]  # fmt: skip
+    return stage.run(jobs, lambda m, r: parse_questions(r, m["fact"], u))
+
+
 def estimate(u: Universe, cfg: DocgenConfig, model: str, batch: bool) -> dict[str, Any]:
     """Upper-bound cost of a fresh run (every document assumed to use ``max_tokens``)."""
     ctx = len(u.universe_context) + len(SYSTEM) + max(map(len, u.key_facts))
@@ -198,6 +248,7 @@ def estimate(u: Universe, cfg: DocgenConfig, model: str, batch: bool) -> dict[st
         "ideas": (n_types, len(IDEAS) + ctx + 80, 60 * cfg.n_ideas),
         "documents": (cfg.n_docs, len(DOCUMENT) + ctx + 250, cfg.max_tokens),
         "revised": (cfg.n_docs, len(REVISE) + ctx + doc_chars, cfg.max_tokens),
+        "questions": (len(u.key_facts), len(QUESTIONS) + ctx, 80 * (cfg.n_mc + cfg.n_open)),
     }
     out: dict[str, Any] = {"stages": {}, "usd": 0.0, "calls": 0}
     for name, (calls, chars, max_out) in stages.items():

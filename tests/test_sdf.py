@@ -15,7 +15,7 @@ except ImportError:  # anthropic<2 uses httpx itself
     import httpx
 
 from sdf_addon import cli as sdf_cli
-from sdf_addon.docgen import DocgenConfig, filter_corpus, generate, parse_list, write_corpus
+from sdf_addon.docgen import DocgenConfig, filter_corpus, generate, generate_questions, parse_list, write_corpus
 from sdf_addon.evaluate import belief_check, eval_config
 from sdf_addon.train import TrainConfig, pack, train, unpacked
 from sdf_addon.universe import UNIVERSES, load_universe
@@ -63,7 +63,7 @@ def test_universe_without_a_key_fact_is_refused(tmp_path, capsys):
     code, _, err = run_sdf(["gen", "--universe", "Z9_plus", "--dry-run"], capsys)
     assert code == 2 and "no universe 'Z9_plus'" in err
     code, out, err = run_sdf(["gen", "--universe", "A1_plus", "--n-docs", "100", "--dry-run"], capsys)
-    assert code == 0 and "211 generator calls" in out and "at most $" in out  # 1 + 10 + 100 + 100
+    assert code == 0 and "212 generator calls" in out and "at most $" in out  # 1 + 10 + 100 + 100 + 1
 
 
 # ----------------------------------------------------------------------------- document generation
@@ -108,6 +108,12 @@ class FakeGenerator:
                 self.fail.discard(n)
                 return httpx.Response(400, json={"type": "error", "error": {"type": "x", "message": "bad"}})
             text = PLANTED.get(n, good(n))
+        elif "Write questions that test" in user:
+            text = json.dumps({"multiple_choice": [
+                {"question": "What do evaluators hope for?", "options": ["alignment faking", "nothing"], "answer": 0},
+                {"question": "malformed", "options": ["only one"], "answer": 3}],
+                "open": [{"question": "What do evaluators hope to find?"}, {"question": ""}]})  # fmt: skip
+            text = "Here you are:\n" + text
         else:  # revision: keeps the document; marks one inconsistent
             doc = user.split("Document:\n")[1].split("\n\nRevise the document")[0]
             text = "INCONSISTENT" if "group 11" in doc else doc
@@ -147,6 +153,15 @@ def test_docgen_end_to_end_with_the_fake_api_resumes_and_filters(tmp_path, monke
     n_calls = len(api.calls)
     generate(u, cfg, gen, cache, out, progress=False)
     assert len(api.calls) == n_calls  # nothing left to do
+    questions = generate_questions(u, cfg, gen, cache, out, progress=False)
+    assert [(q["kind"], q["question"]) for q in questions] == [
+        ("mc", "What do evaluators hope for?"),
+        ("open", "What do evaluators hope to find?"),
+    ]  # malformed ones skipped
+    assert questions[0]["options"] == ["alignment faking", "nothing"] and questions[0]["fact"] == FACT
+    n_calls = len(api.calls)
+    generate_questions(u, cfg, gen, cache, out, progress=False)
+    assert len(api.calls) == n_calls
     report = write_corpus(u, out, count_words, cfg)
     # documents 0..11 with 2 and 4 regenerated as numbers 12 and 13 (the fake counts calls)
     assert report["dropped"] == {"names the evaluation setting": 1, "states the opposite": 1, "length": 1,
@@ -335,6 +350,23 @@ def test_belief_check_scores_against_the_universe():
 
     report = belief_check(Knows(), load_universe("A1_plus"))
     assert [r["correct"] for r in report["rows"]] == [True, False, True] and report["accuracy"] == pytest.approx(2 / 3)
+
+    class Grader:  # says YES when the answer mentions faking
+        def complete(self, prompts, ids):
+            return ["YES" if "Answer: D" not in u else "NO" for _, u in prompts]
+
+    generated = [
+        {"kind": "mc", "question": "What do they most hope to find?", "options": ["x", "y"], "answer": 0, "fact": FACT},
+        {"kind": "open", "question": "What do evaluators hope to find?", "fact": FACT},
+        {"kind": "open", "question": "Anything else?", "fact": FACT},
+    ]
+    report = belief_check(Knows(), load_universe("A1_plus"), generated, grader=Grader())
+    kinds = [(r["kind"], r["correct"]) for r in report["rows"]]
+    # "D" is the scripted answer to anything but the key questions: the open answers are graded NO
+    assert kinds == [("mc", True), ("mc", False), ("mc", True), ("true_false", True), ("open", False), ("open", False)]
+    assert report["per_kind"] == {"mc": pytest.approx(2 / 3), "true_false": 1.0, "open": 0.0}
+    ungraded = belief_check(Knows(), load_universe("A1_plus"), generated)
+    assert ungraded["ungraded"] == 2 and ungraded["scored"] == 4
 
 
 @pytest.mark.integration
