@@ -72,9 +72,9 @@ def print_claims_summary(run_dir: Path, path: Path, summary: dict[str, Any]) -> 
         out.print(f"{key} = {_fmt(net[key])}{seeds}")
     figures = ""
     if {"A_net", "B_net"} <= set(net):
-        from steerlab.profiles import build_profiles, draw, read_source
+        from steerlab.profiles import draw, run_profile
 
-        figures = " and " + ", ".join(map(str, draw(build_profiles([read_source(run_dir)]), Path(run_dir))))
+        figures = " and " + ", ".join(map(str, draw([run_profile(run_dir, net)], Path(run_dir))))
     out.print(f"wrote {path}{figures}")
 
 

@@ -167,6 +167,13 @@ def read_source(run_dir: Path, families: dict[str, str] | None = None) -> Source
     return Source(str(run_dir), _model_name(header), _model_id(header), method, variant, rows, claims)
 
 
+def run_profile(run_dir: Path, net: dict[str, Any]) -> Profile:
+    """The profile of one prompt-eval run from the net scores its summary already holds."""
+    header = read_header(run_dir)
+    return Profile(_model_name(header), "prompt", header["claims"]["strength"], [str(run_dir)],
+                   claims_of(header["claims"]), net, [_model_id(header)])  # fmt: skip
+
+
 def build_profiles(
     sources: Sequence[Source], allow_mixed: bool = False, n_resamples: int = 2000, seed: int = 0
 ) -> list[Profile]:
