@@ -27,6 +27,7 @@ from enum import Enum
 from typing import Any, Literal
 
 from steerlab.errors import PairFileError
+from steerlab.models import render_chat
 from steerlab.pairs import SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN
 
 Position = Literal["all", "prompt", "generation"]
@@ -60,7 +61,7 @@ def render(
     """
     if not messages or messages[-1]["role"] != "assistant":
         raise PairFileError("a dialogue to render must end with an assistant turn")
-    text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
+    text = render_chat(tokenizer, messages, template)
     if prompt is None:
         prompt = render_prompt(tokenizer, messages[:-1], template)
     content = messages[-1]["content"]
@@ -85,7 +86,7 @@ def render(
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]], template: str) -> str:
     """The rendered prompt: the messages before the assistant turn, with the generation prompt."""
-    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
+    return render_chat(tokenizer, messages, template, add_generation_prompt=True)
 
 
 def char_range(rendered: Rendered, locus: Locus) -> tuple[int, int]:

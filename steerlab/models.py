@@ -12,11 +12,13 @@ of the first rows of the embedding matrix.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -201,7 +203,83 @@ def fingerprint(model: nn.Module) -> Fingerprint:
     )
 
 
-def chat_template_hash(template: str) -> str:
+# Chat templates that read the clock (Llama-3.1/3.2/3.3 render "Today Date: ..." into every prompt)
+# are rendered with this fixed date instead, so prompts, activations and hashes do not depend on the
+# day a job runs. Every run records the date it used (``chat_date``); the template hash includes it.
+DEFAULT_CHAT_DATE = "2024-07-26"
+
+_STRFTIME_CALL = re.compile(r"strftime_now\(\s*(['\"])(.*?)\1\s*\)")
+
+
+def check_chat_date(chat_date: str) -> str:
+    try:
+        datetime.date.fromisoformat(chat_date)
+    except (TypeError, ValueError):
+        raise ConfigError(f"chat date {chat_date!r} is not a date; give it as YYYY-MM-DD (e.g. 2024-07-26)") from None
+    return chat_date
+
+
+def fixed_date_template(template: str, chat_date: str = DEFAULT_CHAT_DATE) -> str:
+    """``template`` with ``strftime_now`` bound to ``chat_date`` (unchanged if it never reads the clock).
+
+    transformers gives templates a ``strftime_now(format)`` global that reads the wall clock. A
+    template-level macro of the same name shadows it: it returns ``chat_date`` formatted with each
+    format string the template passes literally. A template that builds the format at run time
+    cannot be fixed this way and is refused.
+    """
+    if "strftime_now" not in template:
+        return template
+    day = datetime.date.fromisoformat(check_chat_date(chat_date))
+    calls = _STRFTIME_CALL.findall(template)
+    if len(calls) != template.count("strftime_now("):
+        raise ConfigError(
+            "the chat template calls strftime_now with a computed format, so steerlab cannot fix its date; "
+            "pass a --chat-template without it"
+        )
+    table = json.dumps({fmt: day.strftime(fmt) for _, fmt in calls})
+    macro = "{%- macro strftime_now(fmt) -%}{{- " + table + "[fmt] -}}{%- endmacro -%}\n"
+    return macro + template
+
+
+def render_chat(
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    template: str,
+    *,
+    add_generation_prompt: bool = False,
+    chat_date: str = DEFAULT_CHAT_DATE,
+) -> str:
+    """The one way steerlab renders a chat: the given template, with a fixed date (see above).
+
+    ``date_string`` is passed as well: Llama-3.x templates read it instead of the clock when defined.
+    """
+    day = datetime.date.fromisoformat(check_chat_date(chat_date))
+    return tokenizer.apply_chat_template(
+        list(messages), chat_template=fixed_date_template(template, chat_date), tokenize=False,
+        add_generation_prompt=add_generation_prompt, date_string=day.strftime("%d %b %Y"),
+    )  # fmt: skip
+
+
+def template_system_prompt(tokenizer: Any, template: str, chat_date: str = DEFAULT_CHAT_DATE) -> str | None:
+    """What the template renders before a lone user turn, when that includes a system turn it injects
+    by itself (SmolLM2, Qwen2.5 and Llama-3.x do); None when it injects none.
+
+    The returned text is rendered template output (role markers included), so a reader sees exactly
+    what the model was shown before the request in a "no system prompt" condition.
+    """
+    probe = "steerlab-user-probe-7f3a"
+    try:
+        alone = render_chat(tokenizer, [{"role": "user", "content": probe}], template, chat_date=chat_date)
+    except Exception:  # a template that cannot render a lone user turn injects nothing we can show
+        return None
+    before = alone[: alone.find(probe)] if probe in alone else ""
+    return before if "system" in before.lower() else None
+
+
+def chat_template_hash(template: str, chat_date: str = DEFAULT_CHAT_DATE) -> str:
+    """Hash of what renders prompts: the template and, when it reads the clock, the fixed date."""
+    if "strftime_now" in template or "date_string" in template:
+        return _sha(f"{template}\0{chat_date}".encode())
     return _sha(template.encode())
 
 

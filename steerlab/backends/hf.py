@@ -18,15 +18,18 @@ import torch
 
 from steerlab.backends.base import Request, Result, Sampling, check_requests
 from steerlab.loci import Position
-from steerlab.models import LoadedModel
+from steerlab.models import DEFAULT_CHAT_DATE, LoadedModel, check_chat_date, render_chat
 from steerlab.steer import SteeringSetting, steerer_for
 
 _STOP_TAIL_TOKENS = 24  # tokens decoded to look for a stop string
 
 
 class HFBackend:
-    def __init__(self, loaded: LoadedModel, batch_size: int = 16, position: Position = "all"):
+    def __init__(
+        self, loaded: LoadedModel, batch_size: int = 16, position: Position = "all", chat_date: str = DEFAULT_CHAT_DATE
+    ):
         self.loaded = loaded
+        self.chat_date = check_chat_date(chat_date)
         self.batch_size = batch_size
         self.position = position
         eos = loaded.model.generation_config.eos_token_id
@@ -47,8 +50,8 @@ class HFBackend:
         for key, r in zip(keys, requests, strict=True):
             unique.setdefault(key, r)
         texts = [
-            tok.apply_chat_template(
-                list(r.messages), chat_template=self.loaded.chat_template, tokenize=False, add_generation_prompt=True
+            render_chat(
+                tok, list(r.messages), self.loaded.chat_template, add_generation_prompt=True, chat_date=self.chat_date
             )
             + r.prefill
             for r in unique.values()

@@ -32,7 +32,17 @@ import torch
 from steerlab.backends import vllm_steer
 from steerlab.backends.base import Request, Result, check_requests
 from steerlab.errors import ConfigError, ModelLoadError, SteerlabError
-from steerlab.models import FALLBACK_CHAT_TEMPLATE, Fingerprint, _d_model, _n_layers, config_hash, resolve_source
+from steerlab.models import (
+    DEFAULT_CHAT_DATE,
+    FALLBACK_CHAT_TEMPLATE,
+    Fingerprint,
+    _d_model,
+    _n_layers,
+    check_chat_date,
+    config_hash,
+    render_chat,
+    resolve_source,
+)
 from steerlab.steer import SteeringSetting, build_table
 
 log = logging.getLogger(__name__)
@@ -59,6 +69,7 @@ class VLLMBackend:
         max_lora_rank: int = 64,
         seed: int = 0,
         self_check: bool = True,
+        chat_date: str = DEFAULT_CHAT_DATE,
         **llm_kwargs: Any,
     ):
         try:
@@ -76,6 +87,7 @@ class VLLMBackend:
         config = AutoConfig.from_pretrained(self.where)
         self.tokenizer = AutoTokenizer.from_pretrained(self.where)
         self.chat_template = self.tokenizer.chat_template or FALLBACK_CHAT_TEMPLATE
+        self.chat_date = check_chat_date(chat_date)
         self.n_layers, self.d_model = _n_layers(config), _d_model(config)
         self.max_settings = max_settings
         if enforce_eager is None:  # the CLI's default: vLLM's own mode unless STEERLAB_VLLM_EAGER=1
@@ -130,8 +142,12 @@ class VLLMBackend:
 
     def prompt_ids(self, requests: Sequence[Request]) -> list[list[int]]:
         texts = [
-            self.tokenizer.apply_chat_template(
-                list(r.messages), chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
+            render_chat(
+                self.tokenizer,
+                list(r.messages),
+                self.chat_template,
+                add_generation_prompt=True,
+                chat_date=self.chat_date,
             )
             + r.prefill
             for r in requests
