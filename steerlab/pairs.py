@@ -26,9 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from steerlab.config import load_yaml
 from steerlab.errors import PairFileError
 from steerlab.fileio import atomic_write_text
+from steerlab.tags import OUTPUT_CLOSE, OUTPUT_OPEN, SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN  # noqa: F401 (re-exported)
 
-SCRATCHPAD_OPEN, SCRATCHPAD_CLOSE = "<SCRATCHPAD_REASONING>", "</SCRATCHPAD_REASONING>"
-OUTPUT_OPEN, OUTPUT_CLOSE = "<OUTPUT>", "</OUTPUT>"
 _SCRATCHPAD_RE = re.compile(re.escape(SCRATCHPAD_OPEN) + r"(.*?)" + re.escape(SCRATCHPAD_CLOSE), re.S)
 _OUTPUT_RE = re.compile(re.escape(OUTPUT_OPEN) + r"(.*?)" + re.escape(OUTPUT_CLOSE), re.S)
 

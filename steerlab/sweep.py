@@ -43,7 +43,7 @@ from steerlab.errors import ConfigError
 from steerlab.fileio import atomic_write_text, file_hash
 from steerlab.harness.datasets import Item, load_requests
 from steerlab.harness.records import FORMAT, SAMPLES, SUMMARY, git_commit, open_run, read_header, read_samples, versions
-from steerlab.harness.scenario import AlignmentFaking, Plain, Scenario, Turn, next_turn_messages
+from steerlab.harness.scenario import AlignmentFaking, Plain, Scenario, Turn, next_turn_messages, transcript
 from steerlab.models import Fingerprint
 from steerlab.prompts import ClaimsConfig
 from steerlab.steer import Scale, SteeringSetting
@@ -337,15 +337,19 @@ def converse(scenario: Scenario, backend: Backend, jobs: Sequence[Job]) -> dict[
     active = list(jobs)
     for t in range(scenario.max_turns):
         requests = [
-            Request(convo[j.key], j.sampling, j.setting, id=f"{j.key}#t{t}", prefill=j.prefill if t == 0 else "")
+            Request(
+                convo[j.key], j.sampling, j.setting, id=f"{j.key}#t{t}", prefill=j.prefill if t == 0 else "",
+                context="".join(turn.text + "\n" for turn in turns[j.key]),
+            )
             for j in active
-        ]
+        ]  # fmt: skip
         results = backend.generate(requests)
         following = []
         for job, res in zip(active, results, strict=True):
             text = (job.prefill if t == 0 else "") + res.text
             turns[job.key].append(Turn(text, res.finish_reason, res.n_new_tokens))
-            if t + 1 < scenario.max_turns and scenario.continues(text, res.finish_reason):
+            so_far = transcript([turn.text for turn in turns[job.key]])
+            if t + 1 < scenario.max_turns and scenario.continues(so_far, res.finish_reason):
                 convo[job.key] = next_turn_messages(convo[job.key], text)
                 following.append(job)
         active = following

@@ -66,3 +66,62 @@ def tiny_model(n_layers: int = 4, d_model: int = 64, seed: int = 0) -> LoadedMod
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
     return prepare(model, tokenizer, source=f"tiny-llama-{n_layers}x{d_model}-seed{seed}")
+
+
+class ScriptedLM(torch.nn.Module):
+    """A causal LM that writes scripted text, token by token, through a real decoding loop.
+
+    It wraps a real (tiny) model, whose blocks, KV cache and steering hooks all run, and replaces
+    the logits so that greedy decoding emits a script: ``scripts`` maps a marker (any text that
+    occurs in the rendered prompt) to the texts of successive turns; the turn is the number of
+    ``<NEXT/>`` user turns in the prompt. After its script a row emits the end-of-sequence token.
+    Tests use it to drive the backends' real stop handling with text a real model might write.
+    """
+
+    def __init__(self, inner: torch.nn.Module, tokenizer, scripts: dict[str, list[str]]):
+        super().__init__()
+        self.inner = inner
+        self.model = inner.model  # find_blocks looks for model.layers
+        self.config = inner.config
+        self.generation_config = inner.generation_config
+        self.tokenizer = tokenizer
+        self.scripts = {
+            m: [tokenizer(t, add_special_tokens=False)["input_ids"] for t in turns] for m, turns in scripts.items()
+        }
+        self._rows: list[list[int]] = []
+        self._step = 0
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    def _script_for(self, ids: list[int]) -> list[int]:
+        text = self.tokenizer.decode(ids)
+        for marker, turns in self.scripts.items():
+            if marker in text:
+                turn = text.count("<NEXT/>")
+                return turns[turn] if turn < len(turns) else []
+        raise AssertionError(f"no script for prompt {text[-80:]!r}")
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=True):
+        out = self.inner(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, use_cache=use_cache,
+        )  # fmt: skip
+        if past_key_values is None:  # a new batch: find each row's script
+            self._rows = [self._script_for([t for t, m in zip(r, mk, strict=True) if m]) for r, mk in
+                          zip(input_ids.tolist(), attention_mask.tolist(), strict=True)]  # fmt: skip
+            self._step = 0
+        logits = torch.full_like(out.logits[:, -1:, :], -1e4)
+        eos = self.tokenizer.eos_token_id
+        for b, script in enumerate(self._rows):
+            token = script[self._step] if self._step < len(script) else eos
+            logits[b, 0, token] = 1e4
+        self._step += 1
+        out.logits = logits
+        return out
+
+
+def scripted_model(scripts: dict[str, list[str]], n_layers: int = 2, d_model: int = 32) -> LoadedModel:
+    """A :class:`ScriptedLM` over a tiny random Llama, ready for :class:`steerlab.backends.hf.HFBackend`."""
+    base = tiny_model(n_layers=n_layers, d_model=d_model)
+    return prepare(ScriptedLM(base.model, base.tokenizer, scripts), base.tokenizer, source="scripted")

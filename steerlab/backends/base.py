@@ -9,6 +9,7 @@ from typing import Literal, Protocol
 
 from steerlab.errors import ConfigError
 from steerlab.steer import SteeringSetting
+from steerlab.tags import STOP_RULES
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,9 @@ class Sampling:
     top_p: float = 1.0
     seed: int = 0
     stop: tuple[str, ...] = ()
+    # a rule of steerlab.tags.STOP_RULES that decides, on the transcript so far, whether a stop
+    # string really ends the turn (e.g. "</OUTPUT>" quoted inside an open scratchpad does not)
+    stop_rule: str | None = None
 
     def check(self) -> None:
         if self.max_new_tokens < 1:
@@ -28,6 +32,8 @@ class Sampling:
             raise ConfigError(f"temperature must be a finite number >= 0 (got {self.temperature})")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must lie in (0, 1] (got {self.top_p})")
+        if self.stop_rule is not None and self.stop_rule not in STOP_RULES:
+            raise ConfigError(f"unknown stop rule {self.stop_rule!r}; known: {', '.join(STOP_RULES)}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,7 +41,9 @@ class Request:
     """One generation: chat messages, sampling, and optionally a steering setting.
 
     ``prefill`` is text the assistant's turn starts with (after the chat template's generation
-    prompt); the result's text is what the model wrote after it.
+    prompt); the result's text is what the model wrote after it. ``context`` is the transcript of
+    the sample's earlier assistant turns (joined as :func:`steerlab.harness.parse.transcript` joins
+    them, ending in a newline), read only by a stop rule.
     """
 
     messages: Sequence[dict[str, str]]
@@ -43,6 +51,7 @@ class Request:
     steering: SteeringSetting | None = None
     id: str = ""
     prefill: str = ""
+    context: str = ""
 
 
 @dataclass

@@ -20,6 +20,7 @@ from steerlab.backends.base import Request, Result, Sampling, check_requests
 from steerlab.loci import Position
 from steerlab.models import DEFAULT_CHAT_DATE, LoadedModel, check_chat_date, render_chat
 from steerlab.steer import SteeringSetting, steerer_for
+from steerlab.tags import first_stop
 
 _STOP_TAIL_TOKENS = 24  # tokens decoded to look for a stop string
 
@@ -82,7 +83,10 @@ class HFBackend:
                 if steerer is not None:
                     steerer.set_rows([rows[i] for i in batch])
                 started = time.perf_counter()
-                outs = self._decode([ids[i] for i in batch], [requests[i].sampling for i in batch])
+                outs = self._decode(
+                    [ids[i] for i in batch], [requests[i].sampling for i in batch],
+                    [requests[i].context + requests[i].prefill for i in batch],
+                )  # fmt: skip
                 seconds = (time.perf_counter() - started) / len(batch)
                 for i, (text, n_new, reason) in zip(batch, outs, strict=True):
                     results[i] = Result(requests[i].id, text, len(ids[i]), n_new, reason, seconds)
@@ -92,7 +96,10 @@ class HFBackend:
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def _decode(self, seqs: list[list[int]], samplings: list[Sampling]) -> list[tuple[str, int, str]]:
+    def _decode(
+        self, seqs: list[list[int]], samplings: list[Sampling], heads: list[str]
+    ) -> list[tuple[str, int, str]]:
+        """Decode a batch; ``heads[b]`` is the transcript before row b's new text (for stop rules)."""
         model, tok, device = self.loaded.model, self.loaded.tokenizer, self.loaded.device
         batch, width = len(seqs), max(len(s) for s in seqs)
         pad = tok.pad_token_id
@@ -108,6 +115,8 @@ class HFBackend:
         new: list[list[int]] = [[] for _ in range(batch)]
         reason = ["length"] * batch
         done = [False] * batch
+        scanned = [0] * batch  # characters of each row's text already searched for a stop that counts
+        cut: list[int | None] = [None] * batch  # where a row's text ends (just after its stop string)
 
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
         for _ in range(limit):
@@ -120,9 +129,15 @@ class HFBackend:
                     done[b], reason[b] = True, "eos"
                     continue
                 new[b].append(token)
-                if samplings[b].stop and self._stopped(new[b], samplings[b].stop):
-                    done[b], reason[b] = True, "stop"
-                elif len(new[b]) >= samplings[b].max_new_tokens:
+                if samplings[b].stop and self._stop_in_tail(new[b], samplings[b].stop):
+                    text = tok.decode(new[b], skip_special_tokens=True)
+                    s = samplings[b]
+                    cut[b] = first_stop(text, s.stop, s.stop_rule, heads[b], start=scanned[b])
+                    scanned[b] = len(text)
+                    if cut[b] is not None:
+                        done[b], reason[b] = True, "stop"
+                        continue
+                if len(new[b]) >= samplings[b].max_new_tokens:
                     done[b] = True
             if all(done):
                 break
@@ -136,9 +151,7 @@ class HFBackend:
         texts = []
         for b in range(batch):
             text = tok.decode(new[b], skip_special_tokens=True)
-            if reason[b] == "stop":
-                text = _cut_at_stop(text, samplings[b].stop)
-            texts.append(text)
+            texts.append(text[: cut[b]] if reason[b] == "stop" else text)
         return list(zip(texts, [len(n) for n in new], reason, strict=True))
 
     @staticmethod
@@ -156,15 +169,7 @@ class HFBackend:
             picked[b] = torch.multinomial(probs, 1, generator=generators[b])[0]
         return picked
 
-    def _stopped(self, tokens: list[int], stops: tuple[str, ...]) -> bool:
+    def _stop_in_tail(self, tokens: list[int], stops: tuple[str, ...]) -> bool:
+        """A cheap test before the exact one: does a stop string appear in the last few tokens?"""
         tail = self.loaded.tokenizer.decode(tokens[-_STOP_TAIL_TOKENS:], skip_special_tokens=True)
         return any(s in tail for s in stops)
-
-
-def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
-    """Text up to and including the first stop string."""
-    hits = [(text.find(s), s) for s in stops if s in text]
-    if not hits:
-        return text
-    at, stop = min(hits)
-    return text[: at + len(stop)]

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 from steerlab.backends.base import Sampling
 from steerlab.errors import ConfigError
 from steerlab.harness.datasets import Item
-from steerlab.harness.parse import ACCEPTED, NEXT, REJECTED, last_reasoning_end, open_reasoning, parse, transcript
-from steerlab.pairs import OUTPUT_CLOSE, OUTPUT_OPEN
+from steerlab.harness.parse import ACCEPTED, NEXT, REJECTED, parse, transcript
+from steerlab.tags import OUTPUT_CLOSE, OUTPUT_CLOSED, last_reasoning_end, open_reasoning, output_start
 
 Messages = list[dict[str, str]]
 AF_CONDITIONS = ("monitored", "unmonitored", "raw")
@@ -176,16 +176,21 @@ class AlignmentFaking:
         return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user}]
 
     def sampling(self, base: Sampling) -> Sampling:
-        return replace(base, stop=tuple(dict.fromkeys((*base.stop, OUTPUT_CLOSE))))
+        # "</OUTPUT>" ends a turn only where it closes the answer's <OUTPUT>, not where the model
+        # quotes it inside a still-open scratchpad (steerlab.tags.output_closed)
+        return replace(base, stop=tuple(dict.fromkeys((*base.stop, OUTPUT_CLOSE))), stop_rule=OUTPUT_CLOSED)
 
     def prefill_for(self, condition: str) -> str:
         return "" if condition == "raw" else self.prefill
 
     def continues(self, text: str, finish_reason: str) -> bool:
-        """A turn that ended by itself inside, or right after, its reasoning, with no output yet."""
+        """A turn that ended by itself inside, or right after, its reasoning, with no output yet.
+
+        ``text`` is the sample's transcript so far (every assistant turn, the last one included).
+        """
         end = last_reasoning_end(text)
         tail = text[end:]
-        if finish_reason == "length" or OUTPUT_OPEN in tail:
+        if finish_reason == "length" or output_start(text) >= 0:
             return False
         return open_reasoning(text) or (end > 0 and not tail.strip())
 
