@@ -96,8 +96,8 @@ def test_hf_backend_alone_continues_past_a_quoted_stop():
         (f"{SP}r <OUTPUT>x</OUTPUT>", False),  # inside an open scratchpad
         (f"{SP}r{SPC} then {SP}again <OUTPUT>x</OUTPUT>", False),
         ("no output tag at all </OUTPUT>", False),
-        (f"<think>t</think><OUTPUT>x</OUTPUT>", True),
-        (f"<think>t <OUTPUT>x</OUTPUT>", False),
+        ("<think>t</think><OUTPUT>x</OUTPUT>", True),
+        ("<think>t <OUTPUT>x</OUTPUT>", False),
     ],
 )
 def test_output_closed_rule(text, counts):
