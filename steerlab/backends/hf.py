@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from steerlab.backends.base import Request, Result, Sampling, check_requests
+from steerlab.backends.base import Request, Result, Sampling, check_requests, package_version
 from steerlab.loci import Position
 from steerlab.models import DEFAULT_CHAT_DATE, LoadedModel, check_chat_date, render_chat
 from steerlab.steer import SteeringSetting, steerer_for
@@ -38,6 +39,18 @@ class HFBackend:
         if loaded.tokenizer.eos_token_id is not None:
             eos_ids.add(loaded.tokenizer.eos_token_id)
         self.eos_ids = eos_ids
+
+    def describe(self) -> dict[str, Any]:
+        model = self.loaded.model
+        device_map = getattr(model, "hf_device_map", None)
+        return {
+            "backend": "hf", "engine_version": package_version("transformers"), "torch": package_version("torch"),
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "device": str(self.loaded.device), "device_type": self.loaded.device.type,
+            "device_map": {str(k): str(v) for k, v in device_map.items()} if device_map else None,
+            "tensor_parallel_size": 1, "engine": {"batch_size_independent": True}, "chat_date": self.chat_date,
+            "position": self.position,
+        }  # fmt: skip
 
     def prompt_ids(self, requests: Sequence[Request]) -> list[list[int]]:
         """Token ids of each request's rendered prompt.
@@ -96,9 +109,7 @@ class HFBackend:
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def _decode(
-        self, seqs: list[list[int]], samplings: list[Sampling], heads: list[str]
-    ) -> list[tuple[str, int, str]]:
+    def _decode(self, seqs: list[list[int]], samplings: list[Sampling], heads: list[str]) -> list[tuple[str, int, str]]:
         """Decode a batch; ``heads[b]`` is the transcript before row b's new text (for stop rules)."""
         model, tok, device = self.loaded.model, self.loaded.tokenizer, self.loaded.device
         batch, width = len(seqs), max(len(s) for s in seqs)
