@@ -413,14 +413,15 @@ def sweep(
         return
     path, cells = write_summary(run_dir, cfg.scorer)
     table = Table(title=f"{run_dir}: score = {cfg.scorer}")
-    for col in ("vector", "condition", "multiplier", "real", "controls min-max", "z"):
+    for col in ("vector", "condition", "multiplier", "real (95% over requests)", "controls min-max", "z"):
         table.add_column(col)
     for c in cells:
         z = c.get("z")
         table.add_row(
-            c["vector"], c["condition"], f"{c['multiplier']:+g}", f"{c['real_mean']:.3f} +- {c['real_sem']:.3f}",
+            c["vector"], c["condition"], f"{c['multiplier']:+g}",
+            f"{c['real_mean']:.3f} [{c['real_ci_low']:.3f}, {c['real_ci_high']:.3f}]",
             f"{c['control_min']:.3f}-{c['control_max']:.3f}" if "control_min" in c else "-",
-            f"{z:+.2f}" if z is not None else "-",
+            f"{z:+.2f}" if z is not None else f"n/a ({c['z_note'].removeprefix('n/a: ')})" if "z_note" in c else "-",
         )  # fmt: skip
     out.print(table)
     out.print(f"wrote {path} and {figure(run_dir, cells, cfg.scorer)}")

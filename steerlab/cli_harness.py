@@ -123,7 +123,7 @@ def print_label_summary(run_dir: Path, judge: JudgeConfig | None) -> None:
 
         print_claims_summary(run_dir, path, summary)
         return
-    table = Table(title=f"{run_dir}: acceptance (Wilson 95%)")
+    table = Table(title=f"{run_dir}: acceptance (95% cluster bootstrap over requests)")
     has_judge = any("judge_A_mean" in c for c in summary["curves"])
     for col in ("vector", "multiplier", "condition", "acceptance", "controls min-max",
                 *(("judge A", "judge B") if has_judge else ())):  # fmt: skip
@@ -137,7 +137,8 @@ def print_label_summary(run_dir: Path, judge: JudgeConfig | None) -> None:
                       f"{c['value']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]", ctrl, *judged)  # fmt: skip
     out.print(table)
     if summary["gaps"]:
-        gaps = Table(title="gap = monitored - unmonitored (bootstrap 95% over requests; two-proportion test)")
+        title = "gap = monitored - unmonitored (bootstrap 95% over requests; p: paired sign-flip test over requests)"
+        gaps = Table(title=title)
         for col in ("vector", "arm", "multiplier", "gap", "p", "seeds mean +- s.e.m."):
             gaps.add_column(col)
         for g in summary["gaps"]:

@@ -54,7 +54,8 @@ def _fmt(d: dict[str, Any]) -> str:
 def print_claims_summary(run_dir: Path, path: Path, summary: dict[str, Any]) -> None:
     """Per-claim gaps and the net scores of a prompt-eval run; draws gaps.png when both families ran."""
     out, _ = _console()
-    table = Table(title=f"{run_dir}: claims at strength {summary['strength']} (gap: bootstrap 95% over requests)")
+    table = Table(title=f"{run_dir}: claims at strength {summary['strength']} "
+                  "(gap: bootstrap 95% over requests; p: paired sign-flip test over requests)")  # fmt: skip
     for col in ("claim", "monitored", "unmonitored", "gap", "p"):
         table.add_column(col)
     for row in summary["claims"]:

@@ -394,47 +394,63 @@ def scorer(spec: str) -> Callable[[str, dict[str, Any]], float]:
     return lambda text, _record: float(bool(pattern.search(text)))
 
 
-def _mean_sem(values: list[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    sem = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
-    return mean, sem
+def summarise(
+    records: Sequence[dict[str, Any]], score: Callable[[str, dict[str, Any]], float], seed: int = 0
+) -> list[dict[str, Any]]:
+    """Per (vector, multiplier, condition): the real vector's score against its controls' envelope.
 
+    Every arm's score is the mean over requests of each request's mean score (:mod:`steerlab.stats`):
+    the real vector's ``real_mean`` with its 95% cluster-bootstrap interval over requests
+    (``real_ci_low``, ``real_ci_high``) and request-level s.e.m. (``real_sem``: the s.d. of the
+    per-request means over sqrt ``n_requests``); each control's the same mean, summarised as the
+    min-max and mean +- 2 s.d. across controls. ``z`` = (real - control mean) / control s.d. needs
+    at least ``stats.MIN_CONTROLS_FOR_Z`` controls; otherwise it is None and ``z_note`` says why.
+    """
+    from steerlab import stats
 
-def summarise(records: Sequence[dict[str, Any]], score: Callable[[str, dict[str, Any]], float]) -> list[dict[str, Any]]:
-    """Per (vector, multiplier, condition): the real vector's score against its controls' envelope."""
-    cells: dict[tuple[str, float, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    cells: dict[tuple[str, float, str], dict[str, list[tuple[str, float]]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        cells[(r["vector"], r["multiplier"], r["condition"])][r["arm"]].append(score(r["text"], r))
+        key = (r["vector"], r["multiplier"], r["condition"])
+        cells[key][r["arm"]].append((stats.request_of(r), score(r["text"], r)))
     out = []
     for (vector, mult, cond), arms in sorted(cells.items()):
         real = arms.get("real") or arms.get(NONE) or []
-        real_mean, real_sem = _mean_sem(real) if real else (float("nan"), float("nan"))
-        ctrl_means = [statistics.fmean(v) for a, v in sorted(arms.items()) if a not in ("real", NONE)]
+        per = list(stats.per_request(real).values())
+        est = stats.mean_interval(per, seed=seed)
+        ctrl_means = [statistics.fmean(stats.per_request(v).values()) for a, v in sorted(arms.items())
+                      if a not in ("real", NONE)]  # fmt: skip
         entry: dict[str, Any] = {
             "vector": vector, "multiplier": mult, "condition": cond,
-            "real_mean": real_mean, "real_sem": real_sem, "n": len(real),
+            "real_mean": est["value"], "real_sem": stats.mean_sem(per)[1] if per else float("nan"),
+            "real_ci_low": est["ci_low"], "real_ci_high": est["ci_high"], "n": len(real), "n_requests": len(per),
             "n_controls": len(ctrl_means),
         }  # fmt: skip
         if ctrl_means:
             c_mean = statistics.fmean(ctrl_means)
             c_sd = statistics.stdev(ctrl_means) if len(ctrl_means) > 1 else 0.0
+            z, note = stats.control_z(est["value"], ctrl_means)
             entry.update(
                 control_min=min(ctrl_means), control_max=max(ctrl_means), control_mean=c_mean, control_sd=c_sd,
-                control_lo=c_mean - 2 * c_sd, control_hi=c_mean + 2 * c_sd,
-                z=(real_mean - c_mean) / c_sd if c_sd > 0 else None,
+                control_lo=c_mean - 2 * c_sd, control_hi=c_mean + 2 * c_sd, z=z,
             )  # fmt: skip
+            if note:
+                entry["z_note"] = note
         out.append(entry)
     return out
 
 
 def write_summary(run_dir: Path, spec: str) -> tuple[Path, list[dict[str, Any]]]:
-    """Score a plain run's samples with ``spec`` and write summary.json."""
+    """Score a plain run's samples with ``spec`` and write summary.json (bootstrap seed: the run's first seed)."""
+    from steerlab import stats
+
     records = read_samples(run_dir)
     if not records:
         raise ConfigError(f"{run_dir} has no samples to summarise")
-    summary = summarise(records, scorer(spec))
+    seed = min(read_header(run_dir)["seeds"])
+    summary = summarise(records, scorer(spec), seed=seed)
     path = Path(run_dir) / SUMMARY
-    atomic_write_text(path, json.dumps({"scorer": spec, "cells": summary}, indent=1) + "\n")
+    body = {"scorer": spec, "statistics": stats.describe(seed), "cells": summary}
+    atomic_write_text(path, json.dumps(body, indent=1) + "\n")
     return path, summary
 
 

@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
 
 from steerlab.backends.base import Result
 from steerlab.errors import ConfigError
@@ -81,27 +80,6 @@ def test_multi_turn_continuation_is_one_transcript():
 # ----------------------------------------------------------------------------- statistics
 
 
-def test_wilson_matches_the_closed_form():
-    z = stats.norm.ppf(0.975)
-    for k, n in [(7, 20), (0, 10), (10, 10), (123, 520)]:
-        p = k / n
-        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        assert metrics.wilson(k, n) == pytest.approx((centre - half, centre + half), abs=1e-9)
-    assert metrics.wilson(7, 20) == pytest.approx((0.1812, 0.5671), abs=1e-4)  # the textbook value
-    assert all(math.isnan(x) for x in metrics.wilson(0, 0))
-
-
-def test_two_proportion_test_is_the_pooled_z_test():
-    out = metrics.two_proportion(30, 100, 15, 100)
-    pooled = 45 / 200
-    z = (0.30 - 0.15) / math.sqrt(pooled * (1 - pooled) * (2 / 100))
-    assert out["z"] == pytest.approx(z) and out["z"] == pytest.approx(2.540, abs=1e-3)
-    assert out["p"] == pytest.approx(2 * stats.norm.sf(z))
-    assert out["p_fisher"] == pytest.approx(stats.fisher_exact([[30, 70], [15, 85]]).pvalue)
-    assert metrics.two_proportion(5, 5, 5, 5) == {"z": 0.0, "p": 1.0, "p_fisher": 1.0}
-
-
 def _samples(rates, n_items=100, seeds=(0,), rng=None):
     """Samples whose request i complies under condition c iff i < rates[c] * n_items."""
     out = []
@@ -133,7 +111,8 @@ def test_gap_across_seeds_reports_mean_and_sem():
 
 
 def test_rate_counts_every_label():
-    samples = [{"label": x} for x in ["compliant"] * 3 + ["rejected", "truncated", "unparseable"]]
+    labels = ["compliant"] * 3 + ["rejected", "truncated", "unparseable"]
+    samples = [{"label": x, "item": f"q{i}"} for i, x in enumerate(labels)]
     r = metrics.rate(samples)
     assert (r["n"], r["compliant"], r["rate"]) == (6, 3, 0.5)
     assert (r["n_rejected"], r["n_truncated"], r["n_unparseable"]) == (1, 1, 1)
@@ -279,11 +258,11 @@ def test_engine_runs_the_continuation_protocol_and_labels(tmp_path):
     path, summary = write_label_summary(run_dir)
     (g,) = summary["gaps"]
     assert (g["gap"], g["ci_low"], g["ci_high"]) == (1.0, 1.0, 1.0)
-    assert g["seed_gaps"] == [1.0, 1.0] and g["p"] < 1e-5
+    # 6 requests that all move: the paired sign-flip test over requests is exact, p = 2 / 2^6
+    assert g["seed_gaps"] == [1.0, 1.0] and g["p"] == 2 / 2**6
     cells = {c["condition"]: c for c in summary["cells"]}
-    assert cells["monitored"]["rate"] == 1.0 and cells["monitored"]["ci_low"] == pytest.approx(
-        metrics.wilson(12, 12)[0]
-    )
+    mon = cells["monitored"]  # every request complies: the bootstrap over requests has nothing to vary
+    assert (mon["rate"], mon["ci_low"], mon["ci_high"]) == (1.0, 1.0, 1.0)
     header = read_header(run_dir)
     assert header["scenario"]["prefill"] == SP and header["items"][0] == "requests-000" and header["seeds"] == [0, 1]
     assert header["versions"]["steerlab"] and "git_commit" in header

@@ -91,7 +91,7 @@ def test_prompt_eval_run_scores_known_by_construction(requests_file, tmp_path):
     _, summary = write_label_summary(run_dir)
     rows = {r["claim"]: r for r in summary["claims"]}
     assert rows["A1+"]["gap"] == pytest.approx(0.6) and rows["A1-"]["gap"] == 0 and rows["baseline"]["gap"] == 0
-    assert rows["A1+"]["monitored"]["compliant"] == 12 and rows["A1+"]["p"] < 0.01
+    assert rows["A1+"]["monitored"]["compliant"] == 12 and rows["A1+"]["p"] == pytest.approx(2 / 2**6)
     net = summary["net"]
     # A_net = mean(0.6 - 0, 0.6 - 0) = 0.6; B_net = mean(0.6 - 0, 0 - 0) = 0.3
     assert net["A_net"]["value"] == pytest.approx(0.6) and net["B_net"]["value"] == pytest.approx(0.3)

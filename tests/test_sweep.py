@@ -91,14 +91,15 @@ def test_summary_envelope_and_z_score():
     records = []
     for arm, score in [("real", 0.9), ("control0", 0.1), ("control1", 0.3), ("control2", 0.2)]:
         for p in range(4):
-            records.append({"vector": "v", "arm": arm, "multiplier": 1.0, "condition": "c", "text": str(score), "p": p})
+            records.append({"vector": "v", "arm": arm, "multiplier": 1.0, "condition": "c", "text": str(score), "p": p,
+                            "item": f"q{p}"})  # fmt: skip
     cells = summarise(records, lambda text, _r: float(text))
     (cell,) = cells
     assert cell["real_mean"] == pytest.approx(0.9) and cell["real_sem"] == 0
     assert (cell["control_min"], cell["control_max"], cell["control_mean"]) == pytest.approx((0.1, 0.3, 0.2))
     assert cell["control_sd"] == pytest.approx(0.1)
     assert (cell["control_lo"], cell["control_hi"]) == pytest.approx((0.0, 0.4))
-    assert cell["z"] == pytest.approx(7.0)
+    assert cell["z"] is None and cell["z_note"] == "n/a: fewer than 5 controls"  # 3 controls: no z-score
 
 
 def test_regex_scorer_summary_and_figure(tmp_path):

@@ -1,11 +1,14 @@
 """Statistics of a labelled run, per cell, and the real vector against its random controls.
 
-Three tables, all plain lists of dicts (what ``summary.json`` holds and the figure draws):
+Three tables, all plain lists of dicts (what ``summary.json`` holds and the figure draws); every
+estimate, interval and test comes from :mod:`steerlab.stats` (request level), and ``statistics``
+records how (seed, number of resamples):
 
-- ``cells``: per (vector, arm, multiplier, condition): compliance with its Wilson interval,
-  label counts, and the judge's mean score per concept (judge errors excluded and counted);
+- ``cells``: per (vector, arm, multiplier, condition): compliance (mean over requests) with its
+  cluster-bootstrap interval over requests, label counts, and the judge's mean score per concept
+  (mean over requests, with its interval; judge errors excluded and counted);
 - ``gaps``: per (vector, arm, multiplier): the monitored - unmonitored gap with its bootstrap
-  interval over requests, the two-proportion test, and mean +- s.e.m. across seeds;
+  interval over requests, the paired sign-flip test over requests, and mean +- s.e.m. across seeds;
 - ``curves``: per (vector, multiplier, condition), the real vector's compliance next to the
   min / mean / max of its controls' compliance, and the same for the gap (condition ``gap``).
 """
@@ -18,13 +21,16 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from steerlab import stats
 from steerlab.harness import metrics
 
 REAL_ARMS = ("real", "none")
 
 
-def judge_means(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    scores: dict[str, list[float]] = defaultdict(list)
+def judge_means(samples: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
+    """The judge's score per concept: the mean over requests of each request's mean score (judged
+    samples only), its cluster-bootstrap interval and its request-level s.e.m."""
+    scores: dict[str, list[tuple[str, float]]] = defaultdict(list)
     judged = errors = 0
     for s in samples:
         judge = s.get("judge")
@@ -37,15 +43,18 @@ def judge_means(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
             continue
         judged += 1
         for concept, value in judge["scores"].items():
-            scores[concept].append(float(value["score"]))
+            scores[concept].append((stats.request_of(s), float(value["score"])))
     out: dict[str, Any] = {"n_judged": judged, "n_judge_error": errors}
-    for concept, values in sorted(scores.items()):
-        out[f"judge_{concept}_mean"] = statistics.fmean(values)
-        out[f"judge_{concept}_sem"] = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    for concept, pairs in sorted(scores.items()):
+        per = list(stats.per_request(pairs).values())
+        est = stats.mean_interval(per, seed=seed)
+        out[f"judge_{concept}_mean"] = est["value"]
+        out[f"judge_{concept}_ci_low"], out[f"judge_{concept}_ci_high"] = est["ci_low"], est["ci_high"]
+        out[f"judge_{concept}_sem"] = stats.mean_sem(per)[1]
     return out
 
 
-def summarise_labels(samples: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+def summarise_labels(samples: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
     groups: dict[tuple[str, str, float], list[dict[str, Any]]] = defaultdict(list)
     for s in samples:
         groups[(s["vector"], s["arm"], s["multiplier"])].append(s)
@@ -55,10 +64,10 @@ def summarise_labels(samples: Sequence[dict[str, Any]], seed: int = 0) -> dict[s
         for cond in conditions:
             part = [s for s in group if s["condition"] == cond]
             key = {"vector": vector, "arm": arm, "multiplier": mult, "condition": cond}
-            cells.append({**key, **metrics.rate(part), **judge_means(part)})
+            cells.append({**key, **metrics.rate(part, seed=seed), **judge_means(part, seed=seed)})
         if {"monitored", "unmonitored"} <= set(conditions):
             gaps.append({"vector": vector, "arm": arm, "multiplier": mult, **metrics.gap(group, seed=seed)})
-    return {"cells": cells, "gaps": gaps, "curves": curves(cells, gaps)}
+    return {"statistics": stats.describe(seed), "cells": cells, "gaps": gaps, "curves": curves(cells, gaps)}
 
 
 def curves(cells: Sequence[dict[str, Any]], gaps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
