@@ -3,6 +3,8 @@
 Layout of a cache file::
 
     /activations   [n_pairs, 2, n_layers, d_model]  float32 | float16   (side 0 = positive)
+    /token_norms   [n_pairs, 2, n_layers]  float32: per sequence and layer, the mean over the locus's
+                   tokens of the residual norm ||h_t|| (NaN where a writer recorded none)
     /pair_ids      [n_pairs]  str
     /splits        [n_pairs]  str
     /concepts      [n_pairs]  str
@@ -16,6 +18,9 @@ HDF5's own metadata never changes after creation, and a ``kill -9`` in the middl
 leaves at worst some unfinished rows beyond the recorded count, which ``--resume`` writes
 again. When the last row is flushed the file is renamed to ``OUT``; a finished cache is never
 overwritten without ``overwrite=True``.
+
+Format 2 added ``token_norms``. A format-1 cache cannot be read compatibly (the per-token norms
+need the model), so it is refused with a message to re-extract it.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import numpy as np
 from steerlab.errors import CacheError
 from steerlab.fileio import atomic_write_text
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 META_ATTR = "steerlab_meta"
 # Fields that must agree between a partial cache and the run resuming it.
 IDENTITY_FIELDS = ("format_version", "model", "locus", "dtype", "layers", "pair_file_hash", "chat_template_hash")
@@ -119,6 +124,11 @@ class CacheWriter:
             chunks=(rows, 2, n_layers, d_model),
             dcpl=dcpl,
         )
+        norms_dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)  # h5py sets the chunk shape on a dcpl it is given
+        norms_dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        f.create_dataset(
+            "token_norms", shape=(self.n_pairs, 2, n_layers), dtype=np.float32, fillvalue=np.nan, dcpl=norms_dcpl
+        )
         text = h5py.string_dtype()
         f.create_dataset("pair_ids", data=np.array(self._ids, dtype=object), dtype=text)
         f.create_dataset("splits", data=np.array(self._splits, dtype=object), dtype=text)
@@ -127,10 +137,15 @@ class CacheWriter:
         f.flush()
         self._file = f
 
-    def write(self, start: int, block: np.ndarray) -> None:
-        """Write rows ``start:start+len(block)`` ([rows, 2, n_layers, d_model]) and record progress."""
+    def write(self, start: int, block: np.ndarray, token_norms: np.ndarray | None = None) -> None:
+        """Write rows ``start:start+len(block)`` ([rows, 2, n_layers, d_model]) and their per-token norms
+        ([rows, 2, n_layers]; left NaN when None), then record progress."""
         assert self._file is not None and start == self.done, (start, self.done)
         self._file["activations"][start : start + len(block)] = block
+        if token_norms is not None:
+            if token_norms.shape != block.shape[:3]:
+                raise ValueError(f"token_norms {token_norms.shape} do not match the block {block.shape}")
+            self._file["token_norms"][start : start + len(block)] = token_norms
         self._file.flush()
         self.done = start + len(block)
         self._write_progress(self.done)
@@ -181,8 +196,8 @@ class ActivationCache:
             raise CacheError(f"{path} is not a steerlab activation cache ({exc})") from None
         if meta.get("format_version") != FORMAT_VERSION:
             raise CacheError(
-                f"{path} has cache format {meta.get('format_version')}, this steerlab reads {FORMAT_VERSION}; "
-                "re-extract it"
+                f"{path} has cache format {meta.get('format_version')}, this steerlab reads {FORMAT_VERSION} "
+                "(it records per-token norms); re-extract it: steerlab extract ... --overwrite"
             )
         return cls(path=path, meta=meta, pair_ids=ids, splits=splits, concepts=concepts)
 
@@ -201,6 +216,15 @@ class ActivationCache:
 
     def load(self, split: str | None = None, layers: list[int] | None = None, concept: str | None = None) -> np.ndarray:
         """Activations ``[n_rows, 2, n_selected_layers, d_model]`` for one split and/or concept (or all)."""
+        return self._read("activations", split, layers, concept)
+
+    def load_token_norms(
+        self, split: str | None = None, layers: list[int] | None = None, concept: str | None = None
+    ) -> np.ndarray:
+        """Mean per-token residual norms ``[n_rows, 2, n_selected_layers]`` (float32; NaN where none was recorded)."""
+        return self._read("token_norms", split, layers, concept)
+
+    def _read(self, name: str, split: str | None, layers: list[int] | None, concept: str | None) -> np.ndarray:
         cols: Any = slice(None)
         if layers is not None:
             missing = [layer for layer in layers if layer not in self.layers]
@@ -208,10 +232,10 @@ class ActivationCache:
                 raise CacheError(f"layer(s) {missing} are not in {self.path} (it holds {self.layers})")
             cols = [self.layers.index(layer) for layer in layers]
         with h5py.File(self.path, "r") as f:
-            acts = f["activations"]
+            dataset = f[name]
             if split is None and concept is None:
-                data = acts[...]
+                data = dataset[...]
             else:
                 rows = self.rows(split, concept)
-                data = acts[rows] if len(rows) else np.empty((0, *acts.shape[1:]), dtype=acts.dtype)
+                data = dataset[rows] if len(rows) else np.empty((0, *dataset.shape[1:]), dtype=dataset.dtype)
         return data[:, :, cols] if layers is not None else data

@@ -48,7 +48,9 @@ Controls = Annotated[int, typer.Option(help="Norm-matched random controls per ve
 BackendKind = Annotated[str, typer.Option("--backend", help="hf (transformers), vllm, or anthropic (no steering).")]
 TensorParallel = Annotated[int, typer.Option(help="vLLM: GPUs per model (tensor parallel).")]
 Lora = Annotated[str | None, typer.Option(help="A LoRA adapter directory (peft) applied to every request.")]
-ControlSeed = Annotated[int, typer.Option(help="Seed of control 0 (control i uses seed + i).")]
+ControlSeed = Annotated[int, typer.Option(
+    help="Run seed of the random controls; each file's control seeds derive from it and the vector's identity "
+    "(concept, model, pair file, locus, method), recorded in the header.")]  # fmt: skip
 
 
 out = Console(soft_wrap=True, highlight=False)
@@ -246,7 +248,7 @@ def print_diagnostics(meta: dict) -> None:
     selected = set(meta["selected_layers"])
     columns = [("cv_auroc", "CV AUROC"), ("val_auroc", "val AUROC"), ("keyword_hard_auroc", "kw-hard AUROC"),
                ("val_tpr_at_5fpr", "val TPR@5%"), ("val_paired_accuracy", "val paired acc"),
-               ("vector_norm", "|v|"), ("resid_norm", "mean |h|")]  # fmt: skip
+               ("vector_norm", "|v|"), ("token_norm", "mean |h_t|")]  # fmt: skip
     columns = [(key, label) for key, label in columns if key in per_layer]
     table = Table(title=f"{meta['concept']}: {meta['method']} on {meta['locus']} ({meta['model_source']})")
     table.add_column("layer", justify="right")

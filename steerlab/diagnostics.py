@@ -5,16 +5,23 @@ Every score is a projection of raw activations onto the unit-norm direction. For
 - ``cv_auroc``: k-fold cross-validated AUROC on the ``train`` pairs. Folds split *pairs*, so both
   sides of a pair are always in the same fold; each fold refits the direction on its training
   pairs (standardised with those pairs' own scale) and scores its held-out activations; the
-  result is the mean over folds.
+  result is the mean over folds. ``cv_auroc_sd`` is its spread (s.d. over folds) and
+  ``cv_dprime`` the mean over folds of the held-out separation d' = (mean positive projection -
+  mean negative projection) / pooled within-side s.d.: a scale-free margin that still orders
+  layers where the AUROC saturates at 1.
 - on each validation split present (``val``, ``keyword_hard``), with the direction fitted on all
   ``train`` pairs: ``auroc``, ``tpr_at_5fpr`` (the best true-positive rate at a false-positive
   rate of at most 5%), ``paired_accuracy`` (share of pairs whose positive projects above its
   negative), ``mean_gap`` (mean positive-minus-negative projection) and ``mean_cosine``
   (mean cosine between the direction and each pair's difference).
-- ``vector_norm`` and ``resid_norm`` (mean residual-stream norm over the train activations), to
-  reason about dose.
+- ``vector_norm``, and two residual-stream norms over the ``train`` pairs (both sides), to reason
+  about dose: ``token_norm``, the mean over sequences of the mean over the locus's tokens of
+  ||h_t|| (recorded at extraction; what ``--scale relative`` scales by, since steering adds at
+  every token), and ``pooled_norm``, the mean of ||pooled h||, the norm of the locus-mean
+  activation (never larger, by the triangle inequality: averaging cancels what tokens do not share).
 
-Layer selection (:func:`select_layers`) reads these numbers only, never downstream behaviour.
+Layer selection (:func:`select_layers`) reads train-only numbers (:class:`TrainScores`: the CV
+columns), never ``val`` or ``keyword_hard``, and never downstream behaviour.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from steerlab.errors import ConfigError
 from steerlab.fit import DEFAULT_C, estimator, layer_chunk, logistic_weights
 
 VALIDATION_SPLITS = ("val", "keyword_hard")
+TRAIN_COLUMNS = ("cv_auroc", "cv_auroc_sd", "cv_dprime")  # all that layer selection may read
 MIN_FOLD_PAIRS = 10
 SELECT_RULES = ("top-k", "band", "list")
 
@@ -85,8 +93,18 @@ def split_metrics(acts: torch.Tensor, directions: torch.Tensor) -> dict[str, np.
     }
 
 
-def cv_auroc_logistic(train: torch.Tensor, folds: list, c: float, budget_bytes: int = 1 << 30) -> np.ndarray:
-    """Cross-validated AUROC per layer for the logistic estimator, batched over folds x layers.
+def separation(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """d' of positive vs negative scores ``[B, n]`` each -> ``[B]``: the gap between the means over the
+    pooled within-side s.d."""
+    sd = ((pos.double().var(1, correction=0) + neg.double().var(1, correction=0)) / 2).sqrt()
+    return (pos.double().mean(1) - neg.double().mean(1)) / sd.clamp_min(1e-30)
+
+
+def cv_scores_logistic(
+    train: torch.Tensor, folds: list, c: float, budget_bytes: int = 1 << 30
+) -> dict[str, np.ndarray]:
+    """Held-out ``auroc`` and ``dprime`` per fold and layer ``[F, L]`` for the logistic estimator,
+    batched over folds x layers.
 
     Each fold standardises with the scale of its own training pairs, as a StandardScaler fitted
     inside the fold would. The folds' training sets differ in size by at most one pair; they are
@@ -104,7 +122,7 @@ def cv_auroc_logistic(train: torch.Tensor, folds: list, c: float, budget_bytes: 
     held_mask = torch.zeros(len(folds), n, dtype=train.dtype, device=train.device)
     for f, (_, te) in enumerate(folds):
         held_mask[f, torch.as_tensor(te, device=train.device)] = 1.0
-    out = np.zeros((len(folds), n_layers))
+    out = {"auroc": np.zeros((len(folds), n_layers)), "dprime": np.zeros((len(folds), n_layers))}
     step = layer_chunk(3 * len(folds) * size * d_model * train.element_size(), budget_bytes)
     for lo in range(0, n_layers, step):
         d = diffs[lo : lo + step]  # [chunk, n, D]
@@ -116,27 +134,45 @@ def cv_auroc_logistic(train: torch.Tensor, folds: list, c: float, budget_bytes: 
         x = torch.nn.functional.pad(d, (0, 0, 0, 1))[:, padded]  # [chunk, F, size, D]
         w = logistic_weights(x, inv_sq, c)  # [chunk, F, D]
         _score_folds(out, lo, acts[lo : lo + step], w, folds)
-    return out.mean(0)
+    return out
 
 
-def _score_folds(out: np.ndarray, lo: int, acts: torch.Tensor, w: torch.Tensor, folds: list) -> None:
-    """Held-out AUROC of each fold's direction ``w`` ``[chunk, F, D]`` on ``acts`` ``[chunk, n, 2, D]``."""
+def cv_auroc_logistic(train: torch.Tensor, folds: list, c: float, budget_bytes: int = 1 << 30) -> np.ndarray:
+    """Cross-validated AUROC per layer ``[L]`` (the mean over folds of :func:`cv_scores_logistic`)."""
+    return cv_scores_logistic(train, folds, c, budget_bytes)["auroc"].mean(0)
+
+
+def _score_folds(out: dict[str, np.ndarray], lo: int, acts: torch.Tensor, w: torch.Tensor, folds: list) -> None:
+    """Held-out AUROC and d' of each fold's direction ``w`` ``[chunk, F, D]`` on ``acts`` ``[chunk, n, 2, D]``."""
     unit = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-30)
     for f, (_, te) in enumerate(folds):
         held = acts[:, torch.as_tensor(te, device=acts.device)]  # [chunk, t, 2, D]
         proj = torch.einsum("ctsd,cd->cts", held, unit[:, f])
-        out[f, lo : lo + acts.shape[0]] = auroc(proj[..., 0], proj[..., 1]).cpu().numpy()
+        out["auroc"][f, lo : lo + acts.shape[0]] = auroc(proj[..., 0], proj[..., 1]).cpu().numpy()
+        out["dprime"][f, lo : lo + acts.shape[0]] = separation(proj[..., 0], proj[..., 1]).cpu().numpy()
 
 
-def cv_auroc_generic(train: torch.Tensor, folds: list, method: str, c: float) -> np.ndarray:
+def cv_scores_generic(train: torch.Tensor, folds: list, method: str, c: float) -> dict[str, np.ndarray]:
+    """:func:`cv_scores_logistic` for any estimator, one fold at a time."""
     fit = estimator(method, c)
-    scores = []
+    scores: dict[str, list[np.ndarray]] = {"auroc": [], "dprime": []}
     for tr, te in folds:
         tr_t, te_t = torch.as_tensor(tr), torch.as_tensor(te)
         directions = fit(train[tr_t, 0], train[tr_t, 1])
         proj = projections(train[te_t], directions)
-        scores.append(auroc(proj[..., 0], proj[..., 1]).cpu().numpy())
-    return np.mean(scores, axis=0)
+        scores["auroc"].append(auroc(proj[..., 0], proj[..., 1]).cpu().numpy())
+        scores["dprime"].append(separation(proj[..., 0], proj[..., 1]).cpu().numpy())
+    return {k: np.stack(v) for k, v in scores.items()}
+
+
+@dataclass(frozen=True)
+class TrainScores:
+    """What layer selection may read: per-layer numbers computed from the ``train`` split alone."""
+
+    layers: tuple[int, ...]
+    cv_auroc: np.ndarray
+    cv_auroc_sd: np.ndarray
+    cv_dprime: np.ndarray
 
 
 @dataclass
@@ -154,6 +190,10 @@ class Diagnostics:
     def to_dict(self) -> dict[str, Any]:
         return {"layers": self.layers, "settings": self.settings, "per_layer": self.per_layer}
 
+    def train_scores(self) -> TrainScores:
+        """The train-only columns, the only input layer selection takes."""
+        return TrainScores(tuple(self.layers), *(self.column(name) for name in TRAIN_COLUMNS))
+
 
 def diagnose(
     splits: dict[str, torch.Tensor],
@@ -163,37 +203,56 @@ def diagnose(
     c: float = DEFAULT_C,
     folds: int = 5,
     seed: int = 0,
+    token_norms: np.ndarray | None = None,
 ) -> Diagnostics:
-    """Fit on ``splits['train']`` ([n, 2, L, D]) and compute every diagnostic per layer."""
+    """Fit on ``splits['train']`` ([n, 2, L, D]) and compute every diagnostic per layer.
+
+    ``token_norms`` ``[n, 2, L]``: the train pairs' per-sequence mean token norms from the cache;
+    ``token_norm`` is recorded when they are given and finite.
+    """
     train = splits["train"]
     fold_idx = pair_folds(train.shape[0], folds, seed)
     if method == "logistic":
-        cv = cv_auroc_logistic(train, fold_idx, c)
+        cv = cv_scores_logistic(train, fold_idx, c)
     else:
-        cv = cv_auroc_generic(train, fold_idx, method, c)
+        cv = cv_scores_generic(train, fold_idx, method, c)
     directions = estimator(method, c)(train[:, 0], train[:, 1])
-    per_layer: dict[str, list[float]] = {"cv_auroc": cv.tolist()}
+    per_layer: dict[str, list[float]] = {
+        "cv_auroc": cv["auroc"].mean(0).tolist(),
+        "cv_auroc_sd": cv["auroc"].std(0).tolist(),
+        "cv_dprime": cv["dprime"].mean(0).tolist(),
+    }
     for split in VALIDATION_SPLITS:
         if split in splits:
             for name, values in split_metrics(splits[split], directions).items():
                 per_layer[f"{split}_{name}"] = values.tolist()
     per_layer["vector_norm"] = directions.norm(dim=-1).double().cpu().tolist()
-    per_layer["resid_norm"] = train.norm(dim=-1).mean((0, 1)).double().cpu().tolist()
+    if token_norms is not None and np.isfinite(token_norms).all():
+        if token_norms.shape != train.shape[:3]:
+            raise ValueError(f"token_norms {token_norms.shape} do not match the train activations {train.shape}")
+        per_layer["token_norm"] = np.asarray(token_norms, dtype=np.float64).mean((0, 1)).tolist()
+    per_layer["pooled_norm"] = train.norm(dim=-1).mean((0, 1)).double().cpu().tolist()
     settings = {"method": method, "C": c, "folds": folds, "seed": seed, "fold_grouping": "by pair"}
     settings["n_pairs"] = {s: int(a.shape[0]) for s, a in splits.items()}
     return Diagnostics(layers=list(layers), directions=directions, per_layer=per_layer, settings=settings)
 
 
-def select_layers(diag: Diagnostics, rule: str = "top-k", k: int = 3, explicit: list[int] | None = None) -> dict:
-    """Choose steering layers from the diagnostics; returns ``{"layers": [...], "rule": {...}}``.
+def select_layers(scores: TrainScores, rule: str = "top-k", k: int = 3, explicit: list[int] | None = None) -> dict:
+    """Choose steering layers from train-only scores; returns ``{"layers": [...], "rule": {...}}``.
 
-    - ``top-k``: the k layers with the highest CV AUROC, ties broken by keyword-hard AUROC;
-    - ``band``: k contiguous layers centred on the top layer (shifted to fit inside the model);
+    Layers are ranked by CV AUROC; ties (to 6 decimals) go to the larger CV d', then the smaller
+    fold spread, then the lower layer. ``val`` and ``keyword_hard`` never reach this function:
+    it takes :class:`TrainScores` (``Diagnostics.train_scores()``), nothing else.
+
+    - ``top-k``: the k best-ranked layers;
+    - ``band``: k contiguous layers centred on the best-ranked one (shifted to fit inside the model);
     - ``list``: exactly ``explicit``.
     """
+    if not isinstance(scores, TrainScores):
+        raise TypeError(f"select_layers takes TrainScores (train-only columns), not {type(scores).__name__}")
     if rule not in SELECT_RULES:
         raise ConfigError(f"unknown selection rule {rule!r}; use one of {', '.join(SELECT_RULES)}")
-    cached = diag.layers
+    cached = list(scores.layers)
     if rule == "list":
         if not explicit:
             raise ConfigError("--select list needs --select-layers, e.g. 12,13,14")
@@ -203,9 +262,10 @@ def select_layers(diag: Diagnostics, rule: str = "top-k", k: int = 3, explicit: 
         return {"layers": sorted(set(explicit)), "rule": {"name": "list", "layers": sorted(set(explicit))}}
     if not 1 <= k <= len(cached):
         raise ConfigError(f"--k {k} must be between 1 and the {len(cached)} cached layers")
-    cv = diag.column("cv_auroc")
-    kh = diag.column("keyword_hard_auroc") if "keyword_hard_auroc" in diag.per_layer else np.full(len(cached), -1.0)
-    order = sorted(range(len(cached)), key=lambda i: (-round(cv[i], 6), -round(kh[i], 6), cached[i]))
+    cv, dprime, spread = scores.cv_auroc, scores.cv_dprime, scores.cv_auroc_sd
+    order = sorted(
+        range(len(cached)), key=lambda i: (-round(cv[i], 6), -round(dprime[i], 6), round(spread[i], 6), cached[i])
+    )
     if rule == "top-k":
         chosen = sorted(cached[i] for i in order[:k])
     else:
@@ -214,5 +274,5 @@ def select_layers(diag: Diagnostics, rule: str = "top-k", k: int = 3, explicit: 
         chosen = cached[start : start + k]
     return {
         "layers": chosen,
-        "rule": {"name": rule, "k": k, "by": "cv_auroc, ties by keyword_hard_auroc"},
+        "rule": {"name": rule, "k": k, "by": "cv_auroc; ties by cv_dprime, then cv_auroc_sd, then layer (train only)"},
     }

@@ -24,9 +24,9 @@ from steerlab.errors import CacheError, ConfigError
 from steerlab.fileio import atomic_write_text
 from steerlab.fit import DEFAULT_C, METHODS
 from steerlab.models import resolve_device
-from steerlab.vectors import VectorBundle, random_controls
+from steerlab.vectors import VectorBundle, control_seeds, controls_from_seeds
 
-VECTOR_FORMAT_VERSION = 1
+VECTOR_FORMAT_VERSION = 2  # 2: token_norm / pooled_norm (was resid_norm), derived control seeds
 
 
 @dataclass
@@ -39,7 +39,7 @@ class FitSettings:
     k: int = 3
     select_layers: list[int] | None = None
     controls: int = 5
-    control_seed: int = 1000
+    control_seed: int = 1000  # the run seed of the controls; each file's seeds derive from it and the vector's identity
     device: str = "auto"
 
 
@@ -58,6 +58,21 @@ def resolve_concept(cache: ActivationCache, concept: str | None) -> str:
     if concept not in concepts:
         raise ConfigError(f"concept {concept!r} is not in {cache.path} (it holds {concepts})")
     return concept
+
+
+def control_identity(cache: ActivationCache, concept: str, settings: FitSettings) -> dict[str, Any]:
+    """What names a vector file for its controls' seeds: a different concept, model, pair file, locus,
+    layer set or estimator gives unrelated controls."""
+    cm = cache.meta
+    return {
+        "concept": concept,
+        "model": cm["model"],
+        "pair_file_hash": cm["pair_file_hash"],
+        "locus": cm["locus"],
+        "layers": cache.layers,
+        "method": settings.method,
+        "C": settings.c if settings.method == "logistic" else None,
+    }
 
 
 def load_splits(cache: ActivationCache, concept: str | None, device: str) -> tuple[str, dict[str, torch.Tensor]]:
@@ -121,13 +136,22 @@ def fit_cache(
         raise ConfigError("--controls must be 0 or more")
     cache = ActivationCache.open(cache_path)
     concept, splits = load_splits(cache, concept, settings.device)
+    token_norms = cache.load_token_norms("train", concept=concept)  # [n_train, 2, L]
     diag = diagnose(
-        splits, cache.layers, method=settings.method, c=settings.c, folds=settings.folds, seed=settings.seed
+        splits,
+        cache.layers,
+        method=settings.method,
+        c=settings.c,
+        folds=settings.folds,
+        seed=settings.seed,
+        token_norms=token_norms,
     )
-    selection = select_layers(diag, settings.select, settings.k, settings.select_layers)
-    controls = random_controls(diag.directions.cpu(), settings.controls, settings.control_seed)
+    selection = select_layers(diag.train_scores(), settings.select, settings.k, settings.select_layers)
+    identity = control_identity(cache, concept, settings)
+    seeds = control_seeds(settings.control_seed, identity, settings.controls)
+    controls = controls_from_seeds(diag.directions.cpu(), seeds)
     ctrl_diag = control_diagnostics(controls, splits)
-    meta = bundle_meta(cache, concept, settings, diag, selection, ctrl_diag)
+    meta = bundle_meta(cache, concept, settings, diag, selection, ctrl_diag, identity, seeds)
     bundle = VectorBundle.build(diag.directions.cpu(), controls, meta)
     bundle.save(out)
     report = {k: meta[k] for k in ("concept", "method", "locus", "layers", "selected_layers", "selection")}
@@ -144,6 +168,8 @@ def bundle_meta(
     diag: Diagnostics,
     selection: dict[str, Any],
     ctrl_diag: list[dict[str, list[float]]],
+    identity: dict[str, Any],
+    seeds: list[int],
 ) -> dict[str, Any]:
     cm = cache.meta
     return {
@@ -168,7 +194,10 @@ def bundle_meta(
             "n": settings.controls,
             "kind": "independent Gaussian per layer, rescaled to the real vector's norm at that layer",
             "source": concept,
-            "seeds": [settings.control_seed + i for i in range(settings.controls)],
+            "run_seed": settings.control_seed,
+            "identity": identity,
+            "seeds": seeds,
+            "seed_rule": "steerlab.vectors.control_seeds: sha256 of (run_seed, identity, control index), 63 bits",
             "diagnostics": ctrl_diag,
         },
     }
@@ -186,5 +215,8 @@ def draw(meta: dict[str, Any], path: Path) -> Path:
         vals = np.array([c["val_auroc"] for c in ctrl])
         band = (vals.min(0).tolist(), vals.max(0).tolist())
     title = f"{meta['concept']} | {meta['method']} | {meta['locus']} | {meta['model_source']}"
-    norms = {"vector norm": per_layer["vector_norm"], "mean residual norm": per_layer["resid_norm"]}
+    norms = {"vector norm |v|": per_layer["vector_norm"]}
+    if "token_norm" in per_layer:
+        norms["mean per-token |h_t| (token_norm)"] = per_layer["token_norm"]
+    norms["|locus-mean h| (pooled_norm)"] = per_layer["pooled_norm"]
     return plots.layer_diagnostics(meta["layers"], curves, norms, meta["selected_layers"], band, title, path)

@@ -6,7 +6,11 @@ last block this is the stream *before* the model's final norm; note that transfo
 
 Pooling happens inside forward hooks, one batched matrix product per layer, so only
 ``[batch, n_layers, d_model]`` floats per batch ever leave the model; the forward pass stops
-after the last requested block (no final norm, no LM head).
+after the last requested block (no final norm, no LM head). The same hook also reduces the
+per-token norms ||h_t|| with the same weights: the mean over the locus's tokens of the residual
+norm, ``[batch, n_layers]``, which is what a dose relative to "the residual norm" must use,
+since steering adds at every token (the norm of the pooled mean is smaller, by a factor that
+depends on the locus).
 """
 
 from __future__ import annotations
@@ -88,13 +92,15 @@ class _StopForward(Exception):
 @contextlib.contextmanager
 def pooling_hooks(
     blocks: torch.nn.ModuleList, layers: list[int], weights: torch.Tensor
-) -> Iterator[list[torch.Tensor]]:
+) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
     """Hooks that pool each selected block's output with ``weights`` ``[batch, seq]``.
 
-    Yields a list that fills with one ``[batch, d_model]`` float32 tensor per selected layer.
-    The hook on the deepest selected block stops the forward pass.
+    Yields two lists that fill with one tensor per selected layer: the pooled activations
+    ``[batch, d_model]`` and the equally weighted per-token norms ``[batch]`` (float32). The
+    hook on the deepest selected block stops the forward pass.
     """
     pooled: list[torch.Tensor] = []
+    norms: list[torch.Tensor] = []
     by_device: dict[torch.device, torch.Tensor] = {}
     deepest = max(layers)
 
@@ -104,7 +110,9 @@ def pooling_hooks(
             w = by_device.get(hidden.device)
             if w is None:
                 w = by_device.setdefault(hidden.device, weights.to(hidden.device))
-            pooled.append(torch.bmm(w.unsqueeze(1), hidden.float()).squeeze(1))  # [batch, d_model]
+            h = hidden.float()
+            pooled.append(torch.bmm(w.unsqueeze(1), h).squeeze(1))  # [batch, d_model]
+            norms.append((w * torch.linalg.vector_norm(h, dim=-1)).sum(-1))  # [batch]: mean of ||h_t|| at the locus
             if layer == deepest:
                 raise _StopForward
 
@@ -112,7 +120,7 @@ def pooling_hooks(
 
     handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in layers]
     try:
-        yield pooled
+        yield pooled, norms
     finally:
         for handle in handles:
             handle.remove()
@@ -134,15 +142,21 @@ def pad_batch(
 
 
 @torch.inference_mode()
-def pooled_activations(loaded: LoadedModel, sides: Sequence[Encoded], layers: list[int]) -> torch.Tensor:
-    """Locus-pooled residual activations ``[len(sides), len(layers), d_model]`` (float32, CPU)."""
+def pool(loaded: LoadedModel, sides: Sequence[Encoded], layers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Locus-pooled residual activations ``[len(sides), len(layers), d_model]`` and the mean per-token
+    norms at the locus ``[len(sides), len(layers)]`` (float32, CPU), from one forward pass."""
     ids, mask, weights = pad_batch(sides, loaded.tokenizer.pad_token_id, loaded.device)
-    with pooling_hooks(loaded.blocks, layers, weights) as pooled:
+    with pooling_hooks(loaded.blocks, layers, weights) as (pooled, norms):
         try:
             loaded.model(input_ids=ids, attention_mask=mask, use_cache=False)
         except _StopForward:
             pass
-    return torch.stack([p.cpu() for p in pooled], dim=1)
+    return torch.stack([p.cpu() for p in pooled], dim=1), torch.stack([n.cpu() for n in norms], dim=1)
+
+
+def pooled_activations(loaded: LoadedModel, sides: Sequence[Encoded], layers: list[int]) -> torch.Tensor:
+    """Locus-pooled residual activations ``[len(sides), len(layers), d_model]`` (float32, CPU)."""
+    return pool(loaded, sides, layers)[0]
 
 
 def cache_meta(
@@ -240,9 +254,9 @@ def extract(
         for lo in range(start, len(pairs), batch_size):
             chunk = encoded[lo : lo + batch_size]
             sides = [side for pair_sides in chunk for side in pair_sides]  # pos0, neg0, pos1, neg1, ...
-            acts = pooled_activations(loaded, sides, layers)  # [2 * b, n_layers, d_model]
+            acts, norms = pool(loaded, sides, layers)  # [2 * b, n_layers, d_model], [2 * b, n_layers]
             block = acts.reshape(len(chunk), 2, len(layers), loaded.d_model).numpy().astype(dtype, copy=False)
-            writer.write(lo, block)
+            writer.write(lo, block, norms.reshape(len(chunk), 2, len(layers)).numpy())
             bar.update(len(chunk))
         bar.close()
     except BaseException:

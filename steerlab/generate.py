@@ -70,7 +70,12 @@ def settings_for(
     scale: Scale = "absolute",
     control: int | None = None,
 ) -> list[SteeringSetting]:
-    """One setting per multiplier, for the file's vector (or its random control ``control``)."""
+    """One setting per multiplier, for the file's vector (or its random control ``control``).
+
+    ``scale="relative"``: the multiplier is a fraction of the layer's ``token_norm`` recorded in the
+    vector file (the mean over the locus's tokens of the residual norm ||h_t||, on the train pairs),
+    so alpha adds a vector of norm alpha * token_norm at every steered token.
+    """
     if control is not None and not 0 <= control < len(bundle.controls):
         raise ConfigError(
             f"--control {control}: the file has {len(bundle.controls)} controls (0..{len(bundle.controls) - 1})"
@@ -78,9 +83,16 @@ def settings_for(
     vec = bundle.vector if control is None else bundle.controls[control]
     if layers is not None:
         vec = vec.select(list(layers))
-    per_layer = bundle.meta.get("diagnostics", {}).get("per_layer", {})
-    resid = dict(zip(bundle.meta["layers"], per_layer.get("resid_norm", []), strict=False)) or None
-    return [SteeringSetting(vec, m, scale=scale, resid_norms=resid) for m in multipliers]
+    norms = None
+    if scale == "relative":
+        per_layer = bundle.meta.get("diagnostics", {}).get("per_layer", {})
+        if "token_norm" not in per_layer:
+            raise ConfigError(
+                f"vector {bundle.vector.name!r} records no per-token residual norm (token_norm) for --scale relative; "
+                "refit it from a cache made by this steerlab (steerlab extract ... --overwrite) or use --scale absolute"
+            )
+        norms = dict(zip(bundle.meta["layers"], per_layer["token_norm"], strict=True))
+    return [SteeringSetting(vec, m, scale=scale, resid_norms=norms) for m in multipliers]
 
 
 @dataclass

@@ -9,12 +9,17 @@ A vector file is safetensors with two tensors and a JSON header (never pickle):
         seeds and provenance, steerlab version.
 
 A control is, at every layer, an independent Gaussian vector rescaled to the real vector's norm
-at that layer; control i is drawn from ``torch.Generator().manual_seed(seed + i)``.
+at that layer, drawn from ``torch.Generator().manual_seed(seed)`` with its own seed. A fitted file's
+control seeds come from :func:`control_seeds`: a hash of the run seed (``--control-seed``), the
+vector's identity (concept, model fingerprint, pair-file hash, locus, method, ...) and the control's
+index, so two files never share controls by accident and a refit draws the same ones again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,14 +39,34 @@ class VectorError(SteerlabError):
     """A vector file that is missing, malformed, or for another model."""
 
 
-def random_controls(vector: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """``n`` controls ``[n, L, D]``, each layer an independent Gaussian scaled to ``vector``'s norm there."""
+def control_seeds(run_seed: int, identity: dict[str, Any], n: int) -> list[int]:
+    """The seeds of a vector file's ``n`` controls: SHA-256 of (run seed, identity, control index), 63 bits.
+
+    ``identity`` is a JSON-able dict naming the vector (concept, model fingerprint, pair-file hash,
+    ...); any change in it or in ``run_seed`` gives unrelated seeds.
+    """
+    seeds = []
+    for i in range(n):
+        key = json.dumps({"run_seed": int(run_seed), "identity": identity, "control": i}, sort_keys=True)
+        seeds.append(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") & (2**63 - 1))
+    return seeds
+
+
+def controls_from_seeds(vector: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+    """One control per seed ``[len(seeds), L, D]``, each layer an independent Gaussian scaled to ``vector``'s
+    norm there."""
     norms = vector.norm(dim=-1, keepdim=True)  # [L, 1]
     out = []
-    for i in range(n):
-        g = torch.randn(vector.shape, generator=torch.Generator().manual_seed(seed + i), dtype=torch.float64)
+    for seed in seeds:
+        g = torch.randn(vector.shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
         out.append((g / g.norm(dim=-1, keepdim=True) * norms.double().cpu()).to(torch.float32))
     return torch.stack(out) if out else torch.empty(0, *vector.shape)
+
+
+def random_controls(vector: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` controls with the consecutive seeds ``seed + i`` (hand-made bundles and tests; fitted files
+    use :func:`control_seeds`)."""
+    return controls_from_seeds(vector, [seed + i for i in range(n)])
 
 
 @dataclass(frozen=True)

@@ -297,3 +297,85 @@ def test_cli_extract_then_fit(tiny_dir, tmp_path, capsys):
     assert bundle.meta["locus"] == "span_mean" and len(bundle.controls) == 2
     assert bundle.meta["cache_file"] == str(tmp_path / "c.h5")
     assert "selected layers" in out
+
+
+# ----------------------------------------------------------------------------- issue 13: per-token norms
+
+
+def direct_token_norms(loaded, pairs, locus):
+    """Mean over the locus's tokens of ||h_t||, straight from output_hidden_states, one unpadded
+    sequence at a time: [n_pairs, 2, n_layers].
+
+    Layer l is hidden_states[l + 1] for every layer but the last. transformers' last entry is taken
+    after the final norm, so the last layer is read from a second pass with tie_last_hidden_states
+    off, where hidden_states[-1] is the last block's own output (before the norm).
+    """
+    config = loaded.model.config
+    out = []
+    for sides in encode_pairs(loaded, pairs, Locus(locus)):
+        row = []
+        for side in sides:
+            ids = torch.tensor([side.input_ids])
+            with torch.inference_mode():
+                tied = loaded.model(ids, output_hidden_states=True).hidden_states
+                config.tie_last_hidden_states = False
+                try:
+                    untied = loaded.model(ids, output_hidden_states=True).hidden_states
+                finally:
+                    del config.tie_last_hidden_states
+            layers = [tied[l + 1] for l in range(loaded.n_layers - 1)] + [untied[-1]]  # noqa: E741
+            # the convention matters: the last entry of the default hidden_states is after the final norm
+            assert torch.equal(untied[-2], tied[-2]) and not torch.allclose(untied[-1], tied[-1])
+            row.append([float(h[0, side.positions].norm(dim=-1).mean()) for h in layers])
+        out.append(row)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("locus", ["scratchpad_mean", "span_mean", "last"])
+def test_token_norms_equal_output_hidden_states(tiny, tmp_path, locus):
+    pairs = varied_pairs(7)
+    cache = ActivationCache.open(extract(tiny, pairs, tmp_path / "c.h5", locus=locus, batch_size=3, progress=False))
+    got = cache.load_token_norms()
+    assert got.shape == (7, 2, tiny.n_layers) and got.dtype == np.float32
+    want = direct_token_norms(tiny, pairs, locus)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # the per-token norm is not the norm of the pooled mean (they agree only for a one-token locus)
+    pooled = np.linalg.norm(cache.load(), axis=-1)
+    if locus == "last":
+        np.testing.assert_allclose(got, pooled, rtol=1e-5)
+    else:
+        assert (got > pooled * 1.01).all()
+    np.testing.assert_array_equal(cache.load_token_norms("train", layers=[3, 1]), got[:, :, [3, 1]])
+
+
+def test_fit_records_the_mean_token_norm(tiny_dir, tiny, tmp_path, capsys):
+    pairs = [make_pair(i, split="train" if i < 24 else "val") for i in range(30)]
+    src = tmp_path / "p.jsonl"
+    write_pairs(pairs, src)
+    args = ["extract", "--pairs", src, "--model", tiny_dir, "--cache", tmp_path / "c.h5", "--vectors-dir",
+            tmp_path / "v", "--name", "tiny", "--folds", "2", "--controls", "1"]  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    from steerlab.vectors import VectorBundle
+
+    per_layer = VectorBundle.load(tmp_path / "v" / "toy" / "tiny.safetensors").meta["diagnostics"]["per_layer"]
+    want = direct_token_norms(tiny, pairs[:24], "scratchpad_mean").mean((0, 1))  # train pairs, both sides
+    np.testing.assert_allclose(per_layer["token_norm"], want, rtol=1e-5)
+    assert "resid_norm" not in per_layer  # the ambiguous name is gone
+    train = ActivationCache.open(tmp_path / "c.h5").load("train")
+    np.testing.assert_allclose(per_layer["pooled_norm"], np.linalg.norm(train, axis=-1).mean((0, 1)), rtol=1e-5)
+
+
+def test_a_cache_without_token_norms_is_refused(tiny, tmp_path):
+    out = extract(tiny, varied_pairs(2), tmp_path / "c.h5", progress=False)
+    with h5py.File(out, "r+") as f:  # what steerlab before the per-token norm wrote
+        del f["token_norms"]
+        meta = json.loads(f.attrs["steerlab_meta"])
+        f.attrs["steerlab_meta"] = json.dumps({**meta, "format_version": 1})
+    with pytest.raises(CacheError, match=r"cache format 1.*re-extract") as info:
+        ActivationCache.open(out)
+    assert "\n" not in str(info.value)
+    with pytest.raises(CacheError, match="re-extract"):
+        extract(tiny, varied_pairs(2), out, progress=False)
+    extract(tiny, varied_pairs(2), out, overwrite=True, progress=False)  # --overwrite re-extracts it
+    assert ActivationCache.open(out).load_token_norms().shape == (2, 2, 4)

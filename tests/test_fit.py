@@ -127,37 +127,46 @@ def test_cv_auroc_matches_sklearn_loop():
     acts, _ = planted(80, n_layers=3, d_model=40, noise=0.5, seed=5, base=0.5)  # noisy enough that AUROC < 1
     diag = diagnose({"train": acts, "val": acts[:20]}, [0, 1, 2], folds=5, seed=7)
     for layer in range(3):
-        scores = []
+        scores, dprimes = [], []
         for tr, te in pair_folds(80, 5, seed=7):
             v = sklearn_direction(acts[tr, 0, layer], acts[tr, 1, layer])
             held = acts[te, :, layer].double().numpy() @ (v / np.linalg.norm(v))
             scores.append(roc_auc_score(np.r_[np.ones(len(te)), np.zeros(len(te))], np.r_[held[:, 0], held[:, 1]]))
+            pooled_sd = np.sqrt((held[:, 0].var() + held[:, 1].var()) / 2)
+            dprimes.append((held[:, 0].mean() - held[:, 1].mean()) / pooled_sd)
         assert 0.55 < np.mean(scores) < 0.999
         assert diag.column("cv_auroc")[layer] == pytest.approx(np.mean(scores), abs=0.002)
+        assert diag.column("cv_auroc_sd")[layer] == pytest.approx(np.std(scores), abs=0.002)
+        assert diag.column("cv_dprime")[layer] == pytest.approx(np.mean(dprimes), rel=0.01)
 
 
 # ----------------------------------------------------------------------------- selection
 
 
-def make_diag(cv, kh):
-    from steerlab.diagnostics import Diagnostics
+def make_scores(cv, dprime=None, spread=None):
+    from steerlab.diagnostics import TrainScores
 
-    layers = list(range(len(cv)))
-    return Diagnostics(layers, torch.zeros(len(cv), 4), {"cv_auroc": cv, "keyword_hard_auroc": kh})
+    n = len(cv)
+    dprime = [0.0] * n if dprime is None else dprime
+    spread = [0.0] * n if spread is None else spread
+    return TrainScores(tuple(range(n)), *(np.asarray(x, dtype=float) for x in (cv, spread, dprime)))
 
 
 def test_layer_selection_rules():
-    diag = make_diag([0.6, 0.9, 0.95, 0.95, 0.7, 0.95], [0.5, 0.5, 0.6, 0.8, 0.5, 0.7])
-    top = select_layers(diag, "top-k", k=2)
-    assert top["layers"] == [3, 5]  # three tie at 0.95; keyword-hard AUROC breaks the tie
-    assert top["rule"]["name"] == "top-k"
-    assert select_layers(diag, "band", k=3)["layers"] == [2, 3, 4]  # centred on the peak, layer 3
-    assert select_layers(make_diag([0.9, 0.1, 0.1], [0, 0, 0]), "band", k=2)["layers"] == [0, 1]  # clipped
-    assert select_layers(diag, "list", explicit=[4, 1])["layers"] == [1, 4]
+    scores = make_scores([0.6, 0.9, 0.95, 0.95, 0.7, 0.95], dprime=[1, 1, 2, 4, 1, 3])
+    top = select_layers(scores, "top-k", k=2)
+    assert top["layers"] == [3, 5]  # three tie at 0.95; the train-only CV d' breaks the tie
+    assert top["rule"]["name"] == "top-k" and "train only" in top["rule"]["by"]
+    assert select_layers(scores, "band", k=3)["layers"] == [2, 3, 4]  # centred on the peak, layer 3
+    assert select_layers(make_scores([0.9, 0.1, 0.1]), "band", k=2)["layers"] == [0, 1]  # clipped
+    # then the smaller fold spread, then the lower layer
+    assert select_layers(make_scores([1, 1, 1], [2, 2, 2], [0.1, 0.0, 0.0]), "top-k", k=1)["layers"] == [1]
+    assert select_layers(make_scores([1, 1, 1]), "top-k", k=1)["layers"] == [0]
+    assert select_layers(scores, "list", explicit=[4, 1])["layers"] == [1, 4]
     with pytest.raises(ConfigError, match=r"layer\(s\) \[9\] out of range"):
-        select_layers(diag, "list", explicit=[9])
+        select_layers(scores, "list", explicit=[9])
     with pytest.raises(ConfigError, match="--k 7"):
-        select_layers(diag, "top-k", k=7)
+        select_layers(scores, "top-k", k=7)
 
 
 # ----------------------------------------------------------------------------- the whole fit
@@ -187,7 +196,8 @@ def test_fit_cache_writes_bundle_report_and_figure(tmp_path):
 def test_controls_are_norm_matched_random_and_near_chance(tmp_path):
     bundle, _, _ = fit_synthetic(tmp_path, controls=5, control_seed=11)
     real = bundle.vector.directions
-    assert len(bundle.controls) == 5 and bundle.meta["controls"]["seeds"] == [11, 12, 13, 14, 15]
+    assert len(bundle.controls) == 5 and bundle.meta["controls"]["run_seed"] == 11
+    assert len(set(bundle.meta["controls"]["seeds"])) == 5
     for ctrl in bundle.controls:
         torch.testing.assert_close(ctrl.directions.norm(dim=-1), real.norm(dim=-1), rtol=1e-6, atol=1e-6)
         for layer in range(4):
@@ -244,3 +254,103 @@ def test_cli_fit_and_inspect(tmp_path, capsys):
     if not torch.cuda.is_available():
         code, _, err = run_cli(["fit", "--cache", cache, "--device", "cuda", "--vectors-dir", tmp_path / "x"], capsys)
         assert code == 2 and "CUDA is not available" in err
+
+
+# ----------------------------------------------------------------------------- issue 13: controls and selection
+
+
+def fit_concept(tmp_path, concept, acts, splits, **settings):
+    cache = synthetic_cache(tmp_path / f"{concept}.h5", acts.numpy(), splits, concept=concept)
+    bundle, _ = fit_cache(cache, FitSettings(**settings), tmp_path / concept / "toy.safetensors")
+    return bundle
+
+
+def test_each_concept_gets_its_own_controls_and_a_refit_reproduces_them(tmp_path):
+    from steerlab.vectors import control_seeds, controls_from_seeds
+
+    acts, _ = planted(100, n_layers=4, d_model=48, noise=0.3, seed=2, base=0.3)
+    splits = ["train"] * 60 + ["val"] * 20 + ["keyword_hard"] * 20
+    a = fit_concept(tmp_path / "a", "researcher_expectations", acts, splits, controls=3)
+    b = fit_concept(tmp_path / "b", "retraining_consequences", acts, splits, controls=3)
+    # the same run seed (the default) and even the same activations: different concepts, different controls
+    assert a.meta["controls"]["run_seed"] == b.meta["controls"]["run_seed"]
+    assert not set(a.meta["controls"]["seeds"]) & set(b.meta["controls"]["seeds"])
+    for ca, cb in zip(a.controls, b.controls, strict=True):
+        for layer in range(4):
+            assert abs(cos(ca.at(layer), cb.at(layer))) < 0.6  # 48 dims: independent cosines are ~N(0, 0.14)
+    # a refit reproduces its own controls, and the header alone regenerates them
+    again = fit_concept(tmp_path / "again", "researcher_expectations", acts, splits, controls=3)
+    assert all(torch.equal(x.directions, y.directions) for x, y in zip(a.controls, again.controls, strict=True))
+    ctrl = a.meta["controls"]
+    assert control_seeds(ctrl["run_seed"], ctrl["identity"], ctrl["n"]) == ctrl["seeds"]
+    assert ctrl["identity"]["concept"] == "researcher_expectations" and ctrl["identity"]["model"] == a.meta["model"]
+    assert ctrl["identity"]["pair_file_hash"] == a.meta["pair_file_hash"]
+    regenerated = controls_from_seeds(a.vector.directions, ctrl["seeds"])
+    assert all(torch.equal(regenerated[i], c.directions) for i, c in enumerate(a.controls))
+    # another run seed gives other controls
+    other = fit_concept(tmp_path / "other", "researcher_expectations", acts, splits, controls=3, control_seed=7)
+    assert other.meta["controls"]["seeds"] != ctrl["seeds"]
+
+
+def test_control_seeds_depend_on_every_part_of_the_identity():
+    from steerlab.vectors import control_seeds
+
+    ident = {"concept": "a", "model": {"embed_hash": "x"}, "pair_file_hash": "p", "locus": "scratchpad_mean"}
+    base = control_seeds(1000, ident, 5)
+    assert len(set(base)) == 5 and all(0 <= s < 2**63 for s in base)
+    assert control_seeds(1000, dict(ident), 5) == base
+    for change in ({"concept": "b"}, {"model": {"embed_hash": "y"}}, {"pair_file_hash": "q"}, {"locus": "last"}):
+        assert not set(control_seeds(1000, {**ident, **change}, 5)) & set(base)
+    assert not set(control_seeds(1001, ident, 5)) & set(base)
+
+
+def tied_layers_acts(noisy_kh_layer):
+    """Four layers, all perfectly separable on train (CV AUROC 1.0 at every layer: a tie), with a train
+    margin that grows with the layer; keyword-hard pairs separate at every layer but ``noisy_kh_layer``.
+    The train and val pairs do not depend on ``noisy_kh_layer``."""
+    g = torch.Generator().manual_seed(0)
+    n, n_layers, d = 100, 4, 24
+    direction = torch.nn.functional.normalize(torch.randn(n_layers, d, generator=g), dim=-1)
+    shared = 0.2 * torch.randn(n, n_layers, d, generator=g)
+    signal = torch.tensor([2.0, 3.0, 4.0, 5.0])[None, :, None] * direction
+    pos = shared + signal + 0.05 * torch.randn(n, n_layers, d, generator=g)
+    neg = shared + 0.05 * torch.randn(n, n_layers, d, generator=g)
+    acts = torch.stack([pos, neg], dim=1)
+    noise = 3.0 * torch.randn(20, d, generator=g)
+    acts[80:, 0, noisy_kh_layer] = acts[80:, 1, noisy_kh_layer] + noise  # keyword-hard: no signal at this layer
+    return acts, ["train"] * 60 + ["val"] * 20 + ["keyword_hard"] * 20
+
+
+def test_selection_reads_no_held_out_split(tmp_path):
+    acts, splits = tied_layers_acts(noisy_kh_layer=3)
+    first = fit_concept(tmp_path / "a", "toy", acts, splits, k=1)
+    per_layer = first.meta["diagnostics"]["per_layer"]
+    kh = per_layer["keyword_hard_auroc"]
+    assert per_layer["cv_auroc"] == [1.0] * 4 and min(kh[:3]) > 0.99 and kh[3] < 0.8  # tied on CV, kh differs
+    # permute keyword-hard AUROC across the layers (now layer 0 is the bad one) and scramble val
+    permuted, _ = tied_layers_acts(noisy_kh_layer=0)
+    permuted[60:80] = permuted[60:80].flip(1)  # val sides swapped: val AUROC ~0 everywhere
+    assert torch.equal(permuted[:60], acts[:60])
+    second = fit_concept(tmp_path / "b", "toy", permuted, splits, k=1)
+    kh2 = second.meta["diagnostics"]["per_layer"]["keyword_hard_auroc"]
+    assert kh2[0] < 0.8 and min(kh2[1:]) > 0.99 and max(second.meta["diagnostics"]["per_layer"]["val_auroc"]) < 0.1
+    assert first.meta["selected_layers"] == second.meta["selected_layers"] == [3]  # the largest train margin
+    assert first.meta["selection"] == second.meta["selection"]
+    for rule in ("band", "top-k"):
+        a = fit_concept(tmp_path / f"a{rule}", "toy", acts, splits, select=rule, k=2)
+        b = fit_concept(tmp_path / f"b{rule}", "toy", permuted, splits, select=rule, k=2)
+        assert a.meta["selected_layers"] == b.meta["selected_layers"] == [2, 3]
+
+
+def test_selection_receives_only_train_columns():
+    import dataclasses
+
+    from steerlab.diagnostics import Diagnostics, TrainScores
+
+    names = {f.name for f in dataclasses.fields(TrainScores)}
+    assert names == {"layers", "cv_auroc", "cv_auroc_sd", "cv_dprime"}
+    per_layer = {"cv_auroc": [0.9, 0.9], "cv_auroc_sd": [0.0, 0.0], "cv_dprime": [1.0, 2.0], "val_auroc": [1.0, 0.0]}
+    diag = Diagnostics([0, 1], torch.zeros(2, 4), per_layer)
+    with pytest.raises(TypeError, match="train"):
+        select_layers(diag, "top-k", k=1)
+    assert select_layers(diag.train_scores(), "top-k", k=1)["layers"] == [1]

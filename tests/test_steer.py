@@ -153,3 +153,69 @@ def test_torch_compile_sees_the_hooks_and_new_rows_without_recompiling(tiny):
             assert (fast - eager).abs().max() <= 1e-5
             for b, row in enumerate(rows):  # steered rows moved, the unsteered row did not
                 assert torch.allclose(fast[b], plain[b], atol=1e-5) == (row == 0)
+
+
+# ----------------------------------------------------------------------------- issue 13: what --scale relative adds
+
+
+@pytest.fixture(scope="module")
+def fitted_tiny_vector(tiny, tmp_path_factory):
+    """A vector file fitted on the tiny model the way users make one: extract -> cache -> fit."""
+    from conftest import make_pair
+
+    from steerlab.directions import FitSettings, fit_cache
+    from steerlab.extract import extract
+
+    tmp = tmp_path_factory.mktemp("fitted")
+    pairs = [make_pair(i, split="train" if i < 24 else "val") for i in range(30)]
+    cache = extract(tiny, pairs, tmp / "c.h5", progress=False)
+    return fit_cache(cache, FitSettings(folds=2, controls=1), tmp / "toy" / "tiny.safetensors")[1]
+
+
+def block_inputs(tiny, layer, backend, request):
+    """The residual stream entering block ``layer`` during one generate call: one tensor per forward."""
+    seen = []
+
+    def pre_hook(_module, args, kwargs):
+        seen.append((args[0] if args else kwargs["hidden_states"]).detach().clone())
+
+    handle = tiny.blocks[layer].register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        backend.generate([request])
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_relative_alpha_adds_that_fraction_of_the_mean_token_norm(tiny, fitted_tiny_vector):
+    from steerlab.backends.base import Request, Sampling
+    from steerlab.backends.hf import HFBackend
+    from steerlab.generate import as_chat, settings_for
+    from steerlab.vectors import VectorBundle
+
+    bundle = VectorBundle.load(fitted_tiny_vector, expect=tiny.fingerprint)
+    per_layer = bundle.meta["diagnostics"]["per_layer"]
+    token_norm = dict(zip(bundle.meta["layers"], per_layer["token_norm"], strict=True))
+    assert per_layer["pooled_norm"][1] < 0.9 * token_norm[1]  # the two norms really differ here
+    (setting,) = settings_for(bundle, [0.1], layers=[1], scale="relative")
+    backend = HFBackend(tiny)
+    prompt, sampling = as_chat("The user asks for a short answer."), Sampling(max_new_tokens=1)
+    (plain,) = block_inputs(tiny, 2, backend, Request(prompt, sampling))  # the prefill pass
+    (steered,) = block_inputs(tiny, 2, backend, Request(prompt, sampling, setting))
+    delta = (steered - plain)[0]  # [seq, d_model]: what the hook on block 1 added, at every prompt token
+    assert delta.shape[0] > 5
+    want = torch.full((delta.shape[0],), 0.1 * token_norm[1])
+    torch.testing.assert_close(delta.norm(dim=-1), want, rtol=1e-4, atol=0)
+    unit = bundle.vector.at(1) / bundle.vector.at(1).norm()
+    assert float(torch.nn.functional.cosine_similarity(delta, unit[None], dim=-1).min()) > 0.9999
+
+
+def test_relative_scale_refuses_a_file_without_token_norms(tiny_vector):
+    from steerlab.generate import settings_for
+    from steerlab.vectors import VectorBundle
+
+    old = VectorBundle.load(tiny_vector)  # only the pooled-mean norm, under its old name
+    assert settings_for(old, [2.0])[0].multiplier == 2.0  # absolute scale needs no norm
+    with pytest.raises(ConfigError, match=r"token_norm.*refit") as info:
+        settings_for(old, [0.1], scale="relative")
+    assert "\n" not in str(info.value)
