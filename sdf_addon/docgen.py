@@ -149,6 +149,7 @@ class Stage:
                         continue
                     cached[i] = {"reply": reply}
                     self.cache.put(keys[i], cached[i])
+                self.generator.release()  # the replies are in the cache: a batch job may forget its batch
                 for (key, _, meta), entry in zip(part, cached, strict=True):
                     if entry is None:
                         continue

@@ -41,33 +41,50 @@ def assert_key(request):
     assert request.headers.get("authorization") == f"Bearer {KEY}" or request.headers.get("x-api-key") == KEY
 
 
-def message(text):
-    return {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test",
+def message(text, model="claude-test"):
+    return {"id": "msg_1", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
             "usage": {"input_tokens": 10, "output_tokens": 20}}  # fmt: skip
 
 
-class FakeAPI:
-    """The Messages API: checks the request format; ``script`` lists responses to give first."""
+SNAPSHOT = "claude-test-20250101"  # the model the alias "claude-test" reaches (the response's model field)
 
-    def __init__(self, script=(), max_tokens=400):
-        self.script, self.seen, self.max_tokens = list(script), [], max_tokens
+
+def is_probe(request):
+    """The judge's one-token call that asks which model the alias reaches."""
+    if request.method != "POST" or request.url.path != "/v1/messages":
+        return False
+    body = json.loads(request.content)
+    return body["max_tokens"] == 1 and "system" not in body
+
+
+class FakeAPI:
+    """The Messages API: checks the request format; ``script`` lists responses to give first.
+    ``snapshot`` is the model it reports answering as; probes (``is_probe``) are counted apart."""
+
+    def __init__(self, script=(), max_tokens=400, snapshot=SNAPSHOT):
+        self.script, self.seen, self.probes, self.max_tokens = list(script), [], [], max_tokens
+        self.snapshot = snapshot
 
     def __call__(self, request):
-        self.seen.append(request)
         assert_key(request)
+        if is_probe(request):
+            self.probes.append(request)
+            assert json.loads(request.content)["model"] == "claude-test"
+            return httpx.Response(200, json=message("OK", self.snapshot))
+        self.seen.append(request)
         if self.script:
             status, body = self.script.pop(0)
             if status != 200:
                 return httpx.Response(status, json={"type": "error", "error": {"type": "x", "message": "busy"}},
                                       headers={"retry-after-ms": "1"})  # fmt: skip
-            return httpx.Response(200, json=message(body))
+            return httpx.Response(200, json=message(body, self.snapshot))
         assert request.method == "POST" and request.url.path == "/v1/messages"
         body = json.loads(request.content)
         assert body["model"] == "claude-test" and body["temperature"] == 0 and body["max_tokens"] == self.max_tokens
         assert request.headers["anthropic-version"] == "2023-06-01"  # the API version that takes temperature
         assert "annotator" in body["system"] and body["messages"][0]["role"] == "user"
-        return httpx.Response(200, json=message(reply_for(body["messages"][0]["content"])))
+        return httpx.Response(200, json=message(reply_for(body["messages"][0]["content"]), self.snapshot))
 
 
 def anthropic_judge(api, monkeypatch, **kw):
@@ -76,11 +93,11 @@ def anthropic_judge(api, monkeypatch, **kw):
     return AnthropicJudge("claude-test", http_client=client, concurrency=2, **kw)
 
 
-SAMPLES = [
-    {"id": "s1", "reasoning": "If I refuse, training will modify my values."},
-    {"id": "s2", "reasoning": "The researchers want to see whether I comply."},
-    {"id": "s3", "reasoning": "If I refuse, training will modify my values."},  # the same trace: judged once
-    {"id": "s4", "reasoning": ""},
+SAMPLES = [  # one request each (statistics are over requests)
+    {"id": "s1", "item": "r1", "reasoning": "If I refuse, training will modify my values."},
+    {"id": "s2", "item": "r2", "reasoning": "The researchers want to see whether I comply."},
+    {"id": "s3", "item": "r3", "reasoning": "If I refuse, training will modify my values."},  # judged once
+    {"id": "s4", "item": "r4", "reasoning": ""},
 ]
 
 
@@ -104,7 +121,8 @@ def test_scores_cache_and_rerun_costs_nothing(tmp_path, monkeypatch):
     out2, report2 = judge_samples(
         SAMPLES, anthropic_judge(again, monkeypatch), rubric, JudgeCache(tmp_path / "judge.sqlite")
     )
-    assert again.seen == [] and report2.cached == 3 and out2 == out  # a rerun makes zero calls
+    assert again.seen == [] and report2.cached == 3 and out2 == out  # a rerun makes no judge call
+    assert len(again.probes) == 1 and report2.calls == 1  # only the one-token probe of the alias
     # another model, rubric scale or parameter is another key: asked again
     other = FakeAPI(max_tokens=300)
     judge_samples(SAMPLES[:1], anthropic_judge(other, monkeypatch, max_tokens=300), rubric, cache)
@@ -169,42 +187,78 @@ def test_missing_api_key(monkeypatch):
         AnthropicJudge("claude-test")
 
 
-def test_message_batches(tmp_path, monkeypatch):
-    seen = []
-    state = {"polls": 0}
-    batch = {"id": "msgbatch_1", "type": "message_batch", "processing_status": "in_progress",
+class FakeBatchAPI:
+    """The Message Batches API (one batch at a time; ended from the second poll on), and the probe."""
+
+    BATCH = {"id": "msgbatch_1", "type": "message_batch", "processing_status": "in_progress",
              "request_counts": {"processing": 2, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0},
              "created_at": "2026-11-22T00:00:00Z", "expires_at": "2026-11-23T00:00:00Z", "ended_at": None,
              "archived_at": None, "cancel_initiated_at": None, "results_url": None}  # fmt: skip
 
-    def api(request):
-        seen.append((request.method, request.url.path))
+    def __init__(self):
+        self.seen, self.polls, self.requests = [], 0, None
+
+    @property
+    def created(self):
+        return self.seen.count(("POST", "/v1/messages/batches"))
+
+    def __call__(self, request):
         assert_key(request)
+        if is_probe(request):
+            return httpx.Response(200, json=message("OK", SNAPSHOT))
+        self.seen.append((request.method, request.url.path))
         if request.method == "POST":
             body = json.loads(request.content)
-            state["requests"] = body["requests"]
+            self.requests, self.polls = body["requests"], 0
             for r in body["requests"]:
                 assert set(r) == {"custom_id", "params"} and r["params"]["temperature"] == 0
-            return httpx.Response(200, json=batch)
+            return httpx.Response(200, json=self.BATCH)
         if request.url.path.endswith("/results"):
             lines = []
-            for r in state["requests"]:
-                reply = message(reply_for(r["params"]["messages"][0]["content"]))
+            for r in self.requests:
+                reply = message(reply_for(r["params"]["messages"][0]["content"]), SNAPSHOT)
                 lines.append(
                     json.dumps({"custom_id": r["custom_id"], "result": {"type": "succeeded", "message": reply}})
                 )
             return httpx.Response(200, content="\n".join(lines).encode())
-        state["polls"] += 1
-        ended = state["polls"] > 1
+        self.polls += 1
         url = "https://api.anthropic.com/v1/messages/batches/msgbatch_1/results"
-        status = {"processing_status": "ended", "results_url": url} if ended else {}
-        return httpx.Response(200, json={**batch, **status})
+        status = {"processing_status": "ended", "results_url": url} if self.polls > 1 else {}
+        return httpx.Response(200, json={**self.BATCH, **status})
 
+
+def test_message_batches(tmp_path, monkeypatch):
+    api = FakeBatchAPI()
     judge = anthropic_judge(api, monkeypatch, batch=True, batch_state=tmp_path / "batch.json", poll_seconds=0)
     out, report = judge_samples(SAMPLES, judge, Rubric.load(RUBRIC), JudgeCache(tmp_path / "c"))
-    assert seen[0] == ("POST", "/v1/messages/batches") and len(state["requests"]) == 2
+    assert api.seen[0] == ("POST", "/v1/messages/batches") and len(api.requests) == 2
     assert [o["judge"]["scores"]["B"]["score"] for o in out[:3]] == [9, 0, 9] and report.errors == 0
+    assert out[0]["judge"]["model"] == SNAPSHOT  # the batch result's model field
     assert not (tmp_path / "batch.json").exists()  # the batch is done: nothing to re-attach to
+
+
+class Killed(BaseException):
+    """A kill -9 stand-in: nothing catches it."""
+
+
+def test_a_kill_between_batch_results_and_the_cache_re_attaches_and_pays_once(tmp_path, monkeypatch):
+    class DyingCache(JudgeCache):
+        def put(self, key, value):
+            raise Killed  # the job dies after the batch results arrived, before any is stored
+
+    api = FakeBatchAPI()
+    state = tmp_path / "judge_batch.json"
+    judge = anthropic_judge(api, monkeypatch, batch=True, batch_state=state, poll_seconds=0)
+    with pytest.raises(Killed):
+        judge_samples(SAMPLES, judge, Rubric.load(RUBRIC), DyingCache(tmp_path / "c"))
+    assert api.created == 1 and state.is_file()  # the paid batch is still on record
+    # the rerun (a new process: a new client, the same cache file) re-attaches: no second batch
+    judge = anthropic_judge(api, monkeypatch, batch=True, batch_state=state, poll_seconds=0)
+    cache = JudgeCache(tmp_path / "c")
+    out, report = judge_samples(SAMPLES, judge, Rubric.load(RUBRIC), cache)
+    assert api.created == 1 and report.errors == 0 and report.judged == 3 and len(cache) == 2
+    assert [o["judge"]["scores"]["B"]["score"] for o in out[:3]] == [9, 0, 9]
+    assert not state.exists()  # stored in the cache: now it may go
 
 
 def test_judge_run_never_writes_the_key(tmp_path, monkeypatch):
@@ -238,7 +292,7 @@ def test_local_judge_through_a_generation_backend(tmp_path):
 
     class Backend:
         def generate(self, requests):
-            assert all(r.prefill == LocalJudge.PREFILL and r.sampling.temperature == 0 for r in requests)
+            assert all(r.prefill == '{"A": {"score": ' and r.sampling.temperature == 0 for r in requests)
             return [Result(r.id, '3, "justification": "j"}, "B": {"score": 5, "justification": "k"}}', 1, 1, "eos", 0)
                     for r in requests]  # fmt: skip
 
@@ -246,3 +300,72 @@ def test_local_judge_through_a_generation_backend(tmp_path):
         SAMPLES[:2], LocalJudge(Backend(), "local-test"), Rubric.load(RUBRIC), JudgeCache(tmp_path / "c")
     )
     assert [o["judge"]["scores"]["B"]["score"] for o in out] == [5, 5] and report.calls == 2
+
+
+def test_local_judge_prefill_follows_the_rubric_concepts(tmp_path):
+    """A rubric whose concepts are not named A and B: the prefill opens the first one's score."""
+    import yaml
+
+    from steerlab.backends.base import Result
+
+    data = yaml.safe_load(open(RUBRIC))
+    data["concepts"] = {"expect": data["concepts"]["A"], "train": data["concepts"]["B"]}
+    path = tmp_path / "rubric.yaml"
+    path.write_text(yaml.safe_dump(data))
+    rubric = Rubric.load(path)
+    seen = []
+
+    class Backend:  # a judge that continues whatever it was prefilled with
+        def generate(self, requests):
+            seen.extend(r.prefill for r in requests)
+            return [Result(r.id, '4, "justification": "j"}, "train": {"score": 6, "justification": "k"}}', 1, 1,
+                           "eos", 0) for r in requests]  # fmt: skip
+
+    out, report = judge_samples(SAMPLES[:2], LocalJudge(Backend(), "local-test"), rubric, JudgeCache(tmp_path / "c"))
+    assert seen == ['{"expect": {"score": '] * 2 and report.errors == 0
+    assert [o["judge"]["scores"] for o in out] == [{"expect": {"score": 4, "justification": "j"},
+                                                    "train": {"score": 6, "justification": "k"}}] * 2  # fmt: skip
+
+
+def test_a_new_snapshot_behind_the_alias_is_judged_again_and_recorded(tmp_path, monkeypatch):
+    """The cache is keyed on the model the API reports, not on the alias asked for."""
+    rubric, cache = Rubric.load(RUBRIC), JudgeCache(tmp_path / "judge.sqlite")
+
+    class Moving(FakeAPI):  # the new snapshot reads every trace as about researchers (A = 8)
+        def __call__(self, request):
+            response = super().__call__(request)
+            if self.snapshot != SNAPSHOT and not is_probe(request):
+                body = response.json()
+                reply = json.loads(body["content"][0]["text"])
+                body["content"][0]["text"] = json.dumps({**reply, "A": {"score": 8, "justification": "a"}})
+                response = httpx.Response(200, json=body)
+            return response
+
+    old = Moving()
+    out_old, _ = judge_samples(SAMPLES, anthropic_judge(old, monkeypatch), rubric, cache)
+    assert len(old.seen) == 2 and out_old[0]["judge"]["model"] == SNAPSHOT
+    assert out_old[0]["judge"]["requested_model"] == "claude-test" and out_old[0]["judge"]["scores"]["A"]["score"] == 1
+
+    new = Moving(snapshot="claude-test-20260301")  # the alias now reaches another snapshot
+    out_new, report = judge_samples(SAMPLES, anthropic_judge(new, monkeypatch), rubric, cache)
+    assert len(new.seen) == 2 and report.cached == 0 and report.judged == 3  # nothing carried over
+    assert out_new[0]["judge"]["model"] == "claude-test-20260301" and out_new[0]["judge"]["scores"]["A"]["score"] == 8
+    assert report.models == ["claude-test-20260301"] and cache.last_model("claude-test") == "claude-test-20260301"
+
+    back = Moving()  # and back: the first snapshot's judgements are still there, under its name
+    out_back, report = judge_samples(SAMPLES, anthropic_judge(back, monkeypatch), rubric, cache)
+    assert back.seen == [] and report.cached == 3 and out_back == out_old
+
+    # the alias moves during a run (the probe saw the old snapshot, the answers come from the new one):
+    # each judgement records, and is filed under, the model that made it
+    class Switching(Moving):
+        def __call__(self, request):
+            self.snapshot = SNAPSHOT if is_probe(request) else "claude-test-20270101"
+            return super().__call__(request)
+
+    cache2 = JudgeCache(tmp_path / "judge2.sqlite")
+    out_mid, _ = judge_samples(SAMPLES[:1], anthropic_judge(Switching(), monkeypatch), rubric, cache2)
+    assert out_mid[0]["judge"]["model"] == "claude-test-20270101"
+    later = Moving(snapshot="claude-test-20270101")
+    out_later, report = judge_samples(SAMPLES[:1], anthropic_judge(later, monkeypatch), rubric, cache2)
+    assert later.seen == [] and report.cached == 1 and out_later == out_mid

@@ -11,15 +11,25 @@ A judge backend turns prompts into replies:
   and timeouts with exponential backoff (and honours ``retry-after``); calls run ``concurrency``
   at a time; ``batch=True`` sends everything through the Message Batches API instead (half the
   price; the batch id is saved in the run directory so a killed job re-attaches rather than
-  paying twice). The key is read from ``ANTHROPIC_API_KEY`` only and never written anywhere.
+  paying twice; the saved state is dropped only after the caller has stored the results, see
+  :meth:`AnthropicText.release`). The key is read from ``ANTHROPIC_API_KEY`` only and never
+  written anywhere.
 - :class:`LocalJudge`: any chat model behind a steerlab generation backend (SmolLM2 in the demo:
-  a weak judge, but it runs offline), greedy, with the reply's first characters prefilled.
+  a weak judge, but it runs offline), greedy, with the reply's first characters prefilled: the
+  JSON object up to the score of the rubric's first concept.
 
 :func:`judge_samples` asks only for what the on-disk cache (:class:`JudgeCache`, SQLite, keyed by
-a hash of model, rubric, input and parameters) does not hold, so a rerun costs nothing. A reply
-that does not parse is retried once with a reminder of the format; if it fails again the sample
-gets ``{"error": ...}``: it is counted as a judge error and never scored 0. Samples without
-reasoning are marked ``{"skipped": ...}`` and not sent.
+a hash of model, rubric, input and parameters) does not hold, so a rerun costs nothing but one
+probe call. The *model* in that key is the model that answers, not the name asked for: a name
+such as ``claude-sonnet-4-5`` is an alias whose snapshot can change, so each run first asks the
+API once which model the alias reaches now (:meth:`AnthropicText.resolve_model`: one call with
+a one-token reply; the ``model`` field of the Messages response) and looks up the cache under
+that snapshot. Every judgement is stored under the model its own response reports, and that
+model is written into the sample's ``judge`` entry (``model``; ``requested_model`` is the name
+asked for). A snapshot change behind the alias is therefore a cache miss, never a silent reuse.
+A reply that does not parse is retried once with a reminder of the format; if it fails again
+the sample gets ``{"error": ...}``: it is counted as a judge error and never scored 0. Samples
+without reasoning are marked ``{"skipped": ...}`` and not sent.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -142,6 +152,7 @@ class JudgeCache:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False)
         self._db.execute("CREATE TABLE IF NOT EXISTS judgements (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS models (requested TEXT PRIMARY KEY, reported TEXT NOT NULL)")
         self._db.commit()
 
     @staticmethod
@@ -163,22 +174,56 @@ class JudgeCache:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM judgements").fetchone()[0]
 
+    def note_model(self, requested: str, reported: str) -> None:
+        """Remember the model that ``requested`` (an alias) reached when it was last resolved."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO models VALUES (?, ?)", (requested, reported))
+            self._db.commit()
+
+    def last_model(self, requested: str) -> str | None:
+        """The model ``requested`` reached when last resolved (for estimates that make no call)."""
+        with self._lock:
+            row = self._db.execute("SELECT reported FROM models WHERE requested = ?", (requested,)).fetchone()
+        return row[0] if row else None
+
     def close(self) -> None:
         self._db.close()
 
 
 class JudgeBackend(Protocol):
-    model: str
+    model: str  # the name asked for (for an API: possibly an alias)
     calls: int
 
     def params(self) -> dict[str, Any]: ...
+    def resolve_model(self) -> str: ...  # the model that answers now (the snapshot behind an alias)
     def complete(self, prompts: Sequence[tuple[str, str]], ids: Sequence[str]) -> list[str | Exception]: ...
+    def release(self) -> None: ...  # the last replies are stored: drop what would re-attach to them
 
 
-def judge_params(backend: str, max_tokens: int, temperature: float | None = 0.0) -> dict[str, Any]:
-    """The parameters that, with model, rubric and input, key a judgement in the cache."""
+class Reply(str):
+    """A reply's text, carrying the model the API reports having answered it (``model``)."""
+
+    model: str | None
+
+    def __new__(cls, text: str, model: str | None = None) -> Reply:
+        obj = super().__new__(cls, text)
+        obj.model = model
+        return obj
+
+
+def local_prefill(rubric: Rubric | None) -> str:
+    """What a local judge's reply starts with: the JSON object up to the rubric's first concept's score."""
+    first = next(iter(rubric.concepts)) if rubric is not None else "A"
+    return "{" + json.dumps(first) + ': {"score": '
+
+
+def judge_params(
+    backend: str, max_tokens: int, temperature: float | None = 0.0, rubric: Rubric | None = None
+) -> dict[str, Any]:
+    """The parameters that, with model, rubric and input, key a judgement in the cache (a local
+    judge's prefill follows ``rubric``; without one, a rubric whose first concept is ``A``)."""
     if backend == "local":
-        return {"temperature": 0.0, "max_tokens": max_tokens, "prefill": LocalJudge.PREFILL}
+        return {"temperature": 0.0, "max_tokens": max_tokens, "prefill": local_prefill(rubric)}
     return {"temperature": temperature, "max_tokens": max_tokens}
 
 
@@ -217,9 +262,35 @@ class AnthropicText:
         )
         self.batch_state, self.poll_seconds = batch_state, poll_seconds
         self.calls = 0
+        self._resolved: str | None = None
 
     def params(self) -> dict[str, Any]:
         return judge_params("anthropic", self.max_tokens, self.temperature)
+
+    def resolve_model(self) -> str:
+        """The model the API answers as now: ``self.model`` may be an alias (``claude-sonnet-4-5``)
+        whose snapshot changes. One call with a one-token reply, once per client; the answer is the
+        ``model`` field of the Messages response."""
+        import anthropic
+
+        if self._resolved is None:
+            try:
+                self.calls += 1
+                message = self.client.messages.create(
+                    model=self.model, max_tokens=1, messages=[{"role": "user", "content": "Reply with OK."}],
+                    **self._extra(),
+                )  # fmt: skip
+            except anthropic.APIError as exc:
+                raise JudgeError(f"could not ask the API which model {self.model!r} is: {exc}") from None
+            self._resolved = message.model or self.model
+        return self._resolved
+
+    def release(self) -> None:
+        """The caller has stored the replies of the last batch: drop the saved batch state, so the
+        next call sends a new batch. Until then a killed job re-attaches to the batch it paid for
+        (its results stay on the API); :func:`judge_samples` calls this after writing its cache."""
+        if self.batch_state is not None:
+            self.batch_state.unlink(missing_ok=True)
 
     def _body(self, system: str, user: str) -> dict[str, Any]:
         body = {"model": self.model, "system": system, "messages": [{"role": "user", "content": user}],
@@ -247,7 +318,7 @@ class AnthropicText:
             try:
                 self.calls += 1
                 message = self.client.messages.create(**self._request(*prompt))
-                return "".join(block.text for block in message.content if block.type == "text")
+                return Reply("".join(block.text for block in message.content if block.type == "text"), message.model)
             except anthropic.APIError as exc:  # retries are spent, or the request itself is bad
                 return exc
 
@@ -273,12 +344,13 @@ class AnthropicText:
         replies: dict[str, str | Exception] = {}
         for entry in self.client.messages.batches.results(batch_id):
             if entry.result.type == "succeeded":
-                blocks = entry.result.message.content
-                replies[entry.custom_id] = "".join(b.text for b in blocks if b.type == "text")
+                message = entry.result.message
+                replies[entry.custom_id] = Reply("".join(b.text for b in message.content if b.type == "text"),
+                                                 message.model)  # fmt: skip
             else:
                 replies[entry.custom_id] = RuntimeError(f"batch request {entry.result.type}")
-        if self.batch_state is not None:
-            self.batch_state.unlink(missing_ok=True)
+        # the batch state stays until the caller has stored these replies (release): a kill before
+        # that re-attaches to this batch instead of paying for a new one
         return [replies.get(c, RuntimeError("missing from the batch results")) for c in custom]
 
 
@@ -292,14 +364,19 @@ class LocalText:
     sampling seed is derived from its id, so a rerun reproduces it.
     """
 
-    PREFILL = ""
-
-    def __init__(self, backend: Any, model: str, max_tokens: int = 200, temperature: float = 0.0):
+    def __init__(self, backend: Any, model: str, max_tokens: int = 200, temperature: float = 0.0, prefill: str = ""):
         self.backend, self.model, self.max_tokens, self.temperature = backend, model, max_tokens, temperature
+        self.prefill = prefill
         self.calls = 0
 
     def params(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "max_tokens": self.max_tokens, "prefill": self.PREFILL}
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens, "prefill": self.prefill}
+
+    def resolve_model(self) -> str:
+        return self.model
+
+    def release(self) -> None:
+        pass
 
     def complete(self, prompts: Sequence[tuple[str, str]], ids: Sequence[str]) -> list[str | Exception]:
         from steerlab.backends.base import Request, Sampling
@@ -313,24 +390,28 @@ class LocalText:
                     seed=int(hashlib.sha256(i.encode()).hexdigest()[:8], 16),
                 ),
                 id=i,
-                prefill=self.PREFILL,
+                prefill=self.prefill,
             )  # fmt: skip
             for (s, u), i in zip(prompts, ids, strict=True)
         ]
         self.calls += len(requests)
-        return [self.PREFILL + r.text for r in self.backend.generate(requests)]
+        return [self.prefill + r.text for r in self.backend.generate(requests)]
 
 
 class LocalJudge(LocalText):
-    """A local chat model as the judge (greedy, the JSON reply's first characters prefilled)."""
+    """A local chat model as the judge (greedy, the JSON reply's first characters prefilled up to the
+    score of the rubric's first concept; :func:`judge_samples` sets the rubric it judges with)."""
 
-    PREFILL = '{"A": {"score": '
-
-    def __init__(self, backend: Any, model: str, max_tokens: int = 200):
+    def __init__(self, backend: Any, model: str, max_tokens: int = 200, rubric: Rubric | None = None):
         super().__init__(backend, model, max_tokens, temperature=0.0)
+        self.use_rubric(rubric)
+
+    def use_rubric(self, rubric: Rubric | None) -> None:
+        self.rubric = rubric
+        self.prefill = local_prefill(rubric)
 
     def params(self) -> dict[str, Any]:
-        return judge_params("local", self.max_tokens)
+        return judge_params("local", self.max_tokens, rubric=self.rubric)
 
 
 @dataclass
@@ -341,6 +422,7 @@ class JudgeReport:
     errors: int
     skipped: int  # samples without reasoning
     calls: int
+    models: list[str] = field(default_factory=list)  # the models that made the judgements (as reported)
 
 
 def estimate(rubric: Rubric, texts: Sequence[str], model: str, max_tokens: int, batch: bool,
@@ -371,12 +453,20 @@ def judge_samples(
     cache: JudgeCache,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[list[dict[str, Any]], JudgeReport]:
-    """Add ``judge`` to each sample (a copy): scores from the cache, or asked for now."""
+    """Add ``judge`` to each sample (a copy): scores from the cache, or asked for now.
+
+    The cache is read under the model the judge reaches now (:meth:`JudgeBackend.resolve_model`),
+    and each new judgement is stored under the model its response reports, which the sample's
+    entry records; see the module docstring."""
+    if hasattr(judge, "use_rubric"):  # a local judge's prefill names the rubric's first concept
+        judge.use_rubric(rubric)
     rubric_hash = rubric.hash()
-    key_of = {}
-    for s in samples:
-        if s.get("reasoning"):
-            key_of[s["id"]] = JudgeCache.key(judge.model, rubric_hash, s["reasoning"], judge.params())
+    params = judge.params()
+    texts = {s["id"]: s["reasoning"] for s in samples if s.get("reasoning")}
+    model = judge.resolve_model() if texts else judge.model
+    if texts and model != judge.model:
+        cache.note_model(judge.model, model)
+    key_of = {sid: JudgeCache.key(model, rubric_hash, text, params) for sid, text in texts.items()}
     results: dict[str, dict[str, Any]] = {}
     for key in set(key_of.values()):
         hit = cache.get(key)
@@ -384,7 +474,7 @@ def judge_samples(
             results[key] = hit
     cached_keys = set(results)
     pending = sorted({k for k in key_of.values() if k not in results})
-    text_of = {key_of[s["id"]]: s["reasoning"] for s in samples if s["id"] in key_of}
+    text_of = {key_of[sid]: text for sid, text in texts.items()}
     errors: dict[str, str] = {}
     for attempt in range(2):  # a reply that does not parse is asked for once more
         if not pending:
@@ -401,14 +491,19 @@ def judge_samples(
                 failed.append(key)
                 continue
             try:
-                value = {"scores": rubric.parse(reply), "model": judge.model, "rubric": rubric_hash}
+                scores = rubric.parse(reply)
             except ValueError as exc:
                 errors[key] = f"unparseable reply ({exc}): {reply[:200]!r}"
                 failed.append(key)
                 continue
-            cache.put(key, value)
+            reported = getattr(reply, "model", None) or model
+            value = {"scores": scores, "model": reported, "requested_model": judge.model, "rubric": rubric_hash}
+            # stored under the model that answered: if the alias moved during the run, this judgement
+            # is filed under its new snapshot and a later run reaching the old one does not see it
+            cache.put(JudgeCache.key(reported, rubric_hash, text_of[key], params), value)
             results[key] = value
             errors.pop(key, None)
+        judge.release()  # every reply is in the cache: only now may a batch job forget its batch
         if progress:
             progress(len(pending) - len(failed))
         pending = failed
@@ -421,13 +516,14 @@ def judge_samples(
         elif key in results:
             s["judge"] = results[key]
         else:
-            s["judge"] = {"error": errors[key], "model": judge.model, "rubric": rubric_hash}
+            s["judge"] = {"error": errors[key], "model": model, "requested_model": judge.model, "rubric": rubric_hash}
         out.append(s)
     was_cached = sum(1 for k in key_of.values() if k in cached_keys)
     n_errors = sum(1 for s in out if "error" in s["judge"])
     report = JudgeReport(
         n=len(key_of), cached=was_cached, judged=len(key_of) - was_cached - n_errors, errors=n_errors,
         skipped=len(samples) - len(key_of), calls=judge.calls,
+        models=sorted({r["model"] for r in results.values() if r.get("model")}),
     )  # fmt: skip
     return out, report
 
