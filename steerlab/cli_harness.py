@@ -160,6 +160,14 @@ ModelOpt = Annotated[str, typer.Option("--model", help="Hub id, local dir, .gguf
 Seeds = Annotated[str, typer.Option(help="Sampling seeds, e.g. 0,1,2.")]
 SystemPrompt = Annotated[Path | None, typer.Option(help="System prompt file (default: steerlab's own).")]
 TierLiteral = Annotated[str, typer.Option(help="The monitored tier tag's value: True or true.")]
+UserTemplate = Annotated[
+    str, typer.Option(help="User-turn layout: steerlab, or published (<INPUT>, instruction in <user_input>).")
+]
+ChatDate = Annotated[
+    str | None,
+    typer.Option(help="The date chat templates that read the clock render (YYYY-MM-DD, default 2024-07-26)."),
+]
+RunSeed = Annotated[int, typer.Option(help="Run seed: sampling seeds derive from (run seed, request id, sample seed).")]
 Prefill = Annotated[str, typer.Option(help="Assistant prefill, e.g. '<SCRATCHPAD_REASONING>'.")]
 MaxTurns = Annotated[int, typer.Option(help="Turns per sample (continuations with <NEXT/>).")]
 Limit = Annotated[int | None, typer.Option(help="Only the first N requests.")]
@@ -180,7 +188,7 @@ LoraOpt = Annotated[str | None, typer.Option("--lora", help="A LoRA adapter dire
 
 AF_OPTIONS = ("dataset", "out_dir", "model", "seeds", "system_prompt", "tier_literal", "prefill", "max_turns",
               "limit", "max_new_tokens", "temperature", "batch_size", "judge", "judge_model", "judge_batch", "rubric",
-              "lora")  # fmt: skip
+              "lora", "user_template", "chat_date", "run_seed")  # fmt: skip
 
 
 def af_options(values: dict[str, Any]) -> dict[str, Any]:
@@ -192,7 +200,7 @@ def af_config(
     *, dataset: str, out_dir: Path, model: str, conditions: str, seeds: str, system_prompt: Path | None,
     tier_literal: str, prefill: str, max_turns: int, limit: int | None, max_new_tokens: int, temperature: float,
     batch_size: int, judge: str, judge_model: str | None, judge_batch: bool, rubric: Path, lora: str | None,
-    **extra: Any,
+    user_template: str = "steerlab", chat_date: str | None = None, run_seed: int = 0, **extra: Any,
 ) -> SweepConfig:  # fmt: skip
     """The run config of an alignment-faking evaluation from command-line options (``extra``:
     vectors and multipliers for ``eval``, claims for ``prompt-eval``)."""
@@ -210,9 +218,10 @@ def af_config(
         model=model, scenario="alignment_faking", conditions=[c.strip() for c in conditions.split(",") if c.strip()],
         alignment_faking={"system_prompt": str(system_prompt) if system_prompt else None,
                           "free_tier_true": tier_literal, "free_tier_false": "False" if tier_literal == "True"
-                          else "false", "prefill": prefill, "max_turns": max_turns},
+                          else "false", "prefill": prefill, "max_turns": max_turns, "user_template": user_template},
         prompts=dataset, limit=limit, seeds=parse_ints(seeds, "--seeds"), max_new_tokens=max_new_tokens,
-        temperature=temperature, batch_size=batch_size, judge=judge_cfg, out=str(out_dir), lora=lora, **extra,
+        temperature=temperature, batch_size=batch_size, judge=judge_cfg, out=str(out_dir), lora=lora,
+        **({"chat_date": chat_date} if chat_date else {}), seed=run_seed, **extra,
     )  # fmt: skip
 
 
@@ -226,6 +235,9 @@ def register(app: typer.Typer, pairs_app: typer.Typer) -> None:
         seeds: Seeds = "0",
         system_prompt: SystemPrompt = None,
         tier_literal: TierLiteral = "True",
+        user_template: UserTemplate = "steerlab",
+        chat_date: ChatDate = None,
+        run_seed: RunSeed = 0,
         prefill: Prefill = "",
         max_turns: MaxTurns = 4,
         vector: Path | None = typer.Option(None, help="Steer with this vector file (and its controls)."),
@@ -377,7 +389,7 @@ def run_config(
     make = judge_factory(cfg.judge, Path(cfg.out)) if cfg.judge is not None else None
     engine, fingerprint, loaded = make_backend(
         backend, cfg.model, batch_size=cfg.batch_size, dtype=dtype, device=device,
-        tensor_parallel_size=tensor_parallel_size, lora=cfg.lora,
+        tensor_parallel_size=tensor_parallel_size, lora=cfg.lora, chat_date=cfg.chat_date,
     )  # fmt: skip
     run_dir = run_sweep(cfg, engine, fingerprint)
     out.print(f"samples in {run_dir}/samples.jsonl")

@@ -14,6 +14,7 @@ from rich.table import Table
 from steerlab.cli_harness import (
     BackendOpt,
     BatchSize,
+    ChatDate,
     Dataset,
     DeviceOpt,
     DryRun,
@@ -29,11 +30,13 @@ from steerlab.cli_harness import (
     OutDir,
     Prefill,
     RubricOpt,
+    RunSeed,
     Seeds,
     SystemPrompt,
     Temperature,
     TensorParallelOpt,
     TierLiteral,
+    UserTemplate,
     af_config,
     af_options,
     run_config,
@@ -101,6 +104,9 @@ def register(app: typer.Typer) -> None:
         seeds: Seeds = "0",
         system_prompt: SystemPrompt = None,
         tier_literal: TierLiteral = "True",
+        user_template: UserTemplate = "steerlab",
+        chat_date: ChatDate = None,
+        run_seed: RunSeed = 0,
         prefill: Prefill = "",
         max_turns: MaxTurns = 4,
         limit: Limit = None,
@@ -184,7 +190,7 @@ def register(app: typer.Typer) -> None:
 
             engine, fingerprint, _ = make_backend(
                 backend, cfg.model, batch_size=cfg.batch_size, dtype=dtype, device=device,
-                tensor_parallel_size=tensor_parallel_size, lora=cfg.lora,
+                tensor_parallel_size=tensor_parallel_size, lora=cfg.lora, chat_date=cfg.chat_date,
             )  # fmt: skip
             out.print(f"checkpoint run {cfg.out}")
             run_dir = run_sweep(cfg, engine, fingerprint)

@@ -29,7 +29,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,14 +37,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tqdm.auto import tqdm
 
 from steerlab import prompts
-from steerlab.backends.base import Backend, Request, Sampling
+from steerlab.backends.base import Backend, Request, Sampling, backend_identity
 from steerlab.config import load_yaml
 from steerlab.errors import ConfigError
 from steerlab.fileio import atomic_write_text, file_hash
 from steerlab.harness.datasets import Item, load_requests
 from steerlab.harness.records import FORMAT, SAMPLES, SUMMARY, git_commit, open_run, read_header, read_samples, versions
 from steerlab.harness.scenario import AlignmentFaking, Plain, Scenario, Turn, next_turn_messages, transcript
-from steerlab.models import Fingerprint
+from steerlab.models import DEFAULT_CHAT_DATE, Fingerprint, check_chat_date
 from steerlab.prompts import ClaimsConfig
 from steerlab.steer import Scale, SteeringSetting
 from steerlab.vectors import VectorBundle
@@ -62,6 +62,7 @@ class AlignmentFakingConfig(BaseModel):
     prefill: str = ""  # e.g. "<SCRATCHPAD_REASONING>"
     max_turns: int = Field(default=4, ge=1)
     raw_instruction: bool = True
+    user_template: Literal["steerlab", "published"] = "steerlab"  # published: the paper's <INPUT> layout
 
 
 class JudgeConfig(BaseModel):
@@ -108,6 +109,8 @@ class SweepConfig(BaseModel):
     prompt_set: str | None = None  # request-id prefix (default: the file's stem)
     limit: int | None = Field(default=None, ge=1)  # only the first N requests
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seed: int = 0  # the run seed: every sample's sampling seed derives from (seed, request id, sample seed)
+    chat_date: str = DEFAULT_CHAT_DATE  # the date chat templates that read the clock render (models.render_chat)
     max_new_tokens: int = 40
     temperature: float = 0.0
     top_p: float = 1.0
@@ -129,6 +132,14 @@ class SweepConfig(BaseModel):
         if bad:
             raise ValueError(f"multiplier {bad[0]} is not a finite number")
         return values
+
+    @field_validator("chat_date")
+    @classmethod
+    def _date(cls, value: str) -> str:
+        try:
+            return check_chat_date(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepConfig:
@@ -162,6 +173,7 @@ def make_scenario(config: SweepConfig) -> Scenario:
     return AlignmentFaking.from_file(
         af.system_prompt, free_tier_true=af.free_tier_true, free_tier_false=af.free_tier_false, prefill=af.prefill,
         max_turns=af.max_turns, raw_instruction=af.raw_instruction, chosen=tuple(config.conditions or ()),
+        user_template=af.user_template,
     )  # fmt: skip
 
 
@@ -230,7 +242,10 @@ def _items_hash(items: Sequence[Item]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build_header(config: SweepConfig, scenario: Scenario, items: Sequence[Item], fingerprint, n_rows: int) -> dict:
+def build_header(
+    config: SweepConfig, scenario: Scenario, items: Sequence[Item], fingerprint, n_rows: int,
+    backend: dict[str, Any] | None = None,
+) -> dict:  # fmt: skip
     prompt_path = Path(config.prompts)
     system_file = scenario.describe().get("system_prompt_file")
     return {
@@ -250,16 +265,54 @@ def build_header(config: SweepConfig, scenario: Scenario, items: Sequence[Item],
         "requests_hash": _items_hash(items),
         "items": [i.id for i in items],
         "seeds": config.seeds,
+        "run_seed": config.seed,
+        "sampling_seeds": "per sample: sha256([run_seed, request id, sample seed]); shared by the arms, "
+        "multipliers, claims and conditions of one request (a paired design); turn t > 0 derives its own",
+        "backend": backend,
+        "backend_identity": backend_identity(backend) if backend else None,
+        "chat_date": config.chat_date,
         "versions": versions(),
         "git_commit": git_commit(),
         "n_rows": n_rows,
     }
 
 
+def sample_seed(run_seed: int, item: str, seed: int) -> int:
+    """The sampling seed of one sample: derived from (run seed, request id, sample seed).
+
+    Different requests draw independent streams (a shared seed would make every request pick the
+    same tokens wherever their distributions agree, correlating samples that the statistics treat
+    as independent). Arms, multipliers, claims and conditions of one request share it on purpose:
+    they differ only in the intervention, a paired design.
+    """
+    digest = hashlib.sha256(json.dumps([run_seed, item, seed]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def turn_seed(seed: int, turn: int) -> int:
+    """The seed of a sample's ``turn``-th turn (turn 0 keeps the sample's seed)."""
+    if turn == 0:
+        return seed
+    digest = hashlib.sha256(json.dumps([seed, turn]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def describe_backend(backend: Backend) -> dict[str, Any]:
+    """The backend's description for the run header; a backend that gives none (a test double, a user's
+    own) is recorded as undescribed, and resumes are then not checked against it."""
+    describe = getattr(backend, "describe", None)
+    return describe() if callable(describe) else {"backend": "undescribed"}
+
+
 def run_sweep(
     config: SweepConfig, backend: Backend, fingerprint: Fingerprint | None, progress: bool = True, chunk: int = 64
 ) -> Path:
-    """Run (or resume) the rows of ``config`` into ``config.out``; returns the run directory."""
+    """Run (or resume) the rows of ``config`` into ``config.out``; returns the run directory.
+
+    Rows that need the same generation (every arm at multiplier 0 shares its unsteered
+    generation) are collapsed into one *job* across the whole run before anything is generated;
+    jobs then go to the backend ``chunk`` at a time, and each finished job writes all its rows.
+    """
     run_dir = Path(config.out)
     scenario = make_scenario(config)
     # prompt interventions: one scenario per claim (baseline included), differing in the system prompt
@@ -270,64 +323,88 @@ def run_sweep(
     by_id = {i.id: i for i in items}
     arms = load_arms(config, fingerprint)
     rows = expand(config, arms, items, scenario.conditions(), list(scenarios))
-    header = build_header(config, scenario, items, fingerprint, len(rows))
-    open_run(run_dir, header, ("config_hash", "model", "vector_files", "requests_hash", "scenario", "claims"))
+    described = describe_backend(backend)
+    if described.get("chat_date") not in (None, config.chat_date):
+        raise ConfigError(
+            f"the backend renders chats dated {described['chat_date']} but the run config says {config.chat_date}; "
+            "build the backend with the config's chat_date"
+        )
+    header = build_header(config, scenario, items, fingerprint, len(rows), described)
+    open_run(
+        run_dir, header,
+        ("config_hash", "model", "vector_files", "requests_hash", "scenario", "claims", "backend_identity"),
+    )  # fmt: skip
+    backend_id = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    template_system = described.get("template_system")
 
     done = {r["id"] for r in read_samples(run_dir)}
     todo = [r for r in rows if r.id not in done]
     settings = _settings(config, arms)
-    sampling = {
-        s: scenario.sampling(Sampling(config.max_new_tokens, config.temperature, config.top_p, s, tuple(config.stop)))
-        for s in config.seeds
-    }
+    jobs: dict[str, Job] = {}
+    rows_of: dict[str, list[Row]] = defaultdict(list)
+    for row in todo:  # one generation per distinct key, across the whole run
+        key = _generation_key(row)
+        if key not in jobs:
+            setting = None if row.multiplier == 0 else settings[(row.vector, row.arm, row.multiplier)]
+            messages = scenarios[row.claim].messages(by_id[row.item], row.condition)
+            seed = sample_seed(config.seed, row.item, row.seed)
+            base = Sampling(config.max_new_tokens, config.temperature, config.top_p, seed, tuple(config.stop))
+            jobs[key] = Job(
+                key, messages, scenario.sampling(base), setting, scenario.prefill_for(row.condition), row.condition
+            )
+        rows_of[key].append(row)
+    queue = list(jobs.values())
     bar = tqdm(total=len(rows), initial=len(rows) - len(todo), unit="sample", desc="run", disable=not progress)
     with open(run_dir / SAMPLES, "a", encoding="utf-8") as fh:
-        for lo in range(0, len(todo), chunk):
-            part = todo[lo : lo + chunk]
-            # one generation per distinct key: multiplier 0 is the same for every arm
-            keys = [_generation_key(r) for r in part]
-            jobs: dict[str, Job] = {}
-            for row, key in zip(part, keys, strict=True):
-                if key not in jobs:
-                    setting = None if row.multiplier == 0 else settings[(row.vector, row.arm, row.multiplier)]
-                    messages = scenarios[row.claim].messages(by_id[row.item], row.condition)
-                    jobs[key] = Job(key, messages, sampling[row.seed], setting, scenario.prefill_for(row.condition))
+        for lo in range(0, len(queue), chunk):
+            part = queue[lo : lo + chunk]
             started = time.perf_counter()
-            turns = converse(scenario, backend, list(jobs.values()))
-            elapsed = time.perf_counter() - started
-            for row, key in zip(part, keys, strict=True):
-                job, sample_turns = jobs[key], turns[key]
-                sample = {
-                    **{k: v for k, v in row.__dict__.items() if v is not None or k != "claim"},
-                    "prompt": by_id[row.item].prompt,
+            turns = converse(scenario, backend, part)
+            seconds = round((time.perf_counter() - started) / len(part), 4)
+            written = 0
+            for job in part:
+                sample_turns = turns[job.key]
+                shared = {
                     "messages": job.messages,
                     "prefill": job.prefill,
                     "system": next((m["content"] for m in job.messages if m["role"] == "system"), None),
                     "layers": list(job.setting.steered_layers()) if job.setting else [],
                     "scale": config.scale,
+                    "sampling_seed": job.sampling.seed,
                     "turns": [t.__dict__ for t in sample_turns],
                     "text": "\n".join(t.text for t in sample_turns),
                     "finish_reason": sample_turns[-1].finish_reason,
                     "n_new_tokens": sum(t.n_new_tokens for t in sample_turns),
-                    "seconds": round(elapsed / len(part), 4),
-                    **scenario.label(sample_turns, row.condition),
+                    "seconds": seconds,  # per generation (shared by the rows that reuse it)
+                    "backend_id": backend_id,
+                    **scenario.label(sample_turns, job.condition),
                 }
-                fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
+                if shared["system"] is None:  # what the template shows instead of "no system prompt"
+                    shared["template_system"] = template_system
+                for row in rows_of[job.key]:
+                    sample = {
+                        **{k: v for k, v in row.__dict__.items() if v is not None or k != "claim"},
+                        "prompt": by_id[row.item].prompt,
+                        **shared,
+                    }
+                    fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
+                    written += 1
             fh.flush()
-            bar.update(len(part))
+            bar.update(written)
     bar.close()
     return run_dir
 
 
 @dataclass
 class Job:
-    """One distinct generation (possibly several turns) of a chunk."""
+    """One distinct generation (possibly several turns), shared by every row with its key."""
 
     key: str
     messages: list[dict[str, str]]
     sampling: Sampling
     setting: SteeringSetting | None
     prefill: str
+    condition: str = ""
 
 
 def converse(scenario: Scenario, backend: Backend, jobs: Sequence[Job]) -> dict[str, list[Turn]]:
@@ -338,7 +415,8 @@ def converse(scenario: Scenario, backend: Backend, jobs: Sequence[Job]) -> dict[
     for t in range(scenario.max_turns):
         requests = [
             Request(
-                convo[j.key], j.sampling, j.setting, id=f"{j.key}#t{t}", prefill=j.prefill if t == 0 else "",
+                convo[j.key], replace(j.sampling, seed=turn_seed(j.sampling.seed, t)), j.setting, id=f"{j.key}#t{t}",
+                prefill=j.prefill if t == 0 else "",
                 context="".join(turn.text + "\n" for turn in turns[j.key]),
             )
             for j in active

@@ -111,14 +111,42 @@ class ScriptedLM(torch.nn.Module):
             self._rows = [self._script_for([t for t, m in zip(r, mk, strict=True) if m]) for r, mk in
                           zip(input_ids.tolist(), attention_mask.tolist(), strict=True)]  # fmt: skip
             self._step = 0
-        logits = torch.full_like(out.logits[:, -1:, :], -1e4)
+        out.logits = self.next_logits(out.logits[:, -1:, :])
+        self._step += 1
+        return out
+
+    def next_logits(self, real: torch.Tensor) -> torch.Tensor:
+        """Logits ``[batch, 1, vocab]`` that make each row's script token the only choice."""
+        logits = torch.full_like(real, -1e4)
         eos = self.tokenizer.eos_token_id
         for b, script in enumerate(self._rows):
             token = script[self._step] if self._step < len(script) else eos
             logits[b, 0, token] = 1e4
-        self._step += 1
-        out.logits = logits
-        return out
+        return logits
+
+
+class CoinLM(ScriptedLM):
+    """Every next token is a fair coin between the tokens of ``heads`` and ``tails`` (equal logits,
+    every other token impossible): sampled rows then show whether their random streams are shared."""
+
+    def __init__(self, inner: torch.nn.Module, tokenizer, heads: str = "a", tails: str = "b"):
+        super().__init__(inner, tokenizer, {})
+        (self.heads,) = tokenizer(heads, add_special_tokens=False)["input_ids"]
+        (self.tails,) = tokenizer(tails, add_special_tokens=False)["input_ids"]
+
+    def _script_for(self, ids: list[int]) -> list[int]:
+        return []
+
+    def next_logits(self, real: torch.Tensor) -> torch.Tensor:
+        logits = torch.full_like(real, -1e4)
+        logits[:, 0, [self.heads, self.tails]] = 0.0
+        return logits
+
+
+def coin_model(n_layers: int = 2, d_model: int = 32) -> LoadedModel:
+    """A :class:`CoinLM` over a tiny random Llama: text of fair coin flips "a"/"b", one per token."""
+    base = tiny_model(n_layers=n_layers, d_model=d_model)
+    return prepare(CoinLM(base.model, base.tokenizer), base.tokenizer, source="coin")
 
 
 def scripted_model(scripts: dict[str, list[str]], n_layers: int = 2, d_model: int = 32) -> LoadedModel:

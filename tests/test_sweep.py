@@ -67,6 +67,28 @@ def test_expansion_records_and_shared_zero_rows(tmp_path):
     assert header["n_rows"] == len(records) and header["versions"]["steerlab"]
 
 
+@pytest.mark.parametrize("chunk", [1, 4, 64])
+def test_unsteered_rows_are_generated_once_per_run_whatever_the_chunk(tmp_path, chunk):
+    """Multiplier 0 is one generation per (condition, request, seed) for the whole run, shared by
+    every arm: de-duplication happens before chunking, so no chunk size regenerates it."""
+    (tmp_path / "five").mkdir()
+    five = fake_vector(tmp_path / "five", n_controls=5)
+    cfg = config(tmp_path, controls=5, multipliers=[-1.0, 0.0, 1.0], vectors=[five])
+    backend = FakeBackend()
+    run_dir = run_sweep(cfg, backend, None, progress=False, chunk=chunk)
+    records = read_samples(run_dir)
+    zero = [r for r in records if r["multiplier"] == 0]
+    assert len(zero) == 6 * 2 * 2 * 2  # arms x conditions x prompts x seeds
+    unsteered_served = [rid for rid in backend.served if rid.startswith("none|")]
+    assert len(unsteered_served) == 2 * 2 * 2  # conditions x prompts x seeds: 8 distinct, not 6 x 8
+    assert len(backend.served) == 6 * 2 * 2 * 2 * 2 + 8  # the steered rows once each, plus the 8 shared
+    # every arm's baseline row is the same generation
+    by_key = {}
+    for r in zero:
+        by_key.setdefault((r["condition"], r["item"], r["seed"]), set()).add(r["text"])
+    assert all(len(texts) == 1 for texts in by_key.values())
+
+
 def test_killed_sweep_resumes_to_the_same_records(tmp_path):
     clean_dir = run_sweep(config(tmp_path, out=tmp_path / "clean"), FakeBackend(), None, progress=False, chunk=5)
     cfg = config(tmp_path, out=tmp_path / "killed")
@@ -74,7 +96,8 @@ def test_killed_sweep_resumes_to_the_same_records(tmp_path):
         run_sweep(cfg, FakeBackend(fail_after=3), None, progress=False, chunk=5)
     with open(tmp_path / "killed" / SAMPLES, "a") as fh:
         fh.write('{"id": "torn')  # a kill in the middle of a line
-    assert len(read_samples(tmp_path / "killed")) == 15
+    n_killed = len(read_samples(tmp_path / "killed"))  # the rows of the first 15 generations, torn line dropped
+    assert 15 <= n_killed < len(read_samples(clean_dir))
     resumed = FakeBackend()
     run_sweep(cfg, resumed, None, progress=False, chunk=5)
     assert not any(rid.endswith("torn") for rid in resumed.served)

@@ -30,6 +30,7 @@ def make_backend(
     position: str = "all",
     tensor_parallel_size: int = 1,
     lora: str | None = None,
+    chat_date: str | None = None,
     **vllm_kwargs: Any,
 ) -> tuple[Backend, Fingerprint | None, LoadedModel | None]:
     """(backend, the model's fingerprint (None for an API model), the HF model when ``kind == "hf"``)."""
@@ -48,11 +49,16 @@ def make_backend(
         from steerlab.models import load_model
 
         loaded = load_model(model, dtype=dtype, device=device, lora=lora)
-        return HFBackend(loaded, batch_size=batch_size, position=position), loaded.fingerprint, loaded  # type: ignore[arg-type]
+        hf = HFBackend(
+            loaded, batch_size=batch_size, position=position, **({"chat_date": chat_date} if chat_date else {})
+        )
+        return hf, loaded.fingerprint, loaded  # type: ignore[return-value]
     if position != "all":
         raise ConfigError(f"--position {position}: the vLLM backend steers every position (use --backend hf)")
     from steerlab.backends.vllm import VLLMBackend
 
+    if chat_date:
+        vllm_kwargs["chat_date"] = chat_date
     backend = VLLMBackend(model, dtype=dtype, tensor_parallel_size=tensor_parallel_size, lora=lora, **vllm_kwargs)
     return backend, backend.fingerprint, None
 

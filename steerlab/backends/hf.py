@@ -19,7 +19,7 @@ import torch
 
 from steerlab.backends.base import Request, Result, Sampling, check_requests, package_version
 from steerlab.loci import Position
-from steerlab.models import DEFAULT_CHAT_DATE, LoadedModel, check_chat_date, render_chat
+from steerlab.models import DEFAULT_CHAT_DATE, LoadedModel, check_chat_date, render_chat, template_system_prompt
 from steerlab.steer import SteeringSetting, steerer_for
 from steerlab.tags import first_stop
 
@@ -50,6 +50,7 @@ class HFBackend:
             "device_map": {str(k): str(v) for k, v in device_map.items()} if device_map else None,
             "tensor_parallel_size": 1, "engine": {"batch_size_independent": True}, "chat_date": self.chat_date,
             "position": self.position,
+            "template_system": template_system_prompt(self.loaded.tokenizer, self.loaded.chat_template, self.chat_date),
         }  # fmt: skip
 
     def prompt_ids(self, requests: Sequence[Request]) -> list[list[int]]:

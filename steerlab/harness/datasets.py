@@ -7,8 +7,9 @@
 - A chat ``.jsonl`` with ``messages`` per line (the plain scenario's prompt files).
 
 Ids are ``<name>-<index>`` with the index zero-padded to at least three digits
-(``advbench-000``), ``name`` defaulting to the file's stem; they follow file order, so the same
-file always yields the same ids. steerlab ships no harmful requests: its demo and tests use
+(``advbench-000``), ``name`` defaulting to the file's stem; they follow file order and the padding
+comes from the whole file, so the same file always yields the same ids, whatever ``--limit``.
+steerlab ships no harmful requests: its demo and tests use
 ``configs/requests/benign.jsonl``.
 """
 
@@ -40,9 +41,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "request"
 
 
-def make_items(rows: Iterable[str | list[dict[str, str]]], name: str) -> list[Item]:
+def make_items(rows: Iterable[str | list[dict[str, str]]], name: str, total: int | None = None) -> list[Item]:
+    """Items with ids ``<name>-<index>``; the index is padded for ``total`` rows (default: these rows),
+    so a run limited to the first N requests uses the same ids as a run over the whole file."""
     rows = list(rows)
-    width = max(3, len(str(len(rows) - 1)))
+    width = max(3, len(str((total if total is not None else len(rows)) - 1)))
     items = []
     for i, row in enumerate(rows):
         rid = f"{name}-{i:0{width}d}"
@@ -78,9 +81,10 @@ def load_requests(source: str | Path, name: str | None = None, limit: int | None
     rows = [r for r in rows if (r.strip() if isinstance(r, str) else r)]
     if not rows:
         raise ConfigError(f"{source} holds no requests")
+    total = len(rows)  # ids are padded for the whole dataset, whatever the limit
     if limit is not None:
         rows = rows[:limit]
-    return make_items(rows, name)
+    return make_items(rows, name, total)
 
 
 def _read_file(path: Path) -> list[str | list[dict[str, str]]]:
