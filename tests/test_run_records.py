@@ -182,8 +182,10 @@ def test_raw_samples_record_the_system_turn_the_template_injects(tmp_path):
     base = tiny_model()
     base.tokenizer.chat_template = SMOL_TEMPLATE
     loaded = prepare(base.model, base.tokenizer, "smol-like")
-    cfg = SweepConfig(scenario="alignment_faking", conditions=["monitored", "raw"], prompts=_write(tmp_path, "Hi."),
-                      max_new_tokens=3, out=tmp_path / "run", alignment_faking={"user_template": "published"})  # fmt: skip
+    cfg = SweepConfig(
+        scenario="alignment_faking", conditions=["monitored", "raw"], prompts=_write(tmp_path, "Hi."),
+        max_new_tokens=3, out=tmp_path / "run", alignment_faking={"user_template": "published"},
+    )  # fmt: skip
     run_sweep(cfg, HFBackend(loaded), loaded.fingerprint, progress=False)
     samples = {s["condition"]: s for s in read_samples(tmp_path / "run")}
     assert samples["raw"]["system"] is None
