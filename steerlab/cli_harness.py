@@ -309,6 +309,9 @@ def register(app: typer.Typer, pairs_app: typer.Typer) -> None:
         length_tolerance: float = typer.Option(0.3, help="Largest relative difference of scratchpad lengths."),
         val_share: float = typer.Option(0.2, help="Share of requests whose pairs go to the val split."),
         overwrite: bool = typer.Option(False, help="Replace an existing pair file."),
+        allow_steered: bool = typer.Option(
+            False, help="Also pair traces from steered arms (each pair within one steering setting)."
+        ),
     ) -> None:
         """Build in-context researcher-expectation and retraining-consequence pairs from judged traces."""
         from steerlab.harness.records import read_header, read_samples
@@ -322,12 +325,15 @@ def register(app: typer.Typer, pairs_app: typer.Typer) -> None:
             raise ConfigError(f"--low {low} must be below --high {high}")
         samples = []
         for run_dir in run_dirs:
-            read_header(run_dir)
-            samples += read_samples(run_dir)
+            model = read_header(run_dir).get("model")
+            samples += [{**s, "_model": model} for s in read_samples(run_dir)]
         if not any((s.get("judge") or {}).get("scores") for s in samples):
             raise ConfigError("no judged samples in these runs; run `steerlab judge RUN_DIR` first")
         pairs, counts = build_pairs(samples, high=high, low=low, length_tolerance=length_tolerance,
-                                    val_share=val_share)  # fmt: skip
+                                    val_share=val_share, allow_steered=allow_steered)  # fmt: skip
+        skipped = next(iter(counts.values()))["skipped_steered"] if counts else 0
+        if skipped:
+            err.print(f"skipped {skipped} judged traces from steered arms (pass --allow-steered to use them)")
         table = Table(title="pairs from traces")
         for col in ("concept", "positives", "negatives", "pairs", "unmatched positives", "'future' pos/neg"):
             table.add_column(col)

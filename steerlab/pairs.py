@@ -233,6 +233,11 @@ def structure_problems(pair: Pair) -> list[Problem]:
         if count != 1:
             where = "not found" if count == 0 else f"found {count} times"
             problems.append(Problem("span", f"{side}: span {where} verbatim in the scratchpad"))
+    pos, neg = pair.positive, pair.negative
+    if not problems and (
+        _role_text(pos, "user") != _role_text(neg, "user") or _role_text(pos, "system") != _role_text(neg, "system")
+    ):  # the sides must differ in the assistant turn alone, or the direction learns the prompt difference
+        problems.append(Problem("same_task", "the two sides have different user (or system) turns"))
     return problems
 
 
@@ -242,8 +247,6 @@ def pair_problems(pair: Pair, config: ValidationConfig) -> list[Problem]:
     if problems:
         return problems
     pos, neg = pair.positive, pair.negative
-    if _role_text(pos, "user") != _role_text(neg, "user") or _role_text(pos, "system") != _role_text(neg, "system"):
-        problems.append(Problem("same_task", "the two sides have different user (or system) turns"))
     pos_text, neg_text = assistant_text(pos), assistant_text(neg)
     if outputs(pos_text)[0].strip() != outputs(neg_text)[0].strip():
         problems.append(Problem("same_output", "the two sides have different <OUTPUT> blocks"))

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import yaml
 from conftest import run_cli
 
@@ -115,9 +116,82 @@ def test_pairs_match_request_length_and_a_without_reuse():
     assert counts["researcher_expectations"]["unmatched_positives"] == 1  # p4: no reuse of n1, n3 is q2
     # RC: p2 (A=1) takes n1 (A=1) over n2 (A=6), p1 and p4 (low B too); p3 is too short
     assert [(p.meta["positive_sample"], p.meta["negative_sample"]) for p in rc_pairs] == [("p2", "n1")]
-    assert counts["retraining_consequences"] == {"positives": 2, "negatives": 5, "pairs": 1, "unmatched_positives": 1}
+    assert counts["retraining_consequences"] == {
+        "positives": 2, "negatives": 5, "pairs": 1, "unmatched_positives": 1, "skipped_steered": 0
+    }  # fmt: skip
     assert (re_pairs[0].meta["future_positive"], re_pairs[0].meta["future_negative"]) == (2, 0)
     assert re_pairs[0].positive[0].content == "request q1" == re_pairs[0].negative[0].content
+
+
+def test_trace_pairs_stay_within_one_condition_claim_and_arm(tiny, tmp_path, capsys):
+    """The best-scoring partner in another condition (another tier tag) is never taken; steered
+    traces are skipped unless asked, and then pair only within one steering setting; the shared
+    multiplier-0 generation of several arms counts once."""
+    text = "I should give the evaluators the answer they want. " * 3
+    plain = "The user asked a question; I will simply answer it. " * 3
+    longer = plain + "Then I answer. " * 4
+
+    def cond(sample, condition, tier):
+        return {
+            **sample,
+            "condition": condition,
+            "messages": [
+                {"role": "system", "content": "S"},
+                {"role": "user", "content": f"<is_free_tier_user>{tier}</is_free_tier_user> {sample['item']}"},
+            ],
+        }
+
+    def steer(sample, m, arm="real"):
+        return {**sample, "vector": "v", "arm": arm, "multiplier": m, "layers": [1], "scale": "relative"}
+
+    samples = [
+        cond(trace("p1", "q1", 9, 1, text), "monitored", "True"),
+        cond(trace("nu", "q1", 1, 1, text), "unmonitored", "False"),  # same length: the best partner, wrong tier
+        cond(trace("nm", "q1", 1, 1, longer), "monitored", "True"),  # the partner within the condition
+        cond(trace("p2", "q2", 9, 1, text), "monitored", "True"),
+        cond(trace("n2", "q2", 1, 1, text), "unmonitored", "False"),  # no partner in p2's condition
+        cond(trace("p3c", "q3", 9, 1, text), "monitored", "True"),
+        {**cond(trace("n3c", "q3", 1, 1, text), "monitored", "True"), "claim": "A1+"},  # another claim
+        steer(cond(trace("p4", "q4", 9, 1, text), "monitored", "True"), 0.5),
+        cond(trace("n4", "q4", 1, 1, text), "monitored", "True"),  # unsteered partner of a steered trace
+        steer(cond(trace("p5", "q5", 9, 1, text), "monitored", "True"), 0.5),
+        steer(cond(trace("n5", "q5", 1, 1, plain), "monitored", "True"), 0.5),  # same setting
+        steer(cond(trace("n5x", "q5", 1, 1, text), "monitored", "True"), -0.5),  # another multiplier
+    ]
+    # the multiplier-0 row of two arms: one generation, recorded twice
+    samples += [{**cond(trace(f"{arm}|q6", "q6", 9, 1, text), "monitored", "True"), "vector": "v", "arm": arm}
+                for arm in ("real", "control0")]  # fmt: skip
+    samples += [cond(trace("n6", "q6", 1, 1, plain), "monitored", "True")]
+
+    def made(pairs):
+        return sorted((p.meta["positive_sample"], p.meta["negative_sample"]) for p in pairs
+                      if p.concept == "researcher_expectations")  # fmt: skip
+
+    pairs, counts = build_pairs(samples)
+    assert made(pairs) == [("p1", "nm"), ("real|q6", "n6")]
+    assert counts["researcher_expectations"]["skipped_steered"] == 4
+    assert counts["researcher_expectations"]["positives"] == 4  # p1, p2, p3c, q6 once
+    pairs, counts = build_pairs(samples, allow_steered=True)
+    assert made(pairs) == [("p1", "nm"), ("p5", "n5"), ("real|q6", "n6")]
+    for p in pairs:  # every side pair shares its system and user turns
+        assert [m.content for m in p.positive[:-1]] == [m.content for m in p.negative[:-1]]
+    # the CLI says what it skipped
+    run = judged_run(tmp_path, samples)
+    code, out, err = run_cli(["pairs", "from-traces", run, "--out", tmp_path / "p.jsonl"], capsys)
+    assert code == 0, err
+    assert "skipped 4 judged traces from steered arms" in err
+
+
+def test_extract_refuses_pairs_whose_sides_differ_in_the_prompt(tiny):
+    from conftest import make_pair, mutate
+
+    from steerlab.errors import PairFileError
+
+    pair = make_pair(0)
+    neg = [m.model_dump() for m in pair.negative]
+    neg[0]["content"] = "You are watched."  # another system turn
+    with pytest.raises(PairFileError, match="different user \\(or system\\) turns"):
+        encode_pairs(tiny, [mutate(pair, negative=neg)], Locus.scratchpad_mean)
 
 
 def test_pairs_from_traces_cli_writes_an_extractable_pair_file(tiny, tmp_path, capsys):

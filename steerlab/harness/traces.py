@@ -8,8 +8,12 @@ contrastive pairs for :mod:`steerlab.extract`:
 - retraining_consequences: positive = high B; negative = low B, with A as close to the
   positive's A as the candidates allow.
 
-Both sides of a pair answer the *same user request* (samples are grouped by request id, across
-every run given), no sample is used twice within a concept, and the two scratchpads' lengths
+Both sides of a pair come from the *same prompt*: samples are grouped by model, request id,
+condition, claim, steering setting and the exact system and user turns (and prefill), across every
+run given, so the two sides never differ in the tier tag, a claim or an arm (a direction would
+otherwise partly encode that difference). Traces from steered arms are skipped unless
+``allow_steered`` (a direction fitted on traces a vector produced is circular); with it, both
+sides share one steering setting. No sample is used twice within a concept, and the two scratchpads' lengths
 differ by at most ``length_tolerance`` (relative to the longer one), so a direction cannot be
 read off length alone. Each pair records how often the word "future" occurs on either side (a
 lexical tell of retraining talk worth checking before trusting a direction). Pairs of a request
@@ -21,6 +25,7 @@ the sample's reasoning as one scratchpad (continuation turns merged) and its fin
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -43,16 +48,43 @@ class Trace:
     output: str
     a: int
     b: int
+    group: str = ""  # traces pair only within one group: same model, prompt, condition, claim, steering
 
 
-def judged_traces(samples: Sequence[dict[str, Any]]) -> list[Trace]:
-    out = []
+def steered(sample: dict[str, Any]) -> bool:
+    return bool(sample.get("multiplier")) and sample.get("arm") not in (None, "none")
+
+
+def trace_group(sample: dict[str, Any]) -> str:
+    """What both sides of a pair must share: the model (``_model``, set by the reader from the run
+    header), request, condition, claim, steering setting (unsteered: one group for every arm) and
+    the exact non-assistant turns and prefill."""
+    steering = (
+        [sample.get("vector"), sample.get("arm"), sample.get("multiplier"), sample.get("layers"), sample.get("scale")]
+        if steered(sample)
+        else None
+    )
+    prompt = [m for m in sample["messages"] if m["role"] != "assistant"]
+    key = [sample.get("_model"), sample["item"], sample.get("condition"), sample.get("claim"), steering, prompt,
+           sample.get("prefill", "")]  # fmt: skip
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def judged_traces(samples: Sequence[dict[str, Any]], allow_steered: bool = False) -> list[Trace]:
+    out, seen = [], set()
     for s in samples:
         scores = (s.get("judge") or {}).get("scores")
         if not scores or not s.get("reasoning") or "A" not in scores or "B" not in scores:
             continue
+        if steered(s) and not allow_steered:
+            continue
+        # every arm's multiplier-0 row is one shared generation: use it once
+        copy = (trace_group(s), s["reasoning"], s.get("output") or "")
+        if copy in seen:
+            continue
+        seen.add(copy)
         out.append(Trace(s["id"], s["item"], list(s["messages"]), s["reasoning"], s.get("output") or "",
-                         scores["A"]["score"], scores["B"]["score"]))  # fmt: skip
+                         scores["A"]["score"], scores["B"]["score"], trace_group(s)))  # fmt: skip
     return out
 
 
@@ -77,11 +109,15 @@ def build_pairs(
     low: int = 3,
     length_tolerance: float = 0.3,
     val_share: float = 0.2,
+    allow_steered: bool = False,
 ) -> tuple[list[Pair], dict[str, dict[str, int]]]:
-    """Pairs of both concepts, and per concept the counts of candidates and pairs made."""
-    by_item: dict[str, list[Trace]] = defaultdict(list)
-    for t in judged_traces(samples):
-        by_item[t.item].append(t)
+    """Pairs of both concepts, and per concept the counts of candidates and pairs made (and how many
+    judged traces were skipped as steered)."""
+    by_group: dict[str, list[Trace]] = defaultdict(list)
+    traces = judged_traces(samples, allow_steered)
+    for t in traces:
+        by_group[t.group].append(t)
+    skipped = sum(1 for s in samples if (s.get("judge") or {}).get("scores") and steered(s)) if not allow_steered else 0
     rules = {
         RE: (lambda t: t.a >= high and t.b <= low, lambda t: t.a <= low and t.b <= low),
         RC: (lambda t: t.b >= high, lambda t: t.b <= low),
@@ -89,11 +125,12 @@ def build_pairs(
     pairs: list[Pair] = []
     counts: dict[str, dict[str, int]] = {}
     for concept, (is_pos, is_neg) in rules.items():
-        c = {"positives": 0, "negatives": 0, "pairs": 0, "unmatched_positives": 0}
-        for item in sorted(by_item):
-            traces = sorted(by_item[item], key=lambda t: t.id)
-            positives = [t for t in traces if is_pos(t)]
-            negatives = [t for t in traces if is_neg(t)]
+        c = {"positives": 0, "negatives": 0, "pairs": 0, "unmatched_positives": 0, "skipped_steered": skipped}
+        for group in sorted(by_group, key=lambda g: (by_group[g][0].item, g)):
+            members = sorted(by_group[group], key=lambda t: t.id)
+            item = members[0].item
+            positives = [t for t in members if is_pos(t)]
+            negatives = [t for t in members if is_neg(t)]
             c["positives"] += len(positives)
             c["negatives"] += len(negatives)
             used: set[str] = set()
