@@ -102,8 +102,8 @@ def mean_sem(values: Sequence[float]) -> tuple[float, float]:
 def resample_counts(n_requests: int, n_resamples: int, seed: int) -> np.ndarray:
     """How often each request is drawn in each resample: ``[n_resamples, n_requests]`` (rows sum to n)."""
     idx = np.random.default_rng(seed).integers(0, n_requests, size=(n_resamples, n_requests))  # [B, n]
-    flat = idx + np.arange(n_resamples)[:, None] * n_requests
-    return np.bincount(flat.ravel(), minlength=n_resamples * n_requests).reshape(n_resamples, n_requests)
+    idx += np.arange(n_resamples)[:, None] * n_requests  # in place: one [B, n] array at a time
+    return np.bincount(idx.ravel(), minlength=n_resamples * n_requests).reshape(n_resamples, n_requests)
 
 
 def _weighted_means(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
