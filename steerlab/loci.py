@@ -2,7 +2,8 @@
 
 One language for capture and steering. Steering writes at a :data:`Position`: ``all`` (every
 prompt and generated token, the paper's setting), ``prompt`` (the prompt's tokens: the prefill
-pass) or ``generation`` (generated tokens: the decode steps). Extraction pools activations over
+pass) or ``generation`` (generated tokens: the decode steps; the first generated token comes
+from the prefill pass and is never steered under ``generation``). Extraction pools activations over
 a *locus*:
 
 - ``response_mean``: every token of the assistant turn's content;

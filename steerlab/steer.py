@@ -18,7 +18,9 @@ static, so the same hooks work under ``torch.compile``.
 
 ``position`` (the :mod:`steerlab.loci` position language): ``"all"`` (prompt and generated
 tokens), ``"prompt"`` (the prefill pass only) or ``"generation"`` (decode steps only: the
-generated tokens' positions).
+generated tokens' positions). Under ``"generation"`` the first generated token is never
+affected: it is chosen from the prefill pass's logits, before any decode step runs; steering
+reaches the second token onward (each decode step adds at the position of the token it reads).
 """
 
 from __future__ import annotations
