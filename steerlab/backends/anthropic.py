@@ -22,11 +22,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from steerlab.backends.base import Request, Result, check_requests, package_version
 from steerlab.errors import ConfigError, SteerlabError
 from steerlab.harness.judge import LEGACY_API_VERSION, require_api_key
+from steerlab.tags import first_stop
 
 FINISH = {"end_turn": "eos", "stop_sequence": "stop", "max_tokens": "length"}
 
@@ -82,6 +84,26 @@ class AnthropicBackend:
         return body
 
     def _one(self, r: Request) -> Result:
+        """One request; a stop string the request's stop rule does not count (``</OUTPUT>`` quoted in an
+        open scratchpad) does not end it: the reply so far becomes the prefill of a follow-up call,
+        with what is left of the token budget, until a stop that counts, the end or the budget."""
+        result = self._call(r)
+        s = r.sampling
+        while (
+            result.finish_reason == "stop"
+            and s.stop_rule is not None
+            and first_stop(result.text, s.stop, s.stop_rule, r.context + r.prefill) is None
+            and result.n_new_tokens < s.max_new_tokens
+        ):
+            rest = replace(s, max_new_tokens=s.max_new_tokens - result.n_new_tokens)
+            more = self._call(Request(r.messages, rest, None, r.id, r.prefill + result.text, r.context))
+            result = Result(
+                r.id, result.text + more.text, result.n_prompt_tokens, result.n_new_tokens + more.n_new_tokens,
+                more.finish_reason, result.seconds + more.seconds,
+            )  # fmt: skip
+        return result
+
+    def _call(self, r: Request) -> Result:
         import anthropic
 
         started = time.perf_counter()
