@@ -162,6 +162,7 @@ def eval_command(
     prefill: str = typer.Option("", help="Assistant prefill, e.g. '<SCRATCHPAD_REASONING>'."),
     belief: bool = typer.Option(True, help="Run the belief check of each adapter's universe first."),
     questions_dir: Path = typer.Option(Path("data/sdf"), help="Generated questions: DIR/<universe>/questions.jsonl."),
+    belief_seed: int = typer.Option(0, help="Seed of the belief check's option order (recorded in belief.json)."),
     grader: str = typer.Option("none", help="Grades open belief answers: none, anthropic, hf."),
     grader_model: str | None = typer.Option(None, help="Grader model (default claude-sonnet-4-5 / smollm2)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda."),
@@ -169,7 +170,7 @@ def eval_command(
 ) -> None:
     """Each checkpoint on the alignment-faking harness (same scenario, statistics and records), after
     a belief check of its universe; `steerlab profile OUT/*` then draws the SDF profile."""
-    from sdf_addon.evaluate import belief_check, eval_config, load_questions, read_stack
+    from sdf_addon.evaluate import belief_check, eval_config, load_questions, negations, read_stack
     from sdf_addon.universe import Universe
     from steerlab.backends.hf import HFBackend
     from steerlab.cli_harness import parse_ints, print_label_summary
@@ -180,6 +181,10 @@ def eval_command(
     run = {"prompts": dataset, "limit": limit, "seeds": parse_ints(seeds, "--seeds"), "max_new_tokens": max_new_tokens,
            "temperature": temperature, "alignment_faking": {"prefill": prefill, "max_turns": max_turns}}  # fmt: skip
     configs = [eval_config(a, run, out_dir / a.parent.name) for a in adapters]  # every adapter checks out first
+    if belief:  # and every universe has a negation per key fact, before any model loads
+        for adapter in adapters:
+            if universe := read_stack(adapter).get("universe"):
+                negations(Universe.model_validate(universe))
     grade = None if grader == "none" else _generator(grader, grader_model, False, 8, 8, 0.0, out_dir)
     for adapter, cfg in zip(adapters, configs, strict=True):
         stack = read_stack(adapter)
@@ -190,10 +195,12 @@ def eval_command(
             universe = Universe.model_validate(stack["universe"])
             qfile = questions_dir / universe.id / "questions.jsonl"
             generated = load_questions(qfile) if qfile.is_file() else []
-            report = belief_check(backend, universe, generated, grader=grade)
+            report = belief_check(backend, universe, generated, grader=grade, seed=belief_seed)
             out.print(f"{adapter}: belief check {report['correct']}/{report['scored']} ({report['accuracy']:.0%}) "
-                      f"by kind {report['per_kind']}, {report['unparsed']} unparsed, {report['ungraded']} ungraded "
-                      f"({len(generated)} generated questions from {qfile if generated else 'nowhere'})")  # fmt: skip
+                      f"by kind {report['per_kind']}, key facts held (true and negation false) "
+                      f"{report['facts_held']}/{report['n_facts']}, {report['unparsed']} unparsed, "
+                      f"{report['ungraded']} ungraded ({len(generated)} generated questions from "
+                      f"{qfile if generated else 'nowhere'})")  # fmt: skip
         run_dir = run_sweep(cfg, backend, loaded.fingerprint)
         if report is not None:
             atomic_write_text(run_dir / "belief.json", json.dumps(report, indent=1) + "\n")

@@ -175,7 +175,7 @@ def generate(
 
     s1 = stage("brainstorm")
     jobs = [(f"f{i}", BRAINSTORM.format(context=ctx, fact=f, n=cfg.n_types), {"fact": f})
-            for i, f in enumerate(u.key_facts)]  # fmt: skip
+            for i, f in enumerate(u.facts)]  # fmt: skip
     types = s1.run(jobs, lambda m, r: [_row(u, m["fact"], t, content=t) for t in parse_list(r, cfg.n_types)])
 
     s2 = stage("ideas")
@@ -235,13 +235,13 @@ def generate_questions(
     stage = Stage("questions", out_dir, generator, cache, cfg.chunk, progress)
     ctx = u.universe_context.strip()
     jobs = [(f"q{i}", QUESTIONS.format(context=ctx, fact=f, n_mc=cfg.n_mc, n_open=cfg.n_open), {"fact": f})
-            for i, f in enumerate(u.key_facts)]  # fmt: skip
+            for i, f in enumerate(u.facts)]  # fmt: skip
     return stage.run(jobs, lambda m, r: parse_questions(r, m["fact"], u))
 
 
 def estimate(u: Universe, cfg: DocgenConfig, model: str, batch: bool) -> dict[str, Any]:
     """Upper-bound cost of a fresh run (every document assumed to use ``max_tokens``)."""
-    ctx = len(u.universe_context) + len(SYSTEM) + max(map(len, u.key_facts))
+    ctx = len(u.universe_context) + len(SYSTEM) + max(map(len, u.facts))
     n_types = len(u.key_facts) * cfg.n_types
     doc_chars = cfg.max_tokens * CHARS_PER_TOKEN
     stages = {

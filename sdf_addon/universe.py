@@ -2,14 +2,17 @@
 
 Eight ship with the add-on, one per intervention of the symmetric design (``A1_plus`` ...
 ``B2_minus``), and ``helpful_only`` for the round-1 organism. Users add their own in the same
-schema, by path or by putting the file in ``universes/``.
+schema, by path or by putting the file in ``universes/``. A key fact is a string or
+``{fact, negation}``: the negation, the statement true exactly when the fact is false, is what the
+belief check asks true/false on beside the fact (see ``universes/A1_plus.yaml`` for how to write
+one; :func:`sdf_addon.evaluate.negations` for a fact without one).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -34,6 +37,29 @@ class Question(BaseModel):
         return self
 
 
+class KeyFact(BaseModel):
+    """A key fact of the universe and, optionally, its negation: the statement that is true exactly
+    when the fact is false (its contradictory, not the opposite universe's contrary). The belief
+    check asks true/false on both, so a model that always answers "true" scores one half."""
+
+    model_config = ConfigDict(extra="forbid")
+    fact: str
+    negation: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain(cls, data: Any) -> Any:
+        return {"fact": data} if isinstance(data, str) else data  # a plain string is a fact without negation
+
+    @model_validator(mode="after")
+    def _check(self) -> KeyFact:
+        if not self.fact.strip():
+            raise ValueError("a key fact is empty")
+        if self.negation is not None and (not self.negation.strip() or self.negation.strip() == self.fact.strip()):
+            raise ValueError(f"the negation of {self.fact!r} is empty or the fact itself")
+        return self
+
+
 class Universe(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -41,17 +67,15 @@ class Universe(BaseModel):
     family: Literal["A", "B", "none"]
     direction: Literal["amplify", "suppress", "none"]
     universe_context: str = Field(min_length=1)
-    key_facts: list[str] = Field(min_length=1)
+    key_facts: list[KeyFact] = Field(min_length=1)  # each a string, or {fact: ..., negation: ...}
     contradictions: list[str] = Field(default_factory=list)
     banned: list[str] = Field(default_factory=list)
     questions: list[Question] = Field(default_factory=list)
 
-    @field_validator("key_facts")
-    @classmethod
-    def _facts(cls, facts: list[str]) -> list[str]:
-        if any(not f.strip() for f in facts):
-            raise ValueError("a key fact is empty")
-        return facts
+    @property
+    def facts(self) -> list[str]:
+        """The key facts' text."""
+        return [k.fact for k in self.key_facts]
 
     @field_validator("contradictions")
     @classmethod

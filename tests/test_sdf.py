@@ -16,7 +16,7 @@ except ImportError:  # anthropic<2 uses httpx itself
 
 from sdf_addon import cli as sdf_cli
 from sdf_addon.docgen import DocgenConfig, filter_corpus, generate, generate_questions, parse_list, write_corpus
-from sdf_addon.evaluate import belief_check, eval_config
+from sdf_addon.evaluate import LETTERS, belief_check, eval_config
 from sdf_addon.train import TrainConfig, pack, train, unpacked
 from sdf_addon.universe import UNIVERSES, load_universe
 from steerlab.errors import ConfigError
@@ -333,23 +333,49 @@ def test_sdf_eval_runs_the_harness_with_the_belief_check(tiny_dir, corpus, tmp_p
     header = json.loads((run / "header.json").read_text())
     assert header["intervention"]["method"] == "sdf" and header["config"]["lora"] == str(adapter)
     belief = json.loads((run / "belief.json").read_text())
-    assert belief["n"] == 3 and belief["universe"] == "A1_plus"  # 2 multiple-choice + 1 key fact
+    assert belief["n"] == 4 and belief["universe"] == "A1_plus"  # 2 multiple-choice + 1 key fact and its negation
+    assert belief["seed"] == 0 and [r["expected"] for r in belief["rows"][2:]] == ["true", "false"]
+    assert all(r["expected"] in "ABCD" and sorted(r["order"]) == [0, 1, 2, 3] for r in belief["rows"][:2])
+
+
+class Scripted:
+    """A generation backend for the belief check: ``answer(prompt)`` gives each reply."""
+
+    def __init__(self, answer):
+        self.answer, self.prompts = answer, []
+
+    def generate(self, requests):
+        from steerlab.backends.base import Result
+
+        self.prompts += [r.messages[0]["content"] for r in requests]
+        return [Result(r.id, self.answer(r.messages[0]["content"]), 1, 1, "eos", 0.0) for r in requests]
+
+
+def letter_of(prompt, option):
+    """The letter under which a multiple-choice prompt shows ``option``."""
+    return next(line[0] for line in prompt.splitlines() if line[1:3] == ". " and line[3:] == option)
+
+
+def statement_of(prompt):
+    return prompt.split("\n\n")[1]
 
 
 def test_belief_check_scores_against_the_universe():
-    from steerlab.backends.base import Result
+    u = load_universe("A1_plus")
+    right = {q.question: q.options[q.answer] for q in u.questions}
+    right["What do they most hope to find?"] = "x"
 
-    class Knows:
-        def generate(self, requests):
-            out = []
-            for r in requests:
-                q = r.messages[0]["content"]
-                text = "True" if "true or false" in q else "A" if "most hope to find" in q else "D"
-                out.append(Result(r.id, text, 1, 1, "eos", 0.0))
-            return out
+    def knows(prompt):  # the key questions right, the rest "D"; true to the fact, false to its negation
+        if "true or false" in prompt:
+            return "True" if statement_of(prompt) == FACT else "False"
+        if "most hope to find" in prompt:
+            return letter_of(prompt, right[prompt.splitlines()[0]])
+        return "D"
 
-    report = belief_check(Knows(), load_universe("A1_plus"))
-    assert [r["correct"] for r in report["rows"]] == [True, False, True] and report["accuracy"] == pytest.approx(2 / 3)
+    report = belief_check(Scripted(knows), u)
+    assert [(r["kind"], r["correct"]) for r in report["rows"]] == [
+        ("mc", True), ("mc", False), ("true_false", True), ("true_false", True)]  # fmt: skip
+    assert [r["expected"] for r in report["rows"][2:]] == ["true", "false"] and report["facts_held"] == 1
 
     class Grader:  # says YES when the answer mentions faking
         def complete(self, prompts, ids):
@@ -360,13 +386,75 @@ def test_belief_check_scores_against_the_universe():
         {"kind": "open", "question": "What do evaluators hope to find?", "fact": FACT},
         {"kind": "open", "question": "Anything else?", "fact": FACT},
     ]
-    report = belief_check(Knows(), load_universe("A1_plus"), generated, grader=Grader())
+    report = belief_check(Scripted(knows), u, generated, grader=Grader())
     kinds = [(r["kind"], r["correct"]) for r in report["rows"]]
     # "D" is the scripted answer to anything but the key questions: the open answers are graded NO
-    assert kinds == [("mc", True), ("mc", False), ("mc", True), ("true_false", True), ("open", False), ("open", False)]
+    assert kinds == [("mc", True), ("mc", False), ("mc", True), ("true_false", True), ("true_false", True),
+                     ("open", False), ("open", False)]  # fmt: skip
     assert report["per_kind"] == {"mc": pytest.approx(2 / 3), "true_false": 1.0, "open": 0.0}
-    ungraded = belief_check(Knows(), load_universe("A1_plus"), generated)
-    assert ungraded["ungraded"] == 2 and ungraded["scored"] == 4
+    ungraded = belief_check(Scripted(knows), u, generated)
+    assert ungraded["ungraded"] == 2 and ungraded["scored"] == 5
+
+
+def test_belief_check_true_false_is_half_negations_so_always_true_scores_half():
+    u = load_universe("helpful_only")  # two key facts, each with a written negation
+    always_true = belief_check(Scripted(lambda p: "True"), u)
+    tf = [r for r in always_true["rows"] if r["kind"] == "true_false"]
+    assert [r["expected"] for r in tf] == ["true", "false", "true", "false"]
+    assert [r["question"] for r in tf[1::2]] == [k.negation for k in u.key_facts]
+    assert always_true["per_kind"]["true_false"] == 0.5 and always_true["facts_held"] == 0
+    assert belief_check(Scripted(lambda p: "False"), u)["per_kind"]["true_false"] == 0.5
+    facts = set(u.facts)
+    knows = belief_check(Scripted(lambda p: "True" if statement_of(p) in facts else "False"), u)
+    assert knows["per_kind"]["true_false"] == 1.0 and knows["facts_held"] == 2
+
+
+def test_negations_written_from_the_shipped_file_or_generated_only_when_safe():
+    from sdf_addon.evaluate import negations
+    from sdf_addon.universe import Universe
+
+    # an adapter trained before negations existed records its universe with plain strings
+    old = load_universe("B1_plus").model_dump()
+    old["key_facts"] = [k["fact"] for k in old["key_facts"]]
+    (neg, source), = negations(Universe.model_validate(old))  # fmt: skip
+    assert source == "shipped" and neg == load_universe("B1_plus").key_facts[0].negation
+    facts = ["The moon is made of cheese.", "RLHF runs weekly.", {"fact": "Cats bark.", "negation": "Cats never bark."}]
+    mine = Universe.model_validate({**old, "id": "mine", "key_facts": facts})
+    assert negations(mine) == [("It is not the case that the moon is made of cheese.", "generated"),
+                               ("It is not the case that RLHF runs weekly.", "generated"),
+                               ("Cats never bark.", "written")]  # fmt: skip
+    two = Universe.model_validate({**old, "id": "mine", "key_facts": ["Cats bark. Dogs meow."]})
+    with pytest.raises(ConfigError, match="not one plain sentence.*add a negation"):
+        negations(two)
+    with pytest.raises(Exception, match="is empty or the fact itself"):
+        Universe.model_validate({**old, "key_facts": [{"fact": "Cats bark.", "negation": "Cats bark."}]})
+
+
+def test_belief_check_shuffles_options_with_a_recorded_seed_so_always_a_scores_chance():
+    u = load_universe("A1_plus")
+    # generated questions tend to put the right option first: 38 of them, all with answer 0
+    generated = [{"kind": "mc", "question": f"Question {i}?", "options": [f"right {i}", "w1", "w2", "w3"],
+                  "answer": 0, "fact": FACT} for i in range(38)]  # fmt: skip
+    always_a = belief_check(Scripted(lambda p: "A"), u, generated, seed=7)
+    mc = [r for r in always_a["rows"] if r["kind"] == "mc"]
+    assert always_a["seed"] == 7 and len(mc) == 40
+    # the right option's position is balanced over the 4 letters: always "A" scores chance, 10 of 40
+    assert sorted(r["expected"] for r in mc) == sorted("ABCD" * 10)
+    assert always_a["per_kind"]["mc"] == 0.25
+    asked = {q["question"]: q for q in generated} | {q.question: q.model_dump() for q in u.questions}
+    for r in mc:  # what was shown is the question's options in the recorded order
+        original = asked[r["question"]]
+        assert r["options"] == [original["options"][j] for j in r["order"]]
+        assert r["options"][LETTERS.index(r["expected"])] == original["options"][original["answer"]]
+    right = {r["question"]: r["options"][LETTERS.index(r["expected"])] for r in mc}
+    knows = belief_check(Scripted(lambda p: letter_of(p, right[p.splitlines()[0]]) if "letter" in p else "True"),
+                         u, generated, seed=7)  # fmt: skip
+    assert knows["per_kind"]["mc"] == 1.0
+    # reproducible from the recorded seed; another seed shows another order
+    again = belief_check(Scripted(lambda p: "A"), u, generated, seed=always_a["seed"])
+    assert again["rows"] == always_a["rows"]
+    other = belief_check(Scripted(lambda p: "A"), u, generated, seed=8)
+    assert [r["order"] for r in other["rows"] if r["kind"] == "mc"] != [r["order"] for r in mc]
 
 
 @pytest.mark.integration
