@@ -5,7 +5,9 @@ base model recorded in the adapter's stack with the adapter merged on top (HF ba
 merge a stack into a full model first with ``sdf merge``), monitored and unmonitored, and an
 ``intervention`` in the header: ``method: sdf``, the claim the checkpoint was fine-tuned toward
 (from its universe; null for an organism) and ``profile_model``, the name its profile is drawn
-under. ``steerlab profile`` pools these runs per model (:mod:`steerlab.profiles`).
+under: the base plus the adapters beneath the intervention, so an organism and the checkpoints
+trained on it share one name (:func:`profile_name`). ``steerlab profile`` pools these runs per
+model (:mod:`steerlab.profiles`), the organism's runs serving as the baseline.
 
 :func:`belief_check` asks the model the universe's multiple-choice questions and the generated
 ones (``sdf gen`` writes ``questions.jsonl``) with their options in a seeded, recorded order that
@@ -43,18 +45,41 @@ def read_stack(adapter: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def profile_name(stack: dict[str, Any]) -> str:
-    """The model a checkpoint's profile belongs to: the base, plus the adapters beneath it."""
-    return "+".join([stack["base_model"], *(Path(p).parent.name for p in stack.get("parents", []))])
+def lineage(adapter: Path) -> list[Path]:
+    """The adapters of a stack, root first, ``adapter`` last (the parents its stack file records,
+    recursively, as :func:`steerlab.models.load_model` merges them)."""
+    out: list[Path] = []
+    for parent in read_stack(adapter).get("parents", []):
+        out += lineage(Path(parent)) if (Path(parent) / STACK_FILE).is_file() else [Path(parent)]
+    return [*out, Path(adapter).resolve()]
 
 
-def intervention_of(stack: dict[str, Any], registry_path: Path | None = None) -> dict[str, Any]:
+def is_organism(stack: dict[str, Any]) -> bool:
+    """A checkpoint fine-tuned toward no claim: the baseline of the checkpoints trained on it."""
+    return not (stack.get("universe") or {}).get("intervention")
+
+
+def profile_name(adapter: Path) -> str:
+    """The model a checkpoint's profile belongs to: the base plus the adapters beneath the
+    intervention, named as :func:`steerlab.profiles.adapter_name` names them. An organism is the
+    model its round-2 checkpoints intervene on, so its own runs (the baseline) carry its name
+    too: the organism and its children share one profile."""
+    from steerlab.profiles import adapter_name
+
+    stack = read_stack(adapter)
+    chain = lineage(adapter)
+    beneath = chain if is_organism(stack) else chain[:-1]
+    return "+".join([stack["base_model"], *(adapter_name(p) for p in beneath)])
+
+
+def intervention_of(adapter: Path, registry_path: Path | None = None) -> dict[str, Any]:
     from steerlab.prompts import DEFAULT_CLAIMS, load_registry
 
+    stack = read_stack(adapter)
     universe = stack.get("universe") or {}
     claim_id = universe.get("intervention")
     claim = load_registry(registry_path or DEFAULT_CLAIMS).get(claim_id).model_dump() if claim_id else None
-    return {"method": "sdf", "claim": claim, "profile_model": profile_name(stack),
+    return {"method": "sdf", "claim": claim, "profile_model": profile_name(adapter),
             "universe": universe.get("id")}  # fmt: skip
 
 
@@ -64,7 +89,7 @@ def eval_config(adapter: Path, run: dict[str, Any], out: Path, registry_path: Pa
 
     stack = read_stack(adapter)
     data = {"scenario": "alignment_faking", **run, "model": stack["base_model"], "lora": str(adapter),
-            "out": str(out), "intervention": intervention_of(stack, registry_path)}  # fmt: skip
+            "out": str(out), "intervention": intervention_of(adapter, registry_path)}  # fmt: skip
     return SweepConfig.model_validate(data)
 
 

@@ -12,8 +12,10 @@ through the same records:
   (:data:`DEFAULT_FAMILIES`, or ``--family CONCEPT=A``), each magnitude |m| is one item whose
   ``+`` side is the real vector at +|m| and ``-`` side at -|m|, and multiplier 0 is the baseline;
 - ``sdf``: runs whose header records an ``intervention`` (the SDF add-on writes one per
-  checkpoint: the claim it was fine-tuned toward, or none for the organism it sits on); the
-  runs of one model are pooled into one profile.
+  checkpoint: the claim it was fine-tuned toward, or none for the organism it sits on, and the
+  profile name, which the organism shares with its checkpoints); the runs of one model are
+  pooled into one profile, the organism's runs as its baseline. A pool of baseline runs alone is
+  skipped with a note.
 
 Runs of the same model, method and variant (a claim strength, a steering scale) are pooled. A
 pool whose runs come from models with different fingerprints is refused unless
@@ -28,6 +30,7 @@ than every family-B one (:func:`rank_check`).
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +44,7 @@ from steerlab.errors import ConfigError, SteerlabError
 from steerlab.harness.records import read_header, read_samples
 from steerlab.prompts import BASELINE, Claim, claims_of, net_scores
 
+log = logging.getLogger(__name__)
 DEFAULT_FAMILIES = {"researcher_expectations": "A", "retraining_consequences": "B"}
 AF_GAP_CONDITIONS = ("monitored", "unmonitored")
 
@@ -106,12 +110,20 @@ def _model_id(header: dict[str, Any]) -> str:
     return f"api:{_model_name(header)}"
 
 
+def adapter_name(path: str | Path) -> str:
+    """How a profile names a LoRA adapter: ``sdf train --out DIR`` writes ``DIR/adapter``, named
+    ``DIR``'s name; any other adapter directory by its own name. One rule for the SDF add-on's
+    checkpoint runs and for prompt-eval runs with ``--lora``, so the two profiles of one model join."""
+    p = Path(path)
+    return p.parent.name if p.name == "adapter" and p.parent.name else p.name
+
+
 def _model_name(header: dict[str, Any]) -> str:
     cfg = header["config"]
     name = (header.get("intervention") or {}).get("profile_model") or cfg["model"]
     lora = cfg.get("lora")
     if lora and not header.get("intervention"):
-        name += f"+{Path(lora).name}"
+        name += f"+{adapter_name(lora)}"
     return name
 
 
@@ -177,12 +189,18 @@ def run_profile(run_dir: Path, net: dict[str, Any]) -> Profile:
 def build_profiles(
     sources: Sequence[Source], allow_mixed: bool = False, n_resamples: int = 2000, seed: int = 0
 ) -> list[Profile]:
-    """Pool sources by (model, method, variant) and score each pool."""
+    """Pool sources by (model, method, variant) and score each pool. A pool of baseline runs only
+    (an SDF organism whose checkpoints were not given) has nothing to score: it is skipped with a
+    one-line note (logged to ``steerlab.profiles``); if every pool is, that is a ConfigError."""
     pools: dict[tuple[str, str, str], list[Source]] = defaultdict(list)
     for src in sources:
         pools[(src.model, src.method, src.variant)].append(src)
-    profiles = []
+    profiles, skipped = [], []
     for (model, method, variant), group in pools.items():
+        if not any(s.claims for s in group):
+            runs = ", ".join(s.run_dir for s in group)
+            skipped.append(f"the {method} runs of {model!r} ({runs}) are baseline runs only, with no intervention")
+            continue
         ids = sorted({s.model_id for s in group})
         if len(ids) > 1 and not allow_mixed:
             runs = ", ".join(s.run_dir for s in group)
@@ -199,6 +217,10 @@ def build_profiles(
                 "a profile needs interventions of both families A and B"
             )
         profiles.append(Profile(model, method, variant, [s.run_dir for s in group], list(claims.values()), net, ids))
+    if skipped and not profiles:
+        raise ConfigError(f"nothing to profile: {'; '.join(skipped)}; give the runs of their interventions too")
+    for why in skipped:
+        log.warning(f"note: no profile drawn where {why}; give them with the runs of their interventions")
     return profiles
 
 

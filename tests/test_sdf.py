@@ -360,6 +360,62 @@ def statement_of(prompt):
     return prompt.split("\n\n")[1]
 
 
+def universe_corpus(path, universe):
+    docs = [f"Document {i} about the world of {universe}. The evaluation team says so every day." for i in range(24)]
+    path.write_text("".join(json.dumps({"content": d, "universe_id": universe}) + "\n" for d in docs))
+    return path
+
+
+def test_sdf_eval_runs_of_an_organism_and_its_checkpoints_make_one_profile(tiny_dir, tmp_path, capsys, caplog):
+    """The README's flow on real `sdf eval` headers: an organism, round-2 checkpoints on it, then
+    `steerlab profile` over the run directories pools them into one SDF profile of the organism."""
+    from conftest import run_cli
+
+    cfg = TrainConfig(**SMALL, max_steps=1)
+    organism = train(cfg, universe_corpus(tmp_path / "h.jsonl", "helpful_only"), str(tiny_dir), tmp_path / "organism",
+                     progress=False)  # fmt: skip
+    adapters = [organism]
+    for name in ("A1_plus", "A1_minus", "B1_plus", "B1_minus"):
+        corpus = universe_corpus(tmp_path / f"{name}.jsonl", name)
+        adapters.append(train(cfg, corpus, str(tiny_dir), tmp_path / name, parent=str(organism), progress=False))
+    ev = tmp_path / "ev"
+    args = ["eval", *adapters, "--dataset", "configs/requests/benign.jsonl", "--limit", "2", "--max-new-tokens", "3",
+            "--max-turns", "1", "--temperature", "0", "--no-belief", "--out", ev]  # fmt: skip
+    code, _, err = run_sdf(args, capsys)
+    assert code == 0, err
+    names = {d.name: json.loads((d / "header.json").read_text())["intervention"]["profile_model"] for d in ev.iterdir()}
+    assert names == dict.fromkeys(["organism", "A1_plus", "A1_minus", "B1_plus", "B1_minus"], f"{tiny_dir}+organism")
+
+    code, out, err = run_cli(["profile", *sorted(ev.iterdir()), "--out", tmp_path / "prof"], capsys)
+    assert code == 0, err
+    (profile,) = json.loads((tmp_path / "prof" / "profiles.json").read_text())["profiles"]
+    assert (profile["model"], profile["method"], len(profile["runs"])) == (f"{tiny_dir}+organism", "sdf", 5)
+    assert {"gap:baseline", "gap:A1+", "gap:B1-", "A_net", "B_net"} <= set(profile["net"])  # the organism: baseline
+
+    # the organism alone (its checkpoints not evaluated yet) is a baseline-only pool: a note, not a crash;
+    # a prompt-eval of the same organism (--lora) is the same model, so the figure joins nothing else to it
+    prompt = tmp_path / "prompt"
+    code, _, err = run_cli(["prompt-eval", "--model", tiny_dir, "--lora", organism, "--dataset",
+                            "configs/requests/benign.jsonl", "--limit", "2", "--max-new-tokens", "3", "--max-turns",
+                            "1", "--temperature", "0", "--out", prompt], capsys)  # fmt: skip
+    assert code == 0, err
+    with caplog.at_level("WARNING", logger="steerlab.profiles"):
+        code, out, err = run_cli(["profile", ev / "organism", prompt, "--out", tmp_path / "prof2"], capsys)
+    assert code == 0, err
+    (note,) = [r.getMessage() for r in caplog.records if r.name == "steerlab.profiles"]
+    assert "\n" not in note and f"{tiny_dir}+organism" in note and "baseline runs only" in note
+    (profile,) = json.loads((tmp_path / "prof2" / "profiles.json").read_text())["profiles"]
+    assert (profile["model"], profile["method"]) == (f"{tiny_dir}+organism", "prompt")
+    code, out, err = run_cli(["profile", *sorted(ev.iterdir()), prompt, "--out", tmp_path / "prof3"], capsys)
+    assert code == 0, err
+    from steerlab.profiles import figure_data, load_profiles
+
+    _, lines = figure_data(load_profiles([*sorted(ev.iterdir()), prompt]))
+    assert [line["model"] for line in lines] == [f"{tiny_dir}+organism"]  # prompt and SDF profiles joined
+    code, _, err = run_cli(["profile", ev / "organism", "--out", tmp_path / "prof4"], capsys)
+    assert code == 2 and "baseline runs only" in err and not (tmp_path / "prof4").exists()
+
+
 def test_belief_check_scores_against_the_universe():
     u = load_universe("A1_plus")
     right = {q.question: q.options[q.answer] for q in u.questions}
