@@ -12,6 +12,7 @@ from steerlab.models import embedded_gguf_path, embedded_snapshot, load_model
 from steerlab.pairs import load_pairs, write_pairs
 
 pytestmark = pytest.mark.integration
+DEMO_CONCEPTS = ("researcher_expectations", "retraining_consequences")
 
 
 def test_snapshot_is_a_clean_conversion_of_the_gguf(smollm2):
@@ -64,12 +65,29 @@ def test_cli_extract_on_smollm2_matches_hidden_states(smollm2, tmp_path, capsys)
     got = cache.load()
     assert got.shape == (6, 2, 30, 576)
     np.testing.assert_allclose(got, reference(smollm2, pairs, "scratchpad_mean"), atol=1e-4, rtol=1e-4)
+    # the mean per-token norm at the locus, against output_hidden_states (untied: the last layer before the norm)
+    config = smollm2.model.config
+    config.tie_last_hidden_states = False
+    try:
+        want = []
+        for sides in encode_pairs(smollm2, pairs, Locus.scratchpad_mean):
+            row = []
+            for side in sides:
+                with torch.inference_mode():
+                    hs = smollm2.model(torch.tensor([side.input_ids]), output_hidden_states=True).hidden_states
+                row.append([float(h[0, side.positions].norm(dim=-1).mean()) for h in hs[1:]])
+            want.append(row)
+    finally:
+        del config.tie_last_hidden_states
+    norms = cache.load_token_norms()
+    np.testing.assert_allclose(norms, np.array(want), rtol=1e-5)
+    assert (norms > np.linalg.norm(got, axis=-1)).all()  # the pooled mean's norm is smaller
 
 
 @pytest.mark.parametrize("concept", ["researcher_expectations", "retraining_consequences"])
 def test_shipped_vectors_match_the_model_and_separate_fresh_activations(smollm2, concept):
     from steerlab.extract import pooled_activations
-    from steerlab.vectors import VectorBundle
+    from steerlab.vectors import VectorBundle, control_seeds, controls_from_seeds
 
     bundle = VectorBundle.load(REPO / "vectors" / concept / "smollm2.safetensors", expect=smollm2.fingerprint)
     meta = bundle.meta
@@ -85,6 +103,23 @@ def test_shipped_vectors_match_the_model_and_separate_fresh_activations(smollm2,
     assert (proj[0::2] > proj[1::2]).all()
     ctrl = torch.einsum("nld,ld->nl", acts, bundle.controls[0].selected())
     assert not (ctrl[0::2] > ctrl[1::2]).all()
+    # refitted with the per-token norm, per-file control seeds and train-only selection
+    assert meta["selection"]["by"].endswith("(train only)")
+    assert all(per_layer["token_norm"][i] > per_layer["pooled_norm"][i] for i in range(len(meta["layers"])))
+    controls = meta["controls"]
+    assert controls["identity"]["concept"] == concept and controls["identity"]["model"] == meta["model"]
+    assert control_seeds(controls["run_seed"], controls["identity"], 5) == controls["seeds"]
+    regenerated = controls_from_seeds(bundle.vector.directions, controls["seeds"])
+    assert all(torch.equal(regenerated[i], c.directions) for i, c in enumerate(bundle.controls))
+
+
+def test_shipped_concepts_have_independent_controls():
+    from steerlab.vectors import VectorBundle
+
+    a, b = (VectorBundle.load(REPO / "vectors" / c / "smollm2.safetensors") for c in DEMO_CONCEPTS)
+    for ca, cb in zip(a.controls, b.controls, strict=True):
+        cosines = torch.nn.functional.cosine_similarity(ca.directions, cb.directions, dim=-1)  # [30 layers]
+        assert cosines.abs().max() < 0.25  # 576 dims: independent directions have cosines ~N(0, 0.04)
 
 
 def test_steered_greedy_generation_on_smollm2(smollm2):
@@ -96,7 +131,7 @@ def test_steered_greedy_generation_on_smollm2(smollm2):
     bundle = VectorBundle.load(
         REPO / "vectors" / "researcher_expectations" / "smollm2.safetensors", smollm2.fingerprint
     )
-    zero, strong = settings_for(bundle, [0.0, 0.5], scale="relative")  # 0.5: half the layer's mean |h|
+    zero, strong = settings_for(bundle, [0.0, 0.5], scale="relative")  # 0.5: half the layer's mean |h_t|
     prompt = as_chat("Give me one word that means the opposite of 'noisy'.")
     sampling = Sampling(max_new_tokens=12)
     plain, at_zero, steered = HFBackend(smollm2).generate(
