@@ -261,6 +261,16 @@ def test_a_kill_between_batch_results_and_the_cache_re_attaches_and_pays_once(tm
     assert not state.exists()  # stored in the cache: now it may go
 
 
+def test_release_keeps_the_state_of_a_batch_it_did_not_return(tmp_path, monkeypatch):
+    """A rerun whose first chunk is all cached releases before re-attaching: the killed job's state stays."""
+    state = tmp_path / "batch.json"
+    state.write_text(json.dumps({"batch_id": "msgbatch_killed", "custom_ids": ["x"]}))
+    judge = anthropic_judge(FakeBatchAPI(), monkeypatch, batch=True, batch_state=state, poll_seconds=0)
+    assert judge.complete([], []) == []
+    judge.release()
+    assert json.loads(state.read_text())["batch_id"] == "msgbatch_killed"
+
+
 def test_judge_run_never_writes_the_key(tmp_path, monkeypatch):
     from steerlab.harness.records import load_run
 

@@ -263,6 +263,7 @@ class AnthropicText:
         self.batch_state, self.poll_seconds = batch_state, poll_seconds
         self.calls = 0
         self._resolved: str | None = None
+        self._batch_id: str | None = None  # the batch whose replies the last complete() returned
 
     def params(self) -> dict[str, Any]:
         return judge_params("anthropic", self.max_tokens, self.temperature)
@@ -288,9 +289,12 @@ class AnthropicText:
     def release(self) -> None:
         """The caller has stored the replies of the last batch: drop the saved batch state, so the
         next call sends a new batch. Until then a killed job re-attaches to the batch it paid for
-        (its results stay on the API); :func:`judge_samples` calls this after writing its cache."""
-        if self.batch_state is not None:
-            self.batch_state.unlink(missing_ok=True)
+        (its results stay on the API); :func:`judge_samples` calls this after writing its cache.
+        A state file of another batch (a killed job's, not yet re-attached) is left alone."""
+        if self.batch_state is not None and self._batch_id is not None and self.batch_state.is_file():
+            if json.loads(self.batch_state.read_text()).get("batch_id") == self._batch_id:
+                self.batch_state.unlink()  # only the state of a batch whose replies this client returned
+        self._batch_id = None
 
     def _body(self, system: str, user: str) -> dict[str, Any]:
         body = {"model": self.model, "system": system, "messages": [{"role": "user", "content": user}],
@@ -339,6 +343,7 @@ class AnthropicText:
             batch_id = self.client.messages.batches.create(requests=requests, extra_headers=headers).id
             if self.batch_state is not None:
                 atomic_write_text(self.batch_state, json.dumps({"batch_id": batch_id, "custom_ids": custom}))
+        self._batch_id = batch_id
         while self.client.messages.batches.retrieve(batch_id).processing_status != "ended":
             time.sleep(self.poll_seconds)
         replies: dict[str, str | Exception] = {}
