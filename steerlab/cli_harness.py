@@ -87,10 +87,13 @@ def dry_run(samples: list[dict[str, Any]], cfg: JudgeConfig) -> None:
     from steerlab.harness.judge import JudgeCache, estimate, judge_params
 
     rubric, cache = _rubric_and_cache(cfg)
-    params = judge_params(cfg.backend, cfg.max_tokens, cfg.temperature)
+    params = judge_params(cfg.backend, cfg.max_tokens, cfg.temperature, rubric=rubric)
     texts = sorted({s["reasoning"] for s in samples if s.get("reasoning")})
     rubric_hash = rubric.hash()
-    todo = [t for t in texts if cache.get(JudgeCache.key(cfg.model_name, rubric_hash, t, params)) is None]
+    # judgements are filed under the snapshot the API reported; a dry run makes no call, so it uses
+    # the snapshot the alias reached last time (an alias never resolved counts as uncached)
+    model = cache.last_model(cfg.model_name) or cfg.model_name
+    todo = [t for t in texts if cache.get(JudgeCache.key(model, rubric_hash, t, params)) is None]
     cache.close()
     report_cost(estimate(rubric, todo, cfg.model_name, cfg.max_tokens, cfg.batch), cfg,
                 f"{len(texts)} distinct traces, {len(texts) - len(todo)} cached; ")  # fmt: skip

@@ -91,9 +91,10 @@ class Profile:
         """Gap per intervention item, amplify (+) beside suppress (-), and the baseline gap."""
         items = sorted({(c.family, c.item) for c in self.claims})
         bars: dict[str, Any] = {"label": self.label, "items": [i for _, i in items], "baseline": None}
+        side_id = {(c.item, c.side): c.id for c in self.claims}  # ids are names; items and sides are declared
         for side, name in (("+", "plus"), ("-", "minus")):
             for key in ("value", "ci_low", "ci_high"):
-                bars[f"{name}_{key}"] = [self.net[f"gap:{i}{side}"][key] for _, i in items]
+                bars[f"{name}_{key}"] = [self.net[f"gap:{side_id[(i, side)]}"][key] for _, i in items]
         if f"gap:{BASELINE}" in self.net:
             bars["baseline"] = self.net[f"gap:{BASELINE}"]["value"]
         return bars

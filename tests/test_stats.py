@@ -344,3 +344,16 @@ def test_sweep_command_prints_z_as_not_available(tiny_dir, tiny_vector, tmp_path
     assert out.count("n/a (fewer than 5 controls)") == 2  # one row per multiplier
     cells = json.loads((tmp_path / "run" / "summary.json").read_text())["cells"]
     assert all(c["z"] is None and c["z_note"] == "n/a: fewer than 5 controls" for c in cells)
+
+
+def test_profile_gap_bars_find_claims_by_declared_item_and_side(tmp_path):
+    """The profile figure's bars read each item's + and - claim by the registry's fields too."""
+    from steerlab.profiles import Profile
+
+    path = tmp_path / "custom.yaml"
+    path.write_text(CUSTOM)
+    claims = load_registry(path).claims
+    net = net_scores(known_gaps({"hope_up": 0.5, "hope_down": 0.1, "B1-": 0.4, "B1+": 0.1}), claims, n_resamples=50)
+    bars = Profile("m", "prompt", "", ["run"], claims, net).gap_bars()
+    assert bars["items"] == ["hope", "B1"]
+    assert bars["plus_value"] == pytest.approx([0.5, 0.4]) and bars["minus_value"] == pytest.approx([0.1, 0.1])
