@@ -182,8 +182,8 @@ def sweep_vs_loop(loaded, args, prompts) -> dict:
         shipped = REPO / "vectors/researcher_expectations/smollm2.safetensors"
         bundle = VectorBundle.load(shipped, expect=loaded.fingerprint)
         vectors = [bundle.vector, *bundle.controls[:5]]
-        resid = dict(zip(bundle.meta["layers"], bundle.meta["diagnostics"]["per_layer"]["resid_norm"], strict=True))
-        settings = [SteeringSetting(v, m, scale="relative", resid_norms=resid) for v in vectors for m in multipliers]
+        norms = dict(zip(bundle.meta["layers"], bundle.meta["diagnostics"]["per_layer"]["token_norm"], strict=True))
+        settings = [SteeringSetting(v, m, scale="relative", token_norms=norms) for v in vectors for m in multipliers]
     else:  # a random-weight model: 6 random vectors at its 8 middle layers, absolute scale
         layers = middle_layers(loaded.n_layers, 8)
         vectors = [random_vector(loaded, layers, seed=i) for i in range(6)]

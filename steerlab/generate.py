@@ -92,7 +92,7 @@ def settings_for(
                 "refit it from a cache made by this steerlab (steerlab extract ... --overwrite) or use --scale absolute"
             )
         norms = dict(zip(bundle.meta["layers"], per_layer["token_norm"], strict=True))
-    return [SteeringSetting(vec, m, scale=scale, resid_norms=norms) for m in multipliers]
+    return [SteeringSetting(vec, m, scale=scale, token_norms=norms) for m in multipliers]
 
 
 @dataclass

@@ -45,16 +45,16 @@ class SteeringSetting:
     """One steering configuration: ``multiplier`` times ``vector`` at ``layers``.
 
     ``scale="absolute"`` (the paper's convention) multiplies the saved vector as it is;
-    ``scale="relative"`` makes the multiplier a fraction of the layer's mean residual-stream
-    norm (``resid_norms``, recorded in the vector file): the added vector is
-    ``multiplier * resid_norm[l] * v_l / |v_l|``.
+    ``scale="relative"`` makes the multiplier a fraction of the layer's mean per-token residual
+    norm (``token_norms``: the mean of ||h_t|| over the locus's tokens, recorded in the vector file
+    at extraction): the added vector is ``multiplier * token_norm[l] * v_l / |v_l|``.
     """
 
     vector: SteeringVector
     multiplier: float
     layers: tuple[int, ...] | None = None  # default: the vector's selected layers
     scale: Scale = "absolute"
-    resid_norms: dict[int, float] | None = None
+    token_norms: dict[int, float] | None = None
 
     def steered_layers(self) -> tuple[int, ...]:
         return tuple(self.layers) if self.layers is not None else self.vector.layers
@@ -72,9 +72,9 @@ class SteeringSetting:
                 continue
             v = self.vector.at(layer).float()
             if self.scale == "relative":
-                if not self.resid_norms or layer not in self.resid_norms:
-                    raise VectorError(f"relative scale needs the mean residual norm of layer {layer}")
-                v = v / v.norm().clamp_min(1e-30) * self.resid_norms[layer]
+                if not self.token_norms or layer not in self.token_norms:
+                    raise VectorError(f"relative scale needs the mean per-token norm of layer {layer}")
+                v = v / v.norm().clamp_min(1e-30) * self.token_norms[layer]
             out[j] = self.multiplier * v
         return out
 

@@ -169,7 +169,7 @@ def planted(n_pairs, n_layers=3, d_model=32, signal=1.0, noise=0.1, seed=0, base
 @pytest.fixture
 def tiny_vector(tiny, tmp_path):
     directions = 4.0 * torch.randn(tiny.n_layers, tiny.d_model, generator=torch.Generator().manual_seed(0))
-    per_layer = {"resid_norm": [10.0] * tiny.n_layers}
+    per_layer = {"token_norm": [10.0] * tiny.n_layers}
     meta = {"concept": "toy", "layers": list(range(tiny.n_layers)), "selected_layers": [1, 2],
             "model": tiny.fingerprint.to_dict(), "diagnostics": {"per_layer": per_layer}}  # fmt: skip
     return VectorBundle.build(directions, random_controls(directions, 2, seed=1), meta).save(tmp_path / "v.safetensors")

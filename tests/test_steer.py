@@ -90,7 +90,7 @@ def test_layer_placement_and_exact_addition(tiny):
 
 def test_relative_scale_uses_residual_norms(tiny):
     v = vector(tiny, 4, layers=(1,), scale=3.0)
-    table, layers = build_table([SteeringSetting(v, 0.1, scale="relative", resid_norms={1: 50.0})], tiny.d_model)
+    table, layers = build_table([SteeringSetting(v, 0.1, scale="relative", token_norms={1: 50.0})], tiny.d_model)
     assert layers == [1]
     assert float(table[1, 0].norm()) == pytest.approx(5.0, rel=1e-5)
     assert torch.equal(table[0], torch.zeros_like(table[0]))
@@ -210,11 +210,20 @@ def test_relative_alpha_adds_that_fraction_of_the_mean_token_norm(tiny, fitted_t
     assert float(torch.nn.functional.cosine_similarity(delta, unit[None], dim=-1).min()) > 0.9999
 
 
-def test_relative_scale_refuses_a_file_without_token_norms(tiny_vector):
+def test_relative_scale_refuses_a_file_without_token_norms(tiny, tmp_path):
     from steerlab.generate import settings_for
-    from steerlab.vectors import VectorBundle
+    from steerlab.vectors import VectorBundle, random_controls
 
-    old = VectorBundle.load(tiny_vector)  # only the pooled-mean norm, under its old name
+    directions = torch.randn(tiny.n_layers, tiny.d_model, generator=torch.Generator().manual_seed(0))
+    meta = {
+        "concept": "toy",
+        "layers": list(range(tiny.n_layers)),
+        "selected_layers": [1],
+        "model": tiny.fingerprint.to_dict(),
+        "diagnostics": {"per_layer": {"resid_norm": [10.0] * tiny.n_layers}},
+    }
+    path = VectorBundle.build(directions, random_controls(directions, 1, seed=1), meta).save(tmp_path / "v.safetensors")
+    old = VectorBundle.load(path)  # only the pooled-mean norm, under its old name
     assert settings_for(old, [2.0])[0].multiplier == 2.0  # absolute scale needs no norm
     with pytest.raises(ConfigError, match=r"token_norm.*refit") as info:
         settings_for(old, [0.1], scale="relative")
