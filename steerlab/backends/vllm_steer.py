@@ -164,6 +164,38 @@ class SteerWorkerExtension:
         embed = next(m for name, m in model.named_modules() if name.endswith("embed_tokens"))
         return embed_rows_hash(embed.weight)  # rank 0's vocabulary shard starts at row 0
 
+    def steerlab_engine_info(self) -> dict[str, Any]:
+        """The settings this worker really runs with (after vLLM's platform defaults and overrides)."""
+        from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+        cfg = self.vllm_config
+        runner = self.model_runner
+        model = runner.model
+        comp = cfg.compilation_config
+        mode = getattr(comp, "mode", None)
+        cudagraph = getattr(comp, "cudagraph_mode", None)
+        return {
+            "steering_installed": bool(getattr(model, "steerlab_installed", False)),
+            "model_runner": "v1" if isinstance(runner, GPUModelRunner) else "v2",  # the CPU runner is a V1 subclass
+            "model_runner_class": f"{type(runner).__module__}.{type(runner).__qualname__}",
+            "dtype": str(cfg.model_config.dtype).removeprefix("torch."),
+            "device": str(next(model.parameters()).device),
+            "tensor_parallel_size": cfg.parallel_config.tensor_parallel_size,
+            "pipeline_parallel_size": cfg.parallel_config.pipeline_parallel_size,
+            "enforce_eager": bool(cfg.model_config.enforce_eager),
+            "compilation_mode": getattr(mode, "name", None if mode is None else str(mode)),
+            "cudagraph_mode": getattr(cudagraph, "name", None if cudagraph is None else str(cudagraph)),
+            "enable_prefix_caching": bool(cfg.cache_config.enable_prefix_caching),
+            "block_size": cfg.cache_config.block_size,
+            "kv_cache_dtype": str(cfg.cache_config.cache_dtype),
+            "max_model_len": cfg.model_config.max_model_len,
+            "quantization": cfg.model_config.quantization,
+            "enable_chunked_prefill": bool(cfg.scheduler_config.enable_chunked_prefill),
+            "max_num_batched_tokens": cfg.scheduler_config.max_num_batched_tokens,
+            "max_num_seqs": cfg.scheduler_config.max_num_seqs,
+            "enable_lora": cfg.lora_config is not None,
+        }
+
     def steerlab_remove_hooks(self) -> int:
         """Take steerlab's hooks off every layer (how the tests prove the self-check works)."""
         n = 0
