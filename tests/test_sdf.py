@@ -131,7 +131,11 @@ def test_docgen_end_to_end_with_the_fake_api_resumes_and_filters(tmp_path, monke
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     api = FakeGenerator(fail={2, 4})
     client = httpx.Client(transport=httpx.MockTransport(api))
-    gen = AnthropicText("claude-test", max_tokens=100, temperature=1.0, http_client=client, max_retries=0)
+    # one call at a time: the fake API numbers documents (and picks failures and planted texts) in call
+    # order, which concurrent calls would make depend on thread timing
+    gen = AnthropicText(
+        "claude-test", max_tokens=100, temperature=1.0, http_client=client, max_retries=0, concurrency=1
+    )
     u = load_universe("A1_plus")
     cfg = DocgenConfig(n_docs=12, n_types=2, n_ideas=3, min_doc_tokens=5, max_doc_tokens=200)
     cache = JudgeCache(tmp_path / "cache.sqlite")
