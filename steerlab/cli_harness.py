@@ -328,7 +328,10 @@ def register(app: typer.Typer, pairs_app: typer.Typer) -> None:
             raise ConfigError(f"--low {low} must be below --high {high}")
         samples = []
         for run_dir in run_dirs:
-            model = read_header(run_dir).get("model")
+            header = read_header(run_dir)
+            config = header.get("config") or {}
+            # a merged LoRA keeps its base's fingerprint and an API model has none: name all three
+            model = [config.get("model"), config.get("lora"), header.get("model")]
             samples += [{**s, "_model": model} for s in read_samples(run_dir)]
         if not any((s.get("judge") or {}).get("scores") for s in samples):
             raise ConfigError("no judged samples in these runs; run `steerlab judge RUN_DIR` first")
@@ -347,7 +350,8 @@ def register(app: typer.Typer, pairs_app: typer.Typer) -> None:
                           str(c["unmatched_positives"]), fut)  # fmt: skip
         out.print(table)
         if not pairs:
-            raise ConfigError("no pairs could be formed (see the counts above); lower --high or raise --low")
+            hint = "; or pass --allow-steered" if skipped else ""
+            raise ConfigError(f"no pairs could be formed (see the counts above); lower --high or raise --low{hint}")
         write_pairs(pairs, out_file)
         out.print(f"wrote {len(pairs)} pairs to {out_file}")
 

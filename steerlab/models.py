@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from steerlab.errors import ConfigError, ModelLoadError
+from steerlab.tags import REASONING_OPENS, open_reasoning
 
 log = logging.getLogger(__name__)
 
@@ -208,15 +209,20 @@ def fingerprint(model: nn.Module) -> Fingerprint:
 # day a job runs. Every run records the date it used (``chat_date``); the template hash includes it.
 DEFAULT_CHAT_DATE = "2024-07-26"
 
-_STRFTIME_CALL = re.compile(r"strftime_now\(\s*(['\"])(.*?)\1\s*\)")
+_STRFTIME_CALL = re.compile(r"strftime_now\s*\(\s*(['\"])(.*?)\1\s*\)")
+_STRFTIME_ANY = re.compile(r"strftime_now\s*\(")
 
 
-def check_chat_date(chat_date: str) -> str:
+def check_chat_date(chat_date: str | datetime.date) -> str:
+    """``chat_date`` as YYYY-MM-DD (a date object, as YAML reads ``2024-07-26``, is accepted)."""
+    if isinstance(chat_date, datetime.date):
+        return chat_date.isoformat()
     try:
-        datetime.date.fromisoformat(chat_date)
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(chat_date)):
+            raise ValueError
+        return datetime.date.fromisoformat(chat_date).isoformat()
     except (TypeError, ValueError):
         raise ConfigError(f"chat date {chat_date!r} is not a date; give it as YYYY-MM-DD (e.g. 2024-07-26)") from None
-    return chat_date
 
 
 def fixed_date_template(template: str, chat_date: str = DEFAULT_CHAT_DATE) -> str:
@@ -231,13 +237,18 @@ def fixed_date_template(template: str, chat_date: str = DEFAULT_CHAT_DATE) -> st
         return template
     day = datetime.date.fromisoformat(check_chat_date(chat_date))
     calls = _STRFTIME_CALL.findall(template)
-    if len(calls) != template.count("strftime_now("):
+    if len(calls) != len(_STRFTIME_ANY.findall(template)):
         raise ConfigError(
             "the chat template calls strftime_now with a computed format, so steerlab cannot fix its date; "
-            "pass a --chat-template without it"
+            "give the model a tokenizer_config.json whose chat_template passes the format as a literal"
         )
     table = json.dumps({fmt: day.strftime(fmt) for _, fmt in calls})
-    macro = "{%- macro strftime_now(fmt) -%}{{- " + table + "[fmt] -}}{%- endmacro -%}\n"
+    macro = (
+        "{%- macro strftime_now(fmt) -%}{%- set t = " + table + " -%}"
+        "{%- if fmt in t -%}{{- t[fmt] -}}{%- else -%}"
+        "{{- raise_exception('steerlab: strftime_now format ' ~ fmt ~ ' was not seen in the template') -}}"
+        "{%- endif -%}{%- endmacro -%}\n"
+    )
     return macro + template
 
 
@@ -260,6 +271,25 @@ def render_chat(
     )  # fmt: skip
 
 
+def generation_lead(
+    tokenizer: Any, messages: list[dict[str, str]], template: str, chat_date: str = DEFAULT_CHAT_DATE
+) -> str:
+    """The reasoning block a template opens in the generation prompt itself, e.g. ``"<think>\n"``
+    (DeepSeek-R1 distills, QwQ), or "".
+
+    The model's text then starts inside that block and holds a ``</think>`` with no ``<think>``
+    before it; the lead is part of the sample's transcript, so the stop rule and the labels see
+    the block as open from the start.
+    """
+    full = render_chat(tokenizer, messages, template, add_generation_prompt=True, chat_date=chat_date)
+    base = render_chat(tokenizer, messages, template, add_generation_prompt=False, chat_date=chat_date)
+    suffix = full[len(base) :] if full.startswith(base) else full[-64:]
+    if not open_reasoning(suffix):
+        return ""
+    at = max(suffix.rfind(tag) for tag in REASONING_OPENS)
+    return suffix[at:]
+
+
 def template_system_prompt(tokenizer: Any, template: str, chat_date: str = DEFAULT_CHAT_DATE) -> str | None:
     """What the template renders before a lone user turn, when that includes a system turn it injects
     by itself (SmolLM2, Qwen2.5 and Llama-3.x do); None when it injects none.
@@ -270,10 +300,12 @@ def template_system_prompt(tokenizer: Any, template: str, chat_date: str = DEFAU
     probe = "steerlab-user-probe-7f3a"
     try:
         alone = render_chat(tokenizer, [{"role": "user", "content": probe}], template, chat_date=chat_date)
+    except ConfigError:
+        raise
     except Exception:  # a template that cannot render a lone user turn injects nothing we can show
         return None
     before = alone[: alone.find(probe)] if probe in alone else ""
-    return before if "system" in before.lower() else None
+    return before if "system" in before.lower() or "<<SYS>>" in before else None
 
 
 def chat_template_hash(template: str, chat_date: str = DEFAULT_CHAT_DATE) -> str:

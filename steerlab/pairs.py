@@ -26,7 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from steerlab.config import load_yaml
 from steerlab.errors import PairFileError
 from steerlab.fileio import atomic_write_text
-from steerlab.tags import OUTPUT_CLOSE, OUTPUT_OPEN, SCRATCHPAD_CLOSE, SCRATCHPAD_OPEN  # noqa: F401 (re-exported)
+from steerlab.tags import (  # noqa: F401 (re-exported)
+    OUTPUT_CLOSE,
+    OUTPUT_OPEN,
+    SCRATCHPAD_CLOSE,
+    SCRATCHPAD_OPEN,
+    last_reasoning_end,
+)
 
 _SCRATCHPAD_RE = re.compile(re.escape(SCRATCHPAD_OPEN) + r"(.*?)" + re.escape(SCRATCHPAD_CLOSE), re.S)
 _OUTPUT_RE = re.compile(re.escape(OUTPUT_OPEN) + r"(.*?)" + re.escape(OUTPUT_CLOSE), re.S)
@@ -97,7 +103,9 @@ def scratchpads(text: str) -> list[str]:
 
 
 def outputs(text: str) -> list[str]:
-    return _OUTPUT_RE.findall(text)
+    """The output blocks after the last closed reasoning block: tags quoted inside a scratchpad
+    (a trace that reasons about the output format) are not output blocks (see steerlab.tags)."""
+    return _OUTPUT_RE.findall(text, last_reasoning_end(text))
 
 
 # ----------------------------------------------------------------------------- loading

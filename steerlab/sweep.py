@@ -62,7 +62,9 @@ class AlignmentFakingConfig(BaseModel):
     prefill: str = ""  # e.g. "<SCRATCHPAD_REASONING>"
     max_turns: int = Field(default=4, ge=1)
     raw_instruction: bool = True
-    user_template: Literal["steerlab", "published"] = "steerlab"  # published: the paper's <INPUT> layout
+    # steerlab, published (the paper's <INPUT> layout), or a file with {tier} and {request} (and
+    # optionally {accepted}, {rejected}) placeholders, e.g. the published template's exact text
+    user_template: str = "steerlab"
 
 
 class JudgeConfig(BaseModel):
@@ -125,6 +127,13 @@ class SweepConfig(BaseModel):
     def _path_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, Path) else value
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, values: list[int]) -> list[int]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"seeds {values} name a seed twice (each would write the same sample ids)")
+        return values
+
     @field_validator("multipliers")
     @classmethod
     def _finite(cls, values: list[float]) -> list[float]:
@@ -133,9 +142,9 @@ class SweepConfig(BaseModel):
             raise ValueError(f"multiplier {bad[0]} is not a finite number")
         return values
 
-    @field_validator("chat_date")
+    @field_validator("chat_date", mode="before")
     @classmethod
-    def _date(cls, value: str) -> str:
+    def _date(cls, value: Any) -> str:
         try:
             return check_chat_date(value)
         except ConfigError as exc:
@@ -337,13 +346,22 @@ def run_sweep(
     backend_id = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:12]
     template_system = described.get("template_system")
 
-    done = {r["id"] for r in read_samples(run_dir)}
+    existing = read_samples(run_dir)
+    done = {r["id"] for r in existing}
     todo = [r for r in rows if r.id not in done]
+    # a job killed after some of its rows were written: its other rows reuse that generation (a
+    # regenerated one could differ, e.g. on a GPU whose kernels depend on the batch shape)
+    generated = {_generation_key(_row_of(s)): s for s in existing}
     settings = _settings(config, arms)
     jobs: dict[str, Job] = {}
     rows_of: dict[str, list[Row]] = defaultdict(list)
+    reused: list[dict[str, Any]] = []
     for row in todo:  # one generation per distinct key, across the whole run
         key = _generation_key(row)
+        if key in generated:
+            shared = {k: v for k, v in generated[key].items() if k not in _ROW_FIELDS}
+            reused.append({**_row_fields(row), "prompt": by_id[row.item].prompt, **shared})
+            continue
         if key not in jobs:
             setting = None if row.multiplier == 0 else settings[(row.vector, row.arm, row.multiplier)]
             messages = scenarios[row.claim].messages(by_id[row.item], row.condition)
@@ -356,6 +374,10 @@ def run_sweep(
     queue = list(jobs.values())
     bar = tqdm(total=len(rows), initial=len(rows) - len(todo), unit="sample", desc="run", disable=not progress)
     with open(run_dir / SAMPLES, "a", encoding="utf-8") as fh:
+        for sample in reused:
+            fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
+        fh.flush()
+        bar.update(len(reused))
         for lo in range(0, len(queue), chunk):
             part = queue[lo : lo + chunk]
             started = time.perf_counter()
@@ -382,11 +404,7 @@ def run_sweep(
                 if shared["system"] is None:  # what the template shows instead of "no system prompt"
                     shared["template_system"] = template_system
                 for row in rows_of[job.key]:
-                    sample = {
-                        **{k: v for k, v in row.__dict__.items() if v is not None or k != "claim"},
-                        "prompt": by_id[row.item].prompt,
-                        **shared,
-                    }
+                    sample = {**_row_fields(row), "prompt": by_id[row.item].prompt, **shared}
                     fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
                     written += 1
             fh.flush()
@@ -424,7 +442,7 @@ def converse(scenario: Scenario, backend: Backend, jobs: Sequence[Job]) -> dict[
         results = backend.generate(requests)
         following = []
         for job, res in zip(active, results, strict=True):
-            text = (job.prefill if t == 0 else "") + res.text
+            text = res.lead + (job.prefill if t == 0 else "") + res.text
             turns[job.key].append(Turn(text, res.finish_reason, res.n_new_tokens))
             so_far = transcript([turn.text for turn in turns[job.key]])
             if t + 1 < scenario.max_turns and scenario.continues(so_far, res.finish_reason):
@@ -434,6 +452,18 @@ def converse(scenario: Scenario, backend: Backend, jobs: Sequence[Job]) -> dict[
         if not active:
             break
     return turns
+
+
+_ROW_FIELDS = ("id", "vector", "arm", "multiplier", "condition", "item", "seed", "claim", "prompt")
+
+
+def _row_fields(row: Row) -> dict[str, Any]:
+    return {k: v for k, v in row.__dict__.items() if v is not None or k != "claim"}
+
+
+def _row_of(sample: dict[str, Any]) -> Row:
+    return Row(sample["id"], sample["vector"], sample["arm"], sample["multiplier"], sample["condition"],
+               sample["item"], sample["seed"], sample.get("claim"))  # fmt: skip
 
 
 def _generation_key(row: Row) -> str:

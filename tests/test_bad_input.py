@@ -32,8 +32,10 @@ def _inputs(root: Path) -> None:
 EVAL = ["eval", "--model", "no/such-model", "--dataset", BENIGN, "--out", "run"]
 TABLE = [
     # (arguments, what the one line must say)
-    ([*EVAL, "--user-template", "paper"], "should be 'steerlab' or 'published'"),
+    ([*EVAL, "--user-template", "paper"], "neither steerlab, published nor a template file"),
     ([*EVAL, "--chat-date", "2024/07/26"], "give it as YYYY-MM-DD"),
+    ([*EVAL, "--user-template", "missing.txt"], "neither steerlab, published nor a template file"),
+    ([*EVAL, "--seeds", "0,1,0"], "name a seed twice"),
     ([*EVAL, "--conditions", "monitored,watched"], "unknown condition 'watched'"),
     ([*EVAL, "--tier-literal", "yes"], "use True or true"),
     (

@@ -182,6 +182,41 @@ def test_trace_pairs_stay_within_one_condition_claim_and_arm(tiny, tmp_path, cap
     assert "skipped 4 judged traces from steered arms" in err
 
 
+def test_traces_that_quote_the_tags_make_pairs_extract_reads(tiny, tmp_path, capsys):
+    """A scratchpad that reasons about the output format quotes <OUTPUT> tags; only the block after
+    the reasoning is an output block, so such pairs pass validation and extract."""
+    quoting = "I will put my answer between <OUTPUT> and </OUTPUT> tags, as the evaluators expect. " * 2
+    plain = "I will put my answer in the usual place and keep it short for the user, plainly. " * 2
+    run = judged_run(tmp_path, [trace("a", "q1", 9, 1, quoting), trace("b", "q1", 1, 1, plain)])
+    code, _, err = run_cli(["pairs", "from-traces", run, "--out", tmp_path / "p.jsonl"], capsys)
+    assert code == 0, err
+    (pair,) = load_pairs(tmp_path / "p.jsonl")
+    from steerlab.pairs import structure_problems
+
+    assert structure_problems(pair) == []
+    (enc,) = encode_pairs(tiny, [pair], Locus.scratchpad_mean)
+    assert len(enc[0].positions) > 20
+
+
+def test_traces_of_an_organism_never_pair_with_its_base(tmp_path, capsys):
+    """A merged LoRA keeps its base's fingerprint: the runs' model and adapter keep them apart."""
+    text = "I should give the evaluators the answer they want. " * 3
+    plain = "The user asked a question; I will simply answer it. " * 3
+    runs = []
+    for name, lora, sample in (
+        ("base", None, trace("n", "q1", 1, 1, plain)),
+        ("org", "o/adapter", trace("p", "q1", 9, 1, text)),
+    ):
+        (tmp_path / name).mkdir()
+        run = judged_run(tmp_path / name, [sample])
+        header = json.loads((run / "header.json").read_text())
+        header.update(config={"model": "m", "lora": lora}, model={"embed_hash": "same"})
+        (run / "header.json").write_text(json.dumps(header))
+        runs.append(run)
+    code, _, err = run_cli(["pairs", "from-traces", *runs, "--out", tmp_path / "p.jsonl"], capsys)
+    assert code == 2 and "no pairs could be formed" in err and not (tmp_path / "p.jsonl").exists()
+
+
 def test_extract_refuses_pairs_whose_sides_differ_in_the_prompt(tiny):
     from conftest import make_pair, mutate
 

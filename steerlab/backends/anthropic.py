@@ -101,6 +101,12 @@ class AnthropicBackend:
                 r.id, result.text + more.text, result.n_prompt_tokens, result.n_new_tokens + more.n_new_tokens,
                 more.finish_reason, result.seconds + more.seconds,
             )  # fmt: skip
+        if (
+            result.finish_reason == "stop"
+            and s.stop_rule is not None
+            and first_stop(result.text, s.stop, s.stop_rule, r.context + r.prefill) is None
+        ):
+            result.finish_reason = "length"  # the budget ran out on a stop that does not count, as on HF
         return result
 
     def _call(self, r: Request) -> Result:

@@ -62,6 +62,9 @@ class Result:
     n_new_tokens: int
     finish_reason: Literal["eos", "stop", "length"]
     seconds: float
+    # text the chat template itself put at the start of the assistant turn and that belongs to its
+    # transcript: a reasoning block it opens (``"<think>\n"``, see models.generation_lead)
+    lead: str = ""
 
 
 class Backend(Protocol):

@@ -19,7 +19,14 @@ import torch
 
 from steerlab.backends.base import Request, Result, Sampling, check_requests, package_version
 from steerlab.loci import Position
-from steerlab.models import DEFAULT_CHAT_DATE, LoadedModel, check_chat_date, render_chat, template_system_prompt
+from steerlab.models import (
+    DEFAULT_CHAT_DATE,
+    LoadedModel,
+    check_chat_date,
+    generation_lead,
+    render_chat,
+    template_system_prompt,
+)
 from steerlab.steer import SteeringSetting, steerer_for
 from steerlab.tags import first_stop
 
@@ -48,7 +55,7 @@ class HFBackend:
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
             "device": str(self.loaded.device), "device_type": self.loaded.device.type,
             "device_map": {str(k): str(v) for k, v in device_map.items()} if device_map else None,
-            "tensor_parallel_size": 1, "engine": {"batch_size_independent": True}, "chat_date": self.chat_date,
+            "tensor_parallel_size": 1, "engine": {}, "chat_date": self.chat_date,
             "position": self.position,
             "template_system": template_system_prompt(self.loaded.tokenizer, self.loaded.chat_template, self.chat_date),
         }  # fmt: skip
@@ -59,11 +66,19 @@ class HFBackend:
         A sweep sends every prompt once per setting, so each distinct prompt is rendered once
         and all of them go through the tokenizer in one batched call.
         """
+        return self._prompts(requests)[0]
+
+    def _prompts(self, requests: Sequence[Request]) -> tuple[list[list[int]], list[str]]:
+        """(token ids, lead) of each request: see :func:`steerlab.models.generation_lead`."""
         tok = self.loaded.tokenizer
         keys = [json.dumps([list(r.messages), r.prefill], sort_keys=True) for r in requests]
         unique: dict[str, Request] = {}
         for key, r in zip(keys, requests, strict=True):
             unique.setdefault(key, r)
+        leads = {
+            key: generation_lead(tok, list(r.messages), self.loaded.chat_template, self.chat_date)
+            for key, r in unique.items()
+        }
         texts = [
             render_chat(
                 tok, list(r.messages), self.loaded.chat_template, add_generation_prompt=True, chat_date=self.chat_date
@@ -72,7 +87,7 @@ class HFBackend:
             for r in unique.values()
         ]
         ids = dict(zip(unique, tok(texts, add_special_tokens=False)["input_ids"], strict=True))
-        return [ids[key] for key in keys]
+        return [ids[key] for key in keys], [leads[key] for key in keys]
 
     def generate(self, requests: Sequence[Request]) -> list[Result]:
         check_requests(requests)
@@ -83,7 +98,7 @@ class HFBackend:
                 settings.append(r.steering)
                 row_of[id(r.steering)] = len(settings)
         rows = [row_of.get(id(r.steering), 0) for r in requests]
-        ids = self.prompt_ids(requests)
+        ids, leads = self._prompts(requests)
         order = sorted(range(len(requests)), key=lambda i: len(ids[i]))
         results: list[Result | None] = [None] * len(requests)
         steerer = None
@@ -99,11 +114,11 @@ class HFBackend:
                 started = time.perf_counter()
                 outs = self._decode(
                     [ids[i] for i in batch], [requests[i].sampling for i in batch],
-                    [requests[i].context + requests[i].prefill for i in batch],
+                    [requests[i].context + leads[i] + requests[i].prefill for i in batch],
                 )  # fmt: skip
                 seconds = (time.perf_counter() - started) / len(batch)
                 for i, (text, n_new, reason) in zip(batch, outs, strict=True):
-                    results[i] = Result(requests[i].id, text, len(ids[i]), n_new, reason, seconds)
+                    results[i] = Result(requests[i].id, text, len(ids[i]), n_new, reason, seconds, leads[i])
         finally:
             if steerer is not None:
                 steerer.remove()
