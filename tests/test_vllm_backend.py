@@ -116,6 +116,24 @@ LONG_SYSTEM = " ".join(
 )
 
 
+def test_the_cache_salt_is_the_settings_content():
+    """Salts follow what a setting adds, not its object or its row in a call's table."""
+    from steerlab.backends.vllm import row_salt, steering_salt
+    from steerlab.steer import build_table
+
+    rc, re_ = (VectorBundle.load(VECTORS[c]) for c in ("retraining_consequences", "researcher_expectations"))
+    plus, minus, zero = settings_for(rc, [3.0, -3.0, 0.0])
+    (again,) = settings_for(rc, [3.0])  # another object with the same content
+    (fewer,) = settings_for(rc, [3.0], layers=rc.vector.layers[:1])
+    (other,) = settings_for(re_, [3.0])
+    salts = [steering_salt(s) for s in (plus, minus, fewer, other)]
+    assert steering_salt(again) == salts[0] and len(set(salts)) == 4
+    assert steering_salt(None) is None and steering_salt(zero) is None  # adds nothing: shares with unsteered
+    table, layers = build_table([other, minus, again], rc.vector.d_model)  # other rows, other layers
+    assert [row_salt(row, layers) for row in table[1:]] == [salts[3], salts[1], salts[0]]
+    assert all(len(s) <= 128 and not set(s) & set("@/\\\0") for s in salts)  # what vLLM accepts
+
+
 def test_prefix_cache_never_reuses_another_settings_prompt(vllm_backend, hf_backend):
     """Prefix caching is on; requests with one long system prompt and different settings must each get
     their own prompt activations: a mixed call, each setting alone (the cache warm with the others'
@@ -185,6 +203,7 @@ def test_describe_reports_the_running_engine_and_guards_resume(vllm_backend, hf_
     assert engine["block_size"] == config.cache_config.block_size == 128
     assert engine["max_model_len"] == 1024 and engine["kv_cache_dtype"] == "auto" and engine["enable_lora"] is False
     assert d["template_system"] == hf_backend.describe()["template_system"]
+    assert d["scheduler"]["max_num_batched_tokens"] == config.scheduler_config.max_num_batched_tokens
 
     (tmp_path / "p.txt").write_text("Name a colour.\n")
     cfg = dict(prompts=tmp_path / "p.txt", max_new_tokens=2, out=tmp_path / "run")
