@@ -15,7 +15,8 @@ requests share cached blocks only with requests steered identically; unsteered r
 salt and share among themselves.
 
 Stop strings: vLLM stops at every stop string, but a request's ``Sampling.stop_rule`` may say that
-a stop does not end the turn (``</OUTPUT>`` quoted inside an open scratchpad). Such a request is
+a stop does not end the turn (``</OUTPUT>`` quoted inside an open scratchpad; the rule reads the
+request's context, the reasoning block the chat template opens, its prefill and the text). Such a request is
 continued from its exact token ids (prompt + generated, as the prompt of a new request with the
 same steering row and salt, the remaining token budget and a seed derived from the request's seed
 and the tokens generated so far, :func:`continuation_seed`) until a stop that counts, an
@@ -65,6 +66,7 @@ from steerlab.models import (
     _n_layers,
     check_chat_date,
     config_hash,
+    generation_lead,
     render_chat,
     resolve_source,
     template_system_prompt,
@@ -129,6 +131,7 @@ class _Turn:
     prompt: list[int]
     row: int  # its steering table row (0: unsteered)
     salt: str | None  # its prefix-cache salt
+    lead: str  # a reasoning block the chat template opens in the generation prompt (models.generation_lead)
     new: list[int] = field(default_factory=list)  # generated token ids (without an end-of-sequence token)
     reason: str = ""  # once over: "eos", "stop" (a stop string, maybe one that does not count) or "length"
 
@@ -247,7 +250,6 @@ class VLLMBackend:
                 **{k: first[k] for k in engine_keys},
                 # requests share cached prompt blocks only when steered identically (steering_salt)
                 "prefix_cache_salt": SALT_VERSION,
-                "batch_size_independent": False,  # a row's numerics may depend on what it is batched with
             },
             "scheduler": {k: first[k] for k in scheduler_keys},
             "chat_date": self.chat_date, "position": "all",
@@ -294,6 +296,17 @@ class VLLMBackend:
             results.update(zip(group, self._generate(part, mine, rows), strict=True))
         return [results[i] for i in range(len(requests))]
 
+    def _leads(self, requests: Sequence[Request]) -> list[str]:
+        """Each request's :func:`~steerlab.models.generation_lead` (rendered once per distinct chat)."""
+        leads: dict[str, str] = {}
+        out = []
+        for r in requests:
+            key = json.dumps(list(r.messages), sort_keys=True)
+            if key not in leads:
+                leads[key] = generation_lead(self.tokenizer, list(r.messages), self.chat_template, self.chat_date)
+            out.append(leads[key])
+        return out
+
     def _set_table(self, settings: Sequence[SteeringSetting]) -> list[str | None]:
         """Send the settings' table to every worker; returns each setting's prefix-cache salt."""
         table, layers = build_table(settings, self.d_model)
@@ -321,8 +334,8 @@ class VLLMBackend:
     ) -> list[Result]:
         salts = {id(s): salt for s, salt in zip(settings, self._set_table(settings), strict=True)}
         turns = [
-            _Turn(r, ids, row_of.get(id(r.steering), 0), salts.get(id(r.steering)))
-            for r, ids in zip(requests, self.prompt_ids(requests), strict=True)
+            _Turn(r, ids, row_of.get(id(r.steering), 0), salts.get(id(r.steering)), lead)
+            for r, ids, lead in zip(requests, self.prompt_ids(requests), self._leads(requests), strict=True)
         ]
         started = time.perf_counter()
         pending = turns
@@ -373,7 +386,7 @@ class VLLMBackend:
         s, r = t.request.sampling, t.request
         if not s.stop:
             return None
-        return first_stop(self._decode(t.new[:n]), s.stop, s.stop_rule, r.context + r.prefill)
+        return first_stop(self._decode(t.new[:n]), s.stop, s.stop_rule, r.context + t.lead + r.prefill)
 
     def _result(self, t: _Turn, seconds: float) -> Result:
         text, n_new, reason = self._decode(t.new), len(t.new), t.reason
@@ -384,7 +397,7 @@ class VLLMBackend:
             text, reason = text[:cut], "stop"
         elif reason == "stop":  # ended at a stop string that does not count, with no budget left
             reason = "length"
-        return Result(t.request.id, text, len(t.prompt), n_new, reason, seconds)  # type: ignore[arg-type]
+        return Result(t.request.id, text, len(t.prompt), n_new, reason, seconds, t.lead)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------------- the guard
 
