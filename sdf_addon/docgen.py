@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from sdf_addon.universe import Universe
 from steerlab.errors import ConfigError
-from steerlab.fileio import atomic_write_text, read_jsonl
+from steerlab.fileio import atomic_write_text, open_append, read_jsonl
 from steerlab.harness.judge import CHARS_PER_TOKEN, JudgeCache, estimate_chars
 
 STAGES = ("brainstorm", "ideas", "documents", "revised", "questions")
@@ -126,7 +126,7 @@ class Stage:
         self.failed = 0
 
     def rows(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.path)
+        return read_jsonl(self.path, torn_tail=True)
 
     def run(self, jobs: Sequence[tuple[str, str, dict[str, Any]]], make: Callable[[dict, str], list[dict]]) -> list:
         """``jobs``: (key, user prompt, meta); ``make(meta, reply)`` turns a reply into rows."""
@@ -135,7 +135,7 @@ class Stage:
         params = self.generator.params()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=self.name, disable=not self.progress)
-        with open(self.path, "a", encoding="utf-8") as fh:
+        with open_append(self.path) as fh:
             for lo in range(0, len(todo), self.chunk):
                 part = todo[lo : lo + self.chunk]
                 keys = [JudgeCache.key(self.generator.model, f"docgen:{self.name}", u, {**params, "row": k})
@@ -313,7 +313,7 @@ def filter_corpus(
 
 def write_corpus(u: Universe, out_dir: Path, count_tokens: Callable[[str], int], cfg: DocgenConfig) -> dict[str, Any]:
     """Filter the revised documents into ``corpus.jsonl`` and write ``report.json`` and ``lengths.png``."""
-    rows = read_jsonl(Path(out_dir) / "revised.jsonl")
+    rows = read_jsonl(Path(out_dir) / "revised.jsonl", torn_tail=True)
     kept, dropped = filter_corpus(u, rows, count_tokens, cfg)
     if not kept:
         raise ConfigError(

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from steerlab.errors import ConfigError
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -40,23 +42,60 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The finished lines of an append-only JSONL file; a torn last line (a kill mid-write) is
-    dropped and cut from the file, so appending can resume."""
+def _jsonl_rows(raw: bytes, path: Path, torn_tail: bool) -> tuple[list[dict[str, Any]], int]:
+    """(rows, bytes they span). A line that does not parse is an error naming the file and line,
+    except a last line without a newline when ``torn_tail``: that one is a write a kill cut short,
+    and is left out. A last line without a newline that parses is a row like any other."""
+    rows: list[dict[str, Any]] = []
+    keep = 0
+    lines = raw.splitlines(keepends=True)
+    for lineno, line in enumerate(lines, start=1):
+        last = lineno == len(lines)
+        if not line.strip():
+            keep += len(line)
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            if torn_tail and last and not line.endswith(b"\n"):
+                break
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+            raise ConfigError(f"{path}:{lineno}: not a JSON line ({reason}); fix or remove that line") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}:{lineno}: expected a JSON object, found {type(row).__name__}")
+        rows.append(row)
+        keep += len(line)
+    return rows, keep
+
+
+def read_jsonl(path: Path, torn_tail: bool = False) -> list[dict[str, Any]]:
+    """Every row of a JSONL file; reading never changes the file.
+
+    ``torn_tail=True`` is for append-only files that a killed writer may have left mid-line (run
+    samples, generation stages): an unparseable last line without a newline is left out. Any other
+    bad line is an error naming the file and line.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    raw = path.read_bytes()
-    keep, rows = 0, []
-    for line in raw.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        keep += len(line)
-    if keep != len(raw):
-        with open(path, "r+b") as fh:
-            fh.truncate(keep)
-    return rows
+    return _jsonl_rows(path.read_bytes(), path, torn_tail)[0]
+
+
+def open_append(path: Path):
+    """Open an append-only JSONL file for appending, as its one writer.
+
+    Only here may a file change before new rows go in: a torn last line (a kill mid-write) is cut,
+    and a last row that parses but lacks its newline gets one, so the next row starts a line.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        raw = path.read_bytes()
+        _, keep = _jsonl_rows(raw, path, torn_tail=True)
+        if keep != len(raw):
+            with open(path, "r+b") as fh:
+                fh.truncate(keep)
+        elif raw and not raw.endswith(b"\n"):
+            with open(path, "ab") as fh:
+                fh.write(b"\n")
+    return open(path, "a", encoding="utf-8")

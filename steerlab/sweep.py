@@ -40,7 +40,7 @@ from steerlab import prompts
 from steerlab.backends.base import Backend, Request, Sampling, backend_identity
 from steerlab.config import load_yaml
 from steerlab.errors import ConfigError
-from steerlab.fileio import atomic_write_text, file_hash
+from steerlab.fileio import atomic_write_text, file_hash, open_append
 from steerlab.harness.datasets import Item, load_requests
 from steerlab.harness.records import FORMAT, SAMPLES, SUMMARY, git_commit, open_run, read_header, read_samples, versions
 from steerlab.harness.scenario import AlignmentFaking, Plain, Scenario, Turn, next_turn_messages, transcript
@@ -373,7 +373,7 @@ def run_sweep(
         rows_of[key].append(row)
     queue = list(jobs.values())
     bar = tqdm(total=len(rows), initial=len(rows) - len(todo), unit="sample", desc="run", disable=not progress)
-    with open(run_dir / SAMPLES, "a", encoding="utf-8") as fh:
+    with open_append(run_dir / SAMPLES) as fh:
         for sample in reused:
             fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
         fh.flush()

@@ -93,8 +93,9 @@ def open_run(run_dir: Path, header: dict[str, Any], keys: Sequence[str]) -> None
 
 
 def read_samples(run_dir: Path) -> list[dict[str, Any]]:
-    """Finished samples; a torn last line (a kill mid-write) is dropped and cut from the file."""
-    return read_jsonl(Path(run_dir) / SAMPLES)
+    """Finished samples; a torn last line (a kill mid-write) is left out. Reading never changes the
+    file: only the run's writer (:func:`steerlab.fileio.open_append`) cuts a torn line before appending."""
+    return read_jsonl(Path(run_dir) / SAMPLES, torn_tail=True)
 
 
 def rewrite_samples(run_dir: Path, samples: Sequence[dict[str, Any]]) -> None:
