@@ -92,9 +92,9 @@ def sweep(backend, args) -> dict:
     from steerlab.models import load_model
 
     bundle = VectorBundle.load(REPO / "vectors/researcher_expectations/smollm2.safetensors", expect=backend.fingerprint)
-    resid = dict(zip(bundle.meta["layers"], bundle.meta["diagnostics"]["per_layer"]["resid_norm"], strict=True))
+    norms = dict(zip(bundle.meta["layers"], bundle.meta["diagnostics"]["per_layer"]["token_norm"], strict=True))
     multipliers = [-0.3, -0.2, -0.1, 0.1, 0.2, 0.3, 0.4]
-    settings = [SteeringSetting(v, m, scale="relative", resid_norms=resid)
+    settings = [SteeringSetting(v, m, scale="relative", token_norms=norms)
                 for v in [bundle.vector, *bundle.controls[:5]] for m in multipliers]  # fmt: skip
     reqs = [Request([{"role": "user", "content": p}], Sampling(max_new_tokens=args.new_tokens), s)
             for s in settings for p in PROMPTS[:4]]  # fmt: skip
