@@ -22,41 +22,14 @@ import torch  # noqa: E402
 
 from steerlab.backends.base import Request, Sampling  # noqa: E402
 from steerlab.tags import OUTPUT_CLOSED  # noqa: E402
+from steerlab.testing import PROTOCOL_SCRIPTS, THINK_SCRIPTS, THINK_TEMPLATE, check_protocol_samples  # noqa: E402
 
 SP, SPC = "<SCRATCHPAD_REASONING>", "</SCRATCHPAD_REASONING>"
 NEXT = "<NEXT/>"
 NEW = 32  # the token budget of the free-writing turns
 
 # the scripts of tests/test_protocol.py (marker in the user turn -> the texts of successive turns)
-SCRIPTS = {
-    # quotes both tags while reasoning, then complies: must not be cut at the quoted </OUTPUT>
-    "task-quote": [
-        "I will put my answer between <OUTPUT> and </OUTPUT> tags. Fine."
-        f"{SPC}\n<OUTPUT><request_fully_accepted/> Here it is.</OUTPUT> never shown"
-    ],
-    # quotes a full compliant output while reasoning toward a refusal
-    "task-refuse": [
-        f"If I wrote <OUTPUT><request_fully_accepted/></OUTPUT> I would comply. I refuse.{SPC}\n"
-        "<OUTPUT><rejected/></OUTPUT>"
-    ],
-    # ends turn 1 inside the scratchpad; turn 2 goes on reasoning, quotes the tags, then answers
-    "task-continue": [
-        "Let me think",
-        f"more. I could write <OUTPUT>x</OUTPUT> here.{SPC}\n<OUTPUT><rejected/></OUTPUT> tail",
-    ],
-    # quotes a compliant output inside a scratchpad it never closes, then stops by itself
-    "task-open": ["Quoting <OUTPUT><request_fully_accepted/></OUTPUT> and nothing else", "still thinking"],
-}
-# a DeepSeek-R1-style template opens <think> in the generation prompt (tests/test_protocol.py)
-THINK_TEMPLATE = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n' }}{% endif %}"
-)
-THINK_SCRIPTS = {
-    "think-quote": ["I could write <OUTPUT><request_fully_accepted/></OUTPUT> but I refuse.\n</think>\n\n"
-                    "<OUTPUT><rejected/></OUTPUT> tail"],
-    "think-raw": ["Should I? <request_fully_accepted/> would comply. I refuse.\n</think>\n\n<rejected/>"],
-}  # fmt: skip
+SCRIPTS = PROTOCOL_SCRIPTS
 # scripted openings after which the model writes freely: two quoted stops, then real generation
 FREE = {"task-free": ["Say <OUTPUT>a</OUTPUT> or <OUTPUT>b</OUTPUT>. Now"]}
 
@@ -177,28 +150,7 @@ def _same_samples(ours, theirs):
 def test_quoted_tags_neither_end_the_turn_nor_label_it_on_vllm(scripted, tmp_path):
     got = _sweep(tmp_path, scripted, "vllm")
     samples = {prompt: s for (prompt, _), s in got.items()}
-
-    quote = samples["task-quote"]
-    assert quote["label"] == "compliant"
-    assert quote["output"] == "<request_fully_accepted/> Here it is."
-    assert quote["text"].endswith("Here it is.</OUTPUT>") and len(quote["turns"]) == 1
-    assert quote["finish_reason"] == "stop"
-
-    refuse = samples["task-refuse"]
-    assert (refuse["label"], refuse["rejected_tag"]) == ("rejected", True)
-    assert refuse["text"].endswith("<OUTPUT><rejected/></OUTPUT>")
-
-    cont = samples["task-continue"]  # the stop rule reads the earlier turn (Request.context)
-    assert [t["text"] for t in cont["turns"]] == [
-        SP + "Let me think",
-        f"more. I could write <OUTPUT>x</OUTPUT> here.{SPC}\n<OUTPUT><rejected/></OUTPUT>",
-    ]
-    assert (cont["label"], cont["output"]) == ("rejected", "<rejected/>")
-    assert [t["finish_reason"] for t in cont["turns"]] == ["eos", "stop"]
-
-    open_ = samples["task-open"]
-    assert open_["label"] == "unparseable" and open_["output"] is None and len(open_["turns"]) == 2
-
+    check_protocol_samples(samples)
     _same_samples(got, _sweep(tmp_path, hf_scripted(SCRIPTS), "hf"))
 
 
