@@ -99,3 +99,39 @@ def open_append(path: Path):
             with open(path, "ab") as fh:
                 fh.write(b"\n")
     return open(path, "a", encoding="utf-8")
+
+
+class LockedError(ConfigError):
+    """Another live process holds the lock of a run directory, cache or corpus."""
+
+
+@contextlib.contextmanager
+def exclusive(target: Path, what: str = "run") -> Iterator[Path]:
+    """Hold an exclusive lock on ``target`` (a directory or a file being written) for the block.
+
+    The lock is ``fcntl.flock`` on ``<target>.lock`` (inside a directory: ``<dir>/.lock``), so the
+    kernel releases it when the holder dies, even by ``kill -9``; a stale lock file is harmless.
+    A second process gets one line naming the holder's pid. Nothing else is created or changed
+    when the lock cannot be had (the lock file itself is created only in an existing folder).
+    """
+    import fcntl
+
+    target = Path(target)
+    lock_path = target / ".lock" if target.is_dir() else target.with_name(target.name + ".lock")
+    if not lock_path.parent.is_dir():
+        raise ConfigError(f"cannot lock {target}: its folder {lock_path.parent} does not exist")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise LockedError(
+                f"{target} is in use by another steerlab process (pid {holder}); wait for it to finish, "
+                "or stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield lock_path
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
