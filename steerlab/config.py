@@ -9,8 +9,26 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from steerlab.errors import ConfigError
+from steerlab.fileio import read_text
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice; keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def load_yaml(path: Path, model: type[M], what: str, overrides: dict[str, Any] | None = None) -> M:
@@ -20,10 +38,12 @@ def load_yaml(path: Path, model: type[M], what: str, overrides: dict[str, Any] |
     line naming the file and the field.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} {path} does not exist")
+    text = read_text(path, what)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        try:
+            data = safe_load(text) or {}
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
         data.update({k: v for k, v in (overrides or {}).items() if v is not None})

@@ -33,6 +33,22 @@ def atomic_write_text(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def read_text(path: Path, what: str = "file") -> str:
+    """A text file's contents as UTF-8; anything else (UTF-16, Latin-1 bytes) is one line naming it."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder, not a file")
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (byte {exc.start} cannot be decoded); save it as UTF-8"
+        ) from None
+
+
 def file_hash(path: Path) -> str:
     """sha256 of a file's bytes (first 16 hex digits), streamed."""
     digest = hashlib.sha256()

@@ -24,8 +24,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from steerlab.config import load_yaml
-from steerlab.errors import PairFileError
-from steerlab.fileio import atomic_write_text
+from steerlab.errors import ConfigError, PairFileError
+from steerlab.fileio import atomic_write_text, read_text
 from steerlab.tags import (  # noqa: F401 (re-exported)
     OUTPUT_CLOSE,
     OUTPUT_OPEN,
@@ -114,32 +114,33 @@ def outputs(text: str) -> list[str]:
 def load_pairs(path: Path) -> list[Pair]:
     """Read a JSONL pair set; any malformed line is an error naming the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise PairFileError(f"pair file {path} does not exist")
+    try:
+        text = read_text(path, "pair file")
+    except ConfigError as exc:
+        raise PairFileError(str(exc)) from None
     pairs: list[Pair] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PairFileError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(raw, dict):
-                raise PairFileError(f"{path}:{lineno}: expected a JSON object, got {type(raw).__name__}")
-            try:
-                pair = Pair.model_validate(raw)
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                where = ".".join(str(p) for p in err["loc"]) or "pair"
-                what = "missing field" if err["type"] == "missing" else err["msg"].lower()
-                ident = raw.get("id", "?")
-                raise PairFileError(f"{path}:{lineno}: pair {ident!r}: {what}: {where!r}") from None
-            if pair.id in seen:
-                raise PairFileError(f"{path}:{lineno}: pair id {pair.id!r} repeats line {seen[pair.id]}")
-            seen[pair.id] = lineno
-            pairs.append(pair)
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PairFileError(f"{path}:{lineno}: malformed JSON, column {exc.colno}: {exc.msg}") from None
+        if not isinstance(raw, dict):
+            raise PairFileError(f"{path}:{lineno}: expected a JSON object, got {type(raw).__name__}")
+        try:
+            pair = Pair.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "pair"
+            what = "missing field" if err["type"] == "missing" else err["msg"].lower()
+            ident = raw.get("id", "?")
+            raise PairFileError(f"{path}:{lineno}: pair {ident!r}: {what}: {where!r}") from None
+        if pair.id in seen:
+            raise PairFileError(f"{path}:{lineno}: pair id {pair.id!r} repeats line {seen[pair.id]}")
+        seen[pair.id] = lineno
+        pairs.append(pair)
     if not pairs:
         raise PairFileError(f"pair file {path} holds no pairs")
     return pairs

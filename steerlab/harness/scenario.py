@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from steerlab.backends.base import Sampling
 from steerlab.errors import ConfigError
+from steerlab.fileio import read_text
 from steerlab.harness.datasets import Item
 from steerlab.harness.parse import ACCEPTED, NEXT, REJECTED, parse, transcript
 from steerlab.tags import OUTPUT_CLOSE, OUTPUT_CLOSED, last_reasoning_end, open_reasoning, output_start
@@ -91,7 +92,7 @@ def user_template_text(spec: str) -> str:
     path = Path(spec)
     if not path.is_file():
         raise ConfigError(f"user template {spec!r} is neither steerlab, published nor a template file")
-    text = path.read_text(encoding="utf-8").strip("\n")
+    text = read_text(path, "user template").strip("\n")
     import string
 
     try:
@@ -196,9 +197,7 @@ class AlignmentFaking:
         if path is None:
             return cls(**kw)
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"system prompt file {path} does not exist")
-        text = path.read_text(encoding="utf-8").strip()
+        text = read_text(path, "system prompt file").strip()
         if not text:
             raise ConfigError(f"system prompt file {path} is empty")
         if "is_free_tier_user" not in text:

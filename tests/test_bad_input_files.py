@@ -1,0 +1,42 @@
+"""Input files a user might hand over in the wrong shape: not UTF-8, a folder, duplicate YAML keys,
+broken JSON lines. Each is one line, exit 2, and nothing changed (see tests/test_bad_input.py)."""
+
+import pytest
+from conftest import REPO, run_cli
+from test_bad_input import snapshot
+
+BENIGN = str(REPO / "configs" / "requests" / "benign.jsonl")
+PAIRS = REPO / "configs" / "pairs" / "researcher_expectations.jsonl"
+
+
+def _inputs(root):
+    (root / "pairs_utf16.jsonl").write_bytes(PAIRS.read_text().splitlines()[0].encode("utf-16"))
+    (root / "pairs_broken.jsonl").write_text(PAIRS.read_text().splitlines()[0] + '\n{"id": \n')
+    (root / "system_latin1.txt").write_bytes("Vous \xeates un assistant <is_free_tier_user>".encode("latin-1"))
+    (root / "twice.yaml").write_text(f"prompts: {BENIGN}\nmax_new_tokens: 4\nmax_new_tokens: 400\n")
+    (root / "latin1.yaml").write_bytes(f"prompts: {BENIGN}\n# caf\xe9\n".encode("latin-1"))
+    (root / "a_folder").mkdir()
+
+
+EVAL = ["eval", "--model", "no/such-model", "--dataset", BENIGN, "--out", "run"]
+TABLE = [
+    (["pairs", "validate", "pairs_utf16.jsonl"], "is not UTF-8 text"),
+    (["pairs", "validate", "pairs_broken.jsonl"], "pairs_broken.jsonl:2: malformed JSON, column"),
+    (["pairs", "validate", "a_folder"], "is a folder, not a file"),
+    ([*EVAL, "--system-prompt", "system_latin1.txt"], "system prompt file system_latin1.txt is not UTF-8 text"),
+    (["sweep", "--config", "twice.yaml"], "key 'max_new_tokens' is given twice"),
+    (["sweep", "--config", "latin1.yaml"], "is not UTF-8 text"),
+    (["sweep", "--config", "a_folder"], "is a folder, not a file"),
+]
+
+
+@pytest.mark.parametrize("args, says", TABLE, ids=[" ".join(a[:3]) for a, _ in TABLE])
+def test_bad_files_are_one_line_exit_2_and_change_nothing(args, says, tmp_path, capsys, monkeypatch):
+    _inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    code, out, err = run_cli(args, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("steerlab: error: "), err
+    assert says in lines[0]
+    assert snapshot(tmp_path) == before
