@@ -329,6 +329,8 @@ def _torch_dtype(dtype: str, device: str) -> Any:
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps|xpu(:\d+)?", device):
+        raise ModelLoadError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N, mps or xpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} asked for but CUDA is not available; use --device cpu")
     return device
@@ -379,7 +381,8 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
         raise ModelLoadError(f"converting {gguf_path.name} failed: missing {missing}, unexpected {unexpected}")
     fresh.tie_weights()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    _remove_stale_conversions(target.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".convert-{os.getpid()}-", dir=target.parent))
     try:
         fresh.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -396,6 +399,52 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _remove_stale_conversions(folder: Path) -> None:
+    """Remove ``.convert-*`` folders that a killed conversion left (about 500 MB each); a folder of
+    a conversion whose process (``.convert-<pid>-...``) is still alive is left alone."""
+    for stale in folder.glob(".convert-*"):
+        pid = stale.name.split("-")[1] if stale.name.count("-") >= 2 else ""
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_weights(path: Path, allow_pickle: bool) -> None:
+    """Refuse pickled weights (unless allowed) and truncated safetensors files before loading."""
+    tensors = sorted(path.glob("*.safetensors"))
+    pickled = sorted(p.name for p in path.glob("*.bin") if p.name.startswith(("pytorch_model", "model")))
+    if not tensors and pickled and not allow_pickle:
+        raise ModelLoadError(
+            f"{path} holds pickled weights ({pickled[0]}) and no safetensors; convert them "
+            "(save_pretrained(..., safe_serialization=True)) or set STEERLAB_ALLOW_PICKLE=1 if you trust the file"
+        )
+    from safetensors import SafetensorError, safe_open
+
+    for f in tensors:
+        try:
+            with safe_open(f, "pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError) as exc:
+            raise ModelLoadError(f"{f} is damaged or truncated ({exc}); download or save the model again") from None
+
+
+def _check_gguf(path: Path) -> None:
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if len(head) < 8 or head[:4] != b"GGUF":
+        raise ModelLoadError(f"{path} is not a GGUF file (bad or missing header); download it again")
+
+
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.endswith(".gguf") or name.count("/") > 1
 
@@ -406,6 +455,7 @@ def resolve_source(name: str) -> tuple[Path | str, str | None]:
         return embedded_snapshot(), None
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
+        _check_gguf(path)
         return path.parent, path.name
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -413,6 +463,7 @@ def resolve_source(name: str) -> tuple[Path | str, str | None]:
                 f"{path} holds no model (no config.json); pass a directory written by "
                 "save_pretrained, a .gguf file, a hub id, or 'smollm2'"
             )
+        _check_weights(path, allow_pickle=os.environ.get("STEERLAB_ALLOW_PICKLE") == "1")
         return path, None
     if path.exists() or _looks_like_path(name):
         raise ModelLoadError(f"no model at {name!r}: the path does not exist or is not a model")
@@ -451,6 +502,8 @@ def load_model(
         config = AutoConfig.from_pretrained(where, **{k: v for k, v in kwargs.items() if k != "dtype"})
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if gguf_file is not None or Path(str(where)).is_dir():
+            raise ModelLoadError(f"cannot read the model at {name!r} ({first})") from exc
         raise ModelLoadError(
             f"cannot load model {name!r}: not a local model and not on the hub or in its cache "
             f"({first}); check the id, or download it and pass its local path"

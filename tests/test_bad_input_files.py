@@ -40,3 +40,50 @@ def test_bad_files_are_one_line_exit_2_and_change_nothing(args, says, tmp_path, 
     assert code == 2 and len(lines) == 1 and lines[0].startswith("steerlab: error: "), err
     assert says in lines[0]
     assert snapshot(tmp_path) == before
+
+
+def _model_inputs(root, tiny_dir):
+    import shutil
+
+    (root / "short.gguf").write_bytes(b"not a gguf ok")  # 13 bytes
+    shutil.copytree(tiny_dir, root / "truncated")
+    weights = root / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    (root / "pickled").mkdir()
+    shutil.copy(tiny_dir / "config.json", root / "pickled" / "config.json")
+    (root / "pickled" / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+
+
+MODEL_TABLE = [
+    (["model", "info", "short.gguf"], "is not a GGUF file"),
+    (["model", "info", "truncated"], "is damaged or truncated"),
+    (["model", "info", "pickled"], "holds pickled weights (pytorch_model.bin) and no safetensors"),
+    (["model", "info", "truncated", "--device", "tpu"], "unknown device 'tpu'"),
+]
+
+
+@pytest.mark.parametrize("args, says", MODEL_TABLE, ids=[" ".join(a[2:]) for a, _ in MODEL_TABLE])
+def test_bad_model_files_are_one_line_exit_2(args, says, tmp_path, capsys, monkeypatch, tiny_dir):
+    _model_inputs(tmp_path, tiny_dir)
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    code, out, err = run_cli(args, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("steerlab: error: "), err
+    assert says in lines[0]
+    assert snapshot(tmp_path) == before
+
+
+def test_a_killed_conversion_leaves_nothing_behind_on_the_next_run(tmp_path):
+    import os
+
+    from steerlab.models import _remove_stale_conversions
+
+    dead = tmp_path / ".convert-999999999-abc"
+    live = tmp_path / f".convert-{os.getpid()}-def"
+    old_style = tmp_path / ".convert-xyz"
+    for d in (dead, live, old_style):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"0" * 100)
+    _remove_stale_conversions(tmp_path)
+    assert not dead.exists() and not old_style.exists() and live.exists()
