@@ -502,6 +502,23 @@ def run_app(typer_app: typer.Typer, argv: list[str] | None, prog_name: str) -> N
     except SteerlabError as exc:
         err.print(f"{prog_name}: error: {exc}", markup=False)
         sys.exit(2)
+    except SystemExit as exc:  # typer turns Ctrl-C into exit status 130: say how to go on
+        command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), "")
+        hint = RESUME_HINTS.get((prog_name, command))
+        if exc.code == 130 and hint:
+            err.print(f"{prog_name}: interrupted; {hint}", markup=False)
+        raise
+
+
+# What a command that was stopped with Ctrl-C keeps, and how to go on (extract says it itself).
+_RERUN = "rerun the same command to resume: finished samples in the run directory are kept"
+RESUME_HINTS = {
+    **{("steerlab", c): _RERUN for c in ("sweep", "eval", "prompt-eval", "calibrate")},
+    ("steerlab", "judge"): "rerun the same command: judgements already made are in the judge cache",
+    ("sdf", "train"): "rerun the same command to resume from the last checkpoint in OUT/checkpoints",
+    ("sdf", "gen"): "rerun the same command to resume: finished stages and documents are kept",
+    ("sdf", "eval"): _RERUN,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

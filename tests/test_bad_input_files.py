@@ -87,3 +87,14 @@ def test_a_killed_conversion_leaves_nothing_behind_on_the_next_run(tmp_path):
         (d / "model.safetensors").write_bytes(b"0" * 100)
     _remove_stale_conversions(tmp_path)
     assert not dead.exists() and not old_style.exists() and live.exists()
+
+
+def test_ctrl_c_during_a_run_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    import steerlab.cli_harness as ch
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ch, "run_config", interrupted)
+    code, _, err = run_cli(["eval", "--dataset", BENIGN, "--out", tmp_path / "run"], capsys)
+    assert code == 130 and "steerlab: interrupted; rerun the same command to resume" in err
