@@ -87,7 +87,7 @@ def pairs_validate(
     drop_invalid: Path | None = typer.Option(
         None, "--drop-invalid", help="Write the valid pairs to this new file and exit 0."
     ),
-    show: int = typer.Option(20, help="How many rejected pairs to list."),
+    show: int = typer.Option(20, min=0, help="How many rejected pairs to list."),
 ) -> None:
     """Apply every filter to a pair set; exit 2 if any pair fails (unless --drop-invalid)."""
     from steerlab.pairs import load_pairs, load_validation_config, validate, write_pairs

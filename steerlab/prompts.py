@@ -67,7 +67,13 @@ class Registry(BaseModel):
         families = {c.family for c in self.claims}
         if spec in families:
             return [c for c in self.claims if c.family == spec]
-        return [self.get(x.strip()) for x in spec.split(",") if x.strip()]
+        ids = [x.strip() for x in spec.split(",")]
+        if not all(ids):
+            raise ConfigError(f"--claims {spec!r} has an empty item; give ids separated by single commas")
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise ConfigError(f"--claims {spec!r} names {twice[0]} twice; name each claim once")
+        return [self.get(i) for i in ids]
 
 
 class ClaimsConfig(BaseModel):

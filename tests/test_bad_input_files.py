@@ -98,3 +98,29 @@ def test_ctrl_c_during_a_run_says_how_to_resume(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(ch, "run_config", interrupted)
     code, _, err = run_cli(["eval", "--dataset", BENIGN, "--out", tmp_path / "run"], capsys)
     assert code == 130 and "steerlab: interrupted; rerun the same command to resume" in err
+
+
+SELECT_TABLE = [
+    (
+        ["prompt-eval", "--model", "no/such-model", "--dataset", BENIGN, "--out", "run", "--claims", "A1+,A1+"],
+        "names A1+ twice",
+    ),
+    (
+        ["prompt-eval", "--model", "no/such-model", "--dataset", BENIGN, "--out", "run", "--claims", "A1+,,A1-"],
+        "has an empty item",
+    ),
+]
+
+
+@pytest.mark.parametrize("args, says", SELECT_TABLE, ids=["claim twice", "empty claim item"])
+def test_claim_selections_that_would_run_twice_or_hide_a_typo(args, says, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)  # the default claims registry is resolved from the repository root
+    code, _, err = run_cli([*args[:6], str(tmp_path / "run"), *args[7:]], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and says in lines[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_validate_refuses_a_negative_show(tmp_path, capsys):
+    code, _, err = run_cli(["pairs", "validate", str(PAIRS), "--show", "-1"], capsys)
+    assert code == 2 and "greater than or equal to 0" in err  # typer's own usage error
