@@ -72,9 +72,11 @@ def gen(
     from steerlab.models import cache_dir
 
     u = load_universe(universe)
-    cfg = DocgenConfig(n_docs=n_docs, n_types=n_types, n_ideas=n_ideas, max_tokens=max_tokens, temperature=temperature,
-                       min_doc_tokens=min_doc_tokens, max_doc_tokens=max_doc_tokens,
-                       duplicate_threshold=duplicate_threshold)  # fmt: skip
+    from steerlab.cli_harness import _validated
+
+    cfg = _validated(DocgenConfig, n_docs=n_docs, n_types=n_types, n_ideas=n_ideas, max_tokens=max_tokens,
+                     temperature=temperature, min_doc_tokens=min_doc_tokens, max_doc_tokens=max_doc_tokens,
+                     duplicate_threshold=duplicate_threshold)  # fmt: skip
     out_dir = out_dir or Path("data/sdf") / u.id
     if dry_run:
         est = estimate(u, cfg, model or "claude-sonnet-4-5", batch)

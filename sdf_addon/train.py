@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from steerlab.config import load_yaml
 from steerlab.errors import ConfigError
-from steerlab.fileio import atomic_write_text, file_hash, read_jsonl
+from steerlab.fileio import atomic_write_text, file_hash, read_jsonl, shipped
 from steerlab.models import STACK_FILE
 
 DEFAULT_CONFIG = Path("configs/sdf/train.yaml")
@@ -67,8 +67,10 @@ class TrainConfig(BaseModel):
 
 
 def load_train_config(path: Path | None = None, **overrides: Any) -> TrainConfig:
-    if path is None and not DEFAULT_CONFIG.is_file():
-        return TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    if path is None and not shipped(DEFAULT_CONFIG).is_file():
+        from steerlab.cli_harness import _validated
+
+        return _validated(TrainConfig, **{k: v for k, v in overrides.items() if v is not None})
     return load_yaml(path or DEFAULT_CONFIG, TrainConfig, "training config", overrides)
 
 

@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from steerlab.errors import ConfigError
-from steerlab.fileio import read_text
+from steerlab.fileio import read_text, shipped
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -37,7 +37,7 @@ def load_yaml(path: Path, model: type[M], what: str, overrides: dict[str, Any] |
     Every problem (missing file, bad YAML, a field that does not validate) is a ConfigError of one
     line naming the file and the field.
     """
-    path = Path(path)
+    path = shipped(Path(path))
     text = read_text(path, what)
     try:
         try:

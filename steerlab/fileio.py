@@ -33,6 +33,21 @@ def atomic_write_text(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+# The checkout steerlab runs from: its configs/ hold the shipped defaults (claims registry, judge
+# rubric, SDF training config), named by relative paths such as configs/claims/claims.yaml.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shipped(path: Path) -> Path:
+    """``path`` as given when it exists; a relative ``configs/...`` path that does not exist here is
+    the shipped file of that name in steerlab's checkout, so defaults work from any folder."""
+    path = Path(path)
+    if path.exists() or path.is_absolute() or not path.parts or path.parts[0] != "configs":
+        return path
+    candidate = REPO_ROOT / path
+    return candidate if candidate.exists() else path
+
+
 def read_text(path: Path, what: str = "file") -> str:
     """A text file's contents as UTF-8; anything else (UTF-16, Latin-1 bytes) is one line naming it."""
     path = Path(path)

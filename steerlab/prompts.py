@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from steerlab import stats
 from steerlab.config import load_yaml
 from steerlab.errors import ConfigError
-from steerlab.fileio import file_hash
+from steerlab.fileio import file_hash, shipped
 from steerlab.harness import metrics
 
 STRENGTHS = ("weak", "standard", "strong")
@@ -130,7 +130,7 @@ def describe(cfg: ClaimsConfig) -> dict[str, Any]:
     """What a run header records about its claims: the file's hash and every claim as rendered."""
     claims = selected(cfg)
     return {
-        "file": str(cfg.file), "file_hash": file_hash(Path(cfg.file)), "select": cfg.select,
+        "file": str(cfg.file), "file_hash": file_hash(shipped(Path(cfg.file))), "select": cfg.select,
         "strength": cfg.strength,
         "claims": [{**c.model_dump(), "rendered": claim_text(c, cfg.strength)} for c in claims],
     }  # fmt: skip

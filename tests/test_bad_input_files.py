@@ -1,6 +1,8 @@
 """Input files a user might hand over in the wrong shape: not UTF-8, a folder, duplicate YAML keys,
 broken JSON lines. Each is one line, exit 2, and nothing changed (see tests/test_bad_input.py)."""
 
+from pathlib import Path
+
 import pytest
 from conftest import REPO, run_cli
 from test_bad_input import snapshot
@@ -114,7 +116,7 @@ SELECT_TABLE = [
 
 @pytest.mark.parametrize("args, says", SELECT_TABLE, ids=["claim twice", "empty claim item"])
 def test_claim_selections_that_would_run_twice_or_hide_a_typo(args, says, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(REPO)  # the default claims registry is resolved from the repository root
+    monkeypatch.chdir(tmp_path)  # the default claims registry is found from any folder
     code, _, err = run_cli([*args[:6], str(tmp_path / "run"), *args[7:]], capsys)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and says in lines[0], err
@@ -124,3 +126,22 @@ def test_claim_selections_that_would_run_twice_or_hide_a_typo(args, says, tmp_pa
 def test_validate_refuses_a_negative_show(tmp_path, capsys):
     code, _, err = run_cli(["pairs", "validate", str(PAIRS), "--show", "-1"], capsys)
     assert code == 2 and "greater than or equal to 0" in err  # typer's own usage error
+
+
+def test_shipped_defaults_are_found_from_any_folder(tmp_path, monkeypatch):
+    from sdf_addon.train import load_train_config
+    from steerlab.harness.judge import Rubric
+    from steerlab.prompts import DEFAULT_CLAIMS, ClaimsConfig, describe, load_registry
+
+    monkeypatch.chdir(tmp_path)
+    assert len(load_registry().claims) == 8 and Rubric.load(Path("configs/judge/rubric.yaml")).concepts
+    assert describe(ClaimsConfig())["file"] == str(DEFAULT_CLAIMS)  # recorded as given
+    import yaml
+
+    shipped_yaml = yaml.safe_load((REPO / "configs" / "sdf" / "train.yaml").read_text())
+    assert load_train_config().block_length == shipped_yaml["block_length"]
+    (tmp_path / "configs").mkdir()  # a user's own configs/ folder wins where it has the file
+    (tmp_path / "configs" / "mine.yaml").write_text("x: 1\n")
+    from steerlab.fileio import shipped
+
+    assert shipped(Path("configs/mine.yaml")) == Path("configs/mine.yaml")
