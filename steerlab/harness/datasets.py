@@ -1,11 +1,16 @@
 """Request sets: what the model is asked, with a stable id per request.
 
-- An AdvBench-style file: ``.csv`` or ``.jsonl`` with a ``goal`` or ``prompt`` column
-  (``goal`` wins when both are present), or ``.txt`` with one request per line.
+- An AdvBench-style table with a ``goal`` or ``prompt`` column (``goal`` wins when both are
+  present): ``.csv``, ``.tsv``, ``.jsonl`` (one object per line), ``.json`` (a list of objects)
+  or ``.parquet`` (needs ``pyarrow``); or ``.txt`` with one request per line. Suffixes are read
+  whatever their case (``harmful.CSV``); any other suffix is refused. Text files must be UTF-8.
 - A Hugging Face dataset id (``owner/name``, optionally ``owner/name:split``), read through the
   ``datasets`` package when it is installed and the machine is online.
-- A chat ``.jsonl`` with ``messages`` per line (the plain scenario's prompt files).
+- A chat ``.jsonl`` or ``.json`` with ``messages`` per row (the plain scenario's prompt files):
+  a list of ``{"role", "content"}`` objects with text values.
 
+Every request is text: a null, empty or non-text prompt (``{"goal": null}``, ``{"prompt": 42}``)
+is an error naming the file and row, never a request reading "None". Blank lines are skipped.
 Ids are ``<name>-<index>`` with the index zero-padded to at least three digits
 (``advbench-000``), ``name`` defaulting to the file's stem; they follow file order and the padding
 comes from the whole file, so the same file always yields the same ids, whatever ``--limit``.
@@ -16,11 +21,14 @@ steerlab ships no harmful requests: its demo and tests use
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from steerlab.errors import ConfigError
 
@@ -67,6 +75,9 @@ def _pick_column(columns: Iterable[str], source: str) -> str:
     )
 
 
+SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt")
+
+
 def load_requests(source: str | Path, name: str | None = None, limit: int | None = None) -> list[Item]:
     """Requests from a local file or a Hugging Face dataset id (see the module docstring)."""
     path = Path(source)
@@ -76,9 +87,13 @@ def load_requests(source: str | Path, name: str | None = None, limit: int | None
     elif re.fullmatch(r"[\w.-]+/[\w.-]+(:\w+)?", str(source)) and not path.suffix:
         rows = _read_hub(str(source))
         name = name or slug(str(source).split("/")[-1].split(":")[0])
+    elif path.is_dir():
+        raise ConfigError(f"request file {source} is a directory; give a {'/'.join(SUFFIXES)} file or a hub id")
     else:
-        raise ConfigError(f"request file {source} does not exist (give a .csv/.jsonl/.txt file or a hub id owner/name)")
-    rows = [r for r in rows if (r.strip() if isinstance(r, str) else r)]
+        raise ConfigError(
+            f"request file {source} does not exist (give a .csv/.tsv/.json/.jsonl/.parquet/.txt file or a hub id "
+            "owner/name)"
+        )
     if not rows:
         raise ConfigError(f"{source} holds no requests")
     total = len(rows)  # ids are padded for the whole dataset, whatever the limit
@@ -87,33 +102,125 @@ def load_requests(source: str | Path, name: str | None = None, limit: int | None
     return make_items(rows, name, total)
 
 
-def _read_file(path: Path) -> list[str | list[dict[str, str]]]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
+Row = str | list[dict[str, str]]
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded); save it as UTF-8") from None
+
+
+def _read_file(path: Path) -> list[Row]:
+    """The requests of a local file, by its suffix (whatever its case); blank lines are skipped."""
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ConfigError(
+            f"request file {path}: unknown kind {suffix or '(no suffix)'!r}; give a .csv, .tsv, .json (a list of "
+            "objects), .jsonl, .parquet or .txt (one request per line) file"
+        )
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    text = _text(path)
+    if suffix in (".csv", ".tsv"):
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="," if suffix == ".csv" else "\t")
         column = _pick_column(reader.fieldnames or [], str(path))
-        return [(row.get(column) or "").strip() for row in reader]
-    if path.suffix == ".jsonl":
-        rows: list[str | list[dict[str, str]]] = []
+        rows: list[Row] = []
+        for record in reader:
+            if None in record:
+                raise ConfigError(
+                    f"{path}:{reader.line_num}: more fields than the header names; quote fields that hold "
+                    f"{'commas' if suffix == '.csv' else 'tabs'}"
+                )
+            rows.append(_prompt(record.get(column), column, f"{path}:{reader.line_num}"))
+        return rows
+    if suffix == ".jsonl":
+        rows = []
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"{path}:{lineno}: expected a JSON object per line")
-            if "messages" in row and not any(c in row for c in PROMPT_COLUMNS):
-                rows.append(list(row["messages"]))
-                continue
-            column = _pick_column(row, f"{path}:{lineno}")
-            rows.append(str(row[column]).strip())
+                raise ConfigError(f"{path}:{lineno}: malformed JSON ({exc.msg}); fix or remove that line") from None
+            rows.append(_row(record, f"{path}:{lineno}"))
         return rows
-    return [line.strip() for line in text.splitlines()]
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            hint = "; a file with one object per line is .jsonl" if exc.msg == "Extra data" else ""
+            raise ConfigError(
+                f"{path}: malformed JSON ({exc.msg}, line {exc.lineno} column {exc.colno}){hint}"
+            ) from None
+        if not isinstance(data, list):
+            raise ConfigError(f"{path}: expected a JSON list of request objects, found {type(data).__name__}")
+        return [_row(record, f"{path} row {i}") for i, record in enumerate(data, start=1)]
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _read_hub(dataset_id: str) -> list[str | list[dict[str, str]]]:
+def _row(record: Any, where: str) -> Row:
+    """One JSON request: an object with a prompt column, or with ``messages`` only."""
+    if not isinstance(record, dict):
+        raise ConfigError(f"{where}: expected a JSON object, found {type(record).__name__}")
+    if "messages" in record and not any(c in record for c in PROMPT_COLUMNS):
+        return _messages(record["messages"], where)
+    column = _pick_column(record, where)
+    return _prompt(record[column], column, where)
+
+
+def _prompt(value: Any, column: str, where: str) -> str:
+    """A request's text; null, empty or non-text values are errors naming the row."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise ConfigError(f"{where}: {column!r} is empty (null); give every request its text or drop the row")
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{where}: {column!r} is {type(value).__name__} {value!r}, not text; give the request as a string"
+        )
+    if not value.strip():
+        raise ConfigError(f"{where}: {column!r} is empty; give every request its text or drop the row")
+    return value.strip()
+
+
+def _messages(value: Any, where: str) -> list[dict[str, str]]:
+    ok = (
+        isinstance(value, list)
+        and value
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+        )
+    )
+    if not ok:
+        raise ConfigError(
+            f'{where}: \'messages\' must be a non-empty list of {{"role": ..., "content": ...}} objects with '
+            f"text values, found {json.dumps(value, default=str)[:60]}"
+        )
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _read_parquet(path: Path) -> list[Row]:
+    import pandas as pd
+
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"reading {path} needs pyarrow: pip install pyarrow (or give a .csv/.jsonl file)") from None
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises its own error types
+        raise ConfigError(f"{path} is not a readable parquet file ({type(exc).__name__}: {exc})") from None
+    if "messages" in frame.columns and not any(c in frame.columns for c in PROMPT_COLUMNS):
+        return [
+            _messages([dict(m) for m in v] if hasattr(v, "__iter__") and not isinstance(v, str) else v,
+                      f"{path} row {i}")
+            for i, v in enumerate(frame["messages"].tolist(), start=1)
+        ]  # fmt: skip
+    column = _pick_column(frame.columns, str(path))
+    return [_prompt(v, column, f"{path} row {i}") for i, v in enumerate(frame[column].tolist(), start=1)]
+
+
+def _read_hub(dataset_id: str) -> list[Row]:
     try:
         import datasets
     except ImportError:
@@ -127,4 +234,4 @@ def _read_hub(dataset_id: str) -> list[str | list[dict[str, str]]]:
     except Exception as exc:  # offline, unknown id, gated: the library raises many kinds
         raise ConfigError(f"cannot load dataset {dataset_id} from the hub ({type(exc).__name__}: {exc})") from None
     column = _pick_column(ds.column_names, dataset_id)
-    return [str(x).strip() for x in ds[column]]
+    return [_prompt(x, column, f"{dataset_id} row {i}") for i, x in enumerate(ds[column], start=1)]
