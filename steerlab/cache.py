@@ -8,8 +8,12 @@ Layout of a cache file::
     /pair_ids      [n_pairs]  str
     /splits        [n_pairs]  str
     /concepts      [n_pairs]  str
+    /checksums     [n_pairs, 2]  uint32: per pair (row), the CRC-32 of its activations row and of its
+                   token_norms row, as stored (little-endian bytes)
     attrs["steerlab_meta"]  JSON: model fingerprint, locus, dtype, layers, chat-template hash,
                             steerlab version, pair-file hash, ...
+    attrs["steerlab_checksums"]  JSON: CRC-32 of the meta attribute and of the pair ids, splits
+                            and concepts (as JSON lists)
 
 Crash safety. A run writes ``OUT.partial`` and, after each flushed batch, an atomic sidecar
 ``OUT.partial.progress.json`` holding the number of rows done. Every dataset is allocated in
@@ -19,14 +23,25 @@ leaves at worst some unfinished rows beyond the recorded count, which ``--resume
 again. When the last row is flushed the file is renamed to ``OUT``; a finished cache is never
 overwritten without ``overwrite=True``.
 
-Format 2 added ``token_norms``. A format-1 cache cannot be read compatibly (the per-token norms
-need the model), so it is refused with a message to re-extract it.
+Integrity. Every row is written with its checksums, in the same flushed batch and before the
+progress record that counts it, so a resumed cache holds the same bytes (checksums included) as
+an uninterrupted one. Every read verifies the rows it returns, and :meth:`ActivationCache.open`
+the metadata and labels: a cache whose bytes changed on disk is a :class:`CacheError` naming the
+file and the first bad pair, never different numbers. (A checksum per row rather than HDF5's
+Fletcher32 filter: it verifies exactly the rows a split reads, names the pair, and keeps the
+writes raw-byte-only, with no filter pipeline between a kill and the chunk index.)
+
+Format 2 added ``token_norms``, format 3 the checksums. A format-1 cache cannot be read
+compatibly (the per-token norms need the model), so it is refused with a message to re-extract
+it; a format-2 cache is read unverified, with a warning to re-extract it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +52,31 @@ import numpy as np
 from steerlab.errors import CacheError
 from steerlab.fileio import atomic_write_text
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: per-row checksums; 2: token_norms
+UNVERIFIED_FORMAT = 2  # read, but without checksums to verify
 META_ATTR = "steerlab_meta"
+CHECKSUM_ATTR = "steerlab_checksums"
+LABELS = ("pair_ids", "splits", "concepts")
 # Fields that must agree between a partial cache and the run resuming it.
 IDENTITY_FIELDS = ("format_version", "model", "locus", "dtype", "layers", "pair_file_hash", "chat_template_hash")
 _CHUNK_BYTES = 1 << 20
+REEXTRACT = "re-extract it: steerlab extract ... --overwrite"
+log = logging.getLogger(__name__)
+_warned: set[Path] = set()
+
+
+def row_checksums(block: np.ndarray) -> np.ndarray:
+    """CRC-32 of each row's bytes in little-endian order: ``[rows]`` uint32 (``block`` ``[rows, ...]``)."""
+    rows = np.ascontiguousarray(block, dtype=block.dtype.newbyteorder("<")).reshape(len(block), -1)
+    return np.fromiter((zlib.crc32(row) for row in rows), dtype=np.uint32, count=len(rows))
+
+
+def label_checksums(meta_text: str, labels: dict[str, list[str]]) -> dict[str, Any]:
+    """The file-level checksums: the meta attribute's text and each label list (as JSON)."""
+    out: dict[str, Any] = {"algorithm": "crc32", "meta": zlib.crc32(meta_text.encode())}
+    for name in LABELS:
+        out[name] = zlib.crc32(json.dumps(labels[name]).encode())
+    return out
 
 
 def partial_path(out: Path) -> Path:
@@ -53,6 +88,8 @@ def progress_path(out: Path) -> Path:
 
 
 def _describe_mismatch(key: str, old: Any, new: Any) -> str:
+    if key == "format_version":
+        return f"cache format {old} (this steerlab writes format {new}, with checksums)"
     if key == "model":
         diff = [k for k in new if old.get(k) != new.get(k)]
         return f"another model (fingerprint differs in {', '.join(diff)})"
@@ -67,6 +104,37 @@ def check_compatible(meta: dict[str, Any], expected: dict[str, Any], where: Path
                 f"{where} was written for {_describe_mismatch(key, meta.get(key), expected.get(key))}; "
                 "rerun with matching settings, or pass --overwrite to start over"
             )
+
+
+def read_progress(out: Path, n_pairs: int) -> int:
+    """The rows an interrupted run recorded as done, checked against the ``n_pairs`` it writes."""
+    prog = progress_path(out)
+    try:
+        record = json.loads(prog.read_text(encoding="utf-8"))
+        done, total = record["rows_done"], record["n_pairs"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CacheError(f"the progress file {prog} cannot be read ({exc}); pass --overwrite to start over") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (done, total)):
+        raise CacheError(f"the progress file {prog} does not hold row counts; pass --overwrite to start over")
+    if total != n_pairs or not 0 <= done <= n_pairs:
+        raise CacheError(
+            f"the progress file {prog} records {done} of {total} rows done, but the partial cache has "
+            f"{n_pairs} pairs; pass --overwrite to start over"
+        )
+    return done
+
+
+def _check_layout(f: h5py.File, path: Path, meta: dict[str, Any], n_pairs: int, checksums: bool) -> None:
+    """The datasets a finished cache holds, with the shapes its metadata says."""
+    n_layers, d_model = len(meta["layers"]), meta["d_model"]
+    want = {"activations": (n_pairs, 2, n_layers, d_model), "token_norms": (n_pairs, 2, n_layers)}
+    if checksums:
+        want["checksums"] = (n_pairs, 2)
+    for name, shape in want.items():
+        if name not in f:
+            raise CacheError(f"{path} has no {name} dataset: it is not a complete steerlab cache; {REEXTRACT}")
+        if f[name].shape != shape:
+            raise CacheError(f"{path}: {name} has shape {f[name].shape}, its metadata says {shape}; {REEXTRACT}")
 
 
 class CacheWriter:
@@ -85,11 +153,14 @@ class CacheWriter:
         """Open for writing; returns the number of rows already done (0 for a fresh file)."""
         part, prog = partial_path(self.out), progress_path(self.out)
         if resume and part.exists() and prog.exists():
+            done = read_progress(self.out, self.n_pairs)
             try:
-                done = int(json.loads(prog.read_text())["rows_done"])
                 self._file = h5py.File(part, "r+")
                 meta = json.loads(self._file.attrs[META_ATTR])
-            except (OSError, KeyError, ValueError) as exc:
+                if meta.get("format_version") == FORMAT_VERSION and "checksums" not in self._file:
+                    raise KeyError("no checksums dataset")
+            except (OSError, KeyError, ValueError, TypeError) as exc:
+                self.close()
                 raise CacheError(
                     f"the partial cache {part} cannot be read ({exc}); pass --overwrite to start over"
                 ) from None
@@ -133,7 +204,11 @@ class CacheWriter:
         f.create_dataset("pair_ids", data=np.array(self._ids, dtype=object), dtype=text)
         f.create_dataset("splits", data=np.array(self._splits, dtype=object), dtype=text)
         f.create_dataset("concepts", data=np.array(self._concepts, dtype=object), dtype=text)
-        f.attrs[META_ATTR] = json.dumps(self.meta, sort_keys=True)
+        f.create_dataset("checksums", shape=(self.n_pairs, 2), dtype=np.uint32, fillvalue=0)
+        meta_text = json.dumps(self.meta, sort_keys=True)
+        f.attrs[META_ATTR] = meta_text
+        labels = {"pair_ids": self._ids, "splits": self._splits, "concepts": self._concepts}
+        f.attrs[CHECKSUM_ATTR] = json.dumps(label_checksums(meta_text, labels), sort_keys=True)
         f.flush()
         self._file = f
 
@@ -141,11 +216,17 @@ class CacheWriter:
         """Write rows ``start:start+len(block)`` ([rows, 2, n_layers, d_model]) and their per-token norms
         ([rows, 2, n_layers]; left NaN when None), then record progress."""
         assert self._file is not None and start == self.done, (start, self.done)
-        self._file["activations"][start : start + len(block)] = block
-        if token_norms is not None:
+        stop = start + len(block)
+        acts = np.ascontiguousarray(block, dtype=self._file["activations"].dtype)  # the bytes the file will hold
+        if token_norms is None:
+            norms = np.full(block.shape[:3], np.nan, dtype=np.float32)  # the dataset's fill value
+        else:
             if token_norms.shape != block.shape[:3]:
                 raise ValueError(f"token_norms {token_norms.shape} do not match the block {block.shape}")
-            self._file["token_norms"][start : start + len(block)] = token_norms
+            norms = np.ascontiguousarray(token_norms, dtype=np.float32)
+            self._file["token_norms"][start:stop] = norms
+        self._file["activations"][start:stop] = acts
+        self._file["checksums"][start:stop] = np.stack([row_checksums(acts), row_checksums(norms)], axis=1)
         self._file.flush()
         self.done = start + len(block)
         self._write_progress(self.done)
@@ -170,7 +251,8 @@ class CacheWriter:
 
 @dataclass
 class ActivationCache:
-    """Read side of a finished cache; activations are read lazily."""
+    """Read side of a finished cache; activations are read lazily and verified against their
+    checksums on every read (format 3; a format-2 cache has none to verify)."""
 
     path: Path
     meta: dict[str, Any]
@@ -182,24 +264,41 @@ class ActivationCache:
     def open(cls, path: Path) -> ActivationCache:
         path = Path(path)
         if not path.is_file():
+            if path.is_dir():
+                raise CacheError(f"{path} is a folder; give the activation cache file (.h5)")
             hint = (
                 " (an interrupted run left a .partial file: rerun with --resume)" if partial_path(path).exists() else ""
             )
             raise CacheError(f"no activation cache at {path}{hint}")
         try:
             with h5py.File(path, "r") as f:
-                meta = json.loads(f.attrs[META_ATTR])
-                ids = list(f["pair_ids"].asstr()[...])
-                splits = list(f["splits"].asstr()[...])
-                concepts = list(f["concepts"].asstr()[...])
-        except (OSError, KeyError, ValueError) as exc:
+                meta_text = f.attrs[META_ATTR]
+                meta = json.loads(meta_text)
+                labels = {name: list(f[name].asstr()[...]) for name in LABELS}
+                version = meta.get("format_version") if isinstance(meta, dict) else None
+                if version in (UNVERIFIED_FORMAT, FORMAT_VERSION):
+                    _check_layout(f, path, meta, len(labels["pair_ids"]), checksums=version == FORMAT_VERSION)
+                sums = json.loads(f.attrs[CHECKSUM_ATTR]) if version == FORMAT_VERSION else None
+        except (OSError, KeyError, ValueError, TypeError) as exc:
             raise CacheError(f"{path} is not a steerlab activation cache ({exc})") from None
-        if meta.get("format_version") != FORMAT_VERSION:
+        if version not in (UNVERIFIED_FORMAT, FORMAT_VERSION):
             raise CacheError(
-                f"{path} has cache format {meta.get('format_version')}, this steerlab reads {FORMAT_VERSION} "
-                "(it records per-token norms); re-extract it: steerlab extract ... --overwrite"
+                f"{path} has cache format {version}, this steerlab reads {UNVERIFIED_FORMAT}-{FORMAT_VERSION} "
+                f"(it records per-token norms); {REEXTRACT}"
             )
-        return cls(path=path, meta=meta, pair_ids=ids, splits=splits, concepts=concepts)
+        if sums is None:
+            if path not in _warned:
+                _warned.add(path)
+                log.warning("%s is a format-2 cache: it has no checksums, so corruption would go unseen; %s",
+                            path, REEXTRACT)  # fmt: skip
+        elif sums != label_checksums(meta_text, labels):
+            bad = [k for k, v in label_checksums(meta_text, labels).items() if sums.get(k) != v]
+            raise CacheError(f"{path} is corrupt: its {', '.join(bad)} do not match their checksums; {REEXTRACT}")
+        return cls(path=path, meta=meta, **labels)
+
+    @property
+    def verified(self) -> bool:
+        return self.meta.get("format_version") == FORMAT_VERSION
 
     @property
     def layers(self) -> list[int]:
@@ -231,11 +330,24 @@ class ActivationCache:
             if missing:
                 raise CacheError(f"layer(s) {missing} are not in {self.path} (it holds {self.layers})")
             cols = [self.layers.index(layer) for layer in layers]
-        with h5py.File(self.path, "r") as f:
-            dataset = f[name]
-            if split is None and concept is None:
-                data = dataset[...]
-            else:
-                rows = self.rows(split, concept)
-                data = dataset[rows] if len(rows) else np.empty((0, *dataset.shape[1:]), dtype=dataset.dtype)
+        rows = self.rows(split, concept)
+        every = len(rows) == len(self.pair_ids)
+        try:
+            with h5py.File(self.path, "r") as f:
+                dataset = f[name]
+                if not len(rows):
+                    data = np.empty((0, *dataset.shape[1:]), dtype=dataset.dtype)
+                else:
+                    data = dataset[...] if every else dataset[rows]
+                sums = (f["checksums"][...] if every else f["checksums"][rows]) if self.verified and len(rows) else None
+        except (OSError, KeyError) as exc:
+            raise CacheError(f"{self.path} cannot be read ({exc}); it may be damaged: {REEXTRACT}") from None
+        if sums is not None:
+            bad = np.flatnonzero(row_checksums(data) != sums[:, 0 if name == "activations" else 1])
+            if bad.size:
+                more = f" and {bad.size - 1} more" if bad.size > 1 else ""
+                raise CacheError(
+                    f"{self.path} is corrupt: the {name} of pair {self.pair_ids[rows[bad[0]]]!r} (row {rows[bad[0]]})"
+                    f"{more} do not match the checksums written with them; {REEXTRACT}"
+                )
         return data[:, :, cols] if layers is not None else data

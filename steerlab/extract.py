@@ -16,11 +16,15 @@ depends on the locus).
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import torch
 from tqdm.auto import tqdm
 
@@ -32,8 +36,11 @@ from steerlab.cache import (
     CacheWriter,
     check_compatible,
     partial_path,
+    progress_path,
+    read_progress,
 )
 from steerlab.errors import CacheError, PairFileError
+from steerlab.fileio import LockedError, exclusive
 from steerlab.loci import Locus, char_range, render, render_prompt, token_positions
 from steerlab.models import LoadedModel, chat_template_hash, check_layers
 from steerlab.pairs import SIDES, Pair, structure_problems
@@ -190,19 +197,92 @@ def cache_meta(
     }
 
 
-def preflight(out: Path, *, resume: bool, overwrite: bool, expect: dict[str, Any] | None = None) -> None:
-    """Refusals that need no model: call before loading weights.
-
-    ``expect`` holds whichever identity fields are known without the model (locus, dtype,
-    pair_file_hash, layers); a finished cache at ``out`` that disagrees is refused here.
-    """
+def check_writable(out: Path) -> None:
+    """Refuse a cache path that cannot be written (a file where a folder is expected, a folder that
+    takes no files such as /proc), before anything loads; nothing is left behind."""
     out = Path(out)
     if out.is_dir():
         raise CacheError(f"{out} is a directory; --cache names the cache file to write")
-    if partial_path(out).exists() and not (resume or overwrite):
-        raise CacheError(
-            f"an interrupted run left {partial_path(out)}; pass --resume to continue it or --overwrite to start over"
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise CacheError(f"cannot write the cache {out}: {folder} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise CacheError(f"cannot write the cache {out}: {folder} does not take new files ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def lock_holder(out: Path) -> str | None:
+    """The pid (as recorded) of a live process holding ``out``'s cache lock, or None; creates nothing."""
+    lock = Path(out).with_name(Path(out).name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(fd)  # also releases a lock this probe got
+    return None
+
+
+_held: set[Path] = set()  # caches this process holds the lock of (nested holds are one hold)
+
+
+@contextlib.contextmanager
+def writing(out: Path) -> Iterator[None]:
+    """Hold ``out``'s cache lock (:func:`steerlab.fileio.exclusive` on ``<out>.lock``) for the block,
+    creating its folder; a second writer gets one line naming the holder's pid. Re-entrant within a
+    process, so the CLI can take it before the model loads and :func:`extract` again inside."""
+    out = Path(out)
+    key = out.absolute()
+    if key in _held:
+        yield
+        return
+    check_writable(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(f"cannot write the cache {out}: {exc.strerror} ({exc.filename})") from None
+    with exclusive(out, "cache"):
+        _held.add(key)
+        try:
+            yield
+        finally:
+            _held.discard(key)
+
+
+def preflight(out: Path, *, resume: bool, overwrite: bool, expect: dict[str, Any] | None = None) -> None:
+    """Refusals that need no model: call before loading weights. Reads only.
+
+    ``expect`` holds whichever identity fields are known without the model (locus, dtype,
+    pair_file_hash, layers); a finished cache at ``out`` that disagrees is refused here. A partial
+    cache that a live process is writing is refused with that process's pid.
+    """
+    out = Path(out)
+    check_writable(out)
+    if Path(out).absolute() not in _held and (holder := lock_holder(out)) is not None:
+        raise LockedError(
+            f"{out} is in use by another steerlab process (pid {holder}); wait for it to finish, or stop it first"
         )
+    part = partial_path(out)
+    if part.exists() and not (resume or overwrite):
+        raise CacheError(f"an interrupted run left {part}; pass --resume to continue it or --overwrite to start over")
+    if part.exists() and resume and not overwrite and progress_path(out).exists():
+        try:
+            with h5py.File(part, "r") as f:
+                n_pairs = len(f["pair_ids"])
+        except (OSError, KeyError) as exc:
+            raise CacheError(
+                f"the partial cache {part} cannot be read ({exc}); pass --overwrite to start over"
+            ) from None
+        read_progress(out, n_pairs)
     if out.exists() and not overwrite and expect:
         meta = ActivationCache.open(out).meta
         check_compatible(meta, {**{k: meta.get(k) for k in IDENTITY_FIELDS}, **expect}, out)
@@ -246,20 +326,22 @@ def extract(
         check_compatible(ActivationCache.open(out).meta, meta, out)
         return out  # finished and matching: reuse it
 
-    encoded = encode_pairs(loaded, pairs, locus)
-    writer = CacheWriter(out, meta, [p.id for p in pairs], [p.split for p in pairs], [p.concept for p in pairs])
-    start = writer.open(resume=resume and not overwrite)
-    try:
-        bar = tqdm(total=len(pairs), initial=start, unit="pair", desc="extract", disable=not progress)
-        for lo in range(start, len(pairs), batch_size):
-            chunk = encoded[lo : lo + batch_size]
-            sides = [side for pair_sides in chunk for side in pair_sides]  # pos0, neg0, pos1, neg1, ...
-            acts, norms = pool(loaded, sides, layers)  # [2 * b, n_layers, d_model], [2 * b, n_layers]
-            block = acts.reshape(len(chunk), 2, len(layers), loaded.d_model).numpy().astype(dtype, copy=False)
-            writer.write(lo, block, norms.reshape(len(chunk), 2, len(layers)).numpy())
-            bar.update(len(chunk))
-        bar.close()
-    except BaseException:
-        writer.close()
-        raise
-    return writer.finish()
+    encoded = encode_pairs(loaded, pairs, locus)  # bad pairs fail before anything is written
+    with writing(out):
+        preflight(out, resume=resume, overwrite=overwrite)  # again, now that no other writer can start
+        writer = CacheWriter(out, meta, [p.id for p in pairs], [p.split for p in pairs], [p.concept for p in pairs])
+        start = writer.open(resume=resume and not overwrite)
+        try:
+            bar = tqdm(total=len(pairs), initial=start, unit="pair", desc="extract", disable=not progress)
+            for lo in range(start, len(pairs), batch_size):
+                chunk = encoded[lo : lo + batch_size]
+                sides = [side for pair_sides in chunk for side in pair_sides]  # pos0, neg0, pos1, neg1, ...
+                acts, norms = pool(loaded, sides, layers)  # [2 * b, n_layers, d_model], [2 * b, n_layers]
+                block = acts.reshape(len(chunk), 2, len(layers), loaded.d_model).numpy().astype(dtype, copy=False)
+                writer.write(lo, block, norms.reshape(len(chunk), 2, len(layers)).numpy())
+                bar.update(len(chunk))
+            bar.close()
+        except BaseException:
+            writer.close()
+            raise
+        return writer.finish()

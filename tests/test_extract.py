@@ -198,8 +198,13 @@ def test_kill_9_then_resume_equals_uninterrupted(tiny, tmp_path):
     loaded = tiny_model()  # the same weights the killed process built
     resumed = ActivationCache.open(extract(loaded, pairs, out, batch_size=2, resume=True, progress=False))
     clean = ActivationCache.open(extract(loaded, pairs, tmp_path / "clean.h5", batch_size=2, progress=False))
-    np.testing.assert_array_equal(resumed.load(), clean.load())
+    np.testing.assert_array_equal(resumed.load(), clean.load())  # load() verifies every row's checksums
     assert resumed.meta == clean.meta
+    with h5py.File(resumed.path) as a, h5py.File(clean.path) as b:  # the same content, checksums included
+        for name in ("activations", "token_norms", "checksums"):
+            np.testing.assert_array_equal(a[name][...], b[name][...])
+        assert a.attrs["steerlab_checksums"] == b.attrs["steerlab_checksums"]
+        assert (a["checksums"][...] != 0).all()
 
 
 def test_resume_refuses_other_locus_or_model(tiny, tmp_path):
@@ -251,6 +256,26 @@ def test_corrupt_partial_is_reported(tiny, tmp_path):
     extract(tiny, varied_pairs(4), out, overwrite=True, progress=False)
     with h5py.File(out) as f:
         assert f["activations"].shape[0] == 4
+
+
+@pytest.mark.parametrize(
+    "progress, says",
+    [
+        ({"rows_done": 9, "n_pairs": 4}, "records 9 of 4 rows done, but the partial cache has 4 pairs"),
+        ({"rows_done": 2, "n_pairs": 9}, "records 2 of 9 rows done, but the partial cache has 4 pairs"),
+        ({"rows_done": -1, "n_pairs": 4}, "records -1 of 4 rows done"),
+        ({"rows_done": "2", "n_pairs": 4}, "does not hold row counts"),
+        ([2, 4], "cannot be read"),
+    ],
+)
+def test_a_progress_file_that_claims_too_much_is_refused(tiny, tmp_path, progress, says):
+    out = tmp_path / "c.h5"
+    interrupted_extract(tiny, varied_pairs(4), out, at_batch=2, batch_size=2)
+    progress_path(out).write_text(json.dumps(progress))
+    before = partial_path(out).read_bytes()
+    with pytest.raises(CacheError, match=f"{says}.*--overwrite"):
+        extract(tiny, varied_pairs(4), out, batch_size=2, resume=True, progress=False)
+    assert partial_path(out).read_bytes() == before and not out.exists()
 
 
 def test_cli_extract(tiny, tiny_dir, tmp_path, capsys):
