@@ -57,22 +57,11 @@ out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
-def parse_layers(spec: str | None) -> list[int] | None:
-    """``"3,5,10-12"`` -> ``[3, 5, 10, 11, 12]``; ``None`` -> every layer."""
-    if spec is None:
-        return None
-    layers: list[int] = []
-    try:
-        for part in spec.split(","):
-            part = part.strip()
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                layers.extend(range(lo, hi + 1))
-            elif part:
-                layers.append(int(part))
-    except ValueError:
-        raise ConfigError(f"--layers {spec!r} is not a list like 3,5,10-12") from None
-    return layers
+def parse_layers(spec: str | None, n_layers: int | None = None, option: str = "--layers") -> list[int] | None:
+    """``"3,5,10-12"`` -> ``[3, 5, 10, 11, 12]``; ``None`` -> every layer (:func:`steerlab.generate.parse_layers`)."""
+    from steerlab.generate import parse_layers as parse
+
+    return parse(spec, n_layers, option)
 
 
 # ----------------------------------------------------------------------------- pairs
@@ -224,8 +213,9 @@ def _fit_settings(method, c, folds, seed, select, k, select_layers, controls, co
 
     return FitSettings(
         method=method, c=c, folds=folds, seed=seed, select=select, k=k,
-        select_layers=parse_layers(select_layers), controls=controls, control_seed=control_seed, device=device,
-    )  # fmt: skip
+        select_layers=parse_layers(select_layers, option="--select-layers"), controls=controls,
+        control_seed=control_seed, device=device,
+    ).check()  # fmt: skip
 
 
 def _fit_and_report(cache_path, settings, vectors_dir, name, concept, overwrite) -> None:
@@ -447,12 +437,12 @@ def vectors_inspect(
     as_json: bool = typer.Option(False, "--json", help="Print the whole metadata header as JSON."),
 ) -> None:
     """Print a vector file's metadata and per-layer diagnostics."""
-    from steerlab.vectors import VectorBundle
+    from steerlab.vectors import VectorBundle, finite_json
 
     bundle = VectorBundle.load(file)
     meta = bundle.meta
-    if as_json:
-        out.print_json(json.dumps(meta, sort_keys=True))
+    if as_json:  # standard JSON: a NaN or infinite diagnostic is null
+        typer.echo(json.dumps(finite_json(meta), sort_keys=True, indent=2, allow_nan=False))
         return
     for key in ("concept", "method", "C", "locus", "model_source", "pair_file", "pair_file_hash", "steerlab_version"):
         out.print(f"{key}: {meta.get(key)}")

@@ -8,6 +8,7 @@ side by side: ``NAME.safetensors`` (vector, controls, metadata), ``NAME.diagnost
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +20,14 @@ import torch
 import steerlab
 from steerlab import plots
 from steerlab.cache import ActivationCache
-from steerlab.diagnostics import VALIDATION_SPLITS, Diagnostics, diagnose, select_layers, split_metrics
+from steerlab.diagnostics import SELECT_RULES, VALIDATION_SPLITS, Diagnostics, diagnose, select_layers, split_metrics
 from steerlab.errors import CacheError, ConfigError
 from steerlab.fileio import atomic_write_text
 from steerlab.fit import DEFAULT_C, METHODS
 from steerlab.models import resolve_device
-from steerlab.vectors import VectorBundle, control_seeds, controls_from_seeds
+from steerlab.vectors import VectorBundle, control_seeds, controls_from_seeds, degenerate_rows, finite_json
 
+MAX_CONTROLS = 1000  # each control is a full [n_layers, d_model] tensor in the file
 VECTOR_FORMAT_VERSION = 2  # 2: token_norm / pooled_norm (was resid_norm), derived control seeds
 
 
@@ -41,6 +43,24 @@ class FitSettings:
     controls: int = 5
     control_seed: int = 1000  # the run seed of the controls; each file's seeds derive from it and the vector's identity
     device: str = "auto"
+
+    def check(self) -> FitSettings:
+        """Refuse settings that would fit nothing or numbers that are not numbers, before any data is read."""
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        if not (isinstance(self.c, (int, float)) and math.isfinite(self.c) and self.c > 0):
+            raise ConfigError(f"--C {self.c} must be a finite number above 0 (the inverse L2 strength; 1.0 is usual)")
+        if self.folds < 2:
+            raise ConfigError(f"--folds {self.folds} must be 2 or more (cross-validation needs a held-out fold)")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed {self.seed} must lie in 0..{2**32 - 1}")
+        if self.select not in SELECT_RULES:
+            raise ConfigError(f"unknown selection rule {self.select!r}; use one of {', '.join(SELECT_RULES)}")
+        if self.select != "list" and self.k < 1:
+            raise ConfigError(f"--k {self.k} must be 1 or more")
+        if not 0 <= self.controls <= MAX_CONTROLS:
+            raise ConfigError(f"--controls {self.controls} must lie in 0..{MAX_CONTROLS}")
+        return self
 
 
 def model_tag(source: str) -> str:
@@ -130,10 +150,7 @@ def fit_cache(
         raise ConfigError(f"vector file {out} must end in .safetensors")
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} already exists; pass --overwrite to replace it")
-    if settings.method not in METHODS:
-        raise ConfigError(f"unknown method {settings.method!r}; use one of {', '.join(METHODS)}")
-    if settings.controls < 0:
-        raise ConfigError("--controls must be 0 or more")
+    settings.check()
     cache = ActivationCache.open(cache_path)
     concept, splits = load_splits(cache, concept, settings.device)
     token_norms = cache.load_token_norms("train", concept=concept)  # [n_train, 2, L]
@@ -146,6 +163,14 @@ def fit_cache(
         seed=settings.seed,
         token_norms=token_norms,
     )
+    bad = degenerate_rows(diag.directions)
+    if bad:
+        (row,), what = bad[0]
+        raise ConfigError(
+            f"the {settings.method} fit of {concept!r} gave a vector with {what} at layer {cache.layers[row]}"
+            + (f" (with --C {settings.c})" if settings.method == "logistic" else "")
+            + "; nothing written. Check the cache's activations at that layer, or try another --C or --method"
+        )
     selection = select_layers(diag.train_scores(), settings.select, settings.k, settings.select_layers)
     identity = control_identity(cache, concept, settings)
     seeds = control_seeds(settings.control_seed, identity, settings.controls)
@@ -156,7 +181,8 @@ def fit_cache(
     bundle.save(out)
     report = {k: meta[k] for k in ("concept", "method", "locus", "layers", "selected_layers", "selection")}
     report.update(diagnostics=meta["diagnostics"], controls=meta["controls"], model=meta["model"])
-    atomic_write_text(out.with_suffix(".diagnostics.json"), json.dumps(report, indent=1, sort_keys=True) + "\n")
+    report_text = json.dumps(finite_json(report), indent=1, sort_keys=True, allow_nan=False)  # NaN -> null
+    atomic_write_text(out.with_suffix(".diagnostics.json"), report_text + "\n")
     draw(meta, out.with_suffix(".diagnostics.png"))
     return bundle, out
 

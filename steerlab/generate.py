@@ -19,17 +19,59 @@ from steerlab.vectors import VectorBundle
 Messages = list[dict[str, str]]
 
 
-def parse_multipliers(spec: str) -> list[float]:
-    """``"-4,0,4"`` -> ``[-4.0, 0.0, 4.0]``; refuses non-numbers and non-finite values."""
-    try:
-        values = [float(x) for x in spec.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"--alpha {spec!r} is not a comma-separated list of numbers") from None
-    if not values:
-        raise ConfigError("--alpha needs at least one multiplier")
-    bad = [v for v in values if not math.isfinite(v)]
-    if bad:
-        raise ConfigError(f"--alpha {bad[0]} is not a finite number")
+MAX_LAYER = 10_000  # no model has this many blocks; a larger index is a typo, refused before anything is expanded
+
+
+def parse_layers(spec: str | None, n_layers: int | None = None, option: str = "--layers") -> list[int] | None:
+    """``"3,5,10-12"`` -> ``[3, 5, 10, 11, 12]``; ``None`` -> ``None`` (every layer).
+
+    Ranges are checked before they are expanded: every index must lie below ``n_layers`` when it
+    is known (the model's or the file's block count), else below :data:`MAX_LAYER`, so
+    ``0-1000000000`` is one line, not a billion-element list. Empty items (``1,,2``), reversed
+    ranges (``5-3``) and negative indices are refused.
+    """
+    if spec is None:
+        return None
+    bound = MAX_LAYER if n_layers is None else n_layers
+    where = (
+        f"the model has {n_layers} layers, 0..{n_layers - 1}" if n_layers is not None else f"no model has {MAX_LAYER}"
+    )
+    ranges: list[tuple[int, int]] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            raise ConfigError(f"{option} {spec!r} has an empty item; give a list like 3,5,10-12")
+        lo_text, dash, hi_text = part.partition("-")
+        try:
+            lo, hi = int(lo_text), int(hi_text) if dash else int(lo_text)
+        except ValueError:
+            raise ConfigError(
+                f"{option} {spec!r}: {part!r} is not a layer or range; give a list like 3,5,10-12"
+            ) from None
+        if lo > hi:
+            raise ConfigError(f"{option} {spec!r}: the range {part} runs backwards; write it {hi}-{lo}")
+        if hi >= bound:
+            raise ConfigError(f"{option} {spec!r}: layer {hi} is out of range ({where})")
+        ranges.append((lo, hi))
+    return [layer for lo, hi in ranges for layer in range(lo, hi + 1)]
+
+
+def parse_multipliers(spec: str, option: str = "--alpha") -> list[float]:
+    """``"-4,0,4"`` -> ``[-4.0, 0.0, 4.0]``; refuses non-numbers, empty items and non-finite values."""
+    items = [x.strip() for x in spec.split(",")]
+    if not any(items):
+        raise ConfigError(f"{option} needs at least one multiplier")
+    if not all(items):
+        raise ConfigError(f"{option} {spec!r} has an empty item; give a list like -4,0,4")
+    values = []
+    for item in items:
+        try:
+            value = float(item)
+        except ValueError:
+            raise ConfigError(f"{option} {spec!r} is not a comma-separated list of numbers") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{option} {item} is not a finite number")
+        values.append(value)
     return values
 
 

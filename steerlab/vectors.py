@@ -13,12 +13,17 @@ at that layer, drawn from ``torch.Generator().manual_seed(seed)`` with its own s
 control seeds come from :func:`control_seeds`: a hash of the run seed (``--control-seed``), the
 vector's identity (concept, model fingerprint, pair-file hash, locus, method, ...) and the control's
 index, so two files never share controls by accident and a refit draws the same ones again.
+
+A vector or control that holds a NaN or an infinity, is zero, or whose norm overflows float32 at
+some layer cannot steer: :meth:`VectorBundle.save` refuses to write it and :meth:`VectorBundle.load`
+refuses to read it, with one line naming the file, the tensor (and control) and the layer.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +42,52 @@ META_KEY = "steerlab"
 
 class VectorError(SteerlabError):
     """A vector file that is missing, malformed, or for another model."""
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by ``None``, so ``json.dumps(..., allow_nan=False)``
+    writes standard JSON (``null``), which every JSON reader accepts."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def degenerate_rows(tensor: torch.Tensor) -> list[tuple[tuple[int, ...], str]]:
+    """Rows (over the last axis) of ``tensor`` ``[..., L, D]`` that cannot steer: each as (index, what is wrong).
+
+    A row is degenerate if it holds a NaN or infinity, is all zeros, or its norm overflows float32.
+    One reduction per check; the index is into the leading axes (``(layer,)`` or ``(control, layer)``).
+    """
+    finite = torch.isfinite(tensor).all(-1)
+    norm = tensor.double().norm(dim=-1)
+    bad = ~finite | (norm == 0) | (norm > torch.finfo(torch.float32).max)
+    out = []
+    for idx in torch.nonzero(bad).tolist():
+        i = tuple(idx)
+        what = (
+            "non-finite values" if not finite[i] else "zero norm" if norm[i] == 0 else "a norm that overflows float32"
+        )
+        out.append((i, what))
+    return out
+
+
+def check_tensor(tensor: torch.Tensor, name: str, layers: Sequence[int], where: str) -> None:
+    """Raise :class:`VectorError` naming ``where``, the tensor, the control and the layer of the first degenerate row.
+
+    ``tensor`` is ``vector`` ``[L, D]`` or ``controls`` ``[n, L, D]``; ``layers`` names the L axis.
+    """
+    bad = degenerate_rows(tensor)
+    if not bad:
+        return
+    idx, what = bad[0]
+    layer = layers[idx[-1]] if idx[-1] < len(layers) else idx[-1]
+    which = f"tensor {name!r}" + (f" (control {idx[0]})" if len(idx) == 2 else "")
+    more = f" and {len(bad) - 1} more row(s)" if len(bad) > 1 else ""
+    raise VectorError(f"{where}: {which} has {what} at layer {layer}{more}; refit it (steerlab fit) from a good cache")
 
 
 def control_seeds(run_seed: int, identity: dict[str, Any], n: int) -> list[int]:
@@ -150,8 +201,17 @@ class VectorBundle:
         ]
         return cls(vector=vector, controls=ctrl, meta=meta)
 
+    def check(self, where: str) -> None:
+        """Refuse a vector or control with a NaN, an infinity, zero norm or an overflowing norm at any layer."""
+        layers = list(self.vector.layers_available)
+        check_tensor(self.vector.directions, "vector", layers, where)
+        if self.controls:
+            check_tensor(torch.stack([c.directions for c in self.controls]), "controls", layers, where)
+
     def save(self, path: Path) -> Path:
+        """Write the file atomically; a vector or control that could not steer (:meth:`check`) is refused."""
         path = Path(path)
+        self.check(f"refusing to write {path}")
         tensors = {
             "vector": self.vector.directions.contiguous(),
             "controls": torch.stack([c.directions for c in self.controls]).contiguous()
@@ -176,7 +236,27 @@ class VectorBundle:
             raise VectorError(f"{path} is not a safetensors file ({exc})") from None
         if META_KEY not in header or "vector" not in tensors:
             raise VectorError(f"{path} is not a steerlab vector file (no '{META_KEY}' header or 'vector' tensor)")
-        meta = json.loads(header[META_KEY])
+        try:
+            meta = json.loads(header[META_KEY])
+        except json.JSONDecodeError as exc:
+            raise VectorError(f"{path}: the '{META_KEY}' JSON header is broken ({exc.msg}); refit the file") from None
+        required = {"layers", "selected_layers", "model"}
+        if not isinstance(meta, dict) or not required <= meta.keys() or not isinstance(meta["layers"], list):
+            raise VectorError(f"{path}: the '{META_KEY}' header lacks its layers; refit the file")
+        vector, controls = tensors["vector"], tensors.get("controls", torch.empty(0))
+        n_layers = len(meta["layers"])
+        if (
+            vector.dim() != 2
+            or vector.shape[0] != n_layers
+            or (controls.numel() and (controls.dim() != 3 or controls.shape[1:] != vector.shape))
+        ):
+            raise VectorError(
+                f"{path}: tensor shapes vector {list(vector.shape)}, controls {list(controls.shape)} do not match "
+                f"the {n_layers} layers of its header; refit the file"
+            )
+        check_tensor(vector, "vector", meta["layers"], str(path))
+        if controls.numel():
+            check_tensor(controls, "controls", meta["layers"], str(path))
         if expect is not None:
             diff = Fingerprint.from_dict(meta["model"]).differences(expect)
             if diff and not force:
@@ -184,4 +264,4 @@ class VectorBundle:
                     f"{path} was fitted on another model (fingerprint differs in {', '.join(diff)}); "
                     "use the matching model, or force it if you know what you are doing"
                 )
-        return cls.build(tensors["vector"], tensors.get("controls", torch.empty(0)), meta)
+        return cls.build(vector, controls, meta)

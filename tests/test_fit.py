@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -354,3 +356,37 @@ def test_selection_receives_only_train_columns():
     with pytest.raises(TypeError, match="train"):
         select_layers(diag, "top-k", k=1)
     assert select_layers(diag.train_scores(), "top-k", k=1)["layers"] == [1]
+
+
+# ----------------------------------------------------------------------------- issue 14.2: numbers that fit nothing
+
+
+@pytest.mark.parametrize(
+    "settings, says",
+    [
+        ({"c": float("nan")}, "--C nan must be a finite number above 0"),
+        ({"c": float("inf")}, "--C inf must be"),
+        ({"c": 0.0}, "--C 0.0 must be"),
+        ({"c": -1.0}, "--C -1.0 must be"),
+        ({"folds": 1}, "--folds 1 must be 2 or more"),
+        ({"k": 0}, "--k 0 must be 1 or more"),
+        ({"controls": -2}, "--controls -2 must lie in"),
+        ({"seed": 2**32}, "--seed 4294967296 must lie in"),
+    ],
+)
+def test_fit_refuses_numbers_that_fit_nothing(tmp_path, settings, says):
+    acts, _ = planted(60, n_layers=2, d_model=8)
+    cache = synthetic_cache(tmp_path / "c.h5", acts.numpy(), ["train"] * 40 + ["val"] * 20)
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        fit_cache(cache, FitSettings(**settings), tmp_path / "v.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5"]
+
+
+@pytest.mark.parametrize("method", ["logistic", "mean_diff"])
+def test_a_layer_where_the_sides_never_differ_is_refused_not_written_as_a_zero_vector(tmp_path, method):
+    acts, _ = planted(70, n_layers=3, d_model=8)
+    acts[:, 1, 1] = acts[:, 0, 1]  # layer 1 identical on both sides of every pair (layers 0 and 2 differ)
+    cache = synthetic_cache(tmp_path / "c.h5", acts.numpy(), ["train"] * 50 + ["val"] * 20)
+    with pytest.raises(ConfigError, match=f"the {method} fit of 'toy' gave a vector with zero norm at layer 1"):
+        fit_cache(cache, FitSettings(method=method), tmp_path / "v.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5"]

@@ -77,3 +77,89 @@ def test_vector_arithmetic():
     with pytest.raises(VectorError, match="different models"):
         v + alien
     assert json.loads(json.dumps(b.meta)) == b.meta
+
+
+# ----------------------------------------------------------------------------- issue 14.2: files that cannot steer
+
+
+def raw_file(path, vector, controls, meta=None):
+    """Write a vector file with safetensors itself, as a damaged or foreign file would be (save() refuses these)."""
+    from safetensors.torch import save_file
+
+    meta = json.dumps(meta if meta is not None else bundle().meta)
+    save_file({"vector": vector.contiguous(), "controls": controls.contiguous()}, str(path),
+              metadata={"steerlab": meta})  # fmt: skip
+    return path
+
+
+def tensors():
+    b = bundle(n_controls=2)
+    return b.vector.directions.clone(), torch.stack([c.directions for c in b.controls])
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        (lambda v, c: v[2].__setitem__(5, float("nan")), "tensor 'vector' has non-finite values at layer 2"),
+        (lambda v, c: v[0].__setitem__(0, float("-inf")), "tensor 'vector' has non-finite values at layer 0"),
+        (lambda v, c: v[3].zero_(), "tensor 'vector' has zero norm at layer 3"),
+        (lambda v, c: v[1].fill_(2e38), "tensor 'vector' has a norm that overflows float32 at layer 1"),
+        (lambda v, c: c[1, 2].__setitem__(7, float("nan")), "tensor 'controls' (control 1) has non-finite values at"),
+        (lambda v, c: c[0, 1].zero_(), "tensor 'controls' (control 0) has zero norm at layer 1"),
+    ],
+)  # fmt: skip
+def test_a_file_with_a_degenerate_layer_is_refused_on_load(tmp_path, damage, says):
+    vector, controls = tensors()
+    damage(vector, controls)
+    path = raw_file(tmp_path / "v.safetensors", vector, controls)
+    with pytest.raises(VectorError) as info:
+        VectorBundle.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {says}") and "refit" in message and "\n" not in message
+
+
+def test_a_file_whose_header_does_not_match_its_tensors_is_refused(tmp_path):
+    vector, controls = tensors()
+    path = raw_file(tmp_path / "v.safetensors", vector[:3], controls[:, :3])
+    with pytest.raises(VectorError, match=r"tensor shapes vector \[3, 8\], .* do not match the 4 layers"):
+        VectorBundle.load(path)
+    from safetensors.torch import save_file
+
+    save_file({"vector": vector}, str(tmp_path / "b.safetensors"), metadata={"steerlab": '{"concept": '})
+    with pytest.raises(VectorError, match="JSON header is broken"):
+        VectorBundle.load(tmp_path / "b.safetensors")
+    raw_file(tmp_path / "c.safetensors", vector, controls, meta={"concept": "toy"})
+    with pytest.raises(VectorError, match="header lacks its layers"):
+        VectorBundle.load(tmp_path / "c.safetensors")
+
+
+def test_save_refuses_a_degenerate_vector_or_control_and_writes_nothing(tmp_path):
+    b = bundle(n_controls=2)
+    b.vector.directions[1, 3] = float("nan")
+    with pytest.raises(VectorError, match=r"refusing to write .*v.safetensors: tensor 'vector' has non-finite values "
+                                          r"at layer 1"):  # fmt: skip
+        b.save(tmp_path / "v.safetensors")
+    b = bundle(n_controls=2)
+    b.controls[1].directions[0] = 0.0
+    with pytest.raises(VectorError, match=r"tensor 'controls' \(control 1\) has zero norm at layer 0"):
+        b.save(tmp_path / "v.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_json_is_standard_json_when_a_diagnostic_is_nan(tmp_path, capsys):
+    from conftest import run_cli
+
+    b = bundle()
+    b.meta.update(method="logistic", C=1.0, locus="span_mean", model_source="synthetic", selection={"name": "list"})
+    b.meta["diagnostics"] = {"per_layer": {"cv_auroc": [0.5, float("nan"), 0.9, 1.0], "cv_dprime": [float("inf")] * 4}}
+    path = b.save(tmp_path / "v.safetensors")
+
+    def strict(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    code, out, err = run_cli(["vectors", "inspect", path, "--json"], capsys)
+    assert code == 0, err
+    meta = json.loads(out, parse_constant=strict)
+    assert meta["diagnostics"]["per_layer"]["cv_auroc"] == [0.5, None, 0.9, 1.0]
+    assert meta["diagnostics"]["per_layer"]["cv_dprime"] == [None] * 4
+    assert meta["concept"] == "toy" and meta["layers"] == [0, 1, 2, 3]
