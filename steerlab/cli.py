@@ -318,6 +318,7 @@ def steer(
     from steerlab.backends import make_backend
     from steerlab.backends.base import Sampling
     from steerlab.generate import as_chat, completions, load_prompts, parse_multipliers, settings_for
+    from steerlab.steer import build_table
     from steerlab.vectors import VectorBundle
 
     multipliers = parse_multipliers(alpha)
@@ -328,13 +329,17 @@ def steer(
     chats = load_prompts(prompts, system) if prompts else [as_chat(prompt, system)] if prompt else []
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     sampling.check()
-    VectorBundle.load(vector)  # a bad file fails before the model loads
+    # A bad file, layer list, control or multiplier fails before the model loads.
+    first = VectorBundle.load(vector)
+    n_layers = first.meta["model"].get("n_layers") if isinstance(first.meta["model"], dict) else None
+    layer_list = parse_layers(layers, n_layers if isinstance(n_layers, int) else None)
+    build_table(settings_for(first, multipliers, layer_list, scale, control), first.vector.d_model)  # type: ignore[arg-type]
     backend, fingerprint, _ = make_backend(
         backend_kind, model, batch_size=batch_size, dtype=dtype, device=device, position=position,
         tensor_parallel_size=tensor_parallel_size, lora=lora,
     )  # fmt: skip
     bundle = VectorBundle.load(vector, expect=fingerprint, force=force)
-    settings = settings_for(bundle, multipliers, parse_layers(layers), scale, control)  # type: ignore[arg-type]
+    settings = settings_for(bundle, multipliers, layer_list, scale, control)  # type: ignore[arg-type]
     if not chat:
         for i, group in enumerate(completions(backend, chats, settings, sampling, compare)):
             typer.echo(f"=== prompt {i}: {group[0].prompt[-1]['content']}")

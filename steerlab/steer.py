@@ -21,6 +21,13 @@ tokens), ``"prompt"`` (the prefill pass only) or ``"generation"`` (decode steps 
 generated tokens' positions). Under ``"generation"`` the first generated token is never
 affected: it is chosen from the prefill pass's logits, before any decode step runs; steering
 reaches the second token onward (each decode step adds at the position of the token it reads).
+
+Numbers that would break the model are refused, each with one line naming the setting: a row whose
+added vector is not finite in float32 or whose norm is at least ``MAX_NORM`` (its squares, summed by
+every RMS norm in float32, would overflow) when the table is built; a row that overflows the model's
+dtype (float16: 65504) when the :class:`Steerer` is built. What only the model can show (the sum of
+several layers' additions overflowing) is watched by :meth:`Steerer.watch` on the first two passes
+of each batch (see :meth:`steerlab.backends.hf.HFBackend._decode`).
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ from steerlab.loci import POSITIONS, Position
 from steerlab.vectors import SteeringVector, VectorError
 
 Scale = Literal["absolute", "relative"]
+# Largest norm an added vector may have: beyond it the sum of squares that every RMS norm computes
+# (in float32) overflows, the normalised stream becomes 0 or NaN, and generation is garbage.
+MAX_NORM = math.sqrt(torch.finfo(torch.float32).max)  # about 1.8e19
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,11 @@ class SteeringSetting:
     def steered_layers(self) -> tuple[int, ...]:
         return tuple(self.layers) if self.layers is not None else self.vector.layers
 
+    def describe(self) -> str:
+        """``alpha=+4 x toy at layers [1, 2]``: how error messages name a setting."""
+        scale = " (relative scale)" if self.scale == "relative" else ""
+        return f"alpha={self.multiplier:+g} x {self.vector.name} at layers {list(self.steered_layers())}{scale}"
+
     def rows(self, layers: Sequence[int]) -> torch.Tensor:
         """This setting's additive vectors ``[len(layers), d_model]`` (zeros where it does not steer)."""
         if not math.isfinite(self.multiplier):
@@ -74,8 +89,21 @@ class SteeringSetting:
             if self.scale == "relative":
                 if not self.token_norms or layer not in self.token_norms:
                     raise VectorError(f"relative scale needs the mean per-token norm of layer {layer}")
-                v = v / v.norm().clamp_min(1e-30) * self.token_norms[layer]
+                norm = self.token_norms[layer]
+                if not (isinstance(norm, (int, float)) and math.isfinite(norm) and norm > 0):
+                    raise VectorError(
+                        f"{self.vector.name}: the recorded token_norm of layer {layer} is {norm}, so --scale relative "
+                        "cannot scale by it; refit the vector or use --scale absolute"
+                    )
+                v = v / v.norm().clamp_min(1e-30) * norm
             out[j] = self.multiplier * v
+            # The added vector must survive float32 and the next RMS norm (a sum of squares in float32).
+            size = abs(self.multiplier) * float(v.double().norm())
+            if not torch.isfinite(out[j]).all() or not size < MAX_NORM:
+                raise ConfigError(
+                    f"{self.describe()}: the added vector at layer {layer} has norm {size:.3g}, which overflows "
+                    "float32; use a smaller multiplier"
+                )
         return out
 
 
@@ -108,7 +136,9 @@ class Steerer:
         table: torch.Tensor,
         position: Position = "all",
         max_batch: int = 256,
+        labels: Sequence[str] | None = None,
     ):
+        """``labels[i]`` names table row ``i + 1`` in error messages (row 0 is unsteered)."""
         if position not in POSITIONS:
             raise ConfigError(f"unknown position {position!r}; use one of {', '.join(POSITIONS)}")
         if table.dim() != 3 or table.shape[1] != len(layers):
@@ -121,10 +151,22 @@ class Steerer:
         self._per_row: list[torch.Tensor] = []  # per layer [max_batch, d_model], static buffers
         for j, layer in enumerate(self.layers):
             ref = next(blocks[layer].parameters())
-            self._tables.append(table[:, j].to(device=ref.device, dtype=ref.dtype).contiguous())
+            cast = table[:, j].to(device=ref.device, dtype=ref.dtype).contiguous()  # [n_rows, d_model]
+            bad = (~torch.isfinite(cast).all(-1)).nonzero().flatten().tolist()  # once per layer, at setup
+            if bad:
+                row = bad[0]
+                name = labels[row - 1] if labels and 0 < row <= len(labels) else f"table row {row}"
+                dtype = str(ref.dtype).removeprefix("torch.")
+                raise ConfigError(
+                    f"{name}: the added vector at layer {layer} overflows the model's {dtype}; "
+                    "use a smaller multiplier (or a wider --dtype)"
+                )
+            self._tables.append(cast)
             self._per_row.append(torch.zeros(max_batch, table.shape[-1], device=ref.device, dtype=ref.dtype))
         self.max_batch = max_batch
         self._handles: list[Any] = []
+        self._rows: list[int] = []  # the table row of each batch row, as last set
+        self._watch: list[tuple[int, torch.Tensor]] | None = None  # (layer, ok [batch]) while watching
 
     def set_rows(self, rows: torch.Tensor | Sequence[int]) -> None:
         """Table row per batch row ``[batch]``; gathers each layer's ``[batch, d_model]`` buffer once."""
@@ -137,10 +179,34 @@ class Steerer:
         for table, buffer in zip(self._tables, self._per_row, strict=True):
             buffer[: rows.numel()] = table[rows.to(table.device)]
             buffer[rows.numel() :] = 0
+        self._rows = rows.tolist()
+
+    def watch(self) -> None:
+        """Check the next forward passes: each steered layer records whether every row's hidden state at its last
+        position is still usable (finite, with a mean square that does not overflow float32, which every RMS norm
+        computes). One reduction per layer and pass, no sync; :meth:`watched` reads the result."""
+        self._watch = []
+
+    def watched(self) -> list[tuple[int, int]]:
+        """(batch row, layer) of each steered row whose hidden state broke since :meth:`watch`; stops watching.
+
+        One device-to-host copy. Rows with table row 0 (unsteered) are not reported.
+        """
+        entries, self._watch = self._watch or [], None
+        if not entries:
+            return []
+        device = entries[0][1].device
+        ok = torch.stack([flags.to(device) for _, flags in entries]).cpu()  # [n_entries, batch]
+        return [
+            (b, entries[i][0])
+            for i, b in ok.logical_not().nonzero().tolist()
+            if b < len(self._rows) and self._rows[b] != 0
+        ]
 
     def _hook(self, j: int):
         buffer = self._per_row[j]
         position = self.position
+        layer = self.layers[j]
 
         def hook(_module: Any, _args: Any, output: Any) -> None:
             hidden = output[0] if isinstance(output, tuple) else output  # [batch, seq, d_model]
@@ -149,6 +215,8 @@ class Steerer:
             if position == "generation" and hidden.shape[1] != 1:
                 return
             hidden.add_(buffer[: hidden.shape[0]].unsqueeze(1))
+            if self._watch is not None:
+                self._watch.append((layer, torch.isfinite(hidden[:, -1].float().pow(2).mean(-1))))  # [batch]
 
         return hook
 
@@ -181,4 +249,5 @@ def steerer_for(
     table, layers = build_table(settings, d_model)
     if not layers:
         raise ConfigError("no layer to steer: every setting has an empty layer list")
-    return Steerer(blocks, layers, table, position=position, max_batch=max_batch)
+    labels = [s.describe() for s in settings]
+    return Steerer(blocks, layers, table, position=position, max_batch=max_batch, labels=labels)

@@ -34,7 +34,7 @@ def test_steer_bad_input(tiny_dir, tiny_vector, tmp_path, capsys):
     cases = [
         (["--alpha", "nan", "--prompt", "x"], "is not a finite number"),
         (["--alpha", "1", "--prompt", "x", "--chat"], "exactly one of --prompt, --prompts or --chat"),
-        (["--alpha", "1", "--prompt", "x", "--layers", "9"], "no direction for layer 9"),
+        (["--alpha", "1", "--prompt", "x", "--layers", "9"], "layer 9 is out of range (the model has 4 layers, 0..3)"),
         (["--alpha", "1", "--prompt", "x", "--control", "5"], "--control 5: the file has 2 controls"),
         (["--alpha", "1,2", "--chat"], "--chat takes a single --alpha"),
         (["--alpha", "1", "--prompts", tmp_path / "empty.txt"], "holds no prompts"),

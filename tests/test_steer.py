@@ -228,3 +228,105 @@ def test_relative_scale_refuses_a_file_without_token_norms(tiny, tmp_path):
     with pytest.raises(ConfigError, match=r"token_norm.*refit") as info:
         settings_for(old, [0.1], scale="relative")
     assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------- issue 14.2: numbers that break the model
+
+
+def uniform(tiny, value, layers=(1, 2), name="u", dtype_model=None):
+    """A vector of equal entries ``value`` at every layer (its norm is value * sqrt(d_model))."""
+    fp = (dtype_model or tiny).fingerprint.to_dict()
+    return SteeringVector(torch.full((tiny.n_layers, tiny.d_model), float(value)), tuple(range(tiny.n_layers)),
+                          tuple(layers), fp, name)  # fmt: skip
+
+
+def test_a_multiplier_whose_vector_overflows_float32_is_refused_when_the_table_is_built(tiny):
+    v = vector(tiny, 9, scale=4.0)
+    with pytest.raises(ConfigError, match=r"alpha=\+1e\+38 x v9 at layers \[1, 2\]: the added vector at layer 1 "
+                                          r"has norm .*overflows float32"):  # fmt: skip
+        build_table([SteeringSetting(v, 1e38)], tiny.d_model)
+    # finite entries, but a norm whose square (what every RMS norm sums) overflows float32
+    with pytest.raises(ConfigError, match="overflows float32"):
+        build_table([SteeringSetting(uniform(tiny, 1.0), 2.5e18)], tiny.d_model)  # norm 2e19
+    assert torch.isfinite(build_table([SteeringSetting(uniform(tiny, 1.0), 2e18)], tiny.d_model)[0]).all()
+
+
+def test_a_zero_or_nan_token_norm_is_refused_for_relative_scale(tiny):
+    from steerlab.vectors import VectorError
+
+    v = vector(tiny, 10)
+    for bad in (0.0, float("nan"), float("inf")):
+        norms = {0: 1.0, 1: bad, 2: 1.0, 3: 1.0}
+        with pytest.raises(VectorError, match=f"token_norm of layer 1 is {bad}"):
+            build_table([SteeringSetting(v, 0.5, scale="relative", token_norms=norms)], tiny.d_model)
+
+
+def half_tiny():
+    """A float16 copy of the tiny model (a fresh one: the session's tiny stays float32)."""
+    from steerlab.models import prepare
+    from steerlab.testing import tiny_model
+
+    t = tiny_model()
+    return prepare(t.model.to(torch.float16), t.tokenizer, "tiny-half")
+
+
+def test_a_table_that_overflows_the_model_dtype_is_refused_when_the_steerer_is_built():
+    half = half_tiny()
+    v = uniform(half, 1.0, name="ones")
+    with pytest.raises(ConfigError, match=r"alpha=\+100000 x ones at layers \[1, 2\]: the added vector at layer 1 "
+                                          r"overflows the model's float16"):  # fmt: skip
+        steerer_for(half.blocks, [SteeringSetting(v, 1.0), SteeringSetting(v, 1e5)], half.d_model)
+    assert all(not b._forward_hooks for b in half.blocks)  # nothing was installed
+
+
+@pytest.mark.parametrize("position, where", [("all", "the prefill pass"), ("generation", "the first decode step")])
+def test_non_finite_hidden_states_stop_generation_at_the_first_step(position, where):
+    """A table that fits float16 (40000 per entry) but whose sum over two layers (80000) does not: the hidden
+    state of the steered row becomes inf inside the model. HFBackend.generate stops with one line naming the
+    request and the setting, instead of returning an empty or garbage completion; the hooks are removed."""
+    from steerlab.backends.base import Request, Sampling
+    from steerlab.backends.hf import HFBackend
+    from steerlab.generate import as_chat
+
+    half = half_tiny()
+    v = uniform(half, 1.0, name="ones")
+    backend = HFBackend(half, batch_size=4, position=position)
+    prompt, sampling = as_chat("Spell garden backwards"), Sampling(max_new_tokens=4)
+    fine = [Request(prompt, sampling, None, id="plain"), Request(prompt, sampling, SteeringSetting(v, 2.0), id="ok")]
+    before = backend.generate(fine)
+    assert all(r.n_new_tokens > 0 for r in before)
+    requests = [*fine, Request(prompt, sampling, SteeringSetting(v, 40000.0), id="big")]
+    with pytest.raises(ConfigError) as info:
+        backend.generate(requests)
+    message = str(info.value)
+    assert message.startswith("request 'big': alpha=+40000 x ones at layers [1, 2]: after steering, its hidden "
+                              "state at layer 2 is non-finite") and where in message  # fmt: skip
+    assert "\n" not in message
+    assert all(not b._forward_hooks for b in half.blocks)
+    assert [r.text for r in backend.generate(fine)] == [r.text for r in before]  # still usable afterwards
+
+
+def test_float32_hidden_states_whose_norm_overflows_are_caught_too(tiny):
+    """Each layer's vector is below float32's limit, but the two layers' sum is not: without the check the RMS
+    norms return zeros and the model emits garbage with exit 0."""
+    from steerlab.backends.base import Request, Sampling
+    from steerlab.backends.hf import HFBackend
+    from steerlab.generate import as_chat
+
+    v = uniform(tiny, 1.5e19 / tiny.d_model**0.5, name="big")  # norm 1.5e19 per layer, 3e19 after layer 2
+    request = Request(as_chat("Hi"), Sampling(max_new_tokens=3), SteeringSetting(v, 1.0), id="r")
+    with pytest.raises(ConfigError, match=r"request 'r': .* its hidden state at layer 2 is non-finite or too large"):
+        HFBackend(tiny).generate([request])
+
+
+def test_watching_costs_nothing_when_nothing_is_steered(tiny):
+    """Unsteered rows are never reported, and a steerer that is not watching records nothing."""
+    v = vector(tiny, 11)
+    batch = left_padded(tiny, TEXTS[:2])
+    with steerer_for(tiny.blocks, [SteeringSetting(v, 1.0)], tiny.d_model) as steer:
+        steer.set_rows([0, 1])
+        logits(tiny, batch)
+        assert steer._watch is None
+        steer.watch()
+        logits(tiny, batch)
+        assert len(steer._watch) == 2 and steer.watched() == [] and steer._watch is None

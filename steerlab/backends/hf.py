@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from steerlab.backends.base import Request, Result, Sampling, check_requests, package_version
+from steerlab.errors import ConfigError
 from steerlab.loci import Position
 from steerlab.models import (
     DEFAULT_CHAT_DATE,
@@ -27,7 +28,7 @@ from steerlab.models import (
     render_chat,
     template_system_prompt,
 )
-from steerlab.steer import SteeringSetting, steerer_for
+from steerlab.steer import Steerer, SteeringSetting, steerer_for
 from steerlab.tags import first_stop
 
 _STOP_TAIL_TOKENS = 24  # tokens decoded to look for a stop string
@@ -98,6 +99,7 @@ class HFBackend:
                 settings.append(r.steering)
                 row_of[id(r.steering)] = len(settings)
         rows = [row_of.get(id(r.steering), 0) for r in requests]
+        labels = [f"request {r.id!r}: {r.steering.describe()}" if r.steering is not None else None for r in requests]
         ids, leads = self._prompts(requests)
         order = sorted(range(len(requests)), key=lambda i: len(ids[i]))
         results: list[Result | None] = [None] * len(requests)
@@ -115,6 +117,7 @@ class HFBackend:
                 outs = self._decode(
                     [ids[i] for i in batch], [requests[i].sampling for i in batch],
                     [requests[i].context + leads[i] + requests[i].prefill for i in batch],
+                    steerer, [labels[i] for i in batch],
                 )  # fmt: skip
                 seconds = (time.perf_counter() - started) / len(batch)
                 for i, (text, n_new, reason) in zip(batch, outs, strict=True):
@@ -125,8 +128,21 @@ class HFBackend:
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def _decode(self, seqs: list[list[int]], samplings: list[Sampling], heads: list[str]) -> list[tuple[str, int, str]]:
-        """Decode a batch; ``heads[b]`` is the transcript before row b's new text (for stop rules)."""
+    def _decode(
+        self,
+        seqs: list[list[int]],
+        samplings: list[Sampling],
+        heads: list[str],
+        steerer: Steerer | None = None,
+        labels: list[str | None] | None = None,
+    ) -> list[tuple[str, int, str]]:
+        """Decode a batch; ``heads[b]`` is the transcript before row b's new text (for stop rules).
+
+        With a ``steerer``, the prefill pass and the first decode step are checked: a steered row
+        (``labels[b]`` names its setting) whose hidden state at a steered layer, or whose logits,
+        are no longer finite stops the call with one line naming the setting. That costs one
+        reduction per steered layer and pass, on two passes per batch, and one sync each.
+        """
         model, tok, device = self.loaded.model, self.loaded.tokenizer, self.loaded.device
         batch, width = len(seqs), max(len(s) for s in seqs)
         pad = tok.pad_token_id
@@ -145,9 +161,18 @@ class HFBackend:
         scanned = [0] * batch  # characters of each row's text already searched for a stop that counts
         cut: list[int | None] = [None] * batch  # where a row's text ends (just after its stop string)
 
+        check = steerer is not None and labels is not None and any(label is not None for label in labels)
+        if check:
+            steerer.watch()
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        for _ in range(limit):
+        for step in range(limit):
             logits = out.logits[:, -1, :].float()  # [batch, vocab]
+            if check and step < 2:
+                self._check_steered(
+                    steerer, labels, logits, "the prefill pass" if step == 0 else "the first decode step"
+                )
+                if step == 0:
+                    steerer.watch()
             nxt = self._pick(logits, samplings, generators)
             for b, token in enumerate(nxt.tolist()):  # one device sync per step, not one per row
                 if done[b]:
@@ -180,6 +205,22 @@ class HFBackend:
             text = tok.decode(new[b], skip_special_tokens=True)
             texts.append(text[: cut[b]] if reason[b] == "stop" else text)
         return list(zip(texts, [len(n) for n in new], reason, strict=True))
+
+    @staticmethod
+    def _check_steered(steerer: Steerer, labels: list[str | None], logits: torch.Tensor, where: str) -> None:
+        """Raise if a steered row's hidden state (at a steered layer) or logits ``[batch, vocab]`` broke."""
+        broken = {
+            b: f"its hidden state at layer {layer} is non-finite or too large for float32 norms"
+            for b, layer in reversed(steerer.watched())
+        }
+        for b in (~torch.isfinite(logits).all(-1)).nonzero().flatten().tolist():
+            broken.setdefault(b, "its logits are non-finite")
+        for b in sorted(broken):
+            if labels[b] is not None:
+                raise ConfigError(
+                    f"{labels[b]}: after steering, {broken[b]} in {where}; generation stopped. "
+                    "Use a smaller multiplier (or --dtype float32)"
+                )
 
     @staticmethod
     def _pick(logits: torch.Tensor, samplings: list[Sampling], generators: list[torch.Generator]) -> torch.Tensor:
