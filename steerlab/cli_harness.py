@@ -14,7 +14,7 @@ from rich.table import Table
 from steerlab.errors import ConfigError
 
 if TYPE_CHECKING:
-    from steerlab.harness.judge import JudgeBackend
+    from steerlab.harness.judge import JudgeBackend, JudgeReport
     from steerlab.models import LoadedModel
     from steerlab.sweep import JudgeConfig, SweepConfig
 
@@ -68,17 +68,35 @@ def _rubric_and_cache(cfg: JudgeConfig):
     return rubric, JudgeCache(cfg.cache or cache_dir() / "judge.sqlite")
 
 
-def run_judge(run_dir: Path, cfg: JudgeConfig, make: JudgeFactory, loaded: LoadedModel | None = None) -> None:
+def run_judge(run_dir: Path, cfg: JudgeConfig, make: JudgeFactory, loaded: LoadedModel | None = None) -> JudgeReport:
     from steerlab.harness.judge import judge_run
 
     out, _ = _console()
     rubric, cache = _rubric_and_cache(cfg)
-    report = judge_run(run_dir, make(loaded), rubric, cache, cfg.rubric)
-    cache.close()
+    try:
+        report = judge_run(run_dir, make(loaded), rubric, cache, cfg.rubric)
+    finally:
+        cache.close()
     out.print(
         f"judge {cfg.backend}:{cfg.model_name}: {report.n} traces, {report.cached} from the cache, "
         f"{report.judged} judged now ({report.calls} calls), {report.errors} judge errors, "
         f"{report.skipped} samples without reasoning"
+    )
+    return report
+
+
+def refuse_judge_errors(run_dir: Path, report: JudgeReport | None) -> None:
+    """Exit status 2 (one line, with the count) when any judgement failed; call it after everything
+    that did succeed is written, so a rerun of ``steerlab judge`` asks only for the failed ones."""
+    from steerlab.harness.judge import JudgeError
+
+    if report is None or not report.errors:
+        return
+    first = " ".join(str(report.first_error).split())
+    first = first if len(first) <= 160 else first[:157] + "..."
+    raise JudgeError(
+        f"{report.errors} of {report.n} judgements failed (first: {first}); the other {report.n - report.errors} "
+        f"are written in {run_dir}; rerun `steerlab judge {run_dir}` to ask again for the failed ones only"
     )
 
 
@@ -109,10 +127,13 @@ def report_cost(est: dict[str, Any], cfg: JudgeConfig, prefix: str = "") -> None
 
 
 def finish_labelled(run_dir: Path, cfg: SweepConfig, make: JudgeFactory | None, loaded: LoadedModel | None) -> None:
-    """Judge (if asked), then summarise, print and draw a labelled run."""
+    """Judge (if asked), then summarise, print and draw a labelled run; a failed judgement is exit
+    status 2 once all of that is written."""
+    report = None
     if make is not None and cfg.judge is not None:
-        run_judge(run_dir, cfg.judge, make, loaded)
+        report = run_judge(run_dir, cfg.judge, make, loaded)
     print_label_summary(run_dir, cfg.judge)
+    refuse_judge_errors(run_dir, report)
 
 
 def print_label_summary(run_dir: Path, judge: JudgeConfig | None) -> None:
@@ -299,9 +320,10 @@ def register(app: typer.Typer, pairs_app: typer.Typer) -> None:
         if dry_run_flag:
             dry_run(samples, cfg)
             return
-        run_judge(run_dir, cfg, judge_factory(cfg, run_dir))
+        report = run_judge(run_dir, cfg, judge_factory(cfg, run_dir))
         if samples and "label" in samples[0]:
             print_label_summary(run_dir, cfg)
+        refuse_judge_errors(run_dir, report)
 
     @pairs_app.command("from-traces")
     def from_traces(

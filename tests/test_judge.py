@@ -5,6 +5,7 @@ own httpx fork, ``httpx2``, in anthropic>=2) that checks each request and replay
 """
 
 import json
+import re
 
 import pytest
 
@@ -379,3 +380,92 @@ def test_a_new_snapshot_behind_the_alias_is_judged_again_and_recorded(tmp_path, 
     later = Moving(snapshot="claude-test-20270101")
     out_later, report = judge_samples(SAMPLES[:1], anthropic_judge(later, monkeypatch), rubric, cache2)
     assert later.seen == [] and report.cached == 1 and out_later == out_mid
+
+
+# ----------------------------------------------------------------------------- issue 14.7: failed calls
+
+
+class Failing(FakeAPI):
+    """Traces about researchers fail (``fail(request)`` returns a response or raises, as the network
+    would); every other trace is answered. The probe always answers."""
+
+    def __init__(self, fail):
+        super().__init__()
+        self.fail = fail
+
+    def __call__(self, request):
+        if not is_probe(request) and "researchers" in trace_of(request):
+            self.seen.append(request)
+            return self.fail(request)
+        return super().__call__(request)
+
+
+def trace_of(request):
+    return json.loads(request.content)["messages"][0]["content"].split("<trace>")[1].split("</trace>")[0]
+
+
+def refuse(request):
+    raise httpx.ConnectError("connection refused", request=request)
+
+
+def time_out(request):
+    raise httpx.ReadTimeout("read timed out", request=request)
+
+
+def overloaded(_request):
+    return httpx.Response(529, json={"type": "error", "error": {"type": "overloaded_error", "message": "busy"}},
+                          headers={"retry-after-ms": "1"})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "fail, error",
+    [(refuse, "APIConnectionError"), (time_out, "APITimeoutError"), (overloaded, "OverloadedError|InternalServer")],
+)
+def test_a_failed_call_is_the_sdks_to_retry_not_a_format_reminder(fail, error, tmp_path, monkeypatch):
+    api = Failing(fail)
+    judge = anthropic_judge(api, monkeypatch, max_retries=1)
+    monkeypatch.setattr(judge.client, "_calculate_retry_timeout", lambda *a, **k: 0.01, raising=False)
+    out, report = judge_samples(SAMPLES, judge, Rubric.load(RUBRIC), JudgeCache(tmp_path / "c"))
+    failed = [r for r in api.seen if "researchers" in trace_of(r)]
+    assert len(failed) == 2  # the first call and the SDK's one retry; no second round from the judge
+    assert not any("could not be read" in json.loads(r.content)["messages"][0]["content"] for r in api.seen)
+    assert report.errors == 1 and report.judged == 2 and "scores" not in out[1]["judge"]
+    assert re.match(f"({error}): ", out[1]["judge"]["error"]) and report.first_error == out[1]["judge"]["error"]
+    assert out[0]["judge"]["scores"]["B"]["score"] == 9  # the calls that worked are kept
+
+
+def test_judge_command_exits_2_with_the_count_after_writing_what_succeeded(tmp_path, capsys, monkeypatch):
+    from conftest import run_cli
+
+    from steerlab.harness import judge as judge_module
+    from steerlab.harness.records import read_samples
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "header.json").write_text(json.dumps({"format": 2, "seeds": [0]}))
+    (run_dir / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in SAMPLES))
+    api = Failing(refuse)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+
+    class Faked(judge_module.AnthropicJudge):  # the real client, on the fake transport, retrying at once
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **{**kw, "http_client": httpx.Client(transport=httpx.MockTransport(api))})
+            self.client._calculate_retry_timeout = lambda *a, **k: 0.01
+
+    monkeypatch.setattr(judge_module, "AnthropicJudge", Faked)
+    args = ["judge", run_dir, "--judge-model", "claude-test", "--cache", tmp_path / "c.sqlite"]
+    code, out, err = run_cli(args, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("steerlab: error: 1 of 3 judgements failed"), err
+    assert "APIConnectionError" in lines[0] and f"rerun `steerlab judge {run_dir}`" in lines[0]
+    assert "1 judge errors" in out
+    assert len(api.seen) == 1 + 7  # one answered trace (s1 = s3); the failing one: a first call and 6 SDK retries
+    samples = read_samples(run_dir)  # what succeeded is written, the failure recorded as an error
+    assert [s["judge"].get("scores", {}).get("B", {}).get("score") for s in samples] == [9, None, 9, None]
+    assert "APIConnectionError" in samples[1]["judge"]["error"] and "skipped" in samples[3]["judge"]
+
+    api.fail = lambda request: FakeAPI()(request)  # the network is back: a rerun asks only for the failed one
+    seen = len(api.seen)
+    code, out, err = run_cli(args, capsys)
+    assert code == 0 and err == "" and len(api.seen) == seen + 1, err
+    assert [s["judge"]["scores"]["A"]["score"] for s in read_samples(run_dir)[:3]] == [1, 8, 1]

@@ -28,8 +28,11 @@ that snapshot. Every judgement is stored under the model its own response report
 model is written into the sample's ``judge`` entry (``model``; ``requested_model`` is the name
 asked for). A snapshot change behind the alias is therefore a cache miss, never a silent reuse.
 A reply that does not parse is retried once with a reminder of the format; if it fails again
-the sample gets ``{"error": ...}``: it is counted as a judge error and never scored 0. Samples
-without reasoning are marked ``{"skipped": ...}`` and not sent.
+the sample gets ``{"error": ...}``: it is counted as a judge error and never scored 0. A call that
+failed (connection error, timeout, 429/5xx once the SDK's retries are spent, a failed batch
+request) is a judge error at once: retrying it is the SDK's business, and a format reminder would
+not help. The command line exits with status 2 when any judgement failed, after writing the rest.
+Samples without reasoning are marked ``{"skipped": ...}`` and not sent.
 """
 
 from __future__ import annotations
@@ -428,6 +431,7 @@ class JudgeReport:
     skipped: int  # samples without reasoning
     calls: int
     models: list[str] = field(default_factory=list)  # the models that made the judgements (as reported)
+    first_error: str | None = None  # the first failed judgement's error (in sample order), for the one line
 
 
 def estimate(rubric: Rubric, texts: Sequence[str], model: str, max_tokens: int, batch: bool,
@@ -489,11 +493,10 @@ def judge_samples(
             system, user = rubric.prompt(text_of[key])
             prompts.append((system, user + (RETRY_NOTE if attempt else "")))
         replies = judge.complete(prompts, [f"{k}-{attempt}" for k in pending])
-        failed = []
+        failed = []  # replies that did not parse: asked once more, with the format reminder
         for key, reply in zip(pending, replies, strict=True):
-            if isinstance(reply, Exception):
+            if isinstance(reply, Exception):  # the call failed (the SDK already retried it): an error now
                 errors[key] = f"{type(reply).__name__}: {reply}"
-                failed.append(key)
                 continue
             try:
                 scores = rubric.parse(reply)
@@ -510,7 +513,7 @@ def judge_samples(
             errors.pop(key, None)
         judge.release()  # every reply is in the cache: only now may a batch job forget its batch
         if progress:
-            progress(len(pending) - len(failed))
+            progress(sum(1 for key in pending if key in results))
         pending = failed
     out = []
     for s in samples:
@@ -529,6 +532,7 @@ def judge_samples(
         n=len(key_of), cached=was_cached, judged=len(key_of) - was_cached - n_errors, errors=n_errors,
         skipped=len(samples) - len(key_of), calls=judge.calls,
         models=sorted({r["model"] for r in results.values() if r.get("model")}),
+        first_error=next((s["judge"]["error"] for s in out if "error" in s["judge"]), None),
     )  # fmt: skip
     return out, report
 
