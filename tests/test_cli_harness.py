@@ -91,7 +91,9 @@ def test_judge_cli_dry_run_and_a_local_judge_that_cannot_answer(tiny_dir, tmp_pa
     assert code == 0 and "2 distinct traces, 0 cached; 2 judge calls" in out
     code, out, err = run_cli(["judge", run, "--judge", "local", "--judge-model", tiny_dir,
                               "--cache", tmp_path / "c.sqlite"], capsys)  # fmt: skip
-    assert code == 0, err and "4 judge errors" in out  # a random model's reply never parses: errors, not zeros
+    assert "4 judge errors" in out  # a random model's reply never parses: errors, not zeros
+    errors = [line for line in err.splitlines() if line.startswith("steerlab: error:")]
+    assert code == 2 and len(errors) == 1 and "4 of 4 judgements failed (first: unparseable reply" in errors[0], err
     frame = load_run(run)
     assert frame["judge_error"].str.startswith("unparseable reply").all() and "judge_A" not in frame
     code, _, err = run_cli(["judge", tmp_path], capsys)
