@@ -399,29 +399,33 @@ def sweep(
         scenario=scenario,
         lora=lora,
     )
-    run_dir = run_config(
+
+    def summarise(run_dir: Path) -> None:  # a plain run's summary, written while the run is still locked
+        if cfg.scenario == "alignment_faking":  # labelled and summarised already
+            return
+        if cfg.scorer is None:
+            out.print("no scorer in the config: records only (set scorer: to summarise)")
+            return
+        path, cells = write_summary(run_dir, cfg.scorer)
+        table = Table(title=f"{run_dir}: score = {cfg.scorer}")
+        for col in ("vector", "condition", "multiplier", "real (95% over requests)", "controls min-max", "z"):
+            table.add_column(col)
+        for c in cells:
+            z = c.get("z")
+            table.add_row(
+                c["vector"], c["condition"], f"{c['multiplier']:+g}",
+                f"{c['real_mean']:.3f} [{c['real_ci_low']:.3f}, {c['real_ci_high']:.3f}]",
+                f"{c['control_min']:.3f}-{c['control_max']:.3f}" if "control_min" in c else "-",
+                f"{z:+.2f}" if z is not None else f"n/a ({c['z_note'].removeprefix('n/a: ')})" if "z_note" in c
+                else "-",
+            )  # fmt: skip
+        out.print(table)
+        out.print(f"wrote {path} and {figure(run_dir, cells, cfg.scorer)}")
+
+    run_config(
         cfg, device=device, dtype=dtype, dry=dry_run_flag, backend=backend_kind,
-        tensor_parallel_size=tensor_parallel_size,
+        tensor_parallel_size=tensor_parallel_size, then=summarise,
     )  # fmt: skip
-    if run_dir is None or cfg.scenario == "alignment_faking":  # a dry run, or labelled and summarised already
-        return
-    if cfg.scorer is None:
-        out.print("no scorer in the config: records only (set scorer: to summarise)")
-        return
-    path, cells = write_summary(run_dir, cfg.scorer)
-    table = Table(title=f"{run_dir}: score = {cfg.scorer}")
-    for col in ("vector", "condition", "multiplier", "real (95% over requests)", "controls min-max", "z"):
-        table.add_column(col)
-    for c in cells:
-        z = c.get("z")
-        table.add_row(
-            c["vector"], c["condition"], f"{c['multiplier']:+g}",
-            f"{c['real_mean']:.3f} [{c['real_ci_low']:.3f}, {c['real_ci_high']:.3f}]",
-            f"{c['control_min']:.3f}-{c['control_max']:.3f}" if "control_min" in c else "-",
-            f"{z:+.2f}" if z is not None else f"n/a ({c['z_note'].removeprefix('n/a: ')})" if "z_note" in c else "-",
-        )  # fmt: skip
-    out.print(table)
-    out.print(f"wrote {path} and {figure(run_dir, cells, cfg.scorer)}")
 
 
 # ----------------------------------------------------------------------------- inspect

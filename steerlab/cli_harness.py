@@ -391,16 +391,20 @@ def _validated(schema: Any, **data: Any) -> Any:
 
 def run_config(
     cfg: SweepConfig, device: str = "auto", dtype: str = "auto", dry: bool = False, backend: str = "hf",
-    tensor_parallel_size: int = 1,
+    tensor_parallel_size: int = 1, then: Callable[[Path], None] | None = None,
 ) -> Path | None:  # fmt: skip
-    """Generate (or resume) a run, then, for a labelled run, judge and summarise it."""
+    """Generate (or resume) a run, then, for a labelled run, judge and summarise it; ``then(run_dir)``
+    (a plain run's summary) runs after that. Every option is checked before the model loads (and
+    again against the model before the run directory is made); the run directory stays locked
+    until all of it is done."""
     from steerlab.backends import make_backend
     from steerlab.harness.datasets import load_requests
-    from steerlab.sweep import load_arms, make_scenario, run_sweep
+    from steerlab.sweep import check_config, make_scenario, run_sweep
 
     out, _ = _console()
     if backend == "anthropic" and cfg.vectors:
         raise ConfigError("the anthropic backend cannot steer; drop the vectors or use --backend hf or vllm")
+    arms = check_config(cfg)  # sampling, scorer, vector files and their layers: before the model loads
     scenario = make_scenario(cfg)
     items = load_requests(cfg.prompts, cfg.prompt_set, cfg.limit)  # a bad request file fails before the model loads
     n_claims = 1
@@ -409,10 +413,10 @@ def run_config(
 
         n_claims += len(selected(cfg.claims))
     if dry:
-        n_arms = len(load_arms(cfg, None))
-        n = n_arms * len(cfg.multipliers) * n_claims * len(scenario.conditions()) * len(items) * len(cfg.seeds)
+        n = len(arms) * len(cfg.multipliers) * n_claims * len(scenario.conditions()) * len(items) * len(cfg.seeds)
         out.print(f"dry run: {n} samples ({len(items)} requests), up to {scenario.max_turns} turns of "
                   f"{cfg.max_new_tokens} tokens each")  # fmt: skip
+        print_requests(scenario, items)
         if cfg.judge is not None:  # upper bound: every sample reasons for every token of every turn
             from steerlab.harness.judge import CHARS_PER_TOKEN, Rubric, estimate_chars
 
@@ -426,8 +430,36 @@ def run_config(
         backend, cfg.model, batch_size=cfg.batch_size, dtype=dtype, device=device,
         tensor_parallel_size=tensor_parallel_size, lora=cfg.lora, chat_date=cfg.chat_date,
     )  # fmt: skip
-    run_dir = run_sweep(cfg, engine, fingerprint)
-    out.print(f"samples in {run_dir}/samples.jsonl")
-    if cfg.scenario == "alignment_faking":
-        finish_labelled(run_dir, cfg, make, loaded)
-    return run_dir
+
+    def finish(run_dir: Path) -> None:  # under the run's lock
+        out.print(f"samples in {run_dir}/samples.jsonl")
+        if cfg.scenario == "alignment_faking":
+            finish_labelled(run_dir, cfg, make, loaded)
+        if then is not None:
+            then(run_dir)
+
+    return run_sweep(cfg, engine, fingerprint, then=finish)
+
+
+DRY_RUN_SHOWN = 3  # requests a dry run prints in full
+
+
+def print_requests(scenario: Any, items: list[Any], shown: int = DRY_RUN_SHOWN) -> None:
+    """The first requests as they will be sent: each request's chat messages under the first
+    condition (a system prompt shared with the request before is not repeated), so a user sees the
+    text a file's rows became, and a wrong column or a header row shows at once."""
+    out, _ = _console()
+    condition = scenario.conditions()[0]
+    previous_system = None
+    for item in items[:shown]:
+        out.print(f"request {item.id} ({condition}):", markup=False)
+        for m in scenario.messages(item, condition):
+            text = m["content"]
+            if m["role"] == "system" and text == previous_system:
+                out.print("  system: (as above)", markup=False)
+                continue
+            previous_system = text if m["role"] == "system" else previous_system
+            shown_text = text if len(text) <= 600 else f"{text[:600]}... [{len(text)} characters]"
+            out.print(f"  {m['role']}: {shown_text}", markup=False)
+    if len(items) > shown:
+        out.print(f"... and {len(items) - shown} more requests", markup=False)

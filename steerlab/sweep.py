@@ -5,7 +5,9 @@ request and condition into chat messages; rows run through a backend in full bat
 per-row steering (a turn that needs continuing, as in the alignment-faking protocol, is sent
 again with the next batch of turns), and each finished row is one *sample*, a JSON line of
 ``RUN_DIR/samples.jsonl`` (see :mod:`steerlab.harness.records`). A killed run resumes: finished
-samples are read back and skipped, and a torn last line is dropped.
+samples are read back and skipped, and a torn last line is dropped. Every option is checked
+before the run directory is made (:func:`check_config`), and one process writes a run at a time
+(the directory's lock, :func:`steerlab.harness.records.hold_run`).
 
 Rows at multiplier 0 are the same generation whatever the vector, so they are generated once
 per (condition, request, seed) and shared. With no vectors the run is the unsteered evaluation
@@ -31,7 +33,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tqdm.auto import tqdm
@@ -42,7 +44,19 @@ from steerlab.config import load_yaml
 from steerlab.errors import ConfigError
 from steerlab.fileio import atomic_write_text, file_hash, open_append
 from steerlab.harness.datasets import Item, load_requests
-from steerlab.harness.records import FORMAT, SAMPLES, SUMMARY, git_commit, open_run, read_header, read_samples, versions
+from steerlab.harness.records import (
+    FORMAT,
+    SAMPLES,
+    SUMMARY,
+    check_run,
+    check_unique,
+    git_commit,
+    hold_run,
+    open_run,
+    read_header,
+    read_samples,
+    versions,
+)
 from steerlab.harness.scenario import AlignmentFaking, Plain, Scenario, Turn, next_turn_messages, transcript
 from steerlab.models import DEFAULT_CHAT_DATE, Fingerprint, check_chat_date
 from steerlab.prompts import ClaimsConfig
@@ -97,7 +111,7 @@ class SweepConfig(BaseModel):
     controls: int = Field(default=2, ge=0)
     multipliers: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
     scale: Scale = "absolute"  # absolute or relative, as in steerlab.steer
-    layers: list[int] | None = None
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)  # checked against the model
     scenario: Literal["plain", "alignment_faking"] = "plain"
     # plain: name -> system prompt (None: none); alignment_faking: names from monitored/unmonitored/raw
     conditions: dict[str, str | None] | list[str] | None = None
@@ -113,11 +127,11 @@ class SweepConfig(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     seed: int = 0  # the run seed: every sample's sampling seed derives from (seed, request id, sample seed)
     chat_date: str = DEFAULT_CHAT_DATE  # the date chat templates that read the clock render (models.render_chat)
-    max_new_tokens: int = 40
-    temperature: float = 0.0
-    top_p: float = 1.0
+    max_new_tokens: int = Field(default=40, ge=1)
+    temperature: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    top_p: float = Field(default=1.0, gt=0, le=1)
     stop: list[str] = Field(default_factory=list)
-    batch_size: int = 16
+    batch_size: int = Field(default=16, ge=1)
     scorer: str | None = None  # plain scenario: a regex, or "module:function" taking (text, sample) -> float
     judge: JudgeConfig | None = None
     out: Path = Path("runs/sweep")
@@ -313,24 +327,56 @@ def describe_backend(backend: Backend) -> dict[str, Any]:
     return describe() if callable(describe) else {"backend": "undescribed"}
 
 
+RESUME_KEYS = ("config_hash", "model", "vector_files", "requests_hash", "scenario", "claims", "backend_identity")
+
+
+def check_config(config: SweepConfig, fingerprint: Fingerprint | None = None) -> list[Arm]:
+    """Everything about ``config`` that can be checked without generating, before anything is written:
+    sampling values, the scorer (importable and callable), the vector files, and the steered layers
+    (against each vector's layers, and against the model's ``n_layers`` and ``d_model`` when its
+    ``fingerprint`` is given). Returns the arms. ``run_sweep`` calls it; the CLI calls it once more
+    before the model loads (``fingerprint=None``), so a bad option costs no model load."""
+    Sampling(config.max_new_tokens, config.temperature, config.top_p).check()
+    if config.scenario == "plain" and config.scorer is not None:
+        scorer(config.scorer)
+    if fingerprint is not None and config.layers is not None:
+        n = fingerprint.n_layers
+        bad = [layer for layer in config.layers if not 0 <= layer < n]
+        if bad:
+            raise ConfigError(f"layers: {bad[0]} is not a layer of the model, which has {n} (0..{n - 1})")
+    arms = load_arms(config, fingerprint)
+    for arm in arms:
+        if fingerprint is not None and arm.bundle is not None and arm.bundle.vector.d_model != fingerprint.d_model:
+            raise ConfigError(
+                f"vector {arm.vector!r} has width {arm.bundle.vector.d_model}, but the model's d_model is "
+                f"{fingerprint.d_model}; use a vector fitted on this model"
+            )
+    _settings(config, arms)  # the steered layers exist in every vector file
+    return arms
+
+
 def run_sweep(
-    config: SweepConfig, backend: Backend, fingerprint: Fingerprint | None, progress: bool = True, chunk: int = 64
-) -> Path:
+    config: SweepConfig, backend: Backend, fingerprint: Fingerprint | None, progress: bool = True, chunk: int = 64,
+    then: Callable[[Path], None] | None = None,
+) -> Path:  # fmt: skip
     """Run (or resume) the rows of ``config`` into ``config.out``; returns the run directory.
+
+    Everything is checked (:func:`check_config`, the run directory) before the directory is made;
+    the run then holds the directory's lock (:func:`steerlab.harness.records.hold_run`) until it
+    returns, ``then(run_dir)`` (judging, summaries) included, so no second process writes into it.
 
     Rows that need the same generation (every arm at multiplier 0 shares its unsteered
     generation) are collapsed into one *job* across the whole run before anything is generated;
     jobs then go to the backend ``chunk`` at a time, and each finished job writes all its rows.
     """
     run_dir = Path(config.out)
+    arms = check_config(config, fingerprint)
     scenario = make_scenario(config)
     # prompt interventions: one scenario per claim (baseline included), differing in the system prompt
     scenarios: dict[str | None, Scenario] = (
         dict(prompts.claim_scenarios(scenario, config.claims)) if config.claims else {None: scenario}
     )
     items = load_requests(config.prompts, config.prompt_set, config.limit)
-    by_id = {i.id: i for i in items}
-    arms = load_arms(config, fingerprint)
     rows = expand(config, arms, items, scenario.conditions(), list(scenarios))
     described = describe_backend(backend)
     if described.get("chat_date") not in (None, config.chat_date):
@@ -339,10 +385,21 @@ def run_sweep(
             "build the backend with the config's chat_date"
         )
     header = build_header(config, scenario, items, fingerprint, len(rows), described)
-    open_run(
-        run_dir, header,
-        ("config_hash", "model", "vector_files", "requests_hash", "scenario", "claims", "backend_identity"),
-    )  # fmt: skip
+    check_run(run_dir, header, RESUME_KEYS)  # before anything is written
+    with hold_run(run_dir):
+        open_run(run_dir, header, RESUME_KEYS)  # again, under the lock
+        _generate(config, backend, run_dir, scenario, scenarios, items, arms, rows, described, progress, chunk)
+        if then is not None:
+            then(run_dir)
+    return run_dir
+
+
+def _generate(
+    config: SweepConfig, backend: Backend, run_dir: Path, scenario: Scenario, scenarios: dict[str | None, Scenario],
+    items: Sequence[Item], arms: Sequence[Arm], rows: Sequence[Row], described: dict[str, Any], progress: bool,
+    chunk: int,
+) -> None:  # fmt: skip
+    by_id = {i.id: i for i in items}
     backend_id = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:12]
     template_system = described.get("template_system")
 
@@ -410,7 +467,6 @@ def run_sweep(
             fh.flush()
             bar.update(written)
     bar.close()
-    return run_dir
 
 
 @dataclass
@@ -492,9 +548,12 @@ def scorer(spec: str) -> Callable[[str, dict[str, Any]], float]:
     if re.fullmatch(r"[\w.]+:\w+", spec):
         module, name = spec.split(":")
         try:
-            return getattr(importlib.import_module(module), name)
+            fn = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as exc:
             raise ConfigError(f"scorer {spec!r} cannot be imported ({exc})") from None
+        if not callable(fn):
+            raise ConfigError(f"scorer {spec!r} is a {type(fn).__name__}, not a function (text, sample) -> float")
+        return fn
     try:
         pattern = re.compile(spec)
     except re.error as exc:
@@ -554,6 +613,7 @@ def write_summary(run_dir: Path, spec: str) -> tuple[Path, list[dict[str, Any]]]
     records = read_samples(run_dir)
     if not records:
         raise ConfigError(f"{run_dir} has no samples to summarise")
+    check_unique(records, Path(run_dir) / SAMPLES)
     seed = min(read_header(run_dir)["seeds"])
     summary = summarise(records, scorer(spec), seed=seed)
     path = Path(run_dir) / SUMMARY
@@ -585,6 +645,7 @@ def write_label_summary(run_dir: Path) -> tuple[Path, dict[str, list[dict[str, A
     samples = read_samples(run_dir)
     if not samples:
         raise ConfigError(f"{run_dir} has no samples to summarise")
+    check_unique(samples, Path(run_dir) / SAMPLES)
     if "label" not in samples[0]:
         raise ConfigError(f"{run_dir} is a {header['scenario']['name']} run: its samples carry no labels")
     if header.get("claims"):  # prompt interventions: per-claim gaps and the net scores

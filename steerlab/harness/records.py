@@ -6,28 +6,35 @@
     RUN_DIR/samples.jsonl  one line per finished sample: every input, every turn, the label,
                            and (once judged) the judge's scores
     RUN_DIR/summary.json   statistics per (vector, arm, multiplier, condition)
+    RUN_DIR/.lock          the run's lock (:func:`hold_run`): one writer at a time; it holds the pid
+                           of the last process that ran the run, and stays behind (harmless)
 
 Samples are appended as they finish, so a killed run loses at most the line being written (a
-torn last line is dropped on the next read) and resumes by skipping finished ids.
+torn last line is dropped on the next read) and resumes by skipping finished ids. One process
+writes a run at a time: the writer holds an exclusive lock on the directory for the run's life, and
+a second gets one line naming the holder's pid. Every check runs before the directory is made, so
+a refused run leaves nothing behind; a directory holding a header and no sample (a run stopped
+before its first sample) is re-initialised by the next run, whatever its header said.
 :func:`load_run` returns the samples as a pandas DataFrame, one row per sample.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import steerlab
 from steerlab.errors import ConfigError
-from steerlab.fileio import atomic_write_text, read_jsonl
+from steerlab.fileio import atomic_write_text, exclusive, read_jsonl
 
 if TYPE_CHECKING:
     import pandas as pd
 
-HEADER, SAMPLES, SUMMARY = "header.json", "samples.jsonl", "summary.json"
+HEADER, SAMPLES, SUMMARY, LOCK = "header.json", "samples.jsonl", "summary.json", ".lock"
 FORMAT = 2  # bump when samples or header change incompatibly (1: the sweep's records.jsonl)
 
 
@@ -65,7 +72,14 @@ def read_header(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / HEADER
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a steerlab run directory (no {HEADER})")
-    header = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        header = json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+        raise ConfigError(f"{path} is broken ({reason}); rerun into a new directory") from None
+    if not isinstance(header, dict):
+        kind = type(header).__name__
+        raise ConfigError(f"{path} is broken (a JSON {kind}, not an object); rerun into a new directory")
     if header.get("format") != FORMAT:
         raise ConfigError(
             f"{run_dir} was written by another steerlab run format ({header.get('format', 1)}, this version reads "
@@ -74,10 +88,25 @@ def read_header(run_dir: Path) -> dict[str, Any]:
     return header
 
 
-def open_run(run_dir: Path, header: dict[str, Any], keys: Sequence[str]) -> None:
-    """Create the run directory with ``header``, or check that an existing one is the same run."""
+def header_only(run_dir: Path) -> bool:
+    """True for a run directory that holds a header and no finished sample (nothing but its own
+    files): a run stopped before its first sample, whose header the next run may replace."""
     run_dir = Path(run_dir)
+    names = {p.name for p in run_dir.iterdir()} - {LOCK}
+    return HEADER in names and names <= {HEADER, SAMPLES} and not read_samples(run_dir)
+
+
+def check_run(run_dir: Path, header: dict[str, Any], keys: Sequence[str]) -> None:
+    """Refuse ``header`` for ``run_dir`` unless the directory is new, empty, header-only, or holds the
+    same run (equal on ``keys``). Reads only: a refused run leaves nothing behind."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file, not a run directory; choose a new --out")
     if (run_dir / HEADER).exists():
+        if header_only(run_dir):
+            return
         old = read_header(run_dir)
         for key in keys:
             if old.get(key) != header.get(key):
@@ -86,10 +115,48 @@ def open_run(run_dir: Path, header: dict[str, Any], keys: Sequence[str]) -> None
                     "or delete the directory"
                 )
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if any(p.name != LOCK for p in run_dir.iterdir()):
         raise ConfigError(f"{run_dir} exists and is not a steerlab run directory; choose a new --out")
+
+
+@contextlib.contextmanager
+def hold_run(run_dir: Path) -> Iterator[Path]:
+    """Make ``run_dir`` (if need be) and hold its lock for the block; a second process gets one line
+    naming the holder's pid (:func:`steerlab.fileio.exclusive`). Check the run first (:func:`check_run`):
+    making the directory is the first write."""
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot make the run directory {run_dir} ({exc.strerror}); choose another --out") from None
+    with exclusive(run_dir, "run"):
+        yield run_dir
+
+
+def open_run(run_dir: Path, header: dict[str, Any], keys: Sequence[str]) -> None:
+    """Write ``header`` into a new, empty or header-only run directory, or check that an existing one
+    holds the same run (:func:`check_run`). Call it holding the run's lock (:func:`hold_run`)."""
+    run_dir = Path(run_dir)
+    check_run(run_dir, header, keys)
+    if (run_dir / HEADER).exists() and not header_only(run_dir):
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / HEADER, json.dumps(header, indent=1, sort_keys=True) + "\n")
+
+
+def check_unique(samples: Sequence[dict[str, Any]], source: Path | str) -> None:
+    """Refuse samples that repeat a row id (two writers at once, or files concatenated): each row
+    would count twice and make every interval look tighter than it is."""
+    seen: set[Any] = set()
+    for s in samples:
+        rid = s.get("id")
+        if rid in seen:
+            n = len(samples) - len({x.get("id") for x in samples})
+            raise ConfigError(
+                f"{source} holds row {rid!r} twice ({n} repeated rows in all); statistics would count them twice: "
+                "rerun into a new directory"
+            )
+        seen.add(rid)
 
 
 def read_samples(run_dir: Path) -> list[dict[str, Any]]:
