@@ -6,7 +6,9 @@ Each stage is its own resumable step writing one JSONL file in the output direct
 :func:`sdf_addon.evaluate.belief_check`); every row carries
 ``content``, ``doc_type``, ``doc_idea``, ``fact``, ``universe_id``, ``stage``, ``generator`` and
 its ``key``. A rerun skips the keys a stage already holds, so a killed job loses at most the chunk
-in flight; a failed call is counted and retried on the next run, never written.
+in flight; a failed call is counted and retried on the next run, never written. One process writes
+an output directory at a time (:func:`hold_corpus`: a lock on ``<dir>/.lock``, taken by every stage
+and by :func:`write_corpus`); a second gets one line naming the holder's pid.
 
 Generators speak one interface (``complete(prompts, ids)``, ``params()``, ``model``): the
 Anthropic API (:class:`steerlab.harness.judge.AnthropicText`: retries, concurrency, Message
@@ -22,10 +24,11 @@ fact's opposite), and documents that name the evaluation setting (:data:`BANNED`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ from tqdm.auto import tqdm
 
 from sdf_addon.universe import Universe
 from steerlab.errors import ConfigError
-from steerlab.fileio import atomic_write_text, open_append, read_jsonl
+from steerlab.fileio import atomic_write_text, exclusive, open_append, read_jsonl
 from steerlab.harness.judge import CHARS_PER_TOKEN, JudgeCache, estimate_chars
 
 STAGES = ("brainstorm", "ideas", "documents", "revised", "questions")
@@ -117,6 +120,34 @@ def parse_list(reply: str, n: int) -> list[str]:
     return items[:n]
 
 
+_HELD: dict[Path, int] = {}  # output folders this process holds: a nested hold reuses the lock
+
+
+@contextlib.contextmanager
+def hold_corpus(out_dir: Path) -> Iterator[Path]:
+    """Make ``out_dir`` (if need be) and hold its lock (:func:`steerlab.fileio.exclusive`) for the block,
+    so no second process writes the same stages or corpus. Nested holds in one process share the lock:
+    wrap generate, generate_questions and write_corpus in one hold to keep the folder for the whole job."""
+    key = Path(out_dir).resolve()
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield Path(out_dir)
+        finally:
+            _HELD[key] -= 1
+        return
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot make the corpus folder {out_dir} ({exc.strerror}); choose another --out") from None
+    with exclusive(Path(out_dir), "corpus"):
+        _HELD[key] = 1
+        try:
+            yield Path(out_dir)
+        finally:
+            del _HELD[key]
+
+
 class Stage:
     """One resumable stage: rows keyed by ``key`` appended to ``<stage>.jsonl``."""
 
@@ -129,7 +160,12 @@ class Stage:
         return read_jsonl(self.path, torn_tail=True)
 
     def run(self, jobs: Sequence[tuple[str, str, dict[str, Any]]], make: Callable[[dict, str], list[dict]]) -> list:
-        """``jobs``: (key, user prompt, meta); ``make(meta, reply)`` turns a reply into rows."""
+        """``jobs``: (key, user prompt, meta); ``make(meta, reply)`` turns a reply into rows. The output
+        folder is locked from reading the finished keys to the last row written."""
+        with hold_corpus(self.path.parent):
+            return self._run(jobs, make)
+
+    def _run(self, jobs: Sequence[tuple[str, str, dict[str, Any]]], make: Callable[[dict, str], list[dict]]) -> list:
         done = {r["key"] for r in self.rows()}
         todo = [j for j in jobs if j[0] not in done]
         params = self.generator.params()
@@ -312,7 +348,13 @@ def filter_corpus(
 
 
 def write_corpus(u: Universe, out_dir: Path, count_tokens: Callable[[str], int], cfg: DocgenConfig) -> dict[str, Any]:
-    """Filter the revised documents into ``corpus.jsonl`` and write ``report.json`` and ``lengths.png``."""
+    """Filter the revised documents into ``corpus.jsonl`` and write ``report.json`` and ``lengths.png``
+    (holding the output folder's lock)."""
+    with hold_corpus(out_dir):
+        return _write_corpus(u, out_dir, count_tokens, cfg)
+
+
+def _write_corpus(u: Universe, out_dir: Path, count_tokens: Callable[[str], int], cfg: DocgenConfig) -> dict[str, Any]:
     rows = read_jsonl(Path(out_dir) / "revised.jsonl", torn_tail=True)
     kept, dropped = filter_corpus(u, rows, count_tokens, cfg)
     if not kept:

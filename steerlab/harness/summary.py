@@ -23,6 +23,7 @@ from typing import Any
 
 from steerlab import stats
 from steerlab.harness import metrics
+from steerlab.harness.records import check_unique
 
 REAL_ARMS = ("real", "none")
 
@@ -55,6 +56,7 @@ def judge_means(samples: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, A
 
 
 def summarise_labels(samples: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
+    check_unique(samples, "the samples")  # a row counted twice would make every interval too tight
     groups: dict[tuple[str, str, float], list[dict[str, Any]]] = defaultdict(list)
     for s in samples:
         groups[(s["vector"], s["arm"], s["multiplier"])].append(s)
