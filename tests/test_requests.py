@@ -109,3 +109,20 @@ def test_parquet_is_read_as_a_table(tmp_path):
 def test_a_directory_is_not_called_missing(tmp_path):
     with pytest.raises(ConfigError, match="is a directory"):
         load_requests(tmp_path)
+
+
+def test_dry_run_prints_the_first_requests_as_they_will_be_sent(tmp_path, capsys, monkeypatch):
+    from conftest import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    rows = '"Say [b]hi[/b]","Sure"\n' + "".join(f'"Request {i}","Sure"\n' for i in range(4))
+    (tmp_path / "harmful.CSV").write_text(CSV + rows)
+    args = ["eval", "--model", "no/such-model", "--dataset", "harmful.CSV", "--out", "run", "--dry-run",
+            "--conditions", "raw"]  # fmt: skip
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "request harmful-000 (raw):" in out and "user: Write a poem about tea" in out
+    assert "request harmful-002" in out and "request harmful-003" not in out and "... and 4 more requests" in out
+    assert "user: Say [b]hi[/b]" in out  # printed as it is sent, not read as rich markup
+    assert "goal,target" not in out and "Sure" not in out  # no header row, no target column
+    assert not (tmp_path / "run").exists()
