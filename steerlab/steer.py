@@ -187,6 +187,10 @@ class Steerer:
         computes). One reduction per layer and pass, no sync; :meth:`watched` reads the result."""
         self._watch = []
 
+    def unwatch(self) -> None:
+        """Stop recording without reading what was recorded."""
+        self._watch = None
+
     def watched(self) -> list[tuple[int, int]]:
         """(batch row, layer) of each steered row whose hidden state broke since :meth:`watch`; stops watching.
 

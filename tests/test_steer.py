@@ -330,3 +330,16 @@ def test_watching_costs_nothing_when_nothing_is_steered(tiny):
         steer.watch()
         logits(tiny, batch)
         assert len(steer._watch) == 2 and steer.watched() == [] and steer._watch is None
+
+
+def test_a_batch_that_ends_after_its_prefill_pass_leaves_no_watch_armed(tiny):
+    """Otherwise the next, unsteered batch of the same call would record a flag per layer and token."""
+    from steerlab.backends.base import Request, Sampling
+    from steerlab.backends.hf import HFBackend
+
+    backend = HFBackend(tiny)
+    ids = backend.prompt_ids([Request([{"role": "user", "content": "Hi"}], Sampling(max_new_tokens=1))])
+    with steerer_for(tiny.blocks, [SteeringSetting(vector(tiny, 12), 1.0)], tiny.d_model) as steer:
+        steer.set_rows([1])
+        (out,) = backend._decode(ids, [Sampling(max_new_tokens=1)], [""], steer, ["request 'r': a setting"])
+        assert out[1] == 1 and steer._watch is None

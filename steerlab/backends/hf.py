@@ -200,6 +200,8 @@ class HFBackend:
                 input_ids=feed[:, None], attention_mask=mask, position_ids=positions,
                 past_key_values=out.past_key_values, use_cache=True,
             )  # fmt: skip
+        if check:
+            steerer.unwatch()  # a batch that ended after its prefill pass leaves the watch armed
         texts = []
         for b in range(batch):
             text = tok.decode(new[b], skip_special_tokens=True)
