@@ -141,16 +141,18 @@ def test_alpha_that_overflows_is_refused_with_the_model_loaded(tiny_dir, tiny_ve
 def test_a_huge_layer_range_is_refused_before_it_is_expanded(monkeypatch):
     """``0-1000000000`` must raise from the bounds alone: expanding it took 22 GB. A ``range`` inside the parser
     that would produce more than 100000 layers fails the test instead of filling memory."""
+    import steerlab.cli
     import steerlab.generate
+    from steerlab.cli import parse_layers  # what every command calls (it delegates to steerlab.generate)
     from steerlab.errors import ConfigError
-    from steerlab.generate import parse_layers
 
     def guarded_range(*args):
         r = range(*args)
         assert len(r) <= 100_000, f"parse_layers expanded range{args}"
         return r
 
-    monkeypatch.setattr(steerlab.generate, "range", guarded_range, raising=False)
+    for module in (steerlab.cli, steerlab.generate):
+        monkeypatch.setattr(module, "range", guarded_range, raising=False)
     with pytest.raises(ConfigError, match="layer 1000000000 is out of range"):
         parse_layers("0-1000000000")
     with pytest.raises(ConfigError, match=r"layer 40 is out of range \(the model has 32 layers, 0..31\)"):
