@@ -404,3 +404,30 @@ def test_a_cache_without_token_norms_is_refused(tiny, tmp_path):
         extract(tiny, varied_pairs(2), out, progress=False)
     extract(tiny, varied_pairs(2), out, overwrite=True, progress=False)  # --overwrite re-extracts it
     assert ActivationCache.open(out).load_token_norms().shape == (2, 2, 4)
+
+
+def test_a_format_2_cache_is_read_unverified_with_a_warning(tiny, tmp_path, caplog):
+    out = extract(tiny, varied_pairs(3), tmp_path / "c.h5", progress=False)
+    want = ActivationCache.open(out).load()
+    with h5py.File(out, "r+") as f:  # what steerlab wrote before the checksums
+        del f["checksums"]
+        del f.attrs["steerlab_checksums"]
+        meta = json.loads(f.attrs["steerlab_meta"])
+        f.attrs["steerlab_meta"] = json.dumps({**meta, "format_version": 2})
+    with caplog.at_level("WARNING", logger="steerlab.cache"):
+        cache = ActivationCache.open(out)
+        ActivationCache.open(out)
+    assert not cache.verified
+    np.testing.assert_array_equal(cache.load(), want)
+    warnings = [r.getMessage() for r in caplog.records if "format-2" in r.getMessage()]
+    assert len(warnings) == 1 and "no checksums" in warnings[0] and "--overwrite" in warnings[0]
+    with pytest.raises(CacheError, match=r"cache format 2 \(this steerlab writes format 3, with checksums\)"):
+        extract(tiny, varied_pairs(3), out, progress=False)  # not reused: re-extract with --overwrite
+
+
+def test_a_format_3_cache_without_checksums_is_refused(tiny, tmp_path):
+    out = extract(tiny, varied_pairs(2), tmp_path / "c.h5", progress=False)
+    with h5py.File(out, "r+") as f:
+        del f["checksums"]
+    with pytest.raises(CacheError, match="has no checksums dataset.*--overwrite"):
+        ActivationCache.open(out)
