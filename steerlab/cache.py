@@ -88,8 +88,6 @@ def progress_path(out: Path) -> Path:
 
 
 def _describe_mismatch(key: str, old: Any, new: Any) -> str:
-    if key == "format_version":
-        return f"cache format {old} (this steerlab writes format {new}, with checksums)"
     if key == "model":
         diff = [k for k in new if old.get(k) != new.get(k)]
         return f"another model (fingerprint differs in {', '.join(diff)})"
@@ -99,6 +97,11 @@ def _describe_mismatch(key: str, old: Any, new: Any) -> str:
 def check_compatible(meta: dict[str, Any], expected: dict[str, Any], where: Path) -> None:
     """Refuse to resume or reuse a cache written with other settings."""
     for key in IDENTITY_FIELDS:
+        if key == "format_version" and meta.get(key) != expected.get(key):
+            raise CacheError(
+                f"{where} was written in cache format {meta.get(key)} (this steerlab writes format "
+                f"{expected.get(key)}, with checksums); pass --overwrite to re-extract it"
+            )
         if meta.get(key) != expected.get(key):
             raise CacheError(
                 f"{where} was written for {_describe_mismatch(key, meta.get(key), expected.get(key))}; "

@@ -259,14 +259,18 @@ def writing(out: Path) -> Iterator[None]:
 
 
 def preflight(out: Path, *, resume: bool, overwrite: bool, expect: dict[str, Any] | None = None) -> None:
-    """Refusals that need no model: call before loading weights. Reads only.
+    """Refusals that need no model: call before loading weights. Leaves nothing behind.
 
     ``expect`` holds whichever identity fields are known without the model (locus, dtype,
     pair_file_hash, layers); a finished cache at ``out`` that disagrees is refused here. A partial
-    cache that a live process is writing is refused with that process's pid.
+    cache that a live process is writing is refused with that process's pid. A path that cannot be
+    written is refused unless a finished cache there is to be reused (a read-only folder is fine then).
     """
     out = Path(out)
-    check_writable(out)
+    if out.is_dir():
+        raise CacheError(f"{out} is a directory; --cache names the cache file to write")
+    if overwrite or not out.exists():
+        check_writable(out)
     if Path(out).absolute() not in _held and (holder := lock_holder(out)) is not None:
         raise LockedError(
             f"{out} is in use by another steerlab process (pid {holder}); wait for it to finish, or stop it first"
@@ -285,7 +289,8 @@ def preflight(out: Path, *, resume: bool, overwrite: bool, expect: dict[str, Any
         read_progress(out, n_pairs)
     if out.exists() and not overwrite and expect:
         meta = ActivationCache.open(out).meta
-        check_compatible(meta, {**{k: meta.get(k) for k in IDENTITY_FIELDS}, **expect}, out)
+        known = {**{k: meta.get(k) for k in IDENTITY_FIELDS}, "format_version": FORMAT_VERSION, **expect}
+        check_compatible(meta, known, out)
 
 
 def extract(
