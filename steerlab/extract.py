@@ -239,7 +239,7 @@ _held: set[Path] = set()  # caches this process holds the lock of (nested holds 
 def writing(out: Path) -> Iterator[None]:
     """Hold ``out``'s cache lock (:func:`steerlab.fileio.exclusive` on ``<out>.lock``) for the block,
     creating its folder; a second writer gets one line naming the holder's pid. Re-entrant within a
-    process, so the CLI can take it before the model loads and :func:`extract` again inside."""
+    process (a nested hold is the same hold; :func:`preflight` inside it does not probe the lock)."""
     out = Path(out)
     key = out.absolute()
     if key in _held:
