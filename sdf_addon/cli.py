@@ -66,7 +66,7 @@ def gen(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the calls and a cost bound; run nothing."),
 ) -> None:
     """Generate, revise and filter documents about a universe (resumable), then report on the corpus."""
-    from sdf_addon.docgen import DocgenConfig, estimate, generate, generate_questions, write_corpus
+    from sdf_addon.docgen import DocgenConfig, estimate, generate, generate_questions, hold_corpus, write_corpus
     from sdf_addon.universe import load_universe
     from steerlab.harness.judge import JudgeCache
     from steerlab.models import cache_dir
@@ -86,13 +86,14 @@ def gen(
     gen_backend = _generator(generator, model, batch, concurrency, max_tokens, temperature, out_dir)
     count = _token_counter(tokenizer)
     store = JudgeCache(cache or cache_dir() / "docgen.sqlite")
-    result = generate(u, cfg, gen_backend, store, out_dir)
-    failed = sum(result["failed"].values())
-    if failed:
-        out.print(f"[yellow]{failed} generator calls failed ({result['failed']}); rerun to retry them[/yellow]")
-    questions = generate_questions(u, cfg, gen_backend, store, out_dir)
-    store.close()
-    report = write_corpus(u, out_dir, count, cfg)
+    with hold_corpus(out_dir):  # one lock for every stage, the questions and the corpus
+        result = generate(u, cfg, gen_backend, store, out_dir)
+        failed = sum(result["failed"].values())
+        if failed:
+            out.print(f"[yellow]{failed} generator calls failed ({result['failed']}); rerun to retry them[/yellow]")
+        questions = generate_questions(u, cfg, gen_backend, store, out_dir)
+        store.close()
+        report = write_corpus(u, out_dir, count, cfg)
     table = Table(title=f"corpus {u.id}: {report['n_kept']} of {report['n_generated']} documents kept")
     table.add_column("document type")
     table.add_column("documents")

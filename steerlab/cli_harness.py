@@ -320,9 +320,12 @@ def register(app: typer.Typer, pairs_app: typer.Typer) -> None:
         if dry_run_flag:
             dry_run(samples, cfg)
             return
-        report = run_judge(run_dir, cfg, judge_factory(cfg, run_dir))
-        if samples and "label" in samples[0]:
-            print_label_summary(run_dir, cfg)
+        from steerlab.harness.records import hold_run
+
+        with hold_run(run_dir):  # the judge rewrites samples.jsonl: never beside a running sweep
+            report = run_judge(run_dir, cfg, judge_factory(cfg, run_dir))
+            if samples and "label" in samples[0]:
+                print_label_summary(run_dir, cfg)
         refuse_judge_errors(run_dir, report)
 
     @pairs_app.command("from-traces")

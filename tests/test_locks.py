@@ -11,7 +11,7 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, run_cli
 from test_bad_input import snapshot
 from test_sweep import FakeBackend, config
 
@@ -137,3 +137,19 @@ def test_an_sdf_corpus_folder_is_locked_while_written(tmp_path):
         assert snapshot(tmp_path) == before
     with hold_corpus(out), hold_corpus(out):  # nested holds in one process share the lock
         assert (out / ".lock").read_text() == str(os.getpid())
+
+
+def test_judge_refuses_a_run_that_a_sweep_holds(tmp_path, capsys):
+    """``steerlab judge`` rewrites samples.jsonl: it takes the run's lock, so it never runs beside
+    the sweep writing that run (a second open of the lock conflicts even within one process)."""
+    from steerlab.fileio import exclusive
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "header.json").write_text(json.dumps({"format": 2, "seeds": [0], "scenario": {"name": "alignment_faking"}}))
+    (run / "samples.jsonl").write_text(json.dumps({"id": "a", "item": "q", "reasoning": "r"}) + "\n")
+    before = (run / "samples.jsonl").read_bytes()
+    with exclusive(run, "run"):
+        code, _, err = run_cli(["judge", run, "--judge", "local", "--cache", tmp_path / "c.sqlite"], capsys)
+    assert code == 2 and "in use by another steerlab process" in err
+    assert (run / "samples.jsonl").read_bytes() == before
