@@ -26,7 +26,8 @@ def _generator(kind: str, model: str | None, batch: bool, concurrency: int, max_
 
     if kind == "anthropic":
         return AnthropicText(model or "claude-sonnet-4-5", max_tokens=max_tokens, concurrency=concurrency, batch=batch,
-                             temperature=temperature, batch_state=out_dir / "batch.json")  # fmt: skip
+                             temperature=temperature, batch_state=out_dir / "batch.json",
+                             needed_by=("sdf gen --generator anthropic", "use --generator hf or vllm"))  # fmt: skip
     if kind in ("hf", "vllm"):
         from steerlab.backends import make_backend
 

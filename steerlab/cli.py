@@ -6,6 +6,7 @@ Errors a user can cause (:class:`~steerlab.errors.SteerlabError`) print one line
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -35,7 +36,16 @@ app.add_typer(vectors_app, name="vectors")
 
 # Options shared by `extract` (which fits after caching) and `fit`: declared once.
 VectorsDir = Annotated[Path, typer.Option(help="Vector files go to VECTORS_DIR/<concept>/NAME.safetensors.")]
-VectorName = Annotated[str | None, typer.Option(help="Vector file name (default: the model's short name).")]
+def _vector_name(name: str | None) -> str | None:
+    """A vector file's name is a file name: no folders, so ``--name ../../x`` cannot write elsewhere."""
+    if name is not None and (not re.fullmatch(r"[A-Za-z0-9._-]+", name) or set(name) == {"."}):
+        raise ConfigError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only (no folders)")
+    return name
+
+
+VectorName = Annotated[
+    str | None, typer.Option(help="Vector file name (default: the model's short name).", callback=_vector_name)
+]
 Method = Annotated[str, typer.Option(help="logistic, mean_diff or pca.")]
 InverseL2 = Annotated[float, typer.Option("--C", help="Inverse L2 strength of the logistic fit (scikit-learn's C).")]
 Folds = Annotated[int, typer.Option(help="Cross-validation folds (split by pair).")]
@@ -392,7 +402,7 @@ def sweep(
     cfg = load_config(
         config,
         vectors=vectors.split(",") if vectors else None,
-        multipliers=parse_multipliers(multipliers) if multipliers else None,
+        multipliers=parse_multipliers(multipliers, "--multipliers") if multipliers is not None else None,
         controls=controls,
         out=out_dir,
         scorer=scorer,

@@ -286,6 +286,8 @@ def register(app: typer.Typer, pairs_app: typer.Typer) -> None:
         """Run the alignment-faking evaluation (optionally steered), label, judge and summarise it."""
         from steerlab.generate import parse_multipliers
 
+        if controls and vector is None:
+            raise ConfigError(f"--controls {controls} needs --vector (the controls are that file's random directions)")
         cfg = af_config(**af_options(locals()), conditions=conditions, vectors=[str(vector)] if vector else [],
                         controls=controls, multipliers=parse_multipliers(alpha), scale=scale)  # fmt: skip
         run_config(cfg, device=device, dtype=dtype, dry=dry_run_flag, backend=backend,

@@ -145,3 +145,34 @@ def test_shipped_defaults_are_found_from_any_folder(tmp_path, monkeypatch):
     from steerlab.fileio import shipped
 
     assert shipped(Path("configs/mine.yaml")) == Path("configs/mine.yaml")
+
+
+WORDING_TABLE = [
+    (
+        ["eval", "--model", "no/such-model", "--dataset", BENIGN, "--out", "run", "--controls", "3"],
+        "--controls 3 needs --vector",
+    ),
+    (["fit", "--cache", "c.h5", "--name", "../../x"], "--name '../../x': use letters"),
+    (
+        ["prompt-eval", "--model", "claude-x", "--backend", "anthropic", "--dataset", BENIGN, "--out", "run"],
+        "--backend anthropic needs an API key",
+    ),
+]
+
+
+@pytest.mark.parametrize("args, says", WORDING_TABLE, ids=["controls without vector", "name with folders", "key"])
+def test_refusals_name_the_option_the_user_gave(args, says, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(args, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and says in lines[0], err
+    assert snapshot(tmp_path) == before
+
+
+def test_sweep_multipliers_override_refuses_an_empty_list(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(f"prompts: {BENIGN}\n")
+    code, _, err = run_cli(["sweep", "--config", "s.yaml", "--multipliers", ""], capsys)
+    assert code == 2 and "--multipliers" in err and len(err.strip().splitlines()) == 1

@@ -54,7 +54,9 @@ class AnthropicBackend:
 
         self.model, self.concurrency, self.send_sampling = model, concurrency, send_sampling
         self.client = client or anthropic.Anthropic(
-            api_key=require_api_key(), max_retries=max_retries, http_client=http_client
+            api_key=require_api_key("--backend anthropic", "use --backend hf or vllm with an open-weight model"),
+            max_retries=max_retries,
+            http_client=http_client,
         )
         self.calls = 0
 

@@ -230,12 +230,11 @@ def judge_params(
     return {"temperature": temperature, "max_tokens": max_tokens}
 
 
-def require_api_key() -> str:
+def require_api_key(use: str = "the anthropic judge", alternative: str = "use --judge local") -> str:
+    """The API key from the environment, or one line saying who needs it and what else to do."""
     key = os.environ.get(API_KEY_ENV, "").strip()
     if not key:
-        raise JudgeError(
-            f"the anthropic judge needs an API key: set {API_KEY_ENV} (or use --judge local, or --dry-run for the cost)"
-        )
+        raise JudgeError(f"{use} needs an API key: set {API_KEY_ENV} (or {alternative}, or --dry-run for the cost)")
     return key
 
 
@@ -255,13 +254,14 @@ class AnthropicText:
         http_client: Any = None,
         batch_state: Path | None = None,
         poll_seconds: float = 30.0,
+        needed_by: tuple[str, str] = ("the anthropic judge", "use --judge local"),
     ):
         import anthropic
 
         self.model, self.max_tokens, self.concurrency, self.batch = model, max_tokens, concurrency, batch
         self.temperature = temperature
         self.client = client or anthropic.Anthropic(
-            api_key=require_api_key(), max_retries=max_retries, http_client=http_client
+            api_key=require_api_key(*needed_by), max_retries=max_retries, http_client=http_client
         )
         self.batch_state, self.poll_seconds = batch_state, poll_seconds
         self.calls = 0
