@@ -13,6 +13,7 @@ from pathlib import Path
 
 from steerlab.backends.base import Backend, Request, Sampling
 from steerlab.errors import ConfigError
+from steerlab.fileio import read_text
 from steerlab.steer import Scale, SteeringSetting
 from steerlab.vectors import VectorBundle
 
@@ -78,10 +79,8 @@ def parse_multipliers(spec: str, option: str = "--alpha") -> list[float]:
 def load_prompts(path: Path, system: str | None = None) -> list[Messages]:
     """A prompt file: ``.jsonl`` with ``prompt`` (or ``messages``) per line, else one prompt per line."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"prompt file {path} does not exist")
     chats: list[Messages] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_text(path, "prompt file").splitlines(), start=1):
         if not line.strip():
             continue
         if path.suffix == ".jsonl":

@@ -176,3 +176,27 @@ def test_sweep_multipliers_override_refuses_an_empty_list(tmp_path, capsys, monk
     (tmp_path / "s.yaml").write_text(f"prompts: {BENIGN}\n")
     code, _, err = run_cli(["sweep", "--config", "s.yaml", "--multipliers", ""], capsys)
     assert code == 2 and "--multipliers" in err and len(err.strip().splitlines()) == 1
+
+
+def test_unusable_judge_caches_and_prompt_files_are_one_line(tmp_path, capsys, monkeypatch, tiny_vector):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "judged"
+    run.mkdir()
+    (run / "header.json").write_text('{"format": 2, "seeds": [0], "scenario": {"name": "alignment_faking"}}')
+    (run / "samples.jsonl").write_text('{"id": "a", "item": "q", "reasoning": "r"}\n')
+    (tmp_path / "damaged.sqlite").write_text("this is not a database, just text that is long enough" * 20)
+    (tmp_path / "prompts.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    rows = [
+        (["judge", run, "--dry-run", "--cache", "/proc/nope/c.sqlite"], "cannot use /proc/nope/c.sqlite"),
+        (["judge", run, "--dry-run", "--cache", "damaged.sqlite"], "move the damaged file away"),
+        (
+            ["steer", "--vector", tiny_vector, "--alpha", "1", "--prompts", "prompts.txt", "--model", "no/such"],
+            "is not UTF-8 text",
+        ),
+    ]
+    for args, says in rows:
+        before = snapshot(tmp_path)
+        code, _, err = run_cli(args, capsys)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and says in lines[0], (args, err)
+        assert snapshot(tmp_path) == before
