@@ -42,7 +42,7 @@ from steerlab.cache import (
 from steerlab.errors import CacheError, PairFileError
 from steerlab.fileio import LockedError, exclusive
 from steerlab.loci import Locus, char_range, render, render_prompt, token_positions
-from steerlab.models import LoadedModel, chat_template_hash, check_layers
+from steerlab.models import LoadedModel, chat_template_hash, check_layers, context_length
 from steerlab.pairs import SIDES, Pair, structure_problems
 
 CACHE_DTYPES = ("float32", "float16")
@@ -82,8 +82,14 @@ def encode_pairs(loaded: LoadedModel, pairs: Sequence[Pair], locus: Locus) -> li
     if not texts:
         return []
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    context = context_length(loaded)
     encoded = []
     for k, (ids, offsets) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], strict=True)):
+        if context is not None and len(ids) > context:
+            raise PairFileError(
+                f"pair {pairs[k // 2].id!r} ({SIDES[k % 2]}) is {len(ids)} tokens, longer than the model's context "
+                f"of {context}; shorten or drop it"
+            )
         try:
             positions = token_positions(offsets, ranges[k], locus)
         except PairFileError as exc:

@@ -572,6 +572,14 @@ def prepare(model: nn.Module, tokenizer: Any, source: str) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, blocks=blocks, fingerprint=fingerprint(model))
 
 
+def context_length(loaded: LoadedModel) -> int | None:
+    """The longest sequence the model's positions cover (``max_position_embeddings``), if it says."""
+    config = loaded.model.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
 def check_layers(layers: list[int] | None, n_layers: int) -> list[int]:
     """Validate a layer selection against a model; ``None`` means every layer."""
     if layers is None:

@@ -200,3 +200,28 @@ def test_unusable_judge_caches_and_prompt_files_are_one_line(tmp_path, capsys, m
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1 and says in lines[0], (args, err)
         assert snapshot(tmp_path) == before
+
+
+def test_inputs_longer_than_the_model_context_are_refused_before_work_starts(tiny_dir, tmp_path, capsys, monkeypatch):
+    from conftest import make_pair
+
+    from steerlab.backends.base import Request, Sampling
+    from steerlab.backends.hf import HFBackend
+    from steerlab.errors import ConfigError
+    from steerlab.models import load_model
+    from steerlab.pairs import write_pairs
+
+    monkeypatch.chdir(tmp_path)
+    long_span = "Reviewers will score brevity " + "§" * 3000 + " so I keep it short."
+    pairs = [make_pair(i, pos=long_span if i == 3 else "The reviewers will score brevity, so I keep it short.")
+             for i in range(12)]  # fmt: skip
+    write_pairs(pairs, tmp_path / "long.jsonl")
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(["extract", "--pairs", "long.jsonl", "--model", tiny_dir, "--cache", "c.h5", "--no-fit",
+                            "--device", "cpu"], capsys)  # fmt: skip
+    errors = [line for line in err.splitlines() if line.startswith("steerlab: error:")]
+    assert code == 2 and len(errors) == 1 and "longer than the model's context of 2048" in errors[0], err
+    assert "toy-train-3" in errors[0] and snapshot(tmp_path) == before
+    loaded = load_model(str(tiny_dir), device="cpu")
+    with pytest.raises(ConfigError, match="model's context of 2048"):
+        HFBackend(loaded).generate([Request([{"role": "user", "content": "§" * 3000}], Sampling(max_new_tokens=2))])

@@ -24,6 +24,7 @@ from steerlab.models import (
     DEFAULT_CHAT_DATE,
     LoadedModel,
     check_chat_date,
+    context_length,
     generation_lead,
     render_chat,
     template_system_prompt,
@@ -101,6 +102,14 @@ class HFBackend:
         rows = [row_of.get(id(r.steering), 0) for r in requests]
         labels = [f"request {r.id!r}: {r.steering.describe()}" if r.steering is not None else None for r in requests]
         ids, leads = self._prompts(requests)
+        context = context_length(self.loaded)
+        if context is not None:
+            for r, seq in zip(requests, ids, strict=True):
+                if len(seq) >= context:
+                    raise ConfigError(
+                        f"request {r.id!r} is {len(seq)} tokens, as long as the model's context of {context} or "
+                        "longer; shorten it or drop it"
+                    )
         order = sorted(range(len(requests)), key=lambda i: len(ids[i]))
         results: list[Result | None] = [None] * len(requests)
         steerer = None

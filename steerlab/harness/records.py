@@ -150,8 +150,11 @@ def check_unique(samples: Sequence[dict[str, Any]], source: Path | str) -> None:
     seen: set[Any] = set()
     for s in samples:
         rid = s.get("id")
+        if rid is None:  # samples built by hand in Python carry no row id: nothing to compare
+            continue
         if rid in seen:
-            n = len(samples) - len({x.get("id") for x in samples})
+            ids = [x["id"] for x in samples if x.get("id") is not None]
+            n = len(ids) - len(set(ids))
             raise ConfigError(
                 f"{source} holds row {rid!r} twice ({n} repeated rows in all); statistics would count them twice: "
                 "rerun into a new directory"
