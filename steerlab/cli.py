@@ -36,6 +36,8 @@ app.add_typer(vectors_app, name="vectors")
 
 # Options shared by `extract` (which fits after caching) and `fit`: declared once.
 VectorsDir = Annotated[Path, typer.Option(help="Vector files go to VECTORS_DIR/<concept>/NAME.safetensors.")]
+
+
 def _vector_name(name: str | None) -> str | None:
     """A vector file's name is a file name: no folders, so ``--name ../../x`` cannot write elsewhere."""
     if name is not None and (not re.fullmatch(r"[A-Za-z0-9._-]+", name) or set(name) == {"."}):
