@@ -40,7 +40,8 @@ def read_stack(adapter: Path) -> dict[str, Any]:
     path = Path(adapter) / STACK_FILE
     if not path.is_file():
         raise ConfigError(
-            f"{adapter} has no {STACK_FILE}: it was not trained by `sdf train` (pass --model and --claim)"
+            f"{adapter} has no {STACK_FILE}: it was not trained by `sdf train`; evaluate a plain adapter with "
+            "`steerlab eval --model BASE --lora ADAPTER`"
         )
     return json.loads(path.read_text())
 

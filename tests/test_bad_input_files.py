@@ -225,3 +225,15 @@ def test_inputs_longer_than_the_model_context_are_refused_before_work_starts(tin
     loaded = load_model(str(tiny_dir), device="cpu")
     with pytest.raises(ConfigError, match="model's context of 2048"):
         HFBackend(loaded).generate([Request([{"role": "user", "content": "§" * 3000}], Sampling(max_new_tokens=2))])
+
+
+def test_outputs_that_cannot_be_written_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "bad.jsonl").write_text(PAIRS.read_text().splitlines()[0] + "\n")
+    for target in ("/proc/steerlab/clean.jsonl", "a_file/clean.jsonl"):
+        before = snapshot(tmp_path)
+        code, _, err = run_cli(["pairs", "validate", PAIRS, "--drop-invalid", target], capsys)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and f"cannot write {target}" in lines[0], err
+        assert snapshot(tmp_path) == before
