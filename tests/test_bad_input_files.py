@@ -154,13 +154,31 @@ WORDING_TABLE = [
     ),
     (["fit", "--cache", "c.h5", "--name", "../../x"], "--name '../../x': use letters"),
     (
+        [
+            "steer",
+            "--vector",
+            str(REPO / "vectors" / "researcher_expectations" / "smollm2.safetensors"),
+            "--alpha",
+            "1",
+            "--prompt",
+            "hi",
+            "--batch-size",
+            "0",
+            "--model",
+            "no/such",
+        ],
+        "--batch-size 0: give at least 1",
+    ),
+    (
         ["prompt-eval", "--model", "claude-x", "--backend", "anthropic", "--dataset", BENIGN, "--out", "run"],
         "--backend anthropic needs an API key",
     ),
 ]
 
 
-@pytest.mark.parametrize("args, says", WORDING_TABLE, ids=["controls without vector", "name with folders", "key"])
+@pytest.mark.parametrize(
+    "args, says", WORDING_TABLE, ids=["controls without vector", "name with folders", "batch size 0", "key"]
+)
 def test_refusals_name_the_option_the_user_gave(args, says, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)

@@ -36,6 +36,8 @@ def make_backend(
     """(backend, the model's fingerprint (None for an API model), the HF model when ``kind == "hf"``)."""
     if kind not in BACKENDS:
         raise ConfigError(f"--backend {kind!r}: use hf, vllm or anthropic")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: give at least 1")
     if kind == "anthropic":
         if lora is not None or tensor_parallel_size != 1 or position != "all":
             raise ConfigError("--lora, --tensor-parallel-size and --position do not apply to --backend anthropic")

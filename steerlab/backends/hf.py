@@ -39,6 +39,8 @@ class HFBackend:
     def __init__(
         self, loaded: LoadedModel, batch_size: int = 16, position: Position = "all", chat_date: str = DEFAULT_CHAT_DATE
     ):
+        if batch_size < 1:
+            raise ConfigError(f"batch size {batch_size}: give at least 1")
         self.loaded = loaded
         self.chat_date = check_chat_date(chat_date)
         self.batch_size = batch_size
