@@ -22,6 +22,16 @@ def snapshot(root: Path) -> dict[str, str]:
     }
 
 
+def refused(args, says: str, root: Path, capsys) -> None:
+    """Run the CLI in ``root``: exit 2, one line on stderr that says ``says``, ``root`` unchanged."""
+    before = snapshot(root)
+    code, out, err = run_cli(args, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("steerlab: error: "), (args, out, err)
+    assert says in lines[0], lines[0]
+    assert snapshot(root) == before
+
+
 def _inputs(root: Path) -> None:
     (root / "judged").mkdir()
     (root / "judged" / "header.json").write_text(json.dumps({"format": 2, "seeds": [0], "scenario": {"name": "x"}}))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli
-from test_bad_input import snapshot
+from test_bad_input import refused, snapshot
 
 BENIGN = str(REPO / "configs" / "requests" / "benign.jsonl")
 PAIRS = REPO / "configs" / "pairs" / "researcher_expectations.jsonl"
@@ -36,12 +36,7 @@ TABLE = [
 def test_bad_files_are_one_line_exit_2_and_change_nothing(args, says, tmp_path, capsys, monkeypatch):
     _inputs(tmp_path)
     monkeypatch.chdir(tmp_path)
-    before = snapshot(tmp_path)
-    code, out, err = run_cli(args, capsys)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("steerlab: error: "), err
-    assert says in lines[0]
-    assert snapshot(tmp_path) == before
+    refused(args, says, tmp_path, capsys)
 
 
 def _model_inputs(root, tiny_dir):
@@ -68,12 +63,7 @@ MODEL_TABLE = [
 def test_bad_model_files_are_one_line_exit_2(args, says, tmp_path, capsys, monkeypatch, tiny_dir):
     _model_inputs(tmp_path, tiny_dir)
     monkeypatch.chdir(tmp_path)
-    before = snapshot(tmp_path)
-    code, out, err = run_cli(args, capsys)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("steerlab: error: "), err
-    assert says in lines[0]
-    assert snapshot(tmp_path) == before
+    refused(args, says, tmp_path, capsys)
 
 
 def test_a_killed_conversion_leaves_nothing_behind_on_the_next_run(tmp_path):
