@@ -106,6 +106,20 @@ def _jsonl_rows(raw: bytes, path: Path, torn_tail: bool) -> tuple[list[dict[str,
     return rows, keep
 
 
+def json_lines(text: str, path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line of a JSONL text; a line that is not JSON
+    is one error naming the file, the line and the column."""
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{path}:{lineno}: malformed JSON, column {exc.colno}: {exc.msg}; fix or remove that line"
+            ) from None
+
+
 def read_jsonl(path: Path, torn_tail: bool = False) -> list[dict[str, Any]]:
     """Every row of a JSONL file; reading never changes the file.
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from steerlab.config import load_yaml
 from steerlab.errors import ConfigError, PairFileError
-from steerlab.fileio import atomic_write_text, read_text
+from steerlab.fileio import atomic_write_text, json_lines, read_text
 from steerlab.tags import (  # noqa: F401 (re-exported)
     OUTPUT_CLOSE,
     OUTPUT_OPEN,
@@ -120,13 +120,11 @@ def load_pairs(path: Path) -> list[Pair]:
         raise PairFileError(str(exc)) from None
     pairs: list[Pair] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PairFileError(f"{path}:{lineno}: malformed JSON, column {exc.colno}: {exc.msg}") from None
+    try:
+        lines = list(json_lines(text, path))
+    except ConfigError as exc:
+        raise PairFileError(str(exc)) from None
+    for lineno, raw in lines:
         if not isinstance(raw, dict):
             raise PairFileError(f"{path}:{lineno}: expected a JSON object, got {type(raw).__name__}")
         try:

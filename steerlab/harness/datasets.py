@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from steerlab.errors import ConfigError
+from steerlab.fileio import json_lines
 
 PROMPT_COLUMNS = ("goal", "prompt")
 
@@ -136,16 +137,7 @@ def _read_file(path: Path) -> list[Row]:
             rows.append(_prompt(record.get(column), column, f"{path}:{reader.line_num}"))
         return rows
     if suffix == ".jsonl":
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{lineno}: malformed JSON ({exc.msg}); fix or remove that line") from None
-            rows.append(_row(record, f"{path}:{lineno}"))
-        return rows
+        return [_row(record, f"{path}:{lineno}") for lineno, record in json_lines(text, path)]
     if suffix == ".json":
         try:
             data = json.loads(text)
