@@ -40,18 +40,19 @@ def atomic_write_text(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-# The checkout steerlab runs from: its configs/ hold the shipped defaults (claims registry, judge
-# rubric, SDF training config), named by relative paths such as configs/claims/claims.yaml.
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# The shipped defaults (claims registry, judge rubric, SDF training config) are package data under
+# steerlab/resources/configs/, named by the relative paths users know (configs/claims/claims.yaml;
+# the checkout's configs/ links to them).
+RESOURCES = Path(__file__).resolve().parent / "resources"
 
 
 def shipped(path: Path) -> Path:
     """``path`` as given when it exists; a relative ``configs/...`` path that does not exist here is
-    the shipped file of that name in steerlab's checkout, so defaults work from any folder."""
+    steerlab's shipped file of that name, so defaults work from any folder and any kind of install."""
     path = Path(path)
     if path.exists() or path.is_absolute() or not path.parts or path.parts[0] != "configs":
         return path
-    candidate = REPO_ROOT / path
+    candidate = RESOURCES / path
     return candidate if candidate.exists() else path
 
 
