@@ -6,6 +6,7 @@ Errors a user can cause (:class:`~steerlab.errors.SteerlabError`) print one line
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -29,6 +30,19 @@ pairs_app = typer.Typer(no_args_is_help=True, help="Contrastive pair sets: valid
 cache_app = typer.Typer(no_args_is_help=True, help="Activation caches: inspect.")
 model_app = typer.Typer(no_args_is_help=True, help="Models: inspect what steerlab sees.")
 vectors_app = typer.Typer(no_args_is_help=True, help="Vector files: inspect.")
+
+
+@app.callback()
+def _root(
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Load model folders that hold only pickled weights (pytorch_model.bin)."
+    ),
+) -> None:
+    """Activation steering: contrastive pairs -> activation cache -> steering vectors -> experiments."""
+    if allow_pickle:  # read by steerlab.models wherever a model folder is resolved (vLLM workers too)
+        os.environ["STEERLAB_ALLOW_PICKLE"] = "1"
+
+
 app.add_typer(pairs_app, name="pairs")
 app.add_typer(cache_app, name="cache")
 app.add_typer(model_app, name="model")

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import logging
 import os
+import pickle  # noqa: S403 (only to name its error: steerlab never unpickles itself)
 import re
 import shutil
 import tempfile
@@ -426,7 +427,7 @@ def _check_weights(path: Path, allow_pickle: bool) -> None:
     if not tensors and pickled and not allow_pickle:
         raise ModelLoadError(
             f"{path} holds pickled weights ({pickled[0]}) and no safetensors; convert them "
-            "(save_pretrained(..., safe_serialization=True)) or set STEERLAB_ALLOW_PICKLE=1 if you trust the file"
+            "(save_pretrained writes safetensors) or, if you trust the file, pass `steerlab --allow-pickle ...`"
         )
     from safetensors import SafetensorError, safe_open
 
@@ -515,8 +516,8 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(
             where, trust_remote_code=trust_remote_code, gguf_file=kwargs.get("gguf_file")
         )
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0]
+    except (OSError, ValueError, pickle.UnpicklingError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load model {name!r} as a causal LM: {first}") from exc
     if lora is not None:
         model = merge_lora(model, lora)

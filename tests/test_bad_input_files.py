@@ -66,6 +66,15 @@ def test_bad_model_files_are_one_line_exit_2(args, says, tmp_path, capsys, monke
     refused(args, says, tmp_path, capsys)
 
 
+def test_allow_pickle_lets_a_pickled_folder_through_the_check(tmp_path, capsys, monkeypatch, tiny_dir):
+    _model_inputs(tmp_path, tiny_dir)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STEERLAB_ALLOW_PICKLE", raising=False)
+    code, _, err = run_cli(["--allow-pickle", "model", "info", "pickled"], capsys)
+    assert code == 2 and "pickled weights" not in err  # past the check; the fake file then fails to load
+    monkeypatch.delenv("STEERLAB_ALLOW_PICKLE", raising=False)
+
+
 def test_a_killed_conversion_leaves_nothing_behind_on_the_next_run(tmp_path):
     import os
 
