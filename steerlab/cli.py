@@ -378,6 +378,8 @@ def steer(
             line = input("you> ")
         except EOFError:
             break
+        except UnicodeDecodeError:
+            raise ConfigError("the chat input is not UTF-8 text; set your terminal to UTF-8") from None
         if not line.strip():
             break
         history.append({"role": "user", "content": line})
