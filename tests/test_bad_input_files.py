@@ -254,3 +254,14 @@ def test_outputs_that_cannot_be_written_are_one_line(tmp_path, capsys, monkeypat
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1 and f"cannot write {target}" in lines[0], err
         assert snapshot(tmp_path) == before
+
+
+def test_chat_input_that_is_not_utf8_is_one_line(tiny_dir, tiny_vector, capsys, monkeypatch):
+    def undecodable(prompt=""):
+        return b"caf\xe9".decode("utf-8")  # what input() raises on a Latin-1 terminal
+
+    monkeypatch.setattr("builtins.input", undecodable)
+    code, _, err = run_cli(["steer", "--vector", tiny_vector, "--alpha", "1", "--chat", "--model", tiny_dir,
+                            "--device", "cpu"], capsys)  # fmt: skip
+    errors = [line for line in err.splitlines() if line.startswith("steerlab: error:")]
+    assert code == 2 and errors == ["steerlab: error: the chat input is not UTF-8 text; set your terminal to UTF-8"]
