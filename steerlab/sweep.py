@@ -386,6 +386,12 @@ def run_sweep(
         )
     header = build_header(config, scenario, items, fingerprint, len(rows), described)
     check_run(run_dir, header, RESUME_KEYS)  # before anything is written
+    fits = getattr(backend, "check_fits", None)
+    if callable(fits):  # a first-turn prompt that fills the model's context is refused before any work
+        fits([
+            Request(scenarios[claim].messages(item, cond), prefill=scenario.prefill_for(cond), id=item.id)
+            for claim in scenarios for cond in scenario.conditions() for item in items
+        ])  # fmt: skip
     with hold_run(run_dir):
         open_run(run_dir, header, RESUME_KEYS)  # again, under the lock
         _generate(config, backend, run_dir, scenario, scenarios, items, arms, rows, described, progress, chunk)

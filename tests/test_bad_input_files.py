@@ -240,8 +240,21 @@ def test_inputs_longer_than_the_model_context_are_refused_before_work_starts(tin
     assert code == 2 and len(errors) == 1 and "longer than the model's context of 2048" in errors[0], err
     assert "toy-train-3" in errors[0] and snapshot(tmp_path) == before
     loaded = load_model(str(tiny_dir), device="cpu")
+    long, short = [{"role": "user", "content": "§" * 3000}], [{"role": "user", "content": "hi"}]
     with pytest.raises(ConfigError, match="model's context of 2048"):
-        HFBackend(loaded).generate([Request([{"role": "user", "content": "§" * 3000}], Sampling(max_new_tokens=2))])
+        HFBackend(loaded).check_fits([Request(short), Request(long)])  # what a run checks before it starts
+    # mid-run (a later turn of a long transcript): that row ends with "length", the others go on
+    a, b = HFBackend(loaded).generate([Request(long, Sampling(max_new_tokens=2)), Request(short, Sampling(2))])
+    assert (a.text, a.n_new_tokens, a.finish_reason) == ("", 0, "length") and b.n_new_tokens == 2
+    # a run whose first-turn prompt fills the context is refused before its directory exists
+    (tmp_path / "req.txt").write_text("§" * 3000 + "\n")
+    from steerlab.sweep import SweepConfig, run_sweep
+
+    with pytest.raises(ConfigError, match="model's context"):
+        run_sweep(
+            SweepConfig(prompts=tmp_path / "req.txt", out=tmp_path / "r"), HFBackend(loaded), None, progress=False
+        )
+    assert not (tmp_path / "r").exists()
 
 
 def test_outputs_that_cannot_be_written_are_one_line(tmp_path, capsys, monkeypatch):

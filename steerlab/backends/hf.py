@@ -11,8 +11,10 @@ last-bit numerical effects of padding). Results come back in request order.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -32,6 +34,7 @@ from steerlab.models import (
 from steerlab.steer import Steerer, SteeringSetting, steerer_for
 from steerlab.tags import first_stop
 
+log = logging.getLogger(__name__)
 _STOP_TAIL_TOKENS = 24  # tokens decoded to look for a stop string
 
 
@@ -63,6 +66,18 @@ class HFBackend:
             "position": self.position,
             "template_system": template_system_prompt(self.loaded.tokenizer, self.loaded.chat_template, self.chat_date),
         }  # fmt: skip
+
+    def check_fits(self, requests: Sequence[Request]) -> None:
+        """Refuse, before a run starts, a prompt that leaves no room to generate in the model's context."""
+        context = context_length(self.loaded)
+        if context is None:
+            return
+        for r, seq in zip(requests, self.prompt_ids(requests), strict=True):
+            if len(seq) >= context:
+                raise ConfigError(
+                    f"request {r.id!r} is {len(seq)} tokens, as long as the model's context of {context} or "
+                    "longer; shorten it or drop it"
+                )
 
     def prompt_ids(self, requests: Sequence[Request]) -> list[list[int]]:
         """Token ids of each request's rendered prompt.
@@ -104,16 +119,22 @@ class HFBackend:
         rows = [row_of.get(id(r.steering), 0) for r in requests]
         labels = [f"request {r.id!r}: {r.steering.describe()}" if r.steering is not None else None for r in requests]
         ids, leads = self._prompts(requests)
-        context = context_length(self.loaded)
-        if context is not None:
-            for r, seq in zip(requests, ids, strict=True):
-                if len(seq) >= context:
-                    raise ConfigError(
-                        f"request {r.id!r} is {len(seq)} tokens, as long as the model's context of {context} or "
-                        "longer; shorten it or drop it"
-                    )
-        order = sorted(range(len(requests)), key=lambda i: len(ids[i]))
         results: list[Result | None] = [None] * len(requests)
+        # No row runs past the model's context: a prompt that fills it ends at once with finish reason
+        # "length" (a later turn of a long transcript, say: the sample is then labelled truncated), and
+        # every other row's budget stops at the context's end. The rest of the call goes on.
+        context = context_length(self.loaded)
+        samplings = [r.sampling for r in requests]
+        if context is not None:
+            for i, (r, seq) in enumerate(zip(requests, ids, strict=True)):
+                room = context - len(seq)
+                if room <= 0:
+                    log.warning("request %r is %d tokens, the model's context is %d: nothing generated",
+                                r.id, len(seq), context)  # fmt: skip
+                    results[i] = Result(r.id, "", len(seq), 0, "length", 0.0, leads[i])
+                elif room < r.sampling.max_new_tokens:
+                    samplings[i] = replace(r.sampling, max_new_tokens=room)
+        order = sorted((i for i in range(len(requests)) if results[i] is None), key=lambda i: len(ids[i]))
         steerer = None
         if settings:
             steerer = steerer_for(
@@ -126,7 +147,7 @@ class HFBackend:
                     steerer.set_rows([rows[i] for i in batch])
                 started = time.perf_counter()
                 outs = self._decode(
-                    [ids[i] for i in batch], [requests[i].sampling for i in batch],
+                    [ids[i] for i in batch], [samplings[i] for i in batch],
                     [requests[i].context + leads[i] + requests[i].prefill for i in batch],
                     steerer, [labels[i] for i in batch],
                 )  # fmt: skip
