@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -12,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from steerlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -173,7 +177,16 @@ def exclusive(target: Path, what: str = "run") -> Iterator[Path]:
     lock_path = target / ".lock" if target.is_dir() else target.with_name(target.name + ".lock")
     if not lock_path.parent.is_dir():
         raise ConfigError(f"cannot lock {target}: its folder {lock_path.parent} does not exist")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    writable = True
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides: shared folders stay shared
+    except PermissionError:  # another user's lock file: flock works on a read-only descriptor too
+        try:
+            fd, writable = os.open(lock_path, os.O_RDONLY), False
+        except OSError as exc:
+            raise ConfigError(f"cannot lock {target} ({exc.strerror}); check the folder's permissions") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot lock {target} ({exc.strerror}); check the folder's permissions") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -183,8 +196,14 @@ def exclusive(target: Path, what: str = "run") -> Iterator[Path]:
                 f"{target} is in use by another steerlab process (pid {holder}); wait for it to finish, "
                 "or stop it first"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as exc:  # a filesystem without flock (some Lustre, FUSE, CIFS mounts)
+            if exc.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise ConfigError(f"cannot lock {target} ({exc.strerror})") from None
+            log.warning("%s: this filesystem has no locks (%s); make sure no other process writes it", target,
+                        exc.strerror)  # fmt: skip
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield lock_path
     finally:
         os.close(fd)  # closing the descriptor releases the lock

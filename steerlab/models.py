@@ -334,6 +334,10 @@ def resolve_device(device: str) -> str:
         raise ModelLoadError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N, mps or xpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} asked for but CUDA is not available; use --device cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError("device 'mps' asked for but this torch has no MPS support here; use --device cpu")
+    if device.startswith("xpu") and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        raise ModelLoadError(f"device {device!r} asked for but no XPU is available; use --device cpu")
     return device
 
 
@@ -383,7 +387,7 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
     fresh.tie_weights()
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_conversions(target.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".convert-{os.getpid()}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".convert-{os.getpid()}-{_host()}-", dir=target.parent))
     try:
         fresh.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -400,12 +404,16 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", os.uname().nodename)[:32] or "host"
+
+
 def _remove_stale_conversions(folder: Path) -> None:
-    """Remove ``.convert-*`` folders that a killed conversion left (about 500 MB each); a folder of
-    a conversion whose process (``.convert-<pid>-...``) is still alive is left alone."""
+    """Remove ``.convert-<pid>-<host>-*`` folders that a killed conversion on this machine left (about
+    500 MB each); a live process's folder, and any other machine's (a shared cache), is left alone."""
     for stale in folder.glob(".convert-*"):
-        pid = stale.name.split("-")[1] if stale.name.count("-") >= 2 else ""
-        if pid.isdigit() and _alive(int(pid)):
+        parts = stale.name.split("-")
+        if len(parts) < 4 or parts[2] != _host() or not parts[1].isdigit() or _alive(int(parts[1])):
             continue
         shutil.rmtree(stale, ignore_errors=True)
 

@@ -56,6 +56,8 @@ MODEL_TABLE = [
     (["model", "info", "truncated"], "is damaged or truncated"),
     (["model", "info", "pickled"], "holds pickled weights (pytorch_model.bin) and no safetensors"),
     (["model", "info", "truncated", "--device", "tpu"], "unknown device 'tpu'"),
+    (["model", "info", "truncated", "--device", "mps"], "no MPS support here"),
+    (["model", "info", "truncated", "--device", "xpu"], "no XPU is available"),
 ]
 
 
@@ -78,16 +80,16 @@ def test_allow_pickle_lets_a_pickled_folder_through_the_check(tmp_path, capsys, 
 def test_a_killed_conversion_leaves_nothing_behind_on_the_next_run(tmp_path):
     import os
 
-    from steerlab.models import _remove_stale_conversions
+    from steerlab.models import _host, _remove_stale_conversions
 
-    dead = tmp_path / ".convert-999999999-abc"
-    live = tmp_path / f".convert-{os.getpid()}-def"
-    old_style = tmp_path / ".convert-xyz"
-    for d in (dead, live, old_style):
+    dead = tmp_path / f".convert-999999999-{_host()}-abc"
+    live = tmp_path / f".convert-{os.getpid()}-{_host()}-def"
+    elsewhere = tmp_path / ".convert-999999999-othernode-ghi"  # another machine on a shared cache
+    for d in (dead, live, elsewhere):
         d.mkdir()
         (d / "model.safetensors").write_bytes(b"0" * 100)
     _remove_stale_conversions(tmp_path)
-    assert not dead.exists() and not old_style.exists() and live.exists()
+    assert not dead.exists() and live.exists() and elsewhere.exists()
 
 
 def test_ctrl_c_during_a_run_says_how_to_resume(tmp_path, capsys, monkeypatch):
@@ -278,3 +280,36 @@ def test_chat_input_that_is_not_utf8_is_one_line(tiny_dir, tiny_vector, capsys, 
                             "--device", "cpu"], capsys)  # fmt: skip
     errors = [line for line in err.splitlines() if line.startswith("steerlab: error:")]
     assert code == 2 and errors == ["steerlab: error: the chat input is not UTF-8 text; set your terminal to UTF-8"]
+
+
+def test_locks_on_filesystems_without_flock_and_on_others_lock_files(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    from steerlab.fileio import exclusive
+
+    real = fcntl.flock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with exclusive(tmp_path, "run"):  # warned, not refused
+        pass
+    assert "has no locks" in caplog.text
+    monkeypatch.setattr(fcntl, "flock", real)
+    (tmp_path / ".lock").chmod(0o444)  # someone else's lock file, read-only to us
+    monkeypatch.setattr("os.open", _deny_write(__import__("os").open))
+    with exclusive(tmp_path, "run"):
+        pass
+
+
+def _deny_write(real_open):
+    import os
+
+    def fake(path, flags, *args):
+        if flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    return fake
