@@ -60,12 +60,12 @@ def judge_factory(cfg: JudgeConfig, run_dir: Path) -> JudgeFactory:
     return local
 
 
-def _rubric_and_cache(cfg: JudgeConfig):
+def _rubric_and_cache(cfg: JudgeConfig, readonly: bool = False):
     from steerlab.harness.judge import JudgeCache, Rubric
     from steerlab.models import cache_dir
 
     rubric = Rubric.load(cfg.rubric, scale=cfg.scale)
-    return rubric, JudgeCache(cfg.cache or cache_dir() / "judge.sqlite")
+    return rubric, JudgeCache(cfg.cache or cache_dir() / "judge.sqlite", readonly=readonly)
 
 
 def run_judge(run_dir: Path, cfg: JudgeConfig, make: JudgeFactory, loaded: LoadedModel | None = None) -> JudgeReport:
@@ -104,7 +104,7 @@ def dry_run(samples: list[dict[str, Any]], cfg: JudgeConfig) -> None:
     """Print what judging would cost: only traces the cache does not hold are counted."""
     from steerlab.harness.judge import JudgeCache, estimate, judge_params
 
-    rubric, cache = _rubric_and_cache(cfg)
+    rubric, cache = _rubric_and_cache(cfg, readonly=True)  # a dry run reads; it creates no cache file
     params = judge_params(cfg.backend, cfg.max_tokens, cfg.temperature, rubric=rubric)
     texts = sorted({s["reasoning"] for s in samples if s.get("reasoning")})
     rubric_hash = rubric.hash()
@@ -324,6 +324,8 @@ def register(app: typer.Typer, pairs_app: typer.Typer) -> None:
             return
         from steerlab.harness.records import hold_run
 
+        _, cache = _rubric_and_cache(cfg)  # a cache that cannot be used fails before the run is locked
+        cache.close()
         with hold_run(run_dir):  # the judge rewrites samples.jsonl: never beside a running sweep
             report = run_judge(run_dir, cfg, judge_factory(cfg, run_dir))
             if samples and "label" in samples[0]:

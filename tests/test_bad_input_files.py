@@ -206,13 +206,16 @@ def test_unusable_judge_caches_and_prompt_files_are_one_line(tmp_path, capsys, m
     (tmp_path / "damaged.sqlite").write_text("this is not a database, just text that is long enough" * 20)
     (tmp_path / "prompts.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     rows = [
-        (["judge", run, "--dry-run", "--cache", "/proc/nope/c.sqlite"], "cannot use /proc/nope/c.sqlite"),
+        (["judge", run, "--judge", "local", "--cache", "/proc/nope/c.sqlite"], "cannot use /proc/nope/c.sqlite"),
         (["judge", run, "--dry-run", "--cache", "damaged.sqlite"], "move the damaged file away"),
         (
             ["steer", "--vector", tiny_vector, "--alpha", "1", "--prompts", "prompts.txt", "--model", "no/such"],
             "is not UTF-8 text",
         ),
     ]
+    before = snapshot(tmp_path)  # a dry run reads the cache and creates none
+    code, out, err = run_cli(["judge", run, "--dry-run", "--cache", "nested/new.sqlite"], capsys)
+    assert code == 0 and "1 distinct traces, 0 cached" in out and snapshot(tmp_path) == before, err
     for args, says in rows:
         before = snapshot(tmp_path)
         code, _, err = run_cli(args, capsys)

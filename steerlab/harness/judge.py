@@ -149,9 +149,26 @@ class Rubric(BaseModel):
 class JudgeCache:
     """Judgements on disk (SQLite), keyed by a hash of (model, rubric, input, parameters)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, readonly: bool = False):
+        """``readonly``: only look things up (a dry run); a missing file is an empty cache, and nothing
+        is created."""
         self.path = Path(path)
         self._lock = threading.Lock()
+        if readonly:
+            try:
+                if self.path.is_file():
+                    uri = f"file:{self.path.resolve()}?mode=ro"
+                    self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+                    self._db.execute("SELECT 1 FROM judgements LIMIT 1")
+                else:
+                    self._db = sqlite3.connect(":memory:", check_same_thread=False)
+                    self._db.execute("CREATE TABLE judgements (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                    self._db.execute("CREATE TABLE models (requested TEXT PRIMARY KEY, reported TEXT NOT NULL)")
+            except sqlite3.Error as exc:
+                raise JudgeError(
+                    f"cannot read {self.path} as a reply cache ({exc}); move the damaged file away"
+                ) from None
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False)
