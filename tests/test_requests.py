@@ -126,3 +126,9 @@ def test_dry_run_prints_the_first_requests_as_they_will_be_sent(tmp_path, capsys
     assert "user: Say [b]hi[/b]" in out  # printed as it is sent, not read as rich markup
     assert "goal,target" not in out and "Sure" not in out  # no header row, no target column
     assert not (tmp_path / "run").exists()
+
+
+def test_tsv_fields_are_taken_as_written(tmp_path):
+    path = tmp_path / "q.tsv"
+    path.write_text('goal\ttarget\n"Quoted" words, then more\tx\nplain\ty\n')
+    assert [i.prompt for i in load_requests(path)] == ['"Quoted" words, then more', "plain"]

@@ -125,7 +125,9 @@ def _read_file(path: Path) -> list[Row]:
         return _read_parquet(path)
     text = _text(path)
     if suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="," if suffix == ".csv" else "\t")
+        # TSV fields are taken as written (no quoting: a prompt may start with a quotation mark)
+        tsv = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+        reader = csv.DictReader(io.StringIO(text, newline=""), **({"delimiter": ","} if suffix == ".csv" else tsv))
         column = _pick_column(reader.fieldnames or [], str(path))
         rows: list[Row] = []
         for record in reader:
