@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import planted, run_cli, synthetic_cache
 from safetensors.torch import save_file
-from test_bad_input import snapshot
+from test_bad_input import refused, snapshot
 
 from steerlab.vectors import META_KEY, VectorBundle, random_controls
 
@@ -115,13 +115,7 @@ TABLE = [
                                                    enumerate(TABLE)])  # fmt: skip
 def test_bad_number_is_one_line_exit_2_and_writes_nothing(args, says, inputs, capsys, monkeypatch):
     monkeypatch.chdir(inputs)
-    before = snapshot(inputs)
-    code, out, err = run_cli(args, capsys)
-    assert code == 2, (out, err)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("steerlab: error: "), err
-    assert says in lines[0], lines[0]
-    assert snapshot(inputs) == before
+    refused(args, says, inputs, capsys)
 
 
 def test_alpha_that_overflows_is_refused_with_the_model_loaded(tiny_dir, tiny_vector, tmp_path, capsys, monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, run_cli
-from test_bad_input import snapshot
+from test_bad_input import refused, snapshot
 
 from steerlab.vectors import VectorBundle, random_controls
 
@@ -40,13 +40,6 @@ def inputs(tmp_path, tiny, tiny_dir, monkeypatch):
     return sweep_yaml
 
 
-def one_error_line(err: str) -> str:
-    """The one error line (rows checked after the model loads also show transformers' loading bar)."""
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("Loading weights")]
-    assert len(lines) == 1 and lines[0].startswith("steerlab: error: ") and "Traceback" not in err, err
-    return lines[0]
-
-
 def eval_args(tiny_dir, *extra):
     return ["eval", "--model", tiny_dir, "--dataset", BENIGN, "--limit", "1", "--conditions", "monitored",
             "--max-new-tokens", "2", "--out", "run", "--device", "cpu", *extra]  # fmt: skip
@@ -74,12 +67,7 @@ ROWS = [
 def test_bad_run_option_is_one_line_and_makes_no_directory(row, says, inputs, tiny_dir, tmp_path, capsys):
     kind, option = row
     args = eval_args(tiny_dir, *option) if kind == "eval" else inputs(**option)
-    before = snapshot(tmp_path)
-    code, out, err = run_cli(args, capsys)
-    assert code == 2, (out, err)
-    line = one_error_line(err)
-    assert says in line
-    assert snapshot(tmp_path) == before  # no run directory, header or lock file
+    refused(args, says, tmp_path, capsys, loading_bar=True)  # no run directory, header or lock file
 
 
 def test_a_header_only_directory_is_reinitialised_by_the_corrected_run(inputs, tiny_dir, tmp_path, capsys):
@@ -117,8 +105,4 @@ def test_a_bad_header_is_one_line(tmp_path, capsys, monkeypatch):
     (tmp_path / "run" / "samples.jsonl").write_text('{"id": "a"}\n')
     for text in ("{not json", "[1, 2]"):
         (tmp_path / "run" / "header.json").write_text(text)
-        before = snapshot(tmp_path)
-        code, _, err = run_cli(["judge", "run", "--dry-run"], capsys)
-        lines = [line for line in err.splitlines() if line.strip()]
-        assert code == 2 and len(lines) == 1 and "header.json is broken" in lines[0], err
-        assert snapshot(tmp_path) == before
+        refused(["judge", "run", "--dry-run"], "header.json is broken", tmp_path, capsys)
