@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tqdm.auto import tqdm
 
 from steerlab import prompts
-from steerlab.backends.base import Backend, Request, Sampling, backend_identity
+from steerlab.backends.base import Backend, Request, Sampling, backend_identity, derive_seed
 from steerlab.config import load_yaml
 from steerlab.errors import ConfigError
 from steerlab.fileio import atomic_write_text, file_hash, open_append
@@ -308,16 +308,12 @@ def sample_seed(run_seed: int, item: str, seed: int) -> int:
     as independent). Arms, multipliers, claims and conditions of one request share it on purpose:
     they differ only in the intervention, a paired design.
     """
-    digest = hashlib.sha256(json.dumps([run_seed, item, seed]).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return derive_seed(run_seed, item, seed)
 
 
 def turn_seed(seed: int, turn: int) -> int:
     """The seed of a sample's ``turn``-th turn (turn 0 keeps the sample's seed)."""
-    if turn == 0:
-        return seed
-    digest = hashlib.sha256(json.dumps([seed, turn]).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return seed if turn == 0 else derive_seed(seed, turn)
 
 
 def describe_backend(backend: Backend) -> dict[str, Any]:

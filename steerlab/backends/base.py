@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -95,6 +97,16 @@ def package_version(*names: str) -> str | None:
         except PackageNotFoundError:
             continue
     return None
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit sampling seed derived from ``parts`` (JSON-able): sha256 of their JSON list.
+
+    Sample seeds (run seed, request id, sample seed), turn seeds and the seeds of continued turns
+    all come from here, so equal parts give equal seeds on every backend.
+    """
+    digest = hashlib.sha256(json.dumps(list(parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def check_requests(requests: Sequence[Request]) -> None:

@@ -56,7 +56,7 @@ from typing import Any
 import torch
 
 from steerlab.backends import vllm_steer
-from steerlab.backends.base import Request, Result, Sampling, check_requests, package_version
+from steerlab.backends.base import Request, Result, Sampling, check_requests, derive_seed, package_version
 from steerlab.errors import ConfigError, ModelLoadError, SteerlabError
 from steerlab.models import (
     DEFAULT_CHAT_DATE,
@@ -117,10 +117,7 @@ def steering_salt(setting: SteeringSetting | None) -> str | None:
 
 def continuation_seed(seed: int, n_generated: int) -> int:
     """The sampling seed of a turn continued after ``n_generated`` tokens (0: the request's own seed)."""
-    if n_generated == 0:
-        return seed
-    digest = hashlib.sha256(json.dumps(["steerlab-continue", seed, n_generated]).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return seed if n_generated == 0 else derive_seed("steerlab-continue", seed, n_generated)
 
 
 @dataclass
