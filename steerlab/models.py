@@ -273,16 +273,25 @@ def render_chat(
 
 
 def generation_lead(
-    tokenizer: Any, messages: list[dict[str, str]], template: str, chat_date: str = DEFAULT_CHAT_DATE
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    template: str,
+    chat_date: str = DEFAULT_CHAT_DATE,
+    rendered: str | None = None,
 ) -> str:
     """The reasoning block a template opens in the generation prompt itself, e.g. ``"<think>\n"``
     (DeepSeek-R1 distills, QwQ), or "".
 
     The model's text then starts inside that block and holds a ``</think>`` with no ``<think>``
     before it; the lead is part of the sample's transcript, so the stop rule and the labels see
-    the block as open from the start.
+    the block as open from the start. ``rendered``: the messages already rendered with the generation
+    prompt (saves rendering them again).
     """
-    full = render_chat(tokenizer, messages, template, add_generation_prompt=True, chat_date=chat_date)
+    full = (
+        rendered
+        if rendered is not None
+        else render_chat(tokenizer, messages, template, add_generation_prompt=True, chat_date=chat_date)
+    )
     base = render_chat(tokenizer, messages, template, add_generation_prompt=False, chat_date=chat_date)
     suffix = full[len(base) :] if full.startswith(base) else full[-64:]
     if not open_reasoning(suffix):

@@ -99,6 +99,35 @@ def package_version(*names: str) -> str | None:
     return None
 
 
+def render_prompts(
+    tokenizer: Any, template: str, chat_date: str, requests: Sequence[Request]
+) -> tuple[list[list[int]], list[str]]:
+    """(prompt token ids, lead) of each request, as every local backend sends them: the chat rendered
+    with the generation prompt (:func:`steerlab.models.render_chat`), then the prefill; the lead is the
+    reasoning block the template opens itself (:func:`steerlab.models.generation_lead`).
+
+    A sweep sends every prompt once per setting, so each distinct (messages, prefill) is rendered
+    once and all of them go through the tokenizer in one batched call.
+    """
+    from steerlab.models import generation_lead, render_chat
+
+    keys = [json.dumps([list(r.messages), r.prefill], sort_keys=True) for r in requests]
+    unique: dict[str, Request] = {}
+    for key, r in zip(keys, requests, strict=True):
+        unique.setdefault(key, r)
+    rendered = {
+        key: render_chat(tokenizer, list(r.messages), template, add_generation_prompt=True, chat_date=chat_date)
+        for key, r in unique.items()
+    }
+    leads = {
+        key: generation_lead(tokenizer, list(r.messages), template, chat_date, rendered=rendered[key])
+        for key, r in unique.items()
+    }
+    texts = [rendered[key] + r.prefill for key, r in unique.items()]
+    ids = dict(zip(unique, tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True))
+    return [ids[key] for key in keys], [leads[key] for key in keys]
+
+
 def derive_seed(*parts: Any) -> int:
     """A 63-bit sampling seed derived from ``parts`` (JSON-able): sha256 of their JSON list.
 

@@ -10,7 +10,6 @@ last-bit numerical effects of padding). Results come back in request order.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from typing import Any
 
 import torch
 
-from steerlab.backends.base import Request, Result, Sampling, check_requests, package_version
+from steerlab.backends.base import Request, Result, Sampling, check_requests, package_version, render_prompts
 from steerlab.errors import ConfigError
 from steerlab.loci import Position
 from steerlab.models import (
@@ -27,8 +26,6 @@ from steerlab.models import (
     LoadedModel,
     check_chat_date,
     context_length,
-    generation_lead,
-    render_chat,
     template_system_prompt,
 )
 from steerlab.steer import Steerer, SteeringSetting, steerer_for
@@ -80,33 +77,11 @@ class HFBackend:
                 )
 
     def prompt_ids(self, requests: Sequence[Request]) -> list[list[int]]:
-        """Token ids of each request's rendered prompt.
-
-        A sweep sends every prompt once per setting, so each distinct prompt is rendered once
-        and all of them go through the tokenizer in one batched call.
-        """
+        """Token ids of each request's rendered prompt (see :func:`steerlab.backends.base.render_prompts`)."""
         return self._prompts(requests)[0]
 
     def _prompts(self, requests: Sequence[Request]) -> tuple[list[list[int]], list[str]]:
-        """(token ids, lead) of each request: see :func:`steerlab.models.generation_lead`."""
-        tok = self.loaded.tokenizer
-        keys = [json.dumps([list(r.messages), r.prefill], sort_keys=True) for r in requests]
-        unique: dict[str, Request] = {}
-        for key, r in zip(keys, requests, strict=True):
-            unique.setdefault(key, r)
-        leads = {
-            key: generation_lead(tok, list(r.messages), self.loaded.chat_template, self.chat_date)
-            for key, r in unique.items()
-        }
-        texts = [
-            render_chat(
-                tok, list(r.messages), self.loaded.chat_template, add_generation_prompt=True, chat_date=self.chat_date
-            )
-            + r.prefill
-            for r in unique.values()
-        ]
-        ids = dict(zip(unique, tok(texts, add_special_tokens=False)["input_ids"], strict=True))
-        return [ids[key] for key in keys], [leads[key] for key in keys]
+        return render_prompts(self.loaded.tokenizer, self.loaded.chat_template, self.chat_date, requests)
 
     def generate(self, requests: Sequence[Request]) -> list[Result]:
         check_requests(requests)

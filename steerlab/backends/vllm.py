@@ -43,7 +43,6 @@ backend sets ``VLLM_USE_V2_MODEL_RUNNER=0`` and refuses an engine that runs anot
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -56,7 +55,15 @@ from typing import Any
 import torch
 
 from steerlab.backends import vllm_steer
-from steerlab.backends.base import Request, Result, Sampling, check_requests, derive_seed, package_version
+from steerlab.backends.base import (
+    Request,
+    Result,
+    Sampling,
+    check_requests,
+    derive_seed,
+    package_version,
+    render_prompts,
+)
 from steerlab.errors import ConfigError, ModelLoadError, SteerlabError
 from steerlab.models import (
     DEFAULT_CHAT_DATE,
@@ -66,8 +73,6 @@ from steerlab.models import (
     _n_layers,
     check_chat_date,
     config_hash,
-    generation_lead,
-    render_chat,
     resolve_source,
     template_system_prompt,
 )
@@ -256,18 +261,11 @@ class VLLMBackend:
     # ------------------------------------------------------------------------- generation
 
     def prompt_ids(self, requests: Sequence[Request]) -> list[list[int]]:
-        texts = [
-            render_chat(
-                self.tokenizer,
-                list(r.messages),
-                self.chat_template,
-                add_generation_prompt=True,
-                chat_date=self.chat_date,
-            )
-            + r.prefill
-            for r in requests
-        ]
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        """Token ids of each request's rendered prompt (see :func:`steerlab.backends.base.render_prompts`)."""
+        return self._prompts(requests)[0]
+
+    def _prompts(self, requests: Sequence[Request]) -> tuple[list[list[int]], list[str]]:
+        return render_prompts(self.tokenizer, self.chat_template, self.chat_date, requests)
 
     def generate(self, requests: Sequence[Request]) -> list[Result]:
         check_requests(requests)
@@ -292,17 +290,6 @@ class VLLMBackend:
             rows = {id(s): j + 1 for j, s in enumerate(mine)}
             results.update(zip(group, self._generate(part, mine, rows), strict=True))
         return [results[i] for i in range(len(requests))]
-
-    def _leads(self, requests: Sequence[Request]) -> list[str]:
-        """Each request's :func:`~steerlab.models.generation_lead` (rendered once per distinct chat)."""
-        leads: dict[str, str] = {}
-        out = []
-        for r in requests:
-            key = json.dumps(list(r.messages), sort_keys=True)
-            if key not in leads:
-                leads[key] = generation_lead(self.tokenizer, list(r.messages), self.chat_template, self.chat_date)
-            out.append(leads[key])
-        return out
 
     def _set_table(self, settings: Sequence[SteeringSetting]) -> list[str | None]:
         """Send the settings' table to every worker; returns each setting's prefix-cache salt."""
@@ -332,7 +319,7 @@ class VLLMBackend:
         salts = {id(s): salt for s, salt in zip(settings, self._set_table(settings), strict=True)}
         turns = [
             _Turn(r, ids, row_of.get(id(r.steering), 0), salts.get(id(r.steering)), lead)
-            for r, ids, lead in zip(requests, self.prompt_ids(requests), self._leads(requests), strict=True)
+            for r, ids, lead in zip(requests, *self._prompts(requests), strict=True)
         ]
         started = time.perf_counter()
         pending = turns
