@@ -60,8 +60,11 @@ def shipped(path: Path) -> Path:
     return candidate if candidate.exists() else path
 
 
-def read_text(path: Path, what: str = "file") -> str:
-    """A text file's contents as UTF-8; anything else (UTF-16, Latin-1 bytes) is one line naming it."""
+def read_text(path: Path, what: str = "file", bom: bool = False) -> str:
+    """A text file's contents as UTF-8; anything else (UTF-16, Latin-1 bytes) is one line naming it.
+
+    ``bom``: accept (and drop) a UTF-8 byte-order mark, as spreadsheet exports of request files carry.
+    """
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{what} {path} is a folder, not a file")
@@ -69,7 +72,7 @@ def read_text(path: Path, what: str = "file") -> str:
         raise ConfigError(f"{what} {path} does not exist")
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig" if bom else "utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{what} {path} is not UTF-8 text (byte {exc.start} cannot be decoded); save it as UTF-8"

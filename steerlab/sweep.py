@@ -453,7 +453,7 @@ def _generate(
                     "scale": config.scale,
                     "sampling_seed": job.sampling.seed,
                     "turns": [t.__dict__ for t in sample_turns],
-                    "text": "\n".join(t.text for t in sample_turns),
+                    "text": transcript([t.text for t in sample_turns]),
                     "finish_reason": sample_turns[-1].finish_reason,
                     "n_new_tokens": sum(t.n_new_tokens for t in sample_turns),
                     "seconds": seconds,  # per generation (shared by the rows that reuse it)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from steerlab.errors import ConfigError
-from steerlab.fileio import json_lines
+from steerlab.fileio import json_lines, read_text
 
 PROMPT_COLUMNS = ("goal", "prompt")
 
@@ -106,13 +106,6 @@ def load_requests(source: str | Path, name: str | None = None, limit: int | None
 Row = str | list[dict[str, str]]
 
 
-def _text(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded); save it as UTF-8") from None
-
-
 def _read_file(path: Path) -> list[Row]:
     """The requests of a local file, by its suffix (whatever its case); blank lines are skipped."""
     suffix = path.suffix.lower()
@@ -123,7 +116,7 @@ def _read_file(path: Path) -> list[Row]:
         )
     if suffix == ".parquet":
         return _read_parquet(path)
-    text = _text(path)
+    text = read_text(path, "request file", bom=True)
     if suffix in (".csv", ".tsv"):
         # TSV fields are taken as written (no quoting: a prompt may start with a quotation mark)
         tsv = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
