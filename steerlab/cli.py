@@ -514,6 +514,12 @@ def _register_harness() -> None:
     from steerlab.cli_prompts import register as register_prompts
 
     register_prompts(app)
+    from steerlab.cli_pairgen import register as register_pairgen
+
+    register_pairgen(pairs_app)
+    from steerlab.cli_vectors import register as register_vectors
+
+    register_vectors(vectors_app)
 
 
 _register_harness()
