@@ -103,8 +103,16 @@ def pairs_validate(
         None, "--drop-invalid", help="Write the valid pairs to this new file and exit 0."
     ),
     show: int = typer.Option(20, min=0, help="How many rejected pairs to list."),
+    audit: bool = typer.Option(
+        True, help="Run the shortcut audit (a surface classifier on the spans); --no-audit: the per-pair filters only."
+    ),
+    against: list[Path] = typer.Option(
+        [], "--against", help="Another concept's pair set: report how well the audit tells its negatives from FILE's."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the validation and audit report as JSON."),
 ) -> None:
-    """Apply every filter to a pair set; exit 2 if any pair fails (unless --drop-invalid)."""
+    """Apply every filter and the shortcut audit to a pair set; exit 2 if any pair fails or the audit
+    flags a split (unless --drop-invalid, which keeps the valid pairs)."""
     from steerlab.pairs import load_pairs, load_validation_config, validate, write_pairs
 
     if config is None and (file.parent / "validate.yaml").is_file():
@@ -116,7 +124,65 @@ def pairs_validate(
             raise ConfigError(f"{drop_invalid} already exists; name a new file for --drop-invalid")
     cfg = load_validation_config(config)
     pairs = load_pairs(file)
+    others = [p for other in against for p in load_pairs(other)]
+    if {p.concept for p in others} & {p.concept for p in pairs}:
+        raise ConfigError("--against names a pair set of a concept FILE also holds; give another concept's set")
     report = validate(pairs, cfg)
+    shortcut = _shortcut_audit(report.valid, others, cfg) if audit else None
+    if as_json:
+        typer.echo(json.dumps(_validation_json(file, config, report, shortcut), indent=1))
+    else:
+        _print_validation(file, config, report, shortcut, show)
+    if drop_invalid is not None:
+        if not report.valid:
+            raise ConfigError(f"no pair in {file} passes validation; nothing to write")
+        if shortcut is not None and not shortcut.ok:
+            raise ConfigError(_audit_failure(shortcut, "the valid pairs; nothing written"))
+        write_pairs(report.valid, drop_invalid)
+        out.print(f"wrote {len(report.valid)} valid pairs to {drop_invalid}")
+        return
+    if report.problems:
+        err.print(
+            f"steerlab: error: {len(report.problems)} of {len(pairs)} pairs fail validation; fix them, "
+            "or pass --drop-invalid NEW_FILE to keep the valid ones"
+        )
+        raise typer.Exit(2)
+    if shortcut is not None and not shortcut.ok:
+        raise ConfigError(_audit_failure(shortcut, str(file)))
+    if not as_json:
+        out.print(f"all {len(pairs)} pairs pass" + (" and the shortcut audit" if shortcut is not None else ""))
+
+
+def _shortcut_audit(valid, others, cfg):
+    from steerlab.audit import shortcut_audit
+
+    return shortcut_audit([*valid, *others], cfg.shortcut_audit, concepts=sorted({p.concept for p in valid}))
+
+
+def _audit_failure(shortcut, what: str) -> str:
+    first = shortcut.flagged[0]
+    more = f" and {len(shortcut.flagged) - 1} more split(s)" if len(shortcut.flagged) > 1 else ""
+    return (
+        f"the shortcut audit tells positive from negative spans by their surface in {what}: {first.label} "
+        f"AUROC {first.auroc:.2f} > {first.max_auroc} ({first.top(3)}){more}; rewrite the spans so no word, "
+        "punctuation or length marks a side, or raise shortcut_audit.max_auroc in the validation config"
+    )
+
+
+def _validation_json(file, config, report, shortcut) -> dict:
+    return {
+        "file": str(file),
+        "config": str(config) if config else None,
+        "pairs": len(report.pairs),
+        "counts": [{"concept": c, "split": s, "pairs": n, "valid": k} for (c, s), (n, k) in report.counts().items()],
+        "problems": {
+            pid: [{"check": p.check, "message": p.message} for p in probs] for pid, probs in report.problems.items()
+        },
+        "shortcut_audit": None if shortcut is None else shortcut.to_dict(),
+    }
+
+
+def _print_validation(file, config, report, shortcut, show: int) -> None:
 
     table = Table(title=f"{file}  (config: {config or 'built-in defaults'})")
     for col in ("concept", "split", "pairs", "valid", "rejected"):
@@ -132,19 +198,15 @@ def pairs_validate(
                 out.print(f"  {pair.id}: [{problem.check}] {problem.message}", markup=False)
         if len(report.invalid) > show:
             out.print(f"  ... and {len(report.invalid) - show} more (use --show)")
-    if drop_invalid is not None:
-        if not report.valid:
-            raise ConfigError(f"no pair in {file} passes validation; nothing to write")
-        write_pairs(report.valid, drop_invalid)
-        out.print(f"wrote {len(report.valid)} valid pairs to {drop_invalid}")
+    if shortcut is None:
         return
-    if report.problems:
-        err.print(
-            f"steerlab: error: {len(report.problems)} of {len(pairs)} pairs fail validation; fix them, "
-            "or pass --drop-invalid NEW_FILE to keep the valid ones"
-        )
-        raise typer.Exit(2)
-    out.print(f"all {len(pairs)} pairs pass")
+    out.print("shortcut audit (a surface classifier on the valid pairs' spans; chance is 0.5):")
+    for a in shortcut.splits:
+        auroc = "n/a (too few pairs)" if a.auroc is None else f"{a.auroc:.2f} +/- {a.auroc_sd:.2f}"
+        verdict = "FLAGGED" if a.flagged else "ok" if a.max_auroc is not None else "report only"
+        out.print(f"  {a.label}: AUROC {auroc} (max {a.max_auroc}) {verdict}; top: {a.top(3)}", markup=False)
+    for a in shortcut.cross_concept:
+        out.print(f"  {a.summary(3)}", markup=False)
 
 
 # ----------------------------------------------------------------------------- extract

@@ -9,7 +9,8 @@ one sentence: ``span_positive`` on the positive side (the concept drives the dec
 :func:`validate` applies every filter and reports each rejected pair with its reasons;
 :func:`keyword_audit` is the ``keyword_hard`` split's extra check (positives lack the
 concept's controlled keywords, negatives contain them), so a direction that only detects
-keywords shows up there.
+keywords shows up there. The set-level shortcut audit (can the spans' surface alone tell the
+sides apart?) is :mod:`steerlab.audit`; its settings are :class:`ShortcutAuditConfig`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from steerlab.config import load_yaml
 from steerlab.errors import ConfigError, PairFileError
@@ -152,6 +153,30 @@ def write_pairs(pairs: list[Pair], path: Path) -> None:
 # ----------------------------------------------------------------------------- validation
 
 
+DEFAULT_MAX_AUROC: dict[str, float | None] = {"train": 0.85, "val": 0.85, "keyword_hard": 0.7}
+
+
+class ShortcutAuditConfig(BaseModel):
+    """Settings of the shortcut (surface-artefact) audit, :mod:`steerlab.audit`."""
+
+    model_config = ConfigDict(extra="forbid")
+    # Per split, the highest cross-validated AUROC with which a bag-of-words / character n-gram
+    # classifier may tell positive spans from negative spans; null: report only.
+    max_auroc: dict[Split, Annotated[float, Field(ge=0.5, le=1.0)] | None] = Field(
+        default_factory=lambda: dict(DEFAULT_MAX_AUROC)
+    )
+    folds: int = Field(default=5, ge=2)
+    seed: int = Field(default=0, ge=0)
+    top_features: int = Field(default=8, ge=1)
+    # Splits with fewer pairs than this are reported without an AUROC (too few to cross-validate).
+    min_pairs: int = Field(default=10, ge=4)
+
+    @field_validator("max_auroc")
+    @classmethod
+    def _fill(cls, value: dict) -> dict:  # a split the config leaves out keeps its default ceiling
+        return {**DEFAULT_MAX_AUROC, **value}
+
+
 class ValidationConfig(BaseModel):
     """Settings of the filters; YAML files under configs/ validate through this model."""
 
@@ -164,6 +189,7 @@ class ValidationConfig(BaseModel):
     # so "evaluat" catches evaluator, evaluation, evaluated).
     keywords: dict[str, list[str]] = Field(default_factory=dict)
     max_length_ratio: float = Field(default=1.5, ge=1.0)
+    shortcut_audit: ShortcutAuditConfig = Field(default_factory=ShortcutAuditConfig)
 
 
 def load_validation_config(path: Path | None) -> ValidationConfig:
