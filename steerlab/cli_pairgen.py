@@ -23,20 +23,22 @@ from steerlab.cli_harness import (
 
 
 def print_report(report: dict[str, Any]) -> None:
-    """The yield table: per split, what was asked, replied, parsed, rejected (first failing filter) and kept."""
+    """The yield table (per split: asked, replies, parsed, kept, the kept spans' surface-classifier AUROC),
+    then each split's rejections by the first filter they failed."""
     from steerlab.cli import out
 
     table = Table(title=f"{report['concept']}: pairs written by {report['backend']}:{report['model']}")
-    for col in ("split", "asked", "replies", "parsed", "kept", "rejected (first failing filter)", "surface AUROC"):
-        table.add_column(col, justify="left" if col in ("split", "rejected (first failing filter)") else "right")
-    for split, r in [*report["splits"].items(), ("total", report["total"])]:
-        if not r["asked"]:
-            continue
-        rejected = ", ".join(f"{k} {v}" for k, v in r["rejected"].items()) or "-"
+    for col in ("split", "asked", "replies", "parsed", "kept", "surface AUROC"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    rows = [(split, r) for split, r in [*report["splits"].items(), ("total", report["total"])] if r["asked"]]
+    for split, r in rows:
         audit = r.get("shortcut_audit") or {}
         auroc = "-" if audit.get("auroc") is None else f"{audit['auroc']:.2f}"
-        table.add_row(split, str(r["asked"]), str(r["replies"]), str(r["parsed"]), str(r["kept"]), rejected, auroc)
+        table.add_row(split, str(r["asked"]), str(r["replies"]), str(r["parsed"]), str(r["kept"]), auroc)
     out.print(table, markup=False)
+    for split, r in rows[:-1]:
+        rejected = ", ".join(f"{k} {v}" for k, v in r["rejected"].items()) or "none"
+        out.print(f"{split} rejected: {rejected}", markup=False)
 
 
 def register(pairs_app: typer.Typer) -> None:

@@ -135,8 +135,9 @@ def _journal(plan: Plan) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     if header.get("identity") != mine:
         theirs = header.get("identity") or {}
         diff = [k for k in mine if theirs.get(k) != mine[k]] or ["format"]
+        shown = [k if k == "spec" else f"{k} {theirs.get(k)!r} there, {mine[k]!r} here" for k in diff[:3]]
         raise ConfigError(
-            f"{path} was written with other settings ({', '.join(diff)} differ); rerun with the same spec and "
+            f"{path} was written with other settings ({'; '.join(shown)}); rerun with the same spec and "
             "options, or pass --overwrite to start over"
         )
     return header, [r for r in rows[1:] if r.get("kind") == "reply"]
