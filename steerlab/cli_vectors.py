@@ -99,12 +99,17 @@ def print_report(report: dict[str, Any]) -> None:
         f"{vec['concept']} vector {vec['file']} on {pairs['file']} ({pairs['n_pairs']['all']} pairs: {counts}; "
         f"concept {', '.join(pairs['concepts'])}; locus {report['locus']})"
     )
-    table = Table(title=escape(title))
-    for label in ("layer", "AUROC", "TPR@5%FPR", "paired acc", *(f"{s} AUROC" for s in splits if len(splits) > 1)):
-        table.add_column(label, justify="right")
     n_ctrl = group["controls"]["n"]
+    caption = "AUROC, TPR at 5% FPR, paired accuracy: all pairs"
+    if len(splits) > 1:
+        caption += f"; {', '.join(splits)}: AUROC per split"
     if n_ctrl:
-        table.add_column(escape(f"controls AUROC mean [min, max] (n={n_ctrl})"), justify="right")
+        caption += f"; controls: AUROC mean [min,max] of {n_ctrl} random controls"
+    table = Table(title=escape(title), caption=escape(caption))
+    short = {"keyword_hard": "kw_hard"}
+    labels = ["layer", "AUROC", "TPR@5%", "paired", *(short.get(s, s) for s in splits if len(splits) > 1)]
+    for label in labels + (["controls"] if n_ctrl else []):
+        table.add_column(label, justify="right", no_wrap=True)
     selected = set(report["selected_layers"])
     for i, layer in enumerate(report["layers"]):
         row = [f"*{layer}" if layer in selected else str(layer)]
@@ -112,7 +117,7 @@ def print_report(report: dict[str, Any]) -> None:
         row += [f"{splits[s]['vector']['auroc'][i]:.3f}" for s in splits if len(splits) > 1]
         if n_ctrl:
             c = group["controls"]
-            row.append(escape(f"{c['auroc_mean'][i]:.3f} [{c['auroc_min'][i]:.3f}, {c['auroc_max'][i]:.3f}]"))
+            row.append(escape(f"{c['auroc_mean'][i]:.3f} [{c['auroc_min'][i]:.3f},{c['auroc_max'][i]:.3f}]"))
         table.add_row(*row)
     out.print(table)
     s = report["summary"]
