@@ -69,6 +69,14 @@ FoldSeed = Annotated[int, typer.Option(help="Seed of the fold split.")]
 Select = Annotated[str, typer.Option(help="Layer selection: top-k, band or list.")]
 TopK = Annotated[int, typer.Option(help="Layers chosen by top-k or band.")]
 SelectLayers = Annotated[str | None, typer.Option(help="Layers for --select list, e.g. 12,13,14.")]
+RankBy = Annotated[str, typer.Option(
+    help="Rank layers by cv_dprime (train CV standardised gap; keeps its resolution when AUROC saturates) "
+    "or cv_auroc.")]  # fmt: skip
+CandidateLayers = Annotated[str, typer.Option(
+    help="Layers top-k/band may choose: middle (default: leaves out the first and last fifth of the model's "
+    "layers), all, or a list like 6-23.")]  # fmt: skip
+OrthogonalizeAgainst = Annotated[Path | None, typer.Option(
+    help="Another concept's vector file: fit in the complement of its direction at each layer.")]  # fmt: skip
 Controls = Annotated[int, typer.Option(help="Norm-matched random controls per vector.")]
 # Options of every command that generates: declared once.
 BackendKind = Annotated[str, typer.Option("--backend", help="hf (transformers), vllm, or anthropic (no steering).")]
@@ -239,6 +247,9 @@ def extract(
     select: Select = "top-k",
     k: TopK = 3,
     select_layers: SelectLayers = None,
+    rank_by: RankBy = "cv_dprime",
+    candidate_layers: CandidateLayers = "middle",
+    orthogonalize_against: OrthogonalizeAgainst = None,
     controls: Controls = 5,
     control_seed: ControlSeed = 1000,
     overwrite_vectors: bool = typer.Option(False, help="Replace existing vector files."),
@@ -255,7 +266,11 @@ def extract(
     from steerlab.pairs import load_pairs
 
     layer_list = parse_layers(layers)
-    settings = _fit_settings(method, c, folds, seed, select, k, select_layers, controls, control_seed, device)
+    settings = _fit_settings(
+        method=method, c=c, folds=folds, seed=seed, select=select, k=k, select_layers=select_layers,
+        rank_by=rank_by, candidate_layers=candidate_layers, orthogonalize_against=orthogonalize_against,
+        controls=controls, control_seed=control_seed, device=device,
+    )  # fmt: skip
     pair_list = load_pairs(pairs)
     pair_hash = file_hash(pairs)
     expect = {"locus": locus.value, "dtype": cache_dtype, "pair_file_hash": pair_hash}
@@ -296,14 +311,10 @@ def extract(
 # ----------------------------------------------------------------------------- fit
 
 
-def _fit_settings(method, c, folds, seed, select, k, select_layers, controls, control_seed, device):
+def _fit_settings(select_layers: str | None, **settings):
     from steerlab.directions import FitSettings
 
-    return FitSettings(
-        method=method, c=c, folds=folds, seed=seed, select=select, k=k,
-        select_layers=parse_layers(select_layers, option="--select-layers"), controls=controls,
-        control_seed=control_seed, device=device,
-    ).check()  # fmt: skip
+    return FitSettings(select_layers=parse_layers(select_layers, option="--select-layers"), **settings).check()
 
 
 def _fit_and_report(cache_path, settings, vectors_dir, name, concept, overwrite) -> None:
@@ -315,6 +326,10 @@ def _fit_and_report(cache_path, settings, vectors_dir, name, concept, overwrite)
     target = Path(vectors_dir) / concept / f"{name or model_tag(cache.meta['model_source'])}.safetensors"
     bundle, path = fit_cache(cache_path, settings, target, concept=concept, overwrite=overwrite)
     print_diagnostics(bundle.meta)
+    print_selectivity(bundle.meta, bundle.meta["selectivity"])
+    if "orthogonalized_against" in bundle.meta:
+        against = bundle.meta["orthogonalized_against"]
+        out.print(f"fitted orthogonal to {against['concept']} ({against['file']}, sha256 {against['file_hash']})")
     out.print(f"wrote {path} (+ .diagnostics.json, .diagnostics.png)")
 
 
@@ -324,7 +339,8 @@ def print_diagnostics(meta: dict) -> None:
 
     per_layer = meta["diagnostics"]["per_layer"]
     selected = set(meta["selected_layers"])
-    columns = [("cv_auroc", "CV AUROC"), ("val_auroc", "val AUROC"), ("keyword_hard_auroc", "kw-hard AUROC"),
+    columns = [("cv_auroc", "CV AUROC"), ("cv_dprime", "CV d'"), ("val_auroc", "val AUROC"),
+               ("keyword_hard_auroc", "kw-hard AUROC"),
                ("val_tpr_at_5fpr", "val TPR@5%"), ("val_paired_accuracy", "val paired acc"),
                ("vector_norm", "|v|"), ("token_norm", "mean |h_t|")]  # fmt: skip
     columns = [(key, label) for key, label in columns if key in per_layer]
@@ -336,9 +352,7 @@ def print_diagnostics(meta: dict) -> None:
         mark = f"*{layer}" if layer in selected else str(layer)
         table.add_row(mark, *(f"{per_layer[key][i]:.3f}" for key, _ in columns))
     out.print(table)
-    rule = meta["selection"]
-    k = f" (k={rule['k']})" if "k" in rule else ""
-    out.print(f"selected layers {meta['selected_layers']} (marked *) by {rule['name']}{k}")
+    out.print(selection_text(meta), markup=False)
     ctrl = meta["controls"]["diagnostics"]
     if ctrl:
         idx = [meta["layers"].index(layer) for layer in meta["selected_layers"]]
@@ -348,6 +362,61 @@ def print_diagnostics(meta: dict) -> None:
             f"{len(ctrl)} random controls, val AUROC at the selected layers: mean {vals.mean():.3f} "
             f"(min {vals.min():.3f}, max {vals.max():.3f}); the real vector: {real:.3f}"
         )
+
+
+def selection_text(meta: dict) -> str:
+    """How the layers were chosen: the rule, the criterion, the candidates, and each chosen layer's rank."""
+    rule = meta["selection"]
+    text = f"selected layers {meta['selected_layers']} (marked *) by {rule['name']}"
+    if "k" in rule:
+        text += f" (k={rule['k']})"
+    if "rank_by" in rule:  # files fitted before the criterion was recorded lack these
+        cands = rule["candidates"]
+        span = f"{cands[0]}-{cands[-1]}" if cands == list(range(cands[0], cands[-1] + 1)) else str(cands)
+        chosen = ", ".join(
+            f"{c['layer']} (rank {c['rank']}, d' {c['cv_dprime']:.2f}, AUROC {c['cv_auroc']:.3f})"
+            for c in rule["chosen"]
+        )
+        text += f", ranked by {rule['by']}, among layers {span} ({rule['candidates_from']}): {chosen}"
+    elif "by" in rule:
+        text += f", ranked by {rule['by']}"
+    return text
+
+
+def print_selectivity(meta: dict, entries: list[dict], full: bool = False) -> None:
+    """Each other concept's cosine and cross-concept AUROCs: at the selected layers, or (``full``) per layer."""
+    from steerlab.selectivity import at_layers
+
+    layers, selected = meta["layers"], meta["selected_layers"]
+    if not entries:
+        out.print("selectivity: no other concept's vector file for this model, locus and layers beside this one")
+    for entry in entries:
+        parts = [f"cos {at_layers(entry, layers, selected, 'cosine'):.3f}"]
+        if entry.get("control_abs_cosine"):
+            parts.append(f"controls' |cos| {at_layers(entry, layers, selected, 'control_abs_cosine'):.3f}")
+        if entry.get("auroc_on_other_val") is not None:
+            parts.append(f"AUROC on its val {at_layers(entry, layers, selected, 'auroc_on_other_val'):.3f}")
+        else:
+            parts.append(f"AUROC on its val n/a ({entry.get('auroc_on_other_val_missing')})")
+        if entry.get("other_auroc_on_this_val") is not None:
+            parts.append(f"its AUROC on this val {at_layers(entry, layers, selected, 'other_auroc_on_this_val'):.3f}")
+        head = f"selectivity vs {entry['concept']} ({entry['file']}), mean at the selected layers: "
+        tail = " (selective: cos near the controls', AUROCs near 0.5)"
+        out.print(head + "; ".join(parts) + tail, markup=False)
+        if not full:
+            continue
+        table = Table(title=f"selectivity vs {entry['concept']}")
+        cols = [("cosine", "cos"), ("control_abs_cosine", "controls' |cos|"),
+                ("auroc_on_other_val", "AUROC on its val"),
+                ("other_auroc_on_this_val", "its AUROC on this val")]  # fmt: skip
+        cols = [(key, label) for key, label in cols if entry.get(key) is not None]
+        table.add_column("layer", justify="right")
+        for _, label in cols:
+            table.add_column(label, justify="right")
+        for i, layer in enumerate(layers):
+            mark = f"*{layer}" if layer in selected else str(layer)
+            table.add_row(mark, *(f"{entry[key][i]:.3f}" for key, _ in cols))
+        out.print(table)
 
 
 @app.command("fit")
@@ -363,13 +432,20 @@ def fit_command(
     select: Select = "top-k",
     k: TopK = 3,
     select_layers: SelectLayers = None,
+    rank_by: RankBy = "cv_dprime",
+    candidate_layers: CandidateLayers = "middle",
+    orthogonalize_against: OrthogonalizeAgainst = None,
     controls: Controls = 5,
     control_seed: ControlSeed = 1000,
     device: str = typer.Option("auto", help="Where to fit: auto (cuda if available), cpu, cuda."),
     overwrite: bool = typer.Option(False, help="Replace existing vector files."),
 ) -> None:
     """Fit one direction per layer from a cache, with CV diagnostics, layer selection and random controls."""
-    settings = _fit_settings(method, c, folds, seed, select, k, select_layers, controls, control_seed, device)
+    settings = _fit_settings(
+        method=method, c=c, folds=folds, seed=seed, select=select, k=k, select_layers=select_layers,
+        rank_by=rank_by, candidate_layers=candidate_layers, orthogonalize_against=orthogonalize_against,
+        controls=controls, control_seed=control_seed, device=device,
+    )  # fmt: skip
     _fit_and_report(cache, settings, vectors_dir, name, concept, overwrite)
 
 
@@ -548,7 +624,13 @@ def vectors_inspect(
     fp = meta["model"]
     out.print(f"model: {fp['architecture']}, {fp['n_layers']} layers x {fp['d_model']} (config {fp['config_hash']})")
     out.print(f"controls: {meta['controls']['n']} (seeds {meta['controls']['seeds']})")
+    if "orthogonalized_against" in meta:
+        out.print(f"orthogonalized against: {meta['orthogonalized_against']}")
     print_diagnostics(meta)
+    from steerlab.selectivity import selectivity
+
+    # computed now, against the sibling files as they are (the header holds those present at fit time)
+    print_selectivity(meta, selectivity(file, meta, bundle.vector.directions), full=True)
 
 
 @model_app.command("info")

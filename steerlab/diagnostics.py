@@ -21,7 +21,9 @@ Every score is a projection of raw activations onto the unit-norm direction. For
   activation (never larger, by the triangle inequality: averaging cancels what tokens do not share).
 
 Layer selection (:func:`select_layers`) reads train-only numbers (:class:`TrainScores`: the CV
-columns), never ``val`` or ``keyword_hard``, and never downstream behaviour.
+columns), never ``val`` or ``keyword_hard``, and never downstream behaviour. It ranks by ``cv_dprime``
+by default (AUROC saturates at 1 on easy pair sets and then cannot order layers) and chooses among
+candidate layers, by default the model's middle (:func:`default_candidates`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ VALIDATION_SPLITS = ("val", "keyword_hard")
 TRAIN_COLUMNS = ("cv_auroc", "cv_auroc_sd", "cv_dprime")  # all that layer selection may read
 MIN_FOLD_PAIRS = 10
 SELECT_RULES = ("top-k", "band", "list")
+RANK_BY = ("cv_dprime", "cv_auroc")
 
 
 def pair_folds(n_pairs: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -237,21 +240,45 @@ def diagnose(
     return Diagnostics(layers=list(layers), directions=directions, per_layer=per_layer, settings=settings)
 
 
-def select_layers(scores: TrainScores, rule: str = "top-k", k: int = 3, explicit: list[int] | None = None) -> dict:
+def default_candidates(n_layers: int) -> list[int]:
+    """The layers selection may choose by default: the model's middle, leaving out the first and last
+    fifth of its blocks (floor(n/5) each side: 6..23 of 30, 16..63 of 80, 25..100 of 126; all layers
+    of a model with fewer than 5). Early layers are nearly lexical (a probe there reads the words), and
+    the last ones write the output; the paper steers at mid depth."""
+    edge = n_layers // 5
+    return list(range(edge, n_layers - edge))
+
+
+def select_layers(
+    scores: TrainScores,
+    rule: str = "top-k",
+    k: int = 3,
+    explicit: list[int] | None = None,
+    rank_by: str = "cv_dprime",
+    candidates: list[int] | None = None,
+    candidates_from: str = "all cached layers",
+) -> dict:
     """Choose steering layers from train-only scores; returns ``{"layers": [...], "rule": {...}}``.
 
-    Layers are ranked by CV AUROC; ties (to 6 decimals) go to the larger CV d', then the smaller
-    fold spread, then the lower layer. ``val`` and ``keyword_hard`` never reach this function:
-    it takes :class:`TrainScores` (``Diagnostics.train_scores()``), nothing else.
+    Layers are ranked by ``rank_by`` (default ``cv_dprime``, the cross-validated standardised gap:
+    mean positive-minus-negative projection over the pooled s.d., which keeps its resolution when the
+    AUROC saturates at 1; or ``cv_auroc``), ties (to 6 decimals) going to the other of the two, then
+    the smaller fold spread, then the lower layer. Only ``candidates`` (default: every cached layer)
+    may be chosen. ``val`` and ``keyword_hard`` never reach this function: it takes
+    :class:`TrainScores` (``Diagnostics.train_scores()``), nothing else.
 
-    - ``top-k``: the k best-ranked layers;
-    - ``band``: k contiguous layers centred on the best-ranked one (shifted to fit inside the model);
-    - ``list``: exactly ``explicit``.
+    - ``top-k``: the k best-ranked candidates;
+    - ``band``: k contiguous candidates centred on the best-ranked one (shifted to fit);
+    - ``list``: exactly ``explicit`` (candidates and ranking do not apply).
+
+    The rule records the criterion, the candidates and, for each chosen layer, its rank and scores.
     """
     if not isinstance(scores, TrainScores):
         raise TypeError(f"select_layers takes TrainScores (train-only columns), not {type(scores).__name__}")
     if rule not in SELECT_RULES:
         raise ConfigError(f"unknown selection rule {rule!r}; use one of {', '.join(SELECT_RULES)}")
+    if rank_by not in RANK_BY:
+        raise ConfigError(f"unknown ranking {rank_by!r}; use one of {', '.join(RANK_BY)}")
     cached = list(scores.layers)
     if rule == "list":
         if not explicit:
@@ -260,19 +287,45 @@ def select_layers(scores: TrainScores, rule: str = "top-k", k: int = 3, explicit
         if missing:
             raise ConfigError(f"layer(s) {missing} out of range: the cache holds layers {cached[0]}..{cached[-1]}")
         return {"layers": sorted(set(explicit)), "rule": {"name": "list", "layers": sorted(set(explicit))}}
-    if not 1 <= k <= len(cached):
-        raise ConfigError(f"--k {k} must be between 1 and the {len(cached)} cached layers")
+    pool = [i for i, layer in enumerate(cached) if candidates is None or layer in set(candidates)]
+    if not pool:
+        raise ConfigError(
+            f"no cached layer is a candidate: the cache holds layers {_span(cached)}, the candidates are "
+            f"{_span(candidates or [])} ({candidates_from}); pass --candidate-layers all or a range the cache holds"
+        )
+    if not 1 <= k <= len(pool):
+        raise ConfigError(f"--k {k} must be between 1 and the {len(pool)} candidate layers ({candidates_from})")
     cv, dprime, spread = scores.cv_auroc, scores.cv_dprime, scores.cv_auroc_sd
+    primary, secondary = (dprime, cv) if rank_by == "cv_dprime" else (cv, dprime)
+    other = "cv_auroc" if rank_by == "cv_dprime" else "cv_dprime"
     order = sorted(
-        range(len(cached)), key=lambda i: (-round(cv[i], 6), -round(dprime[i], 6), round(spread[i], 6), cached[i])
+        pool, key=lambda i: (-round(primary[i], 6), -round(secondary[i], 6), round(spread[i], 6), cached[i])
     )
     if rule == "top-k":
-        chosen = sorted(cached[i] for i in order[:k])
+        chosen = sorted(order[:k])
     else:
-        peak = order[0]
-        start = min(max(0, peak - (k - 1) // 2), len(cached) - k)
-        chosen = cached[start : start + k]
+        peak = pool.index(order[0])
+        start = min(max(0, peak - (k - 1) // 2), len(pool) - k)
+        chosen = pool[start : start + k]
+    rank = {i: r + 1 for r, i in enumerate(order)}
     return {
-        "layers": chosen,
-        "rule": {"name": rule, "k": k, "by": "cv_auroc; ties by cv_dprime, then cv_auroc_sd, then layer (train only)"},
+        "layers": [cached[i] for i in chosen],
+        "rule": {
+            "name": rule,
+            "k": k,
+            "rank_by": rank_by,
+            "by": f"{rank_by}; ties by {other}, then cv_auroc_sd, then layer (train only)",
+            "candidates": [cached[i] for i in pool],
+            "candidates_from": candidates_from,
+            "chosen": [
+                {"layer": cached[i], "rank": rank[i], "cv_dprime": float(dprime[i]), "cv_auroc": float(cv[i])}
+                for i in chosen
+            ],
+        },
     }
+
+
+def _span(layers: list[int]) -> str:
+    if layers and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers)) or "none"

@@ -20,11 +20,22 @@ import torch
 import steerlab
 from steerlab import plots
 from steerlab.cache import ActivationCache
-from steerlab.diagnostics import SELECT_RULES, VALIDATION_SPLITS, Diagnostics, diagnose, select_layers, split_metrics
+from steerlab.diagnostics import (
+    RANK_BY,
+    SELECT_RULES,
+    VALIDATION_SPLITS,
+    Diagnostics,
+    default_candidates,
+    diagnose,
+    select_layers,
+    split_metrics,
+)
 from steerlab.errors import CacheError, ConfigError
-from steerlab.fileio import atomic_write_text
+from steerlab.fileio import atomic_write_text, file_hash
 from steerlab.fit import DEFAULT_C, METHODS
+from steerlab.generate import parse_layers
 from steerlab.models import resolve_device
+from steerlab.selectivity import selectivity
 from steerlab.vectors import VectorBundle, control_seeds, controls_from_seeds, degenerate_rows, finite_json
 
 MAX_CONTROLS = 1000  # each control is a full [n_layers, d_model] tensor in the file
@@ -43,6 +54,9 @@ class FitSettings:
     controls: int = 5
     control_seed: int = 1000  # the run seed of the controls; each file's seeds derive from it and the vector's identity
     device: str = "auto"
+    rank_by: str = "cv_dprime"
+    candidate_layers: str = "middle"  # middle (default_candidates), all, or a layer list like 6-23
+    orthogonalize_against: Path | None = None  # another vector file: fit in the complement of its direction
 
     def check(self) -> FitSettings:
         """Refuse settings that would fit nothing or numbers that are not numbers, before any data is read."""
@@ -60,7 +74,21 @@ class FitSettings:
             raise ConfigError(f"--k {self.k} must be 1 or more")
         if not 0 <= self.controls <= MAX_CONTROLS:
             raise ConfigError(f"--controls {self.controls} must lie in 0..{MAX_CONTROLS}")
+        if self.rank_by not in RANK_BY:
+            raise ConfigError(f"unknown --rank-by {self.rank_by!r}; use one of {', '.join(RANK_BY)}")
+        if self.candidate_layers not in ("middle", "all"):
+            parse_layers(self.candidate_layers, option="--candidate-layers")
+        if self.orthogonalize_against is not None and not Path(self.orthogonalize_against).is_file():
+            raise ConfigError(f"--orthogonalize-against {self.orthogonalize_against}: no such vector file")
         return self
+
+    def candidates(self, n_layers: int) -> tuple[list[int], str]:
+        """The layers selection may choose from, and how they were set."""
+        if self.candidate_layers == "middle":
+            return default_candidates(n_layers), f"default: the middle of the model's {n_layers} layers"
+        if self.candidate_layers == "all":
+            return list(range(n_layers)), "all layers"
+        return parse_layers(self.candidate_layers, n_layers, "--candidate-layers"), "--candidate-layers"
 
 
 def model_tag(source: str) -> str:
@@ -153,6 +181,11 @@ def fit_cache(
     settings.check()
     cache = ActivationCache.open(cache_path)
     concept, splits = load_splits(cache, concept, settings.device)
+    raw_val = splits["val"]
+    against = None
+    if settings.orthogonalize_against is not None:
+        against = orthogonal_basis(settings.orthogonalize_against, cache, concept)
+        splits = {split: project_out(data, against["unit"]) for split, data in splits.items()}
     token_norms = cache.load_token_norms("train", concept=concept)  # [n_train, 2, L]
     diag = diagnose(
         splits,
@@ -163,6 +196,9 @@ def fit_cache(
         seed=settings.seed,
         token_norms=token_norms,
     )
+    if against is not None:  # the fit saw only the complement; remove what feature scaling put back
+        diag.directions = project_out(diag.directions, against["unit"])
+        diag.per_layer["vector_norm"] = diag.directions.norm(dim=-1).double().cpu().tolist()
     bad = degenerate_rows(diag.directions)
     if bad:
         (row,), what = bad[0]
@@ -171,20 +207,55 @@ def fit_cache(
             + (f" (with --C {settings.c})" if settings.method == "logistic" else "")
             + "; nothing written. Check the cache's activations at that layer, or try another --C or --method"
         )
-    selection = select_layers(diag.train_scores(), settings.select, settings.k, settings.select_layers)
+    candidates, candidates_from = settings.candidates(cache.meta["model"]["n_layers"])
+    selection = select_layers(
+        diag.train_scores(), settings.select, settings.k, settings.select_layers,
+        rank_by=settings.rank_by, candidates=candidates, candidates_from=candidates_from,
+    )  # fmt: skip
     identity = control_identity(cache, concept, settings)
+    if against is not None:
+        identity["orthogonalized_against"] = against["record"]["file_hash"]
     seeds = control_seeds(settings.control_seed, identity, settings.controls)
     controls = controls_from_seeds(diag.directions.cpu(), seeds)
     ctrl_diag = control_diagnostics(controls, splits)
     meta = bundle_meta(cache, concept, settings, diag, selection, ctrl_diag, identity, seeds)
+    if against is not None:
+        meta["orthogonalized_against"] = against["record"]
+    meta["selectivity"] = selectivity(out, meta, diag.directions.cpu(), raw_val.cpu())
     bundle = VectorBundle.build(diag.directions.cpu(), controls, meta)
     bundle.save(out)
-    report = {k: meta[k] for k in ("concept", "method", "locus", "layers", "selected_layers", "selection")}
+    keys = ("concept", "method", "locus", "layers", "selected_layers", "selection", "selectivity")
+    report = {k: meta[k] for k in keys}
+    if "orthogonalized_against" in meta:
+        report["orthogonalized_against"] = meta["orthogonalized_against"]
     report.update(diagnostics=meta["diagnostics"], controls=meta["controls"], model=meta["model"])
     report_text = json.dumps(finite_json(report), indent=1, sort_keys=True, allow_nan=False)  # NaN -> null
     atomic_write_text(out.with_suffix(".diagnostics.json"), report_text + "\n")
     draw(meta, out.with_suffix(".diagnostics.png"))
     return bundle, out
+
+
+def orthogonal_basis(path: Path, cache: ActivationCache, concept: str) -> dict[str, Any]:
+    """The unit directions ``[L, D]`` of another vector file at the cache's layers, to project out."""
+    other = VectorBundle.load(path)
+    om = other.meta
+    if om["model"] != cache.meta["model"]:
+        raise ConfigError(f"--orthogonalize-against {path} was fitted on another model than {cache.path} holds")
+    if om.get("concept") == concept:
+        raise ConfigError(f"--orthogonalize-against {path} is a {concept!r} vector itself; name another concept's")
+    missing = [layer for layer in cache.layers if layer not in om["layers"]]
+    if missing:
+        raise ConfigError(f"--orthogonalize-against {path} has no direction at layer(s) {missing}; refit it there")
+    rows = torch.stack([other.vector.at(layer) for layer in cache.layers])
+    unit = rows / rows.norm(dim=-1, keepdim=True)
+    record = {"file": str(path), "file_hash": file_hash(path), "concept": om.get("concept")}
+    return {"unit": unit, "record": record}
+
+
+def project_out(x: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """Remove the component along ``unit`` ``[L, D]`` from ``x`` ``[..., L, D]`` at each layer."""
+    unit = unit.to(device=x.device, dtype=x.dtype)
+    return x - (x * unit).sum(-1, keepdim=True) * unit
 
 
 def bundle_meta(
@@ -245,4 +316,17 @@ def draw(meta: dict[str, Any], path: Path) -> Path:
     if "token_norm" in per_layer:
         norms["mean per-token |h_t| (token_norm)"] = per_layer["token_norm"]
     norms["|locus-mean h| (pooled_norm)"] = per_layer["pooled_norm"]
-    return plots.layer_diagnostics(meta["layers"], curves, norms, meta["selected_layers"], band, title, path)
+    panels = {}
+    for entry in meta.get("selectivity", []):
+        other = entry["concept"]
+        curves_ = {f"cos(v, {other})": entry["cosine"]}
+        if entry.get("control_abs_cosine"):
+            curves_[f"|cos(v, {other}'s controls)|"] = entry["control_abs_cosine"]
+        if entry.get("auroc_on_other_val"):
+            curves_[f"AUROC on {other} val"] = entry["auroc_on_other_val"]
+        if entry.get("other_auroc_on_this_val"):
+            curves_[f"{other} vector's AUROC on this val"] = entry["other_auroc_on_this_val"]
+        panels[other] = curves_
+    return plots.layer_diagnostics(
+        meta["layers"], curves, norms, meta["selected_layers"], band, title, path, selectivity=panels
+    )

@@ -20,12 +20,27 @@ def layer_diagnostics(
     control_band: tuple[list[float], list[float]] | None,
     title: str,
     path: Path,
+    selectivity: dict[str, dict[str, list[float]]] | None = None,
 ) -> Path:
-    """AUROC curves by layer (top) and vector / residual norms by layer (bottom), selected layers marked.
+    """AUROC curves by layer (top), vector / residual norms by layer (middle) and, when given, one
+    selectivity panel per other concept (cosine with its vector, cross-concept AUROCs), selected layers
+    marked.
 
     ``control_band`` is (min, max) of the random controls' validation AUROC per layer.
     """
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=[3, 2])
+    selectivity = selectivity or {}
+    rows = 2 + len(selectivity)
+    fig, axes = plt.subplots(
+        rows, 1, figsize=(8, 6 + 2.5 * len(selectivity)), sharex=True, height_ratios=[3, 2] + [2] * len(selectivity)
+    )
+    top, bottom = axes[0], axes[1]
+    for ax, (other, curves_) in zip(axes[2:], selectivity.items(), strict=True):
+        for label, values in curves_.items():
+            ax.plot(layers, values, marker="o", markersize=3, label=label)
+        ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_ylabel(f"vs {other}", fontsize=8)
+        ax.legend(loc="best", fontsize=7, framealpha=0.6)
     for label, values in curves.items():
         top.plot(layers, values, marker="o", markersize=3, label=label)
     if control_band is not None:
@@ -40,9 +55,9 @@ def layer_diagnostics(
         bottom.plot(layers, values, marker="o", markersize=3, label=label)
     bottom.set_yscale("log")
     bottom.set_ylabel("norm")
-    bottom.set_xlabel("layer")
+    axes[-1].set_xlabel("layer")
     bottom.legend(loc="upper left", fontsize=8)
-    for ax in (top, bottom):
+    for ax in axes:
         for layer in selected:
             ax.axvline(layer, color="tab:red", alpha=0.25, linewidth=3)
     fig.tight_layout()
