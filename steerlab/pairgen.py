@@ -199,6 +199,7 @@ def generate(plan: Plan, backend: Any = None, progress: bool = True) -> dict[str
     with exclusive(out, "pair file"):
         header, rows = _journal(plan)  # read again under the lock
         described = backend_identity(backend.describe()) if hasattr(backend, "describe") else {}
+        described = json.loads(json.dumps(described))  # as the journal holds it
         if header is not None and header.get("backend") != described:
             raise ConfigError(
                 f"{journal_path(out)} was generated with another backend identity ({header.get('backend')}); "

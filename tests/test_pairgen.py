@@ -281,19 +281,32 @@ def test_prompts_are_fixed_by_the_attempt_and_name_the_keyword_rule(tmp_path):
 
 @pytest.mark.integration
 def test_smollm2_writes_through_the_whole_path_and_the_counts_add_up(smollm2, tmp_path):
+    """Two attempts of 48 tokens (a CPU budget: a JSON pair rarely fits, whatever the yield the counts add up)."""
     from steerlab.backends.hf import HFBackend
 
     out = tmp_path / "p.jsonl"
+    settings = GenSettings(model="smollm2", max_attempts=2, max_new_tokens=48, batch_size=2)
     try:
-        report = run_generate("researcher_expectations", out, GenSettings(model="smollm2", max_attempts=4,
-                              max_new_tokens=160, batch_size=4), {"train": 2, "val": 0, "keyword_hard": 0},
-                              backend=HFBackend(smollm2, batch_size=4), progress=False)  # fmt: skip
+        report = run_generate("researcher_expectations", out, settings, {"train": 2, "val": 0, "keyword_hard": 0},
+                              backend=HFBackend(smollm2, batch_size=2), progress=False)  # fmt: skip
     except YieldError as exc:
         report = exc.report
         assert journal_path(out).exists() and not out.exists()
     train = report["splits"]["train"]
-    assert train["asked"] == 2 and train["attempts_allowed"] == 4
+    assert (train["asked"], train["attempts_allowed"], train["replies"]) == (2, 2, 2)
     assert train["replies"] == train["kept"] + sum(train["rejected"].values())
     assert train["parsed"] == train["replies"] - train["rejected"].get("not_json", 0)
-    assert (train["kept"] == 2) == report["complete"] and (train["kept"] == 2 or train["replies"] == 4)
+    assert (train["kept"] == 2) == report["complete"] == out.exists()
     assert json.loads(report_path(out).read_text()) == report
+
+
+def test_the_yield_reports_the_surface_audit_of_the_kept_spans(tmp_path):
+    """Templated spans (every negative has lunch, every positive reviewers): the audit of the kept set sees
+    it, and drops nothing (the per-pair filter is the filter)."""
+    spec = write_spec(tmp_path, train=12, val=0, keyword_hard=0)
+    report = run_generate(str(spec), tmp_path / "p.jsonl", GenSettings(max_attempts=12),
+                          backend=ScriptedBackend(lambda split, k: reply(200 + k)), progress=False)  # fmt: skip
+    audit = report["splits"]["train"]["shortcut_audit"]
+    assert report["splits"]["train"]["kept"] == 12 and audit["auroc"] == pytest.approx(1.0)
+    words = {f["name"]: (f["positive_rate"], f["negative_rate"]) for f in audit["features"] if f["name"] != "len:words"}
+    assert {(0.0, 1.0), (1.0, 0.0)} & set(words.values())  # features found on one side only
