@@ -66,7 +66,8 @@ class SpanAudit:
     auroc: float | None  # mean held-out AUROC over folds; None: too few spans
     auroc_sd: float | None
     folds: int
-    features: list[Feature] = field(default_factory=list)
+    features: list[Feature] = field(default_factory=list)  # the top features of every kind, by |weight|
+    word_features: list[Feature] = field(default_factory=list)  # the top word n-grams (readable), by |weight|
     lengths: dict[str, dict[str, float]] = field(default_factory=dict)  # side name -> words/chars mean, sd
     max_auroc: float | None = None
     sides: tuple[str, str] = ("positive", "negative")  # what the two lists are
@@ -76,8 +77,10 @@ class SpanAudit:
         return self.auroc is not None and self.max_auroc is not None and self.auroc > self.max_auroc
 
     def top(self, k: int = 3) -> str:
-        """The ``k`` most predictive features with their rates on each side, as text."""
-        return ", ".join(show_feature(f) for f in self.features[:k])
+        """The ``k`` most predictive word n-grams (punctuation included) with their rates on each side, as
+        text; led by the length when it is among the ``k`` strongest features of all."""
+        lead = [f for f in self.features[:k] if f.name == "len:words"]
+        return ", ".join(show_feature(f) for f in [*lead, *self.word_features[: k - len(lead)]])
 
     def summary(self, k: int = 3) -> str:
         auroc = "n/a (too few spans)" if self.auroc is None else f"{self.auroc:.2f}"
@@ -194,12 +197,17 @@ def audit_spans(
     pos_rate = np.asarray(present[y == 1].sum(0)).ravel() / len(positive)
     neg_rate = np.asarray(present[y == 0].sum(0)).ravel() / len(negative)
     names = feats.names()
-    for i in np.argsort(-np.abs(coef), kind="stable")[:top_features]:
+
+    def feature(i: int) -> Feature:
         if names[i] == "len:words":
             rates = (lengths[sides[0]]["words_mean"], lengths[sides[1]]["words_mean"])
         else:
             rates = (pos_rate[i], neg_rate[i])
-        audit.features.append(Feature(names[i], float(coef[i]), float(rates[0]), float(rates[1])))
+        return Feature(names[i], float(coef[i]), float(rates[0]), float(rates[1]))
+
+    order = np.argsort(-np.abs(coef), kind="stable")
+    audit.features = [feature(i) for i in order[:top_features]]
+    audit.word_features = [feature(i) for i in order if names[i].startswith("w:")][:top_features]
     return audit
 
 

@@ -29,7 +29,7 @@ app = typer.Typer(
 pairs_app = typer.Typer(no_args_is_help=True, help="Contrastive pair sets: validate and clean.")
 cache_app = typer.Typer(no_args_is_help=True, help="Activation caches: inspect.")
 model_app = typer.Typer(no_args_is_help=True, help="Models: inspect what steerlab sees.")
-vectors_app = typer.Typer(no_args_is_help=True, help="Vector files: inspect.")
+vectors_app = typer.Typer(no_args_is_help=True, help="Vector files: inspect, score on other pairs.")
 
 
 @app.callback()
