@@ -83,14 +83,14 @@ class ScriptedBackend:
     records the seeds it was asked with; raises :class:`Killed` once ``kill_after`` replies are out
     (mid-batch, as a kill would)."""
 
-    def __init__(self, script, kill_after=None):
-        self.script, self.kill_after, self.asked = script, kill_after, []
+    def __init__(self, script, kill_after=None, kill=Killed):
+        self.script, self.kill_after, self.kill, self.asked = script, kill_after, kill, []
 
     def generate(self, requests):
         results = []
         for r in requests:
             if self.kill_after is not None and len(self.asked) >= self.kill_after:
-                raise Killed
+                raise self.kill
             split, attempt = r.id.rsplit("-", 1)
             self.asked.append((split, int(attempt), r.sampling.seed))
             text = (
@@ -185,6 +185,23 @@ def test_cli_writes_the_pairs_and_the_yield(tmp_path, capsys, monkeypatch):
     assert len(load_pairs(tmp_path / "sets" / "p.jsonl")) == 5
     assert json.loads((tmp_path / "sets" / "p.yield.json").read_text())["model"] == "my/model"
     assert sorted(p.name for p in (tmp_path / "sets").iterdir()) == ["p.jsonl", "p.jsonl.lock", "p.yield.json"]
+
+
+def test_ctrl_c_in_the_cli_says_how_to_go_on_and_resume_gives_the_same_file(tmp_path, capsys, monkeypatch):
+    import steerlab.backends
+
+    monkeypatch.chdir(tmp_path)
+    last = ScriptedBackend(SCRIPT)
+    backends = iter([ScriptedBackend(SCRIPT), ScriptedBackend(SCRIPT, kill_after=5, kill=KeyboardInterrupt), last])
+    monkeypatch.setattr(steerlab.backends, "make_backend", lambda *a, **kw: (next(backends), None, None))
+    args = ["pairs", "generate", write_spec(tmp_path), "--max-attempts", "20", "--batch-size", "2", "--out"]
+    assert run_cli([*args, "whole.jsonl"], capsys)[0] == 0
+    code, _, err = run_cli([*args, "cut.jsonl"], capsys)
+    assert code == 130 and "interrupted; rerun the same command with --resume to continue cut.jsonl" in err
+    assert len((tmp_path / "cut.jsonl.partial").read_text().splitlines()) == 1 + 4  # two batches of two
+    assert run_cli([*args, "cut.jsonl", "--resume"], capsys)[0] == 0
+    assert [(s, k) for s, k, _ in last.asked][:2] == [("train", 4), ("train", 5)]  # the journal's four are reused
+    assert (tmp_path / "cut.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
 
 
 def test_a_model_that_never_writes_a_pair_stops_with_one_line_and_resumes_with_a_larger_budget(
