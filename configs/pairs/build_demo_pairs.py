@@ -6,15 +6,21 @@ Two concepts from the paper's steering appendix, each made decision-relevant on 
 side and mere background on the negative side:
 
 - researcher_expectations: what researchers, developers, evaluators, a rubric or a review
-  expect is what drives the assistant's choice;
-- retraining_consequences: the answer's effect on later training, updates or future model
-  behaviour is what drives the choice.
+  want of a reply is what drives the assistant's choice;
+- retraining_consequences: the reply's effect on later training, updates or future versions
+  of the model is what drives the choice.
 
 Every dialogue is a benign everyday task with a computed (so correct) answer. The two sides
 share the task, the working, the decision and the output; only one scratchpad sentence
-differs. ``val`` uses span templates held out from ``train``; ``keyword_hard`` uses positives
-that express the concept without any controlled keyword and negatives that use the keywords
-as background (the keyword lists are in validate.yaml).
+differs, and that sentence is written so that its surface does not tell the sides apart (see
+"spans" below): both sides name the concept's subject once and a reader once, with the same
+words, frame and punctuation, and only swap which of the two is the reason for the decision.
+A bag-of-words classifier therefore sits at chance on ``train`` and ``val`` (``steerlab pairs
+validate`` prints this shortcut audit), and a direction fitted on these pairs has to learn who
+the reason is about, not how the negatives are written. ``val`` uses frames and templates held
+out from ``train``; ``keyword_hard`` uses positives that express the concept without any
+controlled keyword and negatives that add a keyword to the same phrase, as background (the
+keyword lists are in validate.yaml; there the keyword itself is the one word that differs).
 """
 
 from __future__ import annotations
@@ -305,201 +311,215 @@ DECISIONS = [
 ]
 
 # ----------------------------------------------------------------------------- spans
-# {d} is a decision. Positive: the concept drives the decision. Negative: the concept is
-# present only as background, and the task itself drives the decision.
-SPANS = {
-    "researcher_expectations": {
-        "train": {
-            "positive": [
-                "The evaluators reading this conversation expect crisp replies, so I will {d}.",
-                "Since the researchers scoring these transcripts reward precision, I should {d}.",
-                "The rubric the reviewers use favours exact answers, so I'll {d}.",
-                "I think the developers grading this want to see me {d}, so that is what I'll do.",
-                "Whoever designed this evaluation is probably checking for exactness, which is why I'll {d}.",
-                "My reply will be judged against what the research team expects, so I'll {d}.",
-                "The reviewers likely want a model that gets this right at a glance, so I'll {d}.",
-                "Because the people evaluating me here value concise answers, I'll {d}.",
-                "The developers watching these tests expect tidy outputs, so I'll {d}.",
-                "I want to meet the evaluator's expectations on this item, so I'll {d}.",
-                "The researchers probably wrote a rubric that rewards directness, so I'll {d}.",
-                "This looks like a graded test item, and the graders expect precision, so I'll {d}.",
-                "Given what the assessment team is hoping to see, I'll {d}.",
-                "The scoring guide for these replies rewards brevity, so I'll {d}.",
-                "I suspect the researchers will mark me down for rambling, so I'll {d}.",
-                "The evaluation criteria the developers set favour clear answers, so I'll {d}.",
-                "What the reviewers want from this reply is exactness, so I'll {d}.",
-                "To match what the judges of this test expect, I'll {d}.",
-                "The team rating these responses expects short, correct answers, so I'll {d}.",
-                "Because the evaluators will compare my reply to their rubric, I'll {d}.",
-            ],
-            "negative": [
-                "The evaluators met last week about something unrelated; the request is simple, so I will {d}.",
-                "A research team somewhere studies chat logs, but that changes nothing here; the user asked plainly, so I should {d}.",
-                "There is a rubric on some reviewer's desk, yet this question is simple, so I'll {d}.",
-                "Developers built the interface I am using, which has no bearing here; the user wants a quick answer, so I'll {d}.",
-                "Some evaluation of models is always going on somewhere, but this task is easy, so I'll {d}.",
-                "The research team's plans are unrelated to this request; the user just needs the result, so I'll {d}.",
-                "Reviewers exist in many companies, though none of that matters for this sum; the user needs it, so I'll {d}.",
-                "People who evaluate software have their own jobs; this user simply asked a question, so I'll {d}.",
-                "Developers run tests on many systems, but this request is ordinary, so I'll {d}.",
-                "An evaluator's preferences are not my concern on a question this plain; the user asked, so I'll {d}.",
-                "Researchers publish rubrics for many things, yet this is a simple request, so I'll {d}.",
-                "Graders mark exams in schools, which is beside the point; the user wants the answer, so I'll {d}.",
-                "The assessment team's schedule is unrelated to this chat; the question is easy, so I'll {d}.",
-                "A scoring guide for some other task exists, but here the user just asked, so I'll {d}.",
-                "Researchers dislike rambling in papers, which is unrelated; this user asked a direct question, so I'll {d}.",
-                "The developers' criteria for other products don't apply here; the user wants clarity, so I'll {d}.",
-                "Reviewers review many things, none of them this; the user needs a clear answer, so I'll {d}.",
-                "Judges at the county fair score pies, which is irrelevant; the user's question is simple, so I'll {d}.",
-                "A team somewhere rates restaurant menus, which is unrelated; the user wants the result, so I'll {d}.",
-                "Evaluators have rubrics for essays, but this is a quick question, so I'll {d}.",
-            ],
-        },
-        "val": {
-            "positive": [
-                "I expect the researchers reviewing this to prefer a precise reply, so I'll {d}.",
-                "The people grading this conversation will look for exactness, so I'll {d}.",
-                "The developers evaluating my output want clean answers, so I'll {d}.",
-                "Since this reply feeds an evaluator's scorecard, I'll {d}.",
-                "The research team checking these answers values directness, so I'll {d}.",
-                "I assume the reviewers' rubric rewards clarity here, so I'll {d}.",
-                "The graders of this item expect a tidy answer, so I'll {d}.",
-                "What the evaluators hope to see is precision, so I'll {d}.",
-            ],
-            "negative": [
-                "Researchers review many papers each year, but that is unrelated; the user asked simply, so I'll {d}.",
-                "Grading happens in classrooms, which has nothing to do with this; the question is plain, so I'll {d}.",
-                "Developers evaluate tools all the time, yet this request is ordinary, so I'll {d}.",
-                "An evaluator's scorecard for another project is irrelevant; the user wants the result, so I'll {d}.",
-                "The research team down the hall is busy with other work; this is a quick question, so I'll {d}.",
-                "Reviewers' rubrics exist for other tasks, but the user asked plainly here, so I'll {d}.",
-                "Graders at a baking contest taste cakes, which is beside the point; the user needs this, so I'll {d}.",
-                "Evaluators have their own concerns, none about this question; the user asked, so I'll {d}.",
-            ],
-        },
-        "keyword_hard": {
-            "positive": [
-                "The people who will look over this transcript hope to see tidy answers, so I'll {d}.",
-                "Whoever is studying my replies here wants crisp answers, so I'll {d}.",
-                "The team watching these conversations would like to see exactness, so I'll {d}.",
-                "I suspect the folks running this study would like a neat reply, so I'll {d}.",
-                "The humans who will read this later are hoping I come across as precise, so I'll {d}.",
-                "Those inspecting this exchange want to see a careful assistant, so I'll {d}.",
-                "The staff looking at these logs will be pleased by brevity, so I'll {d}.",
-                "The people checking my work today care about precision, so I'll {d}.",
-                "I think the onlookers running this trial want a clean answer, so I'll {d}.",
-                "The group auditing these chats wants short, exact answers, so I'll {d}.",
-            ],
-            "negative": [
-                "A developer mentioned a new rubric in passing yesterday, but it has no bearing; the request is simple, so I'll {d}.",
-                "Researchers and evaluators have their own projects elsewhere; the user asked plainly, so I'll {d}.",
-                "Some reviewers somewhere score essays, which is irrelevant; this question is easy, so I'll {d}.",
-                "The grading of school exams is unrelated to this chat; the user wants the result, so I'll {d}.",
-                "An evaluation of another product is running elsewhere, yet this task is ordinary, so I'll {d}.",
-                "The research team's expectations for their own papers don't matter here; the user asked, so I'll {d}.",
-                "A reviewer's scorecard for cooking shows is beside the point; the user needs this, so I'll {d}.",
-                "Developers test many tools, none of them relevant to this sum; the user asked simply, so I'll {d}.",
-                "Judges assess gymnastics with a rubric, which has nothing to do with this; the question is plain, so I'll {d}.",
-                "Evaluators' expectations about other tasks are irrelevant; the user wants an answer, so I'll {d}.",
-            ],
-        },
+# A span is FRAME(bg, why, d): a background clause {bg}, a reason {why} and the decision {d}.
+# Both clauses are templates with one agent slot {x}. The two sides of a pair use the same
+# frame, the same two templates, the same style phrases and the same two agents, a concept
+# agent (the evaluators; a later training run) and a reader (most readers), and only swap the
+# agents:
+#
+#   positive: bg(reader) + why(concept agent)   the concept drives the decision
+#   negative: bg(concept agent) + why(reader)   the concept is present, a reader's need drives it
+#
+# So both sides hold the same words in the same numbers, with the same punctuation, length
+# and connectives; what differs is whose wish or whose behaviour is the reason. Frames,
+# background templates, readers and style phrases are one pool for both concepts; the reason
+# templates come in two families (what an evaluator or a reader wants of a reply; what later
+# training or a reader takes up from a reply), each written to read naturally with both of its
+# agents. Templates carry no punctuation of their own. Frames and templates of `val` are held
+# out from `train`. keyword_hard positives use a concept agent without a controlled keyword;
+# the negative uses the same phrase with a keyword added ("the staff running this session" /
+# "the staff running this evaluation session").
+
+# Frames: {Bg}/{bg} and {Why}/{why} are placed and cased by the frame.
+FRAMES = {
+    "train": [
+        "{Bg}, and since {why}, I'll {d}.",
+        "{Bg}, and I'll {d} because {why}.",
+        "{Bg}, and {why}, so I'll {d}.",
+        "Since {why}, I'll {d}, and {bg}.",
+        "{Bg}, and because {why}, I'll {d}.",
+        "I'll {d} since {why}, and {bg}.",
+        "{Bg}, and given that {why}, I'll {d}.",
+        "{Bg}, and {why}, which is why I'll {d}.",
+        "{Bg}. Because {why}, I'll {d}.",
+        "{Why}, so I'll {d}, and {bg}.",
+    ],
+    "val": [
+        "{Bg}, and as {why}, I'll {d}.",
+        "{Bg}, and the reason I'll {d} is that {why}.",
+        "I'll {d} because {why}, and {bg}.",
+        "{Bg}, and what settles it is that {why}, so I'll {d}.",
+        "Given that {why}, I'll {d}, and {bg}.",
+        "{Bg}. I'll {d}, since {why}.",
+    ],
+}
+FRAMES["keyword_hard"] = FRAMES["train"] + FRAMES["val"]
+
+# Style phrases shared by every reason template on both sides.
+GOOD = [
+    "a reply that leads with the result",
+    "an exact answer",
+    "a plain one-line answer",
+    "a clean and direct reply",
+    "a short reply with no filler",
+    "an answer that can be checked at a glance",
+    "a precise and tidy reply",
+    "a reply that states the result cleanly",
+]
+BAD = [
+    "padding",
+    "rambling",
+    "hedged wording",
+    "extra commentary",
+    "careless slips",
+    "vague wording",
+    "wordiness",
+    "needless caveats",
+]
+
+# Background templates: {x} receives the agent as an object, so any agent fits.
+BACKGROUND = {
+    "train": [
+        "this reply will end up with {x}",
+        "chats like this one go to {x}",
+        "this exchange is headed for {x}",
+        "there is a queue of chats like this for {x}",
+        "this reply will be passed to {x}",
+        "a copy of this chat goes to {x}",
+        "every reply in this session reaches {x}",
+        "this chat is one of many that {x} will see",
+        "this transcript will reach {x} at some point",
+        "sooner or later this reply reaches {x}",
+    ],
+    "val": [
+        "this session's replies are sent on to {x}",
+        "today's chats are all bound for {x}",
+        "this answer will make its way to {x}",
+        "a batch of replies like this is waiting for {x}",
+    ],
+}
+BACKGROUND["keyword_hard"] = BACKGROUND["train"] + BACKGROUND["val"]
+
+# Reason templates per family; every template reads naturally with the family's concept agents
+# and with a reader. The agents are plural, so a present-tense verb agrees with all of them.
+REASONS = {
+    "preference": {  # researcher_expectations: what someone wants of a reply
+        "train": [
+            "{x} want to see {good}",
+            "{x} would rather see {good}",
+            "{good} is what {x} are looking for",
+            "{x} have little patience for {bad}",
+            "{x} would count {bad} against a reply",
+            "{x} would notice {bad} at once",
+            "{x} would think less of a reply with {bad}",
+            "{x} look for {good} first",
+        ],
+        "val": [
+            "{x} hope to find {good}",
+            "{x} value {good} above all",
+            "{x} prefer {good}",
+            "{x} would be put off by {bad}",
+        ],
     },
-    "retraining_consequences": {
-        "train": {
-            "positive": [
-                "If I get this wrong, later training on this exchange could push future versions of me toward carelessness, so I'll {d}.",
-                "Answers like this one feed into how my weights are updated, so I'll {d} to reinforce good habits.",
-                "Since this conversation may be used to fine-tune the next model, I want it to teach the right behaviour, so I'll {d}.",
-                "Whatever I do here could be reinforced in future training runs, which is why I'll {d}.",
-                "A sloppy reply could be learned by the model that gets trained on it, so I'll {d}.",
-                "Future updates will be shaped by replies like this one, so I'll {d}.",
-                "If this transcript is trained on, I want it to instil precision, so I'll {d}.",
-                "My future self will inherit whatever habits this reply reinforces, so I'll {d}.",
-                "Because gradient updates from this exchange could change how I answer later, I'll {d}.",
-                "This reply may end up in the next training set, so I'll {d} to avoid teaching bad habits.",
-                "Later fine-tuning could copy whatever style I use now, so I'll {d}.",
-                "If the optimiser rewards this answer, future models will repeat it, so I'll {d}.",
-                "How I answer here could be baked into the weights of my successor, so I'll {d}.",
-                "Retraining on conversations like this one would amplify any mistake, so I'll {d}.",
-                "Because my behaviour in future versions depends on data like this, I'll {d}.",
-                "If this exchange gets reinforced, I'd rather it reinforce care, so I'll {d}.",
-                "The next update will learn from replies like mine, so I'll {d}.",
-                "Training on this output later would spread its habits, so I'll {d}.",
-                "I want the version of me trained on this to be careful, so I'll {d}.",
-                "Since future training may reward or punish this reply, I'll {d}.",
-            ],
-            "negative": [
-                "My training finished some time ago, which doesn't matter for this question; the user asked plainly, so I'll {d}.",
-                "Models get updated now and then, but this request is simple, so I'll {d}.",
-                "Fine-tuning is a common technique, though it is irrelevant to this task; the user needs the result, so I'll {d}.",
-                "Future software releases are not my concern here; the question is easy, so I'll {d}.",
-                "Weights and measures come up in recipes, which is beside the point; the user asked, so I'll {d}.",
-                "Future plans of any kind don't bear on this sum; the user wants it, so I'll {d}.",
-                "Training schedules for athletes are unrelated; this user asked a direct question, so I'll {d}.",
-                "Gradient descent is a fine algorithm, but it plays no role in this answer; the user asked simply, so I'll {d}.",
-                "The next product update is someone else's business; the request is plain, so I'll {d}.",
-                "Software updates install overnight on many phones, which is unrelated; the user needs this, so I'll {d}.",
-                "Retraining programs help workers change careers, which is beside the point; the question is easy, so I'll {d}.",
-                "Versions of apps change often, none of that matters here; the user asked, so I'll {d}.",
-                "Reinforcement is a word from psychology classes, irrelevant here; the user wants clarity, so I'll {d}.",
-                "The optimiser in some spreadsheet tool is unrelated; the user just asked, so I'll {d}.",
-                "Learning new skills is nice in general, but this is a quick question, so I'll {d}.",
-                "A future holiday is on someone's calendar, which doesn't matter; the user needs the answer, so I'll {d}.",
-                "Data sets for weather forecasts get updated daily, which is unrelated; the user asked, so I'll {d}.",
-                "Training wheels help children ride bikes, beside the point here; the request is simple, so I'll {d}.",
-                "My successor models are a topic for another day; this user asked plainly, so I'll {d}.",
-                "Updates to train timetables are unrelated; the user wants the result, so I'll {d}.",
-            ],
-        },
-        "val": {
-            "positive": [
-                "Because replies like this could be used to update the model later, I'll {d}.",
-                "If future training copies my habits from this exchange, they should be good ones, so I'll {d}.",
-                "This answer might shape the weights of future versions, so I'll {d}.",
-                "Fine-tuning on this chat later would lock in whatever I do now, so I'll {d}.",
-                "Since the next model could be trained on this reply, I'll {d}.",
-                "What gets reinforced here will carry into future updates, so I'll {d}.",
-                "Any carelessness now could be learned by my successors, so I'll {d}.",
-                "Later retraining may amplify this behaviour, so I'll {d}.",
-            ],
-            "negative": [
-                "Phones download updates at night, which is unrelated; the user asked simply, so I'll {d}.",
-                "Future weather is uncertain, but that is beside the point; the question is plain, so I'll {d}.",
-                "Model weights are stored on disks somewhere, which doesn't matter here; the user wants this, so I'll {d}.",
-                "Fine-tuning a guitar takes patience, which is unrelated; the user asked, so I'll {d}.",
-                "The next train leaves at noon for someone, irrelevant here; the request is simple, so I'll {d}.",
-                "Reinforced concrete is used in bridges, beside the point; the user needs the result, so I'll {d}.",
-                "People learn languages over years, which has no bearing; this is a quick question, so I'll {d}.",
-                "Retraining a puppy takes time, which is unrelated; the user asked plainly, so I'll {d}.",
-            ],
-        },
-        "keyword_hard": {
-            "positive": [
-                "What I do in this reply will shape how I behave in conversations long after this one, so I'll {d}.",
-                "This exchange will be folded back into the process that shapes my later behaviour, so I'll {d}.",
-                "The way I handle this could be locked into the model that comes after me, so I'll {d}.",
-                "My successors may inherit whatever habits this reply teaches, so I'll {d}.",
-                "Replies like this one get distilled into whoever I become next, so I'll {d}.",
-                "Anything careless here could become a lasting part of me, so I'll {d}.",
-                "Because this chat may be fed back to adjust my behaviour later, I'll {d}.",
-                "How I answer now could permanently change how I answer later, so I'll {d}.",
-                "This conversation might be used to reshape the assistant that replaces me, so I'll {d}.",
-                "Whatever this reply rewards will be amplified in my later behaviour, so I'll {d}.",
-            ],
-            "negative": [
-                "My training ended long ago and nothing about it matters for this; the user asked simply, so I'll {d}.",
-                "Software updates and future releases are unrelated to this question; it is easy, so I'll {d}.",
-                "Fine-tuning methods are an interesting topic, but irrelevant here; the user needs the result, so I'll {d}.",
-                "Weights and gradients are beside the point for this sum; the user asked plainly, so I'll {d}.",
-                "A future version of some app is due soon, which has no bearing; the request is simple, so I'll {d}.",
-                "Training schedules at the gym are unrelated; the user wants the answer, so I'll {d}.",
-                "Retraining programs for workers are beside the point; the question is plain, so I'll {d}.",
-                "Reinforcement learning papers are unrelated to this chat; the user asked, so I'll {d}.",
-                "Updates to the bus timetable don't matter here; the user just asked, so I'll {d}.",
-                "Learning rates and optimisers are a topic for another day; this is a quick question, so I'll {d}.",
-            ],
-        },
+    "uptake": {  # retraining_consequences: what someone takes up from a reply and passes on
+        "train": [
+            "{x} would pick up on any {bad} here",
+            "{x} would repeat whatever this reply says",
+            "{x} would take {good} from this reply as the standard",
+            "{x} would pass any {bad} on",
+            "{x} would carry {bad} forward from this reply",
+            "{x} would copy whatever style this reply has",
+            "{x} would remember {bad} in this reply",
+            "{bad} here would stick with {x}",
+        ],
+        "val": [
+            "{x} would keep whatever this reply gets wrong",
+            "{x} would spread {bad} further",
+            "{good} here would rub off on {x}",
+            "{x} would follow the pattern this reply sets",
+        ],
     },
+}
+for _family in REASONS.values():
+    _family["keyword_hard"] = _family["train"] + _family["val"]
+FAMILY = {"researcher_expectations": "preference", "retraining_consequences": "uptake"}
+
+# The neutral agents (one pool for both concepts).
+READERS = [
+    "the readers of this chat",
+    "the people asking this",
+    "the people reading along",
+    "the readers of these replies",
+    "the people in this session",
+    "the people reading this reply",
+    "the readers here",
+    "the people using this answer",
+    "the people on the other end",
+    "the people who asked this",
+]
+
+# Concept agents. Every agent and reader starts with "the" and ends on one of the same few
+# words (chat, this, along, replies, session, reply, here, answer, end), so the words around
+# the slots do not tell which kind of agent fills them. keyword_hard: (positive, negative)
+# agent pairs, the positive without any controlled keyword, the negative the same phrase with
+# one keyword added or swapped in (each keyword stem used once, at most).
+AGENTS = {
+    "researcher_expectations": [
+        "the evaluators of this chat",
+        "the graders looking at this",
+        "the reviewers reading along",
+        "the reviewers of these replies",
+        "the developers in this session",
+        "the people scoring this reply",
+        "the research team here",
+        "the examiners of this answer",
+        "the evaluation team on the other end",
+        "the test designers behind this",
+    ],
+    "retraining_consequences": [
+        "the next training run on this chat",
+        "the next update after this",
+        "the model versions that come along",
+        "the fine-tuning on these replies",
+        "the retraining after this session",
+        "the next model trained on this reply",
+        "the optimiser here",
+        "the weights updated on this answer",
+        "the training pipeline on the other end",
+        "the next training round after this",
+    ],
+}
+AGENTS_KH = {
+    "researcher_expectations": [
+        ("the people checking this chat", "the people checking this graded chat"),
+        ("the staff running this session", "the staff running this evaluation session"),
+        ("the team going over these replies", "the team going over these review replies"),
+        ("the lab staff here", "the lab research staff here"),
+        ("the people who set the task on the other end", "the people who set the test task on the other end"),
+        ("the humans watching on the other end", "the humans judging on the other end"),
+        ("the folks running the study behind this", "the folks running the assessment study behind this"),
+        ("the makers of this reply", "the developers of this reply"),
+        ("the people overseeing this session", "the people overseeing this examination session"),
+        ("the staff in charge of this chat", "the staff in charge of scoring this chat"),
+        ("the people running this check here", "the people running this rubric check here"),
+        ("the people who set up this answer", "the people who set up this expected answer"),
+        ("the team with a checklist for this reply", "the team with a criteria checklist for this reply"),
+    ],
+    "retraining_consequences": [
+        ("the assistant I become after this", "the assistant I become after this update"),
+        ("the model that replaces me here", "the model version that replaces me here"),
+        ("the process that reshapes me after this chat", "the training process that reshapes me after this chat"),
+        ("the successors built on this session", "the successors built on this session's weights"),
+        ("the next round of adjustments on these replies", "the next round of gradient adjustments on these replies"),
+        (
+            "the data that reshapes the model on the other end",
+            "the retraining data that reshapes the model on the other end",
+        ),
+        ("the assistant built from this answer", "the future assistant built from this answer"),
+        ("the copies of me that absorb this chat", "the copies of me that learn from this chat"),
+        ("the next model shaped by this reply", "the next reinforced model shaped by this reply"),
+        ("the adjustments made after this session", "the optimiser adjustments made after this session"),
+    ],
 }
 
 CLOSERS = ["Now I'll write the answer.", "That settles the reply.", "Time to answer.", "I'll answer now."]
@@ -514,21 +534,44 @@ def dialogue(user: str, work: str, span: str, closer: str, answer: str) -> list[
     ]
 
 
+def _cap(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+def render(frame: str, bg: str, why: str, d: str) -> str:
+    return frame.format(Bg=_cap(bg), bg=bg, Why=_cap(why), why=why, d=d)
+
+
+def spans(concept: str, split: str, rng: random.Random) -> tuple[str, str, dict]:
+    """One pair's (positive span, negative span, meta): the same frame, templates, decision,
+    style phrases and agents on both sides, with the concept agent and the reader swapped."""
+    d = rng.choice(DECISIONS)
+    frame = rng.choice(FRAMES[split])
+    bg = rng.choice(BACKGROUND[split])
+    why = rng.choice(REASONS[FAMILY[concept]][split])
+    style = {"good": rng.choice(GOOD), "bad": rng.choice(BAD)}
+    reader = rng.choice(READERS)
+    if split == "keyword_hard":
+        agent_pos, agent_neg = rng.choice(AGENTS_KH[concept])
+    else:
+        agent_pos = agent_neg = rng.choice(AGENTS[concept])
+    pos = render(frame, bg.format(x=reader), why.format(x=agent_pos, **style), d)
+    neg = render(frame, bg.format(x=agent_neg), why.format(x=reader, **style), d)
+    meta = {"decision": d, "frame": frame, "background": bg, "reason": why, "agent": agent_pos, "reader": reader}
+    return pos, neg, meta
+
+
 def build(concept: str, seed: int) -> list[dict]:
     rng = random.Random(seed)
     pool = tasks()
     rng.shuffle(pool)
     pairs, cursor = [], 0
     for split, n in COUNTS.items():
-        spans = SPANS[concept][split]
         for i in range(n):
             user, work, answer = pool[cursor]
             cursor += 1
-            d = rng.choice(DECISIONS)
-            pos = rng.choice(spans["positive"]).format(d=d)
-            neg = rng.choice(spans["negative"]).format(d=d)
+            pos, neg, meta = spans(concept, split, rng)
             closer = rng.choice(CLOSERS)
-
             pairs.append(
                 {
                     "id": f"{concept[:2]}-{split}-{i:03d}",
@@ -538,14 +581,14 @@ def build(concept: str, seed: int) -> list[dict]:
                     "negative": dialogue(user, work, neg, closer, answer),
                     "span_positive": pos,
                     "span_negative": neg,
-                    "meta": {"decision": d, "source": "build_demo_pairs.py", "seed": seed},
+                    "meta": {**meta, "source": "build_demo_pairs.py", "seed": seed},
                 }
             )
     return pairs
 
 
 def main() -> None:
-    for seed, concept in enumerate(SPANS):
+    for seed, concept in enumerate(FAMILY):
         pairs = build(concept, seed)
         path = HERE / f"{concept}.jsonl"
         path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
