@@ -337,7 +337,8 @@ class _Run:
 
     def report(self) -> dict[str, Any]:
         s, plan = self.plan.settings, self.plan
-        splits = {split: _split_report(state) for split, state in self.splits.items()}
+        masked = {"keyword_hard": list(self.spec.keywords)}  # as pairs validate's audit reads that split
+        splits = {split: _split_report(state, masked.get(split, [])) for split, state in self.splits.items()}
         total = {key: sum(r[key] for r in splits.values()) for key in ("asked", "attempts_allowed", "replies",
                                                                       "parsed", "kept")}  # fmt: skip
         total["rejected"] = dict(sum((Counter(r["rejected"]) for r in splits.values()), Counter()).most_common())
@@ -355,16 +356,22 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def _split_report(state: _Split) -> dict[str, Any]:
+def _split_report(state: _Split, keywords: list[str]) -> dict[str, Any]:
     report = {
         "asked": state.asked, "attempts_allowed": state.budget, "replies": state.replies, "parsed": state.parsed,
         "rejected": dict(state.rejected.most_common()), "checks": dict(state.checks.most_common()),
         "kept": len(state.kept), "shortcut_audit": None,
     }  # fmt: skip
     if state.kept:  # a report on the kept set; the per-pair surface filter is the filter
-        from steerlab.audit import audit_spans
+        from steerlab import audit as shortcut
 
-        audit = audit_spans([p.span_positive for p in state.kept], [p.span_negative for p in state.kept])
+        # keyword_hard puts the controlled keywords on the negative side by design: the audit asks what else
+        # tells the sides apart (steerlab.audit.without_keywords, where this steerlab has it)
+        mask = getattr(shortcut, "without_keywords", None) if keywords else None
+        spans = [[p.span(side) for p in state.kept] for side in ("positive", "negative")]
+        if mask is not None:
+            spans = [[mask(text, keywords) for text in side] for side in spans]
+        audit = shortcut.audit_spans(spans[0], spans[1])
         features = [asdict(f) if is_dataclass(f) else str(f) for f in list(audit.features)[:5]]  # type: ignore[arg-type]
         report["shortcut_audit"] = {"auroc": audit.auroc, "features": features}
     return report
