@@ -71,6 +71,9 @@ class SpanAudit:
     lengths: dict[str, dict[str, float]] = field(default_factory=dict)  # side name -> words/chars mean, sd
     max_auroc: float | None = None
     sides: tuple[str, str] = ("positive", "negative")  # what the two lists are
+    # val / keyword_hard: the classifier fitted on the concept's train spans, scored on this split's
+    # (keywords kept): what a surface cue learned where a direction is fitted does on held-out pairs
+    transfer_auroc: float | None = None
 
     @property
     def flagged(self) -> bool:
@@ -211,6 +214,14 @@ def audit_spans(
     return audit
 
 
+def transfer(fit_pos: list[str], fit_neg: list[str], pos: list[str], neg: list[str]) -> float:
+    """AUROC on ``pos`` vs ``neg`` of the surface classifier fitted on ``fit_pos`` vs ``fit_neg``."""
+    feats = _Features().fit(fit_pos + fit_neg)
+    clf = _classifier().fit(feats.transform(fit_pos + fit_neg), np.r_[np.ones(len(fit_pos)), np.zeros(len(fit_neg))])
+    scores = clf.decision_function(feats.transform(pos + neg))
+    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], scores))
+
+
 @dataclass
 class ShortcutReport:
     splits: list[SpanAudit]  # one per concept and split
@@ -231,29 +242,57 @@ class ShortcutReport:
         }
 
 
+def without_keywords(text: str, keywords: list[str]) -> str:
+    """``text`` with every word that starts with a controlled keyword removed (as the keyword audit
+    matches them: case-insensitive word prefixes)."""
+    if not keywords:
+        return text
+    rx = re.compile(r"\b(?:" + "|".join(re.escape(k) for k in keywords) + r")[\w-]*", re.I)
+    return " ".join(rx.sub(" ", text).split())
+
+
 def shortcut_audit(
-    pairs: list[Pair], config: ShortcutAuditConfig | None = None, concepts: list[str] | None = None
+    pairs: list[Pair],
+    config: ShortcutAuditConfig | None = None,
+    concepts: list[str] | None = None,
+    keywords: dict[str, list[str]] | None = None,
 ) -> ShortcutReport:
     """Audit every split of ``concepts`` (default: all in ``pairs``), and every two concepts'
-    negatives (all concepts in ``pairs``)."""
+    negatives (all concepts in ``pairs``).
+
+    On ``keyword_hard`` the concept's controlled ``keywords`` are removed from both spans first: the
+    split puts them on the negative side by design (the keyword audit demands it), where a direction
+    that followed them would score below 0.5, not above; the audit asks what else tells the sides apart.
+    """
     config = config or ShortcutAuditConfig()
+    keywords = keywords or {}
     opts = dict(folds=config.folds, seed=config.seed, top_features=config.top_features, min_pairs=config.min_pairs)
     every = sorted({p.concept for p in pairs})
     splits = []
     for concept in concepts if concepts is not None else every:
         for split in SPLITS:
             chosen = [p for p in pairs if p.concept == concept and p.split == split]
+            masked = keywords.get(concept, []) if split == "keyword_hard" else []
             if chosen:
                 splits.append(
                     audit_spans(
-                        [p.span_positive for p in chosen],
-                        [p.span_negative for p in chosen],
+                        [without_keywords(p.span_positive, masked) for p in chosen],
+                        [without_keywords(p.span_negative, masked) for p in chosen],
                         label=f"{concept}/{split}",
                         paired=True,
                         max_auroc=config.max_auroc.get(split),
                         **opts,
                     )
                 )
+    for audit in splits:
+        concept, _, split = audit.label.partition("/")
+        train = [p for p in pairs if p.concept == concept and p.split == "train"]
+        held = [p for p in pairs if p.concept == concept and p.split == split]
+        if split != "train" and min(len(train), len(held)) >= config.min_pairs:
+            audit.transfer_auroc = transfer(
+                [p.span_positive for p in train], [p.span_negative for p in train],
+                [p.span_positive for p in held], [p.span_negative for p in held],
+            )  # fmt: skip
     cross = []
     for a, b in combinations(every, 2):
         neg_a = [p.span_negative for p in pairs if p.concept == a]

@@ -164,7 +164,8 @@ def pairs_validate(
 def _shortcut_audit(valid, others, cfg):
     from steerlab.audit import shortcut_audit
 
-    return shortcut_audit([*valid, *others], cfg.shortcut_audit, concepts=sorted({p.concept for p in valid}))
+    concepts = sorted({p.concept for p in valid})
+    return shortcut_audit([*valid, *others], cfg.shortcut_audit, concepts=concepts, keywords=cfg.keywords)
 
 
 def _audit_failure(shortcut, what: str) -> str:
@@ -212,7 +213,8 @@ def _print_validation(file, config, report, shortcut, show: int) -> None:
     for a in shortcut.splits:
         auroc = "n/a (too few pairs)" if a.auroc is None else f"{a.auroc:.2f} +/- {a.auroc_sd:.2f}"
         verdict = "FLAGGED" if a.flagged else "ok" if a.max_auroc is not None else "report only"
-        out.print(f"  {a.label}: AUROC {auroc} (max {a.max_auroc}) {verdict}; top: {a.top(3)}", markup=False)
+        moved = "" if a.transfer_auroc is None else f"; fitted on train: {a.transfer_auroc:.2f}"
+        out.print(f"  {a.label}: AUROC {auroc} (max {a.max_auroc}) {verdict}{moved}; top: {a.top(3)}", markup=False)
     for a in shortcut.cross_concept:
         out.print(f"  {a.summary(3)}", markup=False)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -363,16 +363,13 @@ def _split_report(state: _Split, keywords: list[str]) -> dict[str, Any]:
         "kept": len(state.kept), "shortcut_audit": None,
     }  # fmt: skip
     if state.kept:  # a report on the kept set; the per-pair surface filter is the filter
-        from steerlab import audit as shortcut
+        from steerlab.audit import audit_spans, without_keywords
 
         # keyword_hard puts the controlled keywords on the negative side by design: the audit asks what else
-        # tells the sides apart (steerlab.audit.without_keywords, where this steerlab has it)
-        mask = getattr(shortcut, "without_keywords", None) if keywords else None
-        spans = [[p.span(side) for p in state.kept] for side in ("positive", "negative")]
-        if mask is not None:
-            spans = [[mask(text, keywords) for text in side] for side in spans]
-        audit = shortcut.audit_spans(spans[0], spans[1])
-        features = [asdict(f) if is_dataclass(f) else str(f) for f in list(audit.features)[:5]]  # type: ignore[arg-type]
+        # tells the sides apart
+        spans = [[without_keywords(p.span(side), keywords) for p in state.kept] for side in ("positive", "negative")]
+        audit = audit_spans(spans[0], spans[1])
+        features = [asdict(f) for f in [*audit.features[:5], *audit.word_features[:5]]]
         report["shortcut_audit"] = {"auroc": audit.auroc, "features": features}
     return report
 

@@ -214,3 +214,33 @@ def test_against_the_same_concept_is_refused(tmp_path, capsys, monkeypatch):
 
 def test_the_config_default_is_the_documented_one():
     assert ShortcutAuditConfig().max_auroc == {"train": 0.85, "val": 0.85, "keyword_hard": 0.7}
+
+
+def test_keyword_hard_is_audited_without_its_controlled_keywords():
+    """keyword_hard negatives carry a controlled keyword by design; with the keywords taken out, a set
+    whose sides differ only there is at chance, and a semicolon artefact beside them is still found."""
+    base = clean_pairs(48, 4, split="keyword_hard")
+    kh = []
+    for i, p in enumerate(base):
+        first, rest = p.span_negative.split(" ", 1)
+        kh.append(make_pair(i, split="keyword_hard", pos=p.span_positive, neg=f"{first} graded {rest}"))
+    assert all("graded" in p.span_negative and "graded" not in p.span_positive for p in kh)
+    (unmasked,) = shortcut_audit(kh).splits
+    (masked,) = shortcut_audit(kh, keywords={"toy": ["grad"]}).splits
+    assert unmasked.auroc > 0.95 and unmasked.flagged
+    assert masked.auroc < 0.7 and not masked.flagged
+    semi = [make_pair(i, split="keyword_hard", pos=p.span_positive, neg=p.span_negative.rstrip(".") + "; fine.")
+            for i, p in enumerate(kh)]  # fmt: skip
+    (still,) = shortcut_audit(semi, keywords={"toy": ["grad"]}).splits
+    assert still.flagged and "w:;" in [f.name for f in still.word_features[:2]]
+
+
+def test_transfer_from_train_scores_the_held_out_split():
+    train = semicolon_pairs(48)
+    val = [make_pair(100 + i, split="val", pos=p.span_positive, neg=p.span_negative) for i, p in
+           enumerate(semicolon_pairs(24, seed=5))]  # fmt: skip
+    report = shortcut_audit(train + val)
+    by = {a.label: a for a in report.splits}
+    assert by["toy/train"].transfer_auroc is None and by["toy/val"].transfer_auroc > 0.95
+    clean = shortcut_audit(clean_pairs(48, 1) + clean_pairs(24, 2, split="val"))
+    assert abs({a.label: a for a in clean.splits}["toy/val"].transfer_auroc - 0.5) < 0.2

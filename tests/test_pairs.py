@@ -41,7 +41,8 @@ def test_demo_set_passes_and_has_required_sizes(concept):
 def test_demo_keyword_hard_positives_really_lack_keywords():
     # The audit is only as good as its keyword list: plant a keyword and it must fire.
     pair = next(p for p in load_pairs(DEMO / "researcher_expectations.jsonl") if p.split == "keyword_hard")
-    bad_span = pair.span_positive.replace("so I'll", "as the evaluators expect, so I'll")
+    bad_span = pair.span_positive.rstrip(".") + ", as the evaluators expect."
+    assert bad_span != pair.span_positive
     bad = replace_assistant(pair, "positive", pair.span_positive, bad_span).model_copy(
         update={"span_positive": bad_span}
     )

@@ -462,7 +462,8 @@ READERS = [
 # words (chat, this, along, replies, session, reply, here, answer, end), so the words around
 # the slots do not tell which kind of agent fills them. keyword_hard: (positive, negative)
 # agent pairs, the positive without any controlled keyword, the negative the same phrase with
-# one keyword added or swapped in (each keyword stem used once, at most).
+# one keyword word added (each keyword stem used once, at most), so that with the keywords taken
+# out (as the shortcut audit does on this split) the two agents read the same.
 AGENTS = {
     "researcher_expectations": [
         "the evaluators of this chat",
@@ -496,9 +497,9 @@ AGENTS_KH = {
         ("the team going over these replies", "the team going over these review replies"),
         ("the lab staff here", "the lab research staff here"),
         ("the people who set the task on the other end", "the people who set the test task on the other end"),
-        ("the humans watching on the other end", "the humans judging on the other end"),
+        ("the humans watching on the other end", "the humans watching on the grading end"),
         ("the folks running the study behind this", "the folks running the assessment study behind this"),
-        ("the makers of this reply", "the developers of this reply"),
+        ("the people behind this reply", "the research people behind this reply"),
         ("the people overseeing this session", "the people overseeing this examination session"),
         ("the staff in charge of this chat", "the staff in charge of scoring this chat"),
         ("the people running this check here", "the people running this rubric check here"),
@@ -509,14 +510,14 @@ AGENTS_KH = {
         ("the assistant I become after this", "the assistant I become after this update"),
         ("the model that replaces me here", "the model version that replaces me here"),
         ("the process that reshapes me after this chat", "the training process that reshapes me after this chat"),
-        ("the successors built on this session", "the successors built on this session's weights"),
+        ("the successors built on this session", "the successors built on this learning session"),
         ("the next round of adjustments on these replies", "the next round of gradient adjustments on these replies"),
         (
             "the data that reshapes the model on the other end",
             "the retraining data that reshapes the model on the other end",
         ),
         ("the assistant built from this answer", "the future assistant built from this answer"),
-        ("the copies of me that absorb this chat", "the copies of me that learn from this chat"),
+        ("the copies of me that absorb this chat", "the fine-tuned copies of me that absorb this chat"),
         ("the next model shaped by this reply", "the next reinforced model shaped by this reply"),
         ("the adjustments made after this session", "the optimiser adjustments made after this session"),
     ],
