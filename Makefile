@@ -54,6 +54,8 @@ demo: $(STAMP)
 	$(BIN)/steerlab extract --pairs configs/pairs/retraining_consequences.jsonl --model smollm2 \
 		--locus scratchpad_mean --cache $(DEMO_OUT)/retraining_consequences.h5 --resume \
 		--vectors-dir $(DEMO_OUT)/vectors --overwrite-vectors
+	# fitted again now that the other concept's vector exists, so both headers hold their selectivity
+	$(BIN)/steerlab fit --cache $(DEMO_OUT)/researcher_expectations.h5 --vectors-dir $(DEMO_OUT)/vectors --overwrite
 	$(BIN)/steerlab sweep --config configs/sweep_demo.yaml --out $(DEMO_OUT)/sweep
 	$(BIN)/steerlab sweep --config configs/sweep_af_demo.yaml --out $(DEMO_OUT)/af_sweep
 	$(BIN)/steerlab prompt-eval --model smollm2 --dataset configs/requests/benign.jsonl --limit 2 --max-turns 1 \
