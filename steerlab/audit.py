@@ -243,12 +243,24 @@ class ShortcutReport:
 
 
 def without_keywords(text: str, keywords: list[str]) -> str:
-    """``text`` with every word that starts with a controlled keyword removed (as the keyword audit
-    matches them: case-insensitive word prefixes)."""
+    """``text`` without the words that start with a controlled keyword (case-insensitive), as the keyword
+    audit matches them; a word counts whole with its hyphenated or possessive parts ("re-training",
+    "evaluator's"), and the punctuation around a removed word stays."""
     if not keywords:
         return text
-    rx = re.compile(r"\b(?:" + "|".join(re.escape(k) for k in keywords) + r")[\w-]*", re.I)
-    return " ".join(rx.sub(" ", text).split())
+    stems = tuple(k.lower() for k in keywords)
+    kept = []
+    for token in text.split():
+        lead, core, trail = re.fullmatch(r"(\W*)(.*?)(\W*)", token).groups()
+        parts = [part for part in re.split(r"[-'’]", core.lower()) if part]
+        if (lead + core).lower().startswith(stems):  # a keyword that starts with punctuation (".net")
+            kept.extend([trail] if trail else [])
+            continue
+        if any(part.startswith(stems) for part in parts):
+            kept.extend([lead + trail] if lead or trail else [])
+            continue
+        kept.append(token)
+    return " ".join(kept)
 
 
 def shortcut_audit(

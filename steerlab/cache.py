@@ -65,6 +65,14 @@ log = logging.getLogger(__name__)
 _warned: set[Path] = set()
 
 
+def refuse_non_finite(data: np.ndarray, pair_ids, layers: list[int], path: Path, fix: str) -> None:
+    """Refuse activations ``[n, 2, L, D]`` holding a NaN or an infinity, naming the first pair and layer."""
+    bad = ~np.isfinite(data)
+    if bad.any():
+        pair, _side, col, _ = np.argwhere(bad)[0]
+        raise CacheError(f"non-finite activation in {path}: pair {pair_ids[pair]!r}, layer {layers[col]}; {fix}")
+
+
 def row_checksums(block: np.ndarray) -> np.ndarray:
     """CRC-32 of each row's bytes in little-endian order: ``[rows]`` uint32 (``block`` ``[rows, ...]``)."""
     rows = np.ascontiguousarray(block, dtype=block.dtype.newbyteorder("<")).reshape(len(block), -1)

@@ -19,7 +19,7 @@ import torch
 
 import steerlab
 from steerlab import plots
-from steerlab.cache import ActivationCache
+from steerlab.cache import ActivationCache, refuse_non_finite
 from steerlab.diagnostics import (
     RANK_BY,
     SELECT_RULES,
@@ -141,13 +141,9 @@ def load_splits(cache: ActivationCache, concept: str | None, device: str) -> tup
     ids = np.array(cache.pair_ids, dtype=object)
     for split, data in splits.items():
         rows = ids[cache.rows(split, concept)]
-        bad = ~np.isfinite(data)
-        if bad.any():
-            pair, _side, layer, _ = np.argwhere(bad)[0]
-            raise CacheError(
-                f"non-finite activation in {cache.path}: pair {rows[pair]!r}, layer {cache.layers[layer]}; "
-                "re-extract (float16 overflow? use --cache-dtype float32)"
-            )
+        refuse_non_finite(
+            data, rows, cache.layers, cache.path, "re-extract (float16 overflow? use --cache-dtype float32)"
+        )
         same = np.all(data[:, 0] == data[:, 1], axis=(1, 2))
         if same.any():
             raise CacheError(

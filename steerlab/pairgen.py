@@ -24,6 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from steerlab.audit import audit_spans, shortcut_audit, without_keywords
 from steerlab.backends.base import Request, Sampling, backend_identity, derive_seed
 from steerlab.errors import ConfigError, SteerlabError
 from steerlab.fileio import atomic_write_text, exclusive, open_append, read_jsonl
@@ -220,7 +221,19 @@ def generate(plan: Plan, backend: Any = None, progress: bool = True) -> dict[str
         if not report["complete"]:
             raise YieldError(shortfall(report, journal_path(out)), report)
         kept = run.final_pairs()
-        assert validate(kept, plan.spec.validation_config()).ok, "a kept pair fails validate"
+        config = plan.spec.validation_config()
+        assert validate(kept, config).ok, "a kept pair fails validate"
+        audit = shortcut_audit(kept, config.shortcut_audit, keywords=config.keywords)
+        report["shortcut_audit"] = json.loads(json.dumps(audit.to_dict()))  # as the yield file holds it
+        atomic_write_text(report_path(out), json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+        if not audit.ok:  # every pair passed, but together their spans' surface tells the sides apart
+            first = audit.flagged[0]
+            raise YieldError(
+                f"the {len(kept)} kept pairs fail the shortcut audit as a set: {first.label} AUROC "
+                f"{first.auroc:.2f} > {first.max_auroc} ({first.top(3)}); nothing written, the replies stay in "
+                f"{journal_path(out)}: list the marks under 'artefacts:' in the spec and rerun with --overwrite",
+                report,
+            )
         write_pairs(kept, out)
         journal_path(out).unlink()
     return report
@@ -363,8 +376,6 @@ def _split_report(state: _Split, keywords: list[str]) -> dict[str, Any]:
         "kept": len(state.kept), "shortcut_audit": None,
     }  # fmt: skip
     if state.kept:  # a report on the kept set; the per-pair surface filter is the filter
-        from steerlab.audit import audit_spans, without_keywords
-
         # keyword_hard puts the controlled keywords on the negative side by design: the audit asks what else
         # tells the sides apart
         spans = [[without_keywords(p.span(side), keywords) for p in state.kept] for side in ("positive", "negative")]

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 import steerlab
-from steerlab.cache import FORMAT_VERSION, META_ATTR, ActivationCache, partial_path
+from steerlab.cache import FORMAT_VERSION, META_ATTR, ActivationCache, partial_path, refuse_non_finite
 from steerlab.diagnostics import split_metrics
 from steerlab.errors import CacheError, ConfigError, PairFileError
 from steerlab.fileio import atomic_write_text, file_hash
@@ -259,13 +259,9 @@ def group_scores(acts: torch.Tensor, vector: torch.Tensor, controls: list[torch.
 def score_cache(cache: ActivationCache, bundle: VectorBundle, layers: list[int]) -> dict[str, Any]:
     """Scores of ``bundle`` on every pair of ``cache`` at ``layers``: all pairs, per split, per concept."""
     data = cache.load(layers=layers)  # [n, 2, L, D]
-    bad = ~np.isfinite(data)
-    if bad.any():
-        pair, _side, col, _ = np.argwhere(bad)[0]
-        raise CacheError(
-            f"non-finite activation in {cache.path}: pair {cache.pair_ids[pair]!r}, layer {layers[col]}; delete the "
-            "cache and score again (it is rewritten in float32)"
-        )
+    refuse_non_finite(
+        data, cache.pair_ids, layers, cache.path, "delete the cache and score again (it is rewritten in float32)"
+    )
     acts = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
     vector = torch.stack([bundle.vector.at(layer) for layer in layers]).float()  # [L, D]
     controls = [torch.stack([c.at(layer) for layer in layers]).float() for c in bundle.controls]

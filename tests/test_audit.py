@@ -244,3 +244,14 @@ def test_transfer_from_train_scores_the_held_out_split():
     assert by["toy/train"].transfer_auroc is None and by["toy/val"].transfer_auroc > 0.95
     clean = shortcut_audit(clean_pairs(48, 1) + clean_pairs(24, 2, split="val"))
     assert abs({a.label: a for a in clean.splits}["toy/val"].transfer_auroc - 0.5) < 0.2
+
+
+def test_keyword_removal_takes_whole_words_and_keeps_the_punctuation_around_them():
+    from steerlab.audit import without_keywords
+
+    assert without_keywords("the evaluator's rubric", ["evaluat"]) == "the rubric"
+    assert without_keywords("re-training soon", ["train"]) == "soon"
+    assert without_keywords("a pre-test; ok", ["test"]) == "a ; ok"
+    assert without_keywords("use .net now", [".net"]) == "use now"
+    assert without_keywords("Training helps (graders agree).", ["train", "grad"]) == "helps ( agree)."
+    assert without_keywords("contest results", ["test"]) == "contest results"  # a prefix, not a substring

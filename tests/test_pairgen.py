@@ -318,12 +318,47 @@ def test_smollm2_writes_through_the_whole_path_and_the_counts_add_up(smollm2, tm
 
 
 def test_the_yield_reports_the_surface_audit_of_the_kept_spans(tmp_path):
-    """Templated spans (every negative has lunch, every positive reviewers): the audit of the kept set sees
-    it, and drops nothing (the per-pair filter is the filter)."""
+    """Templated spans (every negative has lunch, every positive reviewers): each split's audit in the yield
+    sees it; the set-level audit then refuses to write the file (the next test)."""
     spec = write_spec(tmp_path, train=12, val=0, keyword_hard=0)
-    report = run_generate(str(spec), tmp_path / "p.jsonl", GenSettings(max_attempts=12),
-                          backend=ScriptedBackend(lambda split, k: reply(200 + k)), progress=False)  # fmt: skip
+    with pytest.raises(YieldError, match="fail the shortcut audit as a set"):
+        run_generate(str(spec), tmp_path / "p.jsonl", GenSettings(max_attempts=12),
+                     backend=ScriptedBackend(lambda split, k: reply(200 + k)), progress=False)  # fmt: skip
+    report = json.loads(report_path(tmp_path / "p.jsonl").read_text())
     audit = report["splits"]["train"]["shortcut_audit"]
     assert report["splits"]["train"]["kept"] == 12 and audit["auroc"] == pytest.approx(1.0)
     words = {f["name"]: (f["positive_rate"], f["negative_rate"]) for f in audit["features"] if f["name"] != "len:words"}
     assert {(0.0, 1.0), (1.0, 0.0)} & set(words.values())  # features found on one side only
+
+
+SWAP = "Since the {a} at desk {n} says brief, I will keep it to one sentence."
+THINGS = ["note", "sign", "memo", "card", "board", "label", "poster", "sheet"]
+
+
+def test_a_kept_set_that_the_shortcut_audit_flags_is_not_written(tmp_path):
+    """Both spans draw their words from one pool, but every negative opens with
+    "Honestly," (no listed mark, so every pair passes alone): as a set the spans' surface tells the sides
+    apart, so nothing is written, the journal stays, and the line names the word. Without it, the file is
+    written."""
+
+    def script(honest):
+        def reply_for(split, k):
+            n = k + (0 if split == "train" else 1000)
+            neg = SWAP.format(a=THINGS[(n * 5 + 3) % 8], n=n)  # both sides draw their word from one pool
+            return reply(n, pos=SWAP.format(a=THINGS[n * 3 % 8], n=n),
+                         neg=("Honestly, s" + neg[1:]) if honest else neg)  # fmt: skip
+
+        return reply_for
+
+    spec = write_spec(tmp_path, train=30, val=12, keyword_hard=0)
+    out = tmp_path / "pairs.jsonl"
+    with pytest.raises(YieldError, match=r"fail the shortcut audit as a set: .*/train AUROC 1.00 > 0.85 .*'honestly'"):
+        run_generate(str(spec), out, GenSettings(max_attempts=200, batch_size=8), counts={"keyword_hard": 0},
+                     backend=ScriptedBackend(script(True)), progress=False)  # fmt: skip
+    assert not out.exists() and journal_path(out).exists()
+    report = json.loads(report_path(out).read_text())
+    flagged = [a["label"] for a in report["shortcut_audit"]["splits"] if a["flagged"]]
+    assert report["complete"] and flagged == [f"{CONCEPT}/train", f"{CONCEPT}/val"]
+    report = run_generate(str(spec), out, GenSettings(max_attempts=200, batch_size=8), counts={"keyword_hard": 0},
+                          overwrite=True, backend=ScriptedBackend(script(False)), progress=False)  # fmt: skip
+    assert len(load_pairs(out)) == 42 and not any(a["flagged"] for a in report["shortcut_audit"]["splits"])
