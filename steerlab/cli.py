@@ -281,6 +281,10 @@ def extract(
     preflight(out_path, resume=resume, overwrite=overwrite, expect=expect)
     started = time.perf_counter()
     loaded = load_model(model, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code)
+    if fit:  # what the fit after caching would refuse, before the caching
+        cached = sorted(layer_list) if layer_list is not None else list(range(loaded.n_layers))
+        concepts = sorted({p.concept for p in pair_list})
+        settings.preflight(loaded.n_layers, cached, loaded.fingerprint.to_dict(), concepts)
     try:
         path = run_extract(
             loaded,
@@ -402,6 +406,8 @@ def print_selectivity(meta: dict, entries: list[dict], full: bool = False) -> No
             parts.append(f"AUROC on its val n/a ({entry.get('auroc_on_other_val_missing')})")
         if entry.get("other_auroc_on_this_val") is not None:
             parts.append(f"its AUROC on this val {at_layers(entry, layers, selected, 'other_auroc_on_this_val'):.3f}")
+        else:
+            parts.append(f"its AUROC on this val n/a ({entry.get('other_auroc_on_this_val_missing')})")
         head = f"selectivity vs {entry['concept']} ({entry['file']}), mean at the selected layers: "
         tail = " (selective: cos near the controls', AUROCs near 0.5)"
         out.print(head + "; ".join(parts) + tail, markup=False)

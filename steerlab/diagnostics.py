@@ -249,6 +249,20 @@ def default_candidates(n_layers: int) -> list[int]:
     return list(range(edge, n_layers - edge))
 
 
+def candidate_pool(cached: list[int], candidates: list[int] | None, candidates_from: str, k: int) -> list[int]:
+    """Indices into ``cached`` of the layers top-k / band may choose; refuses an empty pool or a ``k``
+    larger than it (checked by ``extract`` before it caches anything, too)."""
+    pool = [i for i, layer in enumerate(cached) if candidates is None or layer in set(candidates)]
+    if not pool:
+        raise ConfigError(
+            f"no cached layer is a candidate: the cache holds layers {_span(cached)}, the candidates are "
+            f"{_span(candidates or [])} ({candidates_from}); pass --candidate-layers all or a range the cache holds"
+        )
+    if not 1 <= k <= len(pool):
+        raise ConfigError(f"--k {k} must be between 1 and the {len(pool)} candidate layers ({candidates_from})")
+    return pool
+
+
 def select_layers(
     scores: TrainScores,
     rule: str = "top-k",
@@ -287,20 +301,11 @@ def select_layers(
         if missing:
             raise ConfigError(f"layer(s) {missing} out of range: the cache holds layers {cached[0]}..{cached[-1]}")
         return {"layers": sorted(set(explicit)), "rule": {"name": "list", "layers": sorted(set(explicit))}}
-    pool = [i for i, layer in enumerate(cached) if candidates is None or layer in set(candidates)]
-    if not pool:
-        raise ConfigError(
-            f"no cached layer is a candidate: the cache holds layers {_span(cached)}, the candidates are "
-            f"{_span(candidates or [])} ({candidates_from}); pass --candidate-layers all or a range the cache holds"
-        )
-    if not 1 <= k <= len(pool):
-        raise ConfigError(f"--k {k} must be between 1 and the {len(pool)} candidate layers ({candidates_from})")
+    pool = candidate_pool(cached, candidates, candidates_from, k)
     cv, dprime, spread = scores.cv_auroc, scores.cv_dprime, scores.cv_auroc_sd
     primary, secondary = (dprime, cv) if rank_by == "cv_dprime" else (cv, dprime)
     other = "cv_auroc" if rank_by == "cv_dprime" else "cv_dprime"
-    order = sorted(
-        pool, key=lambda i: (-round(primary[i], 6), -round(secondary[i], 6), round(spread[i], 6), cached[i])
-    )
+    order = sorted(pool, key=lambda i: (-round(primary[i], 6), -round(secondary[i], 6), round(spread[i], 6), cached[i]))
     if rule == "top-k":
         chosen = sorted(order[:k])
     else:

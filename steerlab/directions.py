@@ -25,6 +25,7 @@ from steerlab.diagnostics import (
     SELECT_RULES,
     VALIDATION_SPLITS,
     Diagnostics,
+    candidate_pool,
     default_candidates,
     diagnose,
     select_layers,
@@ -81,6 +82,31 @@ class FitSettings:
         if self.orthogonalize_against is not None and not Path(self.orthogonalize_against).is_file():
             raise ConfigError(f"--orthogonalize-against {self.orthogonalize_against}: no such vector file")
         return self
+
+    def preflight(self, n_layers: int, layers: list[int], model: dict[str, Any], concepts: list[str]) -> None:
+        """What a fit of these ``layers`` of a model with ``n_layers`` blocks would refuse, checked before an
+        extraction that can take hours (``steerlab extract``)."""
+        if self.select == "list":
+            missing = [layer for layer in self.select_layers or [] if layer not in layers]
+            if missing:
+                raise ConfigError(f"--select-layers {missing} are not among the layers to cache ({layers})")
+        else:
+            candidate_pool(layers, *self.candidates(n_layers), self.k)
+        if self.orthogonalize_against is not None:
+            other = VectorBundle.load(self.orthogonalize_against)
+            if other.meta["model"] != model:
+                raise ConfigError(f"--orthogonalize-against {self.orthogonalize_against} was fitted on another model")
+            if other.meta.get("concept") in concepts:
+                raise ConfigError(
+                    f"--orthogonalize-against {self.orthogonalize_against} is a {other.meta.get('concept')!r} vector "
+                    "and the pair file holds that concept; extract with --no-fit, then fit the other concepts with "
+                    "steerlab fit --orthogonalize-against"
+                )
+            missing = [layer for layer in layers if layer not in other.meta["layers"]]
+            if missing:
+                raise ConfigError(
+                    f"--orthogonalize-against {self.orthogonalize_against} has no direction at layer(s) {missing}"
+                )
 
     def candidates(self, n_layers: int) -> tuple[list[int], str]:
         """The layers selection may choose from, and how they were set."""
@@ -177,7 +203,7 @@ def fit_cache(
     settings.check()
     cache = ActivationCache.open(cache_path)
     concept, splits = load_splits(cache, concept, settings.device)
-    raw_val = splits["val"]
+    raw = dict(splits)
     against = None
     if settings.orthogonalize_against is not None:
         against = orthogonal_basis(settings.orthogonalize_against, cache, concept)
@@ -195,6 +221,10 @@ def fit_cache(
     if against is not None:  # the fit saw only the complement; remove what feature scaling put back
         diag.directions = project_out(diag.directions, against["unit"])
         diag.per_layer["vector_norm"] = diag.directions.norm(dim=-1).double().cpu().tolist()
+        for split in VALIDATION_SPLITS:  # the held-out numbers of the direction as saved, on the raw activations
+            if split in raw:
+                for name, values in split_metrics(raw[split], diag.directions).items():
+                    diag.per_layer[f"{split}_{name}"] = values.tolist()
     bad = degenerate_rows(diag.directions)
     if bad:
         (row,), what = bad[0]
@@ -213,11 +243,17 @@ def fit_cache(
         identity["orthogonalized_against"] = against["record"]["file_hash"]
     seeds = control_seeds(settings.control_seed, identity, settings.controls)
     controls = controls_from_seeds(diag.directions.cpu(), seeds)
-    ctrl_diag = control_diagnostics(controls, splits)
+    if against is not None:  # the null of an orthogonalized vector lives in the same complement
+        unit = against["unit"].cpu()
+        controls = project_out(controls, unit)
+        controls = controls * (diag.directions.cpu().norm(dim=-1) / controls.norm(dim=-1))[..., None]
+    ctrl_diag = control_diagnostics(controls, raw)
     meta = bundle_meta(cache, concept, settings, diag, selection, ctrl_diag, identity, seeds)
     if against is not None:
         meta["orthogonalized_against"] = against["record"]
-    meta["selectivity"] = selectivity(out, meta, diag.directions.cpu(), raw_val.cpu())
+    if against is not None:
+        meta["controls"]["kind"] += ", projected onto the complement of the --orthogonalize-against vector first"
+    meta["selectivity"] = selectivity(out, meta, diag.directions.cpu(), raw["val"].cpu())
     bundle = VectorBundle.build(diag.directions.cpu(), controls, meta)
     bundle.save(out)
     keys = ("concept", "method", "locus", "layers", "selected_layers", "selection", "selectivity")

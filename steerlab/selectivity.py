@@ -57,13 +57,28 @@ def sibling_files(path: Path, meta: dict[str, Any]) -> list[tuple[Path, VectorBu
     return chosen
 
 
-def val_activations(meta: dict[str, Any], layers: list[int]) -> tuple[torch.Tensor | None, str | None]:
-    """The ``val`` activations ``[n, 2, len(layers), D]`` a vector file was fitted beside, or (None, why)."""
+def find_cache(cache_file: str | None, near: Path | None) -> Path | None:
+    """The cache a vector file names: as recorded (relative to the working directory of the fit, or
+    absolute), else relative to one of the vector file's folders (a repository's ``vectors/<concept>/``
+    names ``runs/...`` from the repository root). The caller checks it is the right cache."""
+    if not cache_file:
+        return None
+    recorded = Path(cache_file)
+    tries = [recorded] + ([] if recorded.is_absolute() or near is None else [d / recorded for d in Path(near).parents])
+    return next((path for path in tries if path.is_file()), None)
+
+
+def val_activations(
+    meta: dict[str, Any], layers: list[int], near: Path | None = None
+) -> tuple[torch.Tensor | None, str | None]:
+    """The ``val`` activations ``[n, 2, len(layers), D]`` a vector file (at ``near``) was fitted beside, or
+    (None, why)."""
     cache_file = meta.get("cache_file")
-    if not cache_file or not Path(cache_file).is_file():
+    found = find_cache(cache_file, near)
+    if found is None:
         return None, f"its cache {cache_file} is gone"
     try:
-        cache = ActivationCache.open(Path(cache_file))
+        cache = ActivationCache.open(found)
     except SteerlabError as exc:
         return None, f"its cache cannot be read ({exc})"
     cm = cache.meta
@@ -83,6 +98,7 @@ def compare(
     this_val: torch.Tensor | None,
     other_path: Path,
     other: VectorBundle,
+    this_why: str | None = None,
 ) -> dict[str, Any]:
     """One sibling's per-layer selectivity numbers (``directions`` ``[L, D]`` over ``meta['layers']``,
     ``this_val`` ``[n, 2, L, D]`` or None)."""
@@ -98,12 +114,15 @@ def compare(
         ctrl = torch.stack([torch.stack([c.at(layer) for layer in layers]) for c in other.controls])  # [C, L, D]
         cos = torch.nn.functional.cosine_similarity(a[None], ctrl, dim=-1).abs().mean(0)
         entry["control_abs_cosine"] = cos.double().tolist()
-    other_val, why = val_activations(other.meta, layers)
+    other_val, why = val_activations(other.meta, layers, other_path)
     entry["auroc_on_other_val"] = None if other_val is None else split_metrics(other_val, a)["auroc"].tolist()
     if why:
         entry["auroc_on_other_val_missing"] = why
     if this_val is not None:
         entry["other_auroc_on_this_val"] = split_metrics(this_val.float().cpu(), b)["auroc"].tolist()
+    else:
+        entry["other_auroc_on_this_val"] = None
+        entry["other_auroc_on_this_val_missing"] = this_why or "this vector's val activations are not at hand"
     return entry
 
 
@@ -113,9 +132,10 @@ def selectivity(
     """Compare a vector (to be) written at ``path`` with every sibling file; ``this_val`` defaults to
     the ``val`` activations of the cache ``meta`` records."""
     siblings = sibling_files(path, meta)
+    why = None
     if siblings and this_val is None:
-        this_val, _ = val_activations(meta, list(meta["layers"]))
-    return [compare(directions, meta, this_val, p, b) for p, b in siblings]
+        this_val, why = val_activations(meta, list(meta["layers"]), path)
+    return [compare(directions, meta, this_val, p, b, why) for p, b in siblings]
 
 
 def at_layers(entry: dict[str, Any], layers: list[int], selected: list[int], key: str) -> float | None:

@@ -207,3 +207,53 @@ def test_orthogonalize_against_another_model_is_refused(tmp_path, capsys, monkey
     refused(["fit", "--cache", "gamma.h5", "--orthogonalize-against", "vectors/alpha/m.safetensors"],
             "fitted on another model", tmp_path, capsys)  # fmt: skip
     assert ActivationCache.open(tmp_path / "gamma.h5").concepts[0] == "gamma"
+
+
+def test_an_orthogonalized_file_reports_the_numbers_of_what_it_holds(tmp_path):
+    """The saved vector and controls lie in the complement of the other vector, and the header's held-out
+    numbers and the controls' AUROCs are those of the saved tensors on the raw activations."""
+    from steerlab.diagnostics import split_metrics
+
+    two_concepts(tmp_path, 1.5, controls=3)
+    cache = tmp_path / "beta.h5"
+    other = tmp_path / "vectors" / "alpha" / "m.safetensors"
+    b, _ = fit_cache(
+        cache, FitSettings(orthogonalize_against=other, controls=3), tmp_path / "o" / "beta" / "x.safetensors"
+    )
+    raw = torch.from_numpy(ActivationCache.open(cache).load("val"))
+    va = VectorBundle.load(other).vector.directions
+    per_layer = b.meta["diagnostics"]["per_layer"]
+    mine = split_metrics(raw, b.vector.directions)
+    np.testing.assert_allclose(per_layer["val_mean_cosine"], mine["mean_cosine"], atol=1e-6)
+    np.testing.assert_allclose(per_layer["val_mean_gap"], mine["mean_gap"], rtol=1e-5)
+    for c, recorded in zip(b.controls, b.meta["controls"]["diagnostics"], strict=True):
+        assert torch.nn.functional.cosine_similarity(c.directions, va, dim=-1).abs().max() < 1e-5
+        torch.testing.assert_close(c.directions.norm(dim=-1), b.vector.directions.norm(dim=-1))
+        np.testing.assert_allclose(recorded["val_auroc"], split_metrics(raw, c.directions)["auroc"], atol=1e-9)
+
+
+def test_inspect_finds_the_caches_from_another_folder(tmp_path, capsys, monkeypatch):
+    """Caches named relative to the fit's working directory are found from elsewhere, next to the files."""
+    two_concepts(tmp_path, 1.5, controls=2)
+    monkeypatch.chdir(tmp_path)
+    for name in ("alpha", "beta"):  # refit with the caches named relative to this folder
+        assert (
+            run_cli(["fit", "--cache", f"{name}.h5", "--name", "m", "--overwrite", "--controls", "1"], capsys)[0] == 0
+        )
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, out, _ = run_cli(["vectors", "inspect", "../vectors/alpha/m.safetensors"], capsys)
+    assert code == 0 and "n/a" not in out and "AUROC on its val 0." in out and "its AUROC on this val 0." in out
+
+
+def test_extract_refuses_what_its_fit_would_refuse_before_caching(tmp_path, tiny_dir, toy_pairs, capsys, monkeypatch):
+    from steerlab.pairs import write_pairs
+
+    monkeypatch.chdir(tmp_path)
+    write_pairs(toy_pairs, tmp_path / "toy.jsonl")
+    base = ["extract", "--pairs", "toy.jsonl", "--model", tiny_dir, "--cache", "c.h5", "--device", "cpu"]
+    refused([*base, "--candidate-layers", "1", "--k", "2"], "between 1 and the 1 candidate layers", tmp_path, capsys,
+            loading_bar=True)  # fmt: skip
+    refused([*base, "--layers", "0,1", "--candidate-layers", "3"], "no cached layer is a candidate", tmp_path, capsys,
+            loading_bar=True)  # fmt: skip
+    assert not (tmp_path / "c.h5").exists()
