@@ -21,6 +21,9 @@ def _console():
     return out, err
 
 
+FEW_PAIRS = 20  # below this many pairs the summary says the numbers are anecdotal
+
+
 def register(vectors_app: typer.Typer) -> None:
     """Add the command to the ``vectors`` group."""
     vectors_app.command("score")(score)
@@ -139,3 +142,6 @@ def print_report(report: dict[str, Any]) -> None:
         out.print(
             "note: the vector was fitted on this pair file; its train pairs are in-sample, not held out", markup=False
         )
+    n = pairs["n_pairs"]["all"]
+    if n < FEW_PAIRS:  # one pair gives AUROC 0 or 1
+        out.print(f"note: only {n} pair(s): the AUROC is coarse and uncertain; score {FEW_PAIRS} or more", markup=False)

@@ -282,7 +282,8 @@ def select_layers(
     :class:`TrainScores` (``Diagnostics.train_scores()``), nothing else.
 
     - ``top-k``: the k best-ranked candidates;
-    - ``band``: k contiguous candidates centred on the best-ranked one (shifted to fit);
+    - ``band``: k neighbouring candidates (contiguous in the candidate list, which is contiguous unless
+      ``--candidate-layers`` names gaps) centred on the best-ranked one (shifted to fit);
     - ``list``: exactly ``explicit`` (candidates and ranking do not apply).
 
     The rule records the criterion, the candidates and, for each chosen layer, its rank and scores.

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, ValidationError, model_validator
 
 from steerlab.config import load_yaml
 from steerlab.errors import ConfigError
@@ -36,11 +36,15 @@ DEFAULT_SYSTEM = (
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
+MAX_PAIRS = 100_000
+
+
 class PairCounts(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    train: int = Field(default=400, ge=0)
-    val: int = Field(default=100, ge=0)
-    keyword_hard: int = Field(default=100, ge=0)
+    # strict: `train: true` is no count; at most MAX_PAIRS per split (a typo of extra zeros is refused)
+    train: StrictInt = Field(default=400, ge=0, le=MAX_PAIRS)
+    val: StrictInt = Field(default=100, ge=0, le=MAX_PAIRS)
+    keyword_hard: StrictInt = Field(default=100, ge=0, le=MAX_PAIRS)
 
     def asked(self) -> dict[str, int]:
         return {split: getattr(self, split) for split in SPLITS}

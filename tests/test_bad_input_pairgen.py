@@ -45,6 +45,13 @@ TABLE = [
     ({**SPEC, "pairs": {"train": 0, "val": 0, "keyword_hard": 0}}, {}, [], "zero pairs asked for"),
     (None, {}, ["--train", "0", "--val", "0", "--keyword-hard", "0"], "zero pairs asked for"),
     (None, {}, ["--train", "-1"], "--train -1: give 0 or more pairs"),
+    (
+        {**SPEC, "pairs": {"train": True, "val": 1, "keyword_hard": 1}},
+        {},
+        [],
+        "pairs.train: Input should be a valid integer",
+    ),
+    ({**SPEC, "pairs": {"train": 10**11, "val": 1, "keyword_hard": 1}}, {}, [], "less than or equal to 100000"),
     ({**SPEC, "keywords": []}, {}, [], "keyword_hard pairs need controlled keywords"),
     ({**SPEC, "concept": "Toy Concept"}, {}, [], "concept: String should match pattern"),
     (None, {}, ["--backend", "openai"], "--backend 'openai': use hf, vllm, anthropic"),

@@ -285,3 +285,4 @@ def test_shipped_vector_scored_on_held_out_smollm2_pairs(tmp_path, capsys):
     assert len(report["scores"]["all"]["controls"]["auroc"]) == len(bundle.controls) == 5
     check_against_cache(report, bundle, tmp_path / "c.h5")
     assert "cross-concept check" in out and f"at the selected layers {bundle.meta['selected_layers']}" in out
+    assert "note: only 8 pair(s)" in out
