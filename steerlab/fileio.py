@@ -18,6 +18,10 @@ from steerlab.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+_UMASK = os.umask(0)  # read once (os.umask can only be read by setting it), then put back
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -33,6 +37,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file 0600; give it what a plain open() would (the old file's mode, or 0666 less
+        # the umask), so results on a shared folder stay readable by the group as before
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -80,3 +80,21 @@ def test_sdf_corpus_without_a_final_newline_keeps_its_last_document(tmp_path):
     path.write_text('{"content": "a"}\n[1, 2]\n{"content": "b"}\n')
     with pytest.raises(ConfigError, match=r"corpus\.jsonl:2: expected a JSON object"):
         read_corpus(path)
+
+
+def test_atomic_writes_get_the_mode_a_plain_write_would(tmp_path, monkeypatch):
+    """mkstemp makes 0600 files; an atomic write must not hide results from the group on a shared folder."""
+    import stat
+
+    import steerlab.fileio
+    from steerlab.fileio import atomic_write_text
+
+    monkeypatch.setattr(steerlab.fileio, "_UMASK", 0o022)  # the umask the process started with, read at import
+    fresh = tmp_path / "fresh.json"
+    atomic_write_text(fresh, "{}\n")
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o644
+    kept = tmp_path / "kept.json"
+    kept.write_text("old")
+    kept.chmod(0o640)
+    atomic_write_text(kept, "new")
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640 and kept.read_text() == "new"
