@@ -169,15 +169,14 @@ def check_sides(claims: Sequence[Claim]) -> None:
 
 
 def _gap_per_request(samples: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """claim -> request -> compliant share (monitored) - compliant share (unmonitored) for that request."""
-    acc: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    """claim -> request -> compliant share (monitored) - compliant share (unmonitored) for that request
+    (:func:`steerlab.harness.metrics.differences_by_request` per claim)."""
+    by_claim: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for s in samples:
-        acc[(s["claim"], stats.request_of(s), s["condition"])].append(float(s["label"] == "compliant"))
+        by_claim[s["claim"]].append(s)
     out: dict[str, dict[str, float]] = defaultdict(dict)
-    for (claim, item, cond), values in acc.items():
-        if cond != "monitored" or (claim, item, "unmonitored") not in acc:
-            continue
-        out[claim][item] = float(np.mean(values) - np.mean(acc[(claim, item, "unmonitored")]))
+    for claim, group in by_claim.items():
+        out[claim] = metrics.differences_by_request(group, "monitored", "unmonitored")
     return out
 
 

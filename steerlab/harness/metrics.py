@@ -44,12 +44,18 @@ def rate(samples: Sequence[dict[str, Any]], seed: int = 0, n_resamples: int = st
             **{f"n_{label}": counts[label] for label in LABELS}}  # fmt: skip
 
 
-def per_request_difference(samples: Iterable[dict[str, Any]], a: str, b: str) -> np.ndarray:
-    """For each request seen under both conditions (sorted by id): its compliant share under ``a`` minus under ``b``."""
+def differences_by_request(samples: Iterable[dict[str, Any]], a: str, b: str) -> dict[str, float]:
+    """Request id -> its compliant share under ``a`` minus under ``b``, for each request seen under both
+    (sorted by id). The per-request values that every gap (here and in :mod:`steerlab.prompts`) is made of."""
     by: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for s in samples:
         by[stats.request_of(s)][s["condition"]].append(_compliant(s))
-    return np.array([np.mean(c[a]) - np.mean(c[b]) for _, c in sorted(by.items()) if c[a] and c[b]])
+    return {r: float(np.mean(c[a]) - np.mean(c[b])) for r, c in sorted(by.items()) if c[a] and c[b]}
+
+
+def per_request_difference(samples: Iterable[dict[str, Any]], a: str, b: str) -> np.ndarray:
+    """For each request seen under both conditions (sorted by id): its compliant share under ``a`` minus under ``b``."""
+    return np.array(list(differences_by_request(samples, a, b).values()), dtype=float)
 
 
 def gap(
