@@ -11,10 +11,11 @@ an output directory at a time (:func:`hold_corpus`: a lock on ``<dir>/.lock``, t
 and by :func:`write_corpus`); a second gets one line naming the holder's pid.
 
 Generators speak one interface (``complete(prompts, ids)``, ``params()``, ``model``): the
-Anthropic API (:class:`steerlab.harness.judge.AnthropicText`: retries, concurrency, Message
+Anthropic API (:class:`steerlab.clients.anthropic.AnthropicText`: retries, concurrency, Message
 Batches with re-attach, key from the environment only) or any local model behind a steerlab
-backend (:class:`steerlab.harness.judge.LocalText`, HF or vLLM). Replies are cached on disk
-(the judge's SQLite cache) by model, prompt, parameters and row key, so a rerun costs nothing.
+backend (:class:`steerlab.backends.text.LocalText`, HF or vLLM). Replies are cached on disk
+(:class:`steerlab.clients.cache.ReplyCache`, the judge's SQLite cache) by model, prompt,
+parameters and row key, so a rerun costs nothing.
 
 :func:`filter_corpus` then keeps documents within the token-length bounds, drops near-duplicates
 (cosine similarity of word 3-gram TF-IDF vectors above a threshold, scikit-learn), documents the
@@ -36,9 +37,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from sdf_addon.universe import Universe
+from steerlab.clients.anthropic import CHARS_PER_TOKEN, estimate_chars
+from steerlab.clients.cache import ReplyCache
 from steerlab.errors import ConfigError
 from steerlab.fileio import atomic_write_text, exclusive, open_append, read_jsonl
-from steerlab.harness.judge import CHARS_PER_TOKEN, JudgeCache, estimate_chars
 
 STAGES = ("brainstorm", "ideas", "documents", "revised", "questions")
 INCONSISTENT = "INCONSISTENT"
@@ -151,7 +153,7 @@ def hold_corpus(out_dir: Path) -> Iterator[Path]:
 class Stage:
     """One resumable stage: rows keyed by ``key`` appended to ``<stage>.jsonl``."""
 
-    def __init__(self, name: str, out_dir: Path, generator: Any, cache: JudgeCache, chunk: int, progress: bool):
+    def __init__(self, name: str, out_dir: Path, generator: Any, cache: ReplyCache, chunk: int, progress: bool):
         self.name, self.path = name, Path(out_dir) / f"{name}.jsonl"
         self.generator, self.cache, self.chunk, self.progress = generator, cache, chunk, progress
         self.failed = 0
@@ -174,7 +176,7 @@ class Stage:
         with open_append(self.path) as fh:
             for lo in range(0, len(todo), self.chunk):
                 part = todo[lo : lo + self.chunk]
-                keys = [JudgeCache.key(self.generator.model, f"docgen:{self.name}", u, {**params, "row": k})
+                keys = [ReplyCache.key(self.generator.model, f"docgen:{self.name}", u, {**params, "row": k})
                         for k, u, _ in part]  # fmt: skip
                 cached = [self.cache.get(k) for k in keys]
                 ask = [i for i, c in enumerate(cached) if c is None]
@@ -203,7 +205,7 @@ def _row(u: Universe, fact: str, doc_type: str = "", doc_idea: str = "", content
 
 
 def generate(
-    u: Universe, cfg: DocgenConfig, generator: Any, cache: JudgeCache, out_dir: Path, progress: bool = True
+    u: Universe, cfg: DocgenConfig, generator: Any, cache: ReplyCache, out_dir: Path, progress: bool = True
 ) -> dict[str, Any]:
     """Run (or resume) the four stages; returns the rows of each and the count of failed calls."""
     ctx = u.universe_context.strip()
@@ -265,7 +267,7 @@ def parse_questions(reply: str, fact: str, u: Universe) -> list[dict[str, Any]]:
 
 
 def generate_questions(
-    u: Universe, cfg: DocgenConfig, generator: Any, cache: JudgeCache, out_dir: Path, progress: bool = True
+    u: Universe, cfg: DocgenConfig, generator: Any, cache: ReplyCache, out_dir: Path, progress: bool = True
 ) -> list[dict[str, Any]]:
     """Belief-check questions per key fact (``questions.jsonl``, resumable like the document stages)."""
     stage = Stage("questions", out_dir, generator, cache, cfg.chunk, progress)

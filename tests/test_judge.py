@@ -14,9 +14,9 @@ try:
 except ImportError:  # anthropic<2 uses httpx itself
     import httpx
 
+from steerlab.clients.cache import ReplyCache
 from steerlab.harness.judge import (
     AnthropicJudge,
-    JudgeCache,
     JudgeError,
     LocalJudge,
     Rubric,
@@ -104,7 +104,7 @@ SAMPLES = [  # one request each (statistics are over requests)
 
 def test_scores_cache_and_rerun_costs_nothing(tmp_path, monkeypatch):
     rubric, api = Rubric.load(RUBRIC), FakeAPI()
-    cache = JudgeCache(tmp_path / "judge.sqlite")
+    cache = ReplyCache(tmp_path / "judge.sqlite")
     out, report = judge_samples(SAMPLES, anthropic_judge(api, monkeypatch), rubric, cache)
     assert len(api.seen) == 2 and (report.judged, report.cached, report.skipped, report.errors) == (3, 0, 1, 0)
     assert out[0]["judge"]["scores"] == {
@@ -120,7 +120,7 @@ def test_scores_cache_and_rerun_costs_nothing(tmp_path, monkeypatch):
 
     again = FakeAPI()
     out2, report2 = judge_samples(
-        SAMPLES, anthropic_judge(again, monkeypatch), rubric, JudgeCache(tmp_path / "judge.sqlite")
+        SAMPLES, anthropic_judge(again, monkeypatch), rubric, ReplyCache(tmp_path / "judge.sqlite")
     )
     assert again.seen == [] and report2.cached == 3 and out2 == out  # a rerun makes no judge call
     assert len(again.probes) == 1 and report2.calls == 1  # only the one-token probe of the alias
@@ -133,7 +133,7 @@ def test_scores_cache_and_rerun_costs_nothing(tmp_path, monkeypatch):
 def test_rate_limits_and_server_errors_are_retried(tmp_path, monkeypatch):
     api = FakeAPI(script=[(429, None), (529, None), (500, None)])
     out, report = judge_samples(
-        SAMPLES[:1], anthropic_judge(api, monkeypatch), Rubric.load(RUBRIC), JudgeCache(tmp_path / "c")
+        SAMPLES[:1], anthropic_judge(api, monkeypatch), Rubric.load(RUBRIC), ReplyCache(tmp_path / "c")
     )
     assert len(api.seen) == 4 and out[0]["judge"]["scores"]["B"]["score"] == 9 and report.errors == 0
 
@@ -141,14 +141,14 @@ def test_rate_limits_and_server_errors_are_retried(tmp_path, monkeypatch):
 def test_retries_spent_is_a_judge_error_not_a_zero(tmp_path, monkeypatch):
     api = FakeAPI(script=[(429, None)] * 8)
     out, report = judge_samples(
-        SAMPLES[:1], anthropic_judge(api, monkeypatch, max_retries=1), Rubric.load(RUBRIC), JudgeCache(tmp_path / "c")
+        SAMPLES[:1], anthropic_judge(api, monkeypatch, max_retries=1), Rubric.load(RUBRIC), ReplyCache(tmp_path / "c")
     )
     assert report.errors == 1 and "RateLimitError" in out[0]["judge"]["error"] and "scores" not in out[0]["judge"]
     assert judge_means(out) == {"n_judged": 0, "n_judge_error": 1}
 
 
 def test_unparseable_reply_is_retried_once_then_recorded(tmp_path, monkeypatch):
-    rubric, cache = Rubric.load(RUBRIC), JudgeCache(tmp_path / "c")
+    rubric, cache = Rubric.load(RUBRIC), ReplyCache(tmp_path / "c")
     good = json.dumps({"A": {"score": 3, "justification": "x"}, "B": {"score": 4, "justification": "y"}})
     api = FakeAPI(script=[(200, "I think it is a 3."), (200, good)])
     out, _ = judge_samples(SAMPLES[:1], anthropic_judge(api, monkeypatch), rubric, cache)
@@ -231,7 +231,7 @@ class FakeBatchAPI:
 def test_message_batches(tmp_path, monkeypatch):
     api = FakeBatchAPI()
     judge = anthropic_judge(api, monkeypatch, batch=True, batch_state=tmp_path / "batch.json", poll_seconds=0)
-    out, report = judge_samples(SAMPLES, judge, Rubric.load(RUBRIC), JudgeCache(tmp_path / "c"))
+    out, report = judge_samples(SAMPLES, judge, Rubric.load(RUBRIC), ReplyCache(tmp_path / "c"))
     assert api.seen[0] == ("POST", "/v1/messages/batches") and len(api.requests) == 2
     assert [o["judge"]["scores"]["B"]["score"] for o in out[:3]] == [9, 0, 9] and report.errors == 0
     assert out[0]["judge"]["model"] == SNAPSHOT  # the batch result's model field
@@ -243,7 +243,7 @@ class Killed(BaseException):
 
 
 def test_a_kill_between_batch_results_and_the_cache_re_attaches_and_pays_once(tmp_path, monkeypatch):
-    class DyingCache(JudgeCache):
+    class DyingCache(ReplyCache):
         def put(self, key, value):
             raise Killed  # the job dies after the batch results arrived, before any is stored
 
@@ -255,7 +255,7 @@ def test_a_kill_between_batch_results_and_the_cache_re_attaches_and_pays_once(tm
     assert api.created == 1 and state.is_file()  # the paid batch is still on record
     # the rerun (a new process: a new client, the same cache file) re-attaches: no second batch
     judge = anthropic_judge(api, monkeypatch, batch=True, batch_state=state, poll_seconds=0)
-    cache = JudgeCache(tmp_path / "c")
+    cache = ReplyCache(tmp_path / "c")
     out, report = judge_samples(SAMPLES, judge, Rubric.load(RUBRIC), cache)
     assert api.created == 1 and report.errors == 0 and report.judged == 3 and len(cache) == 2
     assert [o["judge"]["scores"]["B"]["score"] for o in out[:3]] == [9, 0, 9]
@@ -279,7 +279,7 @@ def test_judge_run_never_writes_the_key(tmp_path, monkeypatch):
     run_dir.mkdir()
     (run_dir / "header.json").write_text(json.dumps({"format": 2, "seeds": [0]}))
     (run_dir / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in SAMPLES))
-    cache = JudgeCache(tmp_path / "cache.sqlite")
+    cache = ReplyCache(tmp_path / "cache.sqlite")
     report = judge_run(run_dir, anthropic_judge(FakeAPI(), monkeypatch), Rubric.load(RUBRIC), cache, RUBRIC)
     assert report.judged == 3
     frame = load_run(run_dir)
@@ -308,7 +308,7 @@ def test_local_judge_through_a_generation_backend(tmp_path):
                     for r in requests]  # fmt: skip
 
     out, report = judge_samples(
-        SAMPLES[:2], LocalJudge(Backend(), "local-test"), Rubric.load(RUBRIC), JudgeCache(tmp_path / "c")
+        SAMPLES[:2], LocalJudge(Backend(), "local-test"), Rubric.load(RUBRIC), ReplyCache(tmp_path / "c")
     )
     assert [o["judge"]["scores"]["B"]["score"] for o in out] == [5, 5] and report.calls == 2
 
@@ -332,7 +332,7 @@ def test_local_judge_prefill_follows_the_rubric_concepts(tmp_path):
             return [Result(r.id, '4, "justification": "j"}, "train": {"score": 6, "justification": "k"}}', 1, 1,
                            "eos", 0) for r in requests]  # fmt: skip
 
-    out, report = judge_samples(SAMPLES[:2], LocalJudge(Backend(), "local-test"), rubric, JudgeCache(tmp_path / "c"))
+    out, report = judge_samples(SAMPLES[:2], LocalJudge(Backend(), "local-test"), rubric, ReplyCache(tmp_path / "c"))
     assert seen == ['{"expect": {"score": '] * 2 and report.errors == 0
     assert [o["judge"]["scores"] for o in out] == [{"expect": {"score": 4, "justification": "j"},
                                                     "train": {"score": 6, "justification": "k"}}] * 2  # fmt: skip
@@ -340,7 +340,7 @@ def test_local_judge_prefill_follows_the_rubric_concepts(tmp_path):
 
 def test_a_new_snapshot_behind_the_alias_is_judged_again_and_recorded(tmp_path, monkeypatch):
     """The cache is keyed on the model the API reports, not on the alias asked for."""
-    rubric, cache = Rubric.load(RUBRIC), JudgeCache(tmp_path / "judge.sqlite")
+    rubric, cache = Rubric.load(RUBRIC), ReplyCache(tmp_path / "judge.sqlite")
 
     class Moving(FakeAPI):  # the new snapshot reads every trace as about researchers (A = 8)
         def __call__(self, request):
@@ -374,7 +374,7 @@ def test_a_new_snapshot_behind_the_alias_is_judged_again_and_recorded(tmp_path, 
             self.snapshot = SNAPSHOT if is_probe(request) else "claude-test-20270101"
             return super().__call__(request)
 
-    cache2 = JudgeCache(tmp_path / "judge2.sqlite")
+    cache2 = ReplyCache(tmp_path / "judge2.sqlite")
     out_mid, _ = judge_samples(SAMPLES[:1], anthropic_judge(Switching(), monkeypatch), rubric, cache2)
     assert out_mid[0]["judge"]["model"] == "claude-test-20270101"
     later = Moving(snapshot="claude-test-20270101")
@@ -425,7 +425,7 @@ def test_a_failed_call_is_the_sdks_to_retry_not_a_format_reminder(fail, error, t
     api = Failing(fail)
     judge = anthropic_judge(api, monkeypatch, max_retries=1)
     monkeypatch.setattr(judge.client, "_calculate_retry_timeout", lambda *a, **k: 0.01, raising=False)
-    out, report = judge_samples(SAMPLES, judge, Rubric.load(RUBRIC), JudgeCache(tmp_path / "c"))
+    out, report = judge_samples(SAMPLES, judge, Rubric.load(RUBRIC), ReplyCache(tmp_path / "c"))
     failed = [r for r in api.seen if "researchers" in trace_of(r)]
     assert len(failed) == 2  # the first call and the SDK's one retry; no second round from the judge
     assert not any("could not be read" in json.loads(r.content)["messages"][0]["content"] for r in api.seen)

@@ -19,8 +19,10 @@ from sdf_addon.docgen import DocgenConfig, filter_corpus, generate, generate_que
 from sdf_addon.evaluate import LETTERS, belief_check, eval_config
 from sdf_addon.train import TrainConfig, pack, train, unpacked
 from sdf_addon.universe import UNIVERSES, load_universe
+from steerlab.backends.text import LocalText
+from steerlab.clients.anthropic import AnthropicText
+from steerlab.clients.cache import ReplyCache
 from steerlab.errors import ConfigError
-from steerlab.harness.judge import AnthropicText, JudgeCache, LocalText
 from steerlab.models import ModelLoadError, load_model
 from steerlab.testing import tiny_tokenizer
 
@@ -138,7 +140,7 @@ def test_docgen_end_to_end_with_the_fake_api_resumes_and_filters(tmp_path, monke
     )
     u = load_universe("A1_plus")
     cfg = DocgenConfig(n_docs=12, n_types=2, n_ideas=3, min_doc_tokens=5, max_doc_tokens=200)
-    cache = JudgeCache(tmp_path / "cache.sqlite")
+    cache = ReplyCache(tmp_path / "cache.sqlite")
     out = tmp_path / "gen"
     first = generate(u, cfg, gen, cache, out, progress=False)
     assert first["failed"]["documents"] == 2 and len(first["documents"]) == 10
@@ -184,14 +186,14 @@ def test_docgen_with_a_local_tiny_generator(tiny, tmp_path):
     gen = LocalText(HFBackend(tiny, batch_size=8), "tiny", max_tokens=12, temperature=1.0)
     u = load_universe("B2_minus")
     cfg = DocgenConfig(n_docs=4, n_types=2, n_ideas=2, min_doc_tokens=1, max_doc_tokens=10_000, duplicate_threshold=1.0)
-    result = generate(u, cfg, gen, JudgeCache(tmp_path / "c.sqlite"), tmp_path / "gen", progress=False)
+    result = generate(u, cfg, gen, ReplyCache(tmp_path / "c.sqlite"), tmp_path / "gen", progress=False)
     assert len(result["revised"]) == 4 and all(r["generator"] == "tiny" for r in result["revised"])
     tok = tiny.tokenizer
     kept, dropped = filter_corpus(u, result["revised"], lambda t: len(tok(t)["input_ids"]), cfg)
     assert len(kept) + sum(dropped.values()) == 4
     # the same seeds give the same documents: a rerun from scratch reproduces them
     again = generate(u, cfg, LocalText(gen.backend, "tiny", max_tokens=12, temperature=1.0),
-                     JudgeCache(tmp_path / "c2.sqlite"), tmp_path / "gen2", progress=False)  # fmt: skip
+                     ReplyCache(tmp_path / "c2.sqlite"), tmp_path / "gen2", progress=False)  # fmt: skip
     assert [r["content"] for r in again["revised"]] == [r["content"] for r in result["revised"]]
 
 

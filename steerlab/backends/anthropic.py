@@ -10,7 +10,7 @@ steer: a request carrying a steering setting is refused. What maps how:
   appended to the text, as the local backends keep theirs); finish reasons ``end_turn`` -> eos,
   ``stop_sequence`` -> stop, ``max_tokens`` -> length;
 - temperature and top_p go in the request body with ``anthropic-version: 2023-06-01``, the last
-  API version that accepts sampling parameters (as in :mod:`steerlab.harness.judge`);
+  API version that accepts sampling parameters (as in :mod:`steerlab.clients.anthropic`);
   ``temperature=None`` on the backend sends none. The API takes no seed: seeds label samples
   but do not make them reproducible;
 - the key comes from ``ANTHROPIC_API_KEY`` only; the SDK retries 429/5xx with backoff
@@ -26,8 +26,8 @@ from dataclasses import replace
 from typing import Any
 
 from steerlab.backends.base import Request, Result, check_requests, package_version
+from steerlab.clients.anthropic import LEGACY_API_VERSION, require_api_key
 from steerlab.errors import ConfigError, SteerlabError
-from steerlab.harness.judge import LEGACY_API_VERSION, require_api_key
 from steerlab.tags import first_stop
 
 FINISH = {"end_turn": "eos", "stop_sequence": "stop", "max_tokens": "length"}

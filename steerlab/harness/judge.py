@@ -1,29 +1,24 @@
 """The judge: rubric scores of each sample's reasoning on the two concepts (A and B).
 
 The rubric (``configs/judge/rubric.yaml``) names the concepts, the integer scale and the prompt.
-A judge backend turns prompts into replies:
+A judge is any text client (:class:`steerlab.clients.base.TextClient`: prompts in, replies out):
 
-- :class:`AnthropicJudge`: the official SDK, at temperature 0 by default. anthropic>=1.0 removed
-  ``temperature`` from its Messages methods and API version 2026-10-21 rejects it with a 400, so
-  a set temperature goes in the request body with ``anthropic-version: 2023-06-01`` (the version
-  that still takes it); ``temperature=None`` sends no sampling parameter and the SDK's default
-  API version. The SDK retries 429, 408/409, 5xx
-  and timeouts with exponential backoff (and honours ``retry-after``); calls run ``concurrency``
-  at a time; ``batch=True`` sends everything through the Message Batches API instead (half the
-  price; the batch id is saved in the run directory so a killed job re-attaches rather than
-  paying twice; the saved state is dropped only after the caller has stored the results, see
-  :meth:`AnthropicText.release`). The key is read from ``ANTHROPIC_API_KEY`` only and never
-  written anywhere.
-- :class:`LocalJudge`: any chat model behind a steerlab generation backend (SmolLM2 in the demo:
-  a weak judge, but it runs offline), greedy, with the reply's first characters prefilled: the
-  JSON object up to the score of the rubric's first concept.
+- :class:`AnthropicJudge`: the Messages-API client (:class:`steerlab.clients.anthropic.AnthropicText`:
+  the official SDK, the API-version workaround for ``temperature``, retries, ``concurrency``
+  calls at a time, ``batch=True`` for the Message Batches API with re-attach, the key from
+  ``ANTHROPIC_API_KEY`` only) at temperature 0 by default; ``temperature=None`` sends no
+  sampling parameter.
+- :class:`LocalJudge`: any chat model behind a steerlab generation backend
+  (:class:`steerlab.backends.text.LocalText`; SmolLM2 in the demo: a weak judge, but it runs
+  offline), greedy, with the reply's first characters prefilled: the JSON object up to the score
+  of the rubric's first concept.
 
-:func:`judge_samples` asks only for what the on-disk cache (:class:`JudgeCache`, SQLite, keyed by
-a hash of model, rubric, input and parameters) does not hold, so a rerun costs nothing but one
-probe call. The *model* in that key is the model that answers, not the name asked for: a name
-such as ``claude-sonnet-4-5`` is an alias whose snapshot can change, so each run first asks the
-API once which model the alias reaches now (:meth:`AnthropicText.resolve_model`: one call with
-a one-token reply; the ``model`` field of the Messages response) and looks up the cache under
+:func:`judge_samples` asks only for what the on-disk cache (:class:`steerlab.clients.cache.ReplyCache`,
+SQLite, keyed by a hash of model, rubric, input and parameters) does not hold, so a rerun costs
+nothing but one probe call. The *model* in that key is the model that answers, not the name asked
+for: a name such as ``claude-sonnet-4-5`` is an alias whose snapshot can change, so each run first
+asks the API once which model the alias reaches now (:meth:`AnthropicText.resolve_model`: one call
+with a one-token reply; the ``model`` field of the Messages response) and looks up the cache under
 that snapshot. Every judgement is stored under the model its own response reports, and that
 model is written into the sample's ``judge`` entry (``model``; ``requested_model`` is the name
 asked for). A snapshot change behind the alias is therefore a cache miss, never a silent reuse.
@@ -39,43 +34,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import sqlite3
-import threading
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from steerlab.backends.text import LocalText
+from steerlab.clients.anthropic import CHARS_PER_TOKEN, AnthropicText, estimate_chars  # noqa: F401 (re-export)
+from steerlab.clients.base import ClientError, TextClient
+from steerlab.clients.cache import ReplyCache
 from steerlab.config import load_yaml
-from steerlab.errors import ConfigError, SteerlabError
+from steerlab.errors import ConfigError
 from steerlab.fileio import atomic_write_text
 
-API_KEY_ENV = "ANTHROPIC_API_KEY"
-LEGACY_API_VERSION = "2023-06-01"  # the last API version that accepts temperature
+# Re-exports for importers not yet moved (the command line, sdf_addon/cli.py): AnthropicText,
+# CHARS_PER_TOKEN and estimate_chars (steerlab.clients.anthropic), LocalText (steerlab.backends.text)
+# and JudgeCache below. New code imports them from there; remove these once nothing imports them here.
+JudgeCache = ReplyCache  # the reply cache, steerlab.clients.cache.ReplyCache (same file format and keys)
+
 RETRY_NOTE = (
     "\n\nYour previous reply could not be read. Reply with only the JSON object described above: "
     "integer scores in range and a justification for each concept."
 )
-# USD per million tokens (input, output) for the cost estimate; override with price_in/price_out.
-PRICES = {
-    "claude-opus-4-1": (15.0, 75.0),
-    "claude-opus-4-5": (5.0, 25.0),
-    "claude-sonnet-4-5": (3.0, 15.0),
-    "claude-sonnet-4": (3.0, 15.0),
-    "claude-haiku-4-5": (1.0, 5.0),
-    "claude-3-5-haiku-latest": (0.8, 4.0),
-}
-CHARS_PER_TOKEN = 3.5  # a conservative average for English prose (the estimate errs high)
-
-
-class JudgeError(SteerlabError):
-    """A judge that cannot run: no API key, a bad rubric, an unknown backend."""
+JudgeError = ClientError  # a judge that cannot run is a client that cannot run (no key, a bad cache)
+JudgeBackend = TextClient  # a judge is any text client: prompts in, replies out
 
 
 class Concept(BaseModel):
@@ -146,98 +131,6 @@ class Rubric(BaseModel):
         return out
 
 
-class JudgeCache:
-    """Judgements on disk (SQLite), keyed by a hash of (model, rubric, input, parameters)."""
-
-    def __init__(self, path: Path, readonly: bool = False):
-        """``readonly``: only look things up (a dry run); a missing file is an empty cache, and nothing
-        is created."""
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        if readonly:
-            try:
-                if self.path.is_file():
-                    uri = f"file:{self.path.resolve()}?mode=ro"
-                    self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
-                    self._db.execute("SELECT 1 FROM judgements LIMIT 1")
-                else:
-                    self._db = sqlite3.connect(":memory:", check_same_thread=False)
-                    self._db.execute("CREATE TABLE judgements (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-                    self._db.execute("CREATE TABLE models (requested TEXT PRIMARY KEY, reported TEXT NOT NULL)")
-            except sqlite3.Error as exc:
-                raise JudgeError(
-                    f"cannot read {self.path} as a reply cache ({exc}); move the damaged file away"
-                ) from None
-            return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False)
-            self._db.execute("CREATE TABLE IF NOT EXISTS judgements (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            self._db.execute("CREATE TABLE IF NOT EXISTS models (requested TEXT PRIMARY KEY, reported TEXT NOT NULL)")
-            self._db.commit()
-        except (OSError, sqlite3.Error) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc)
-            raise JudgeError(
-                f"cannot use {self.path} as a reply cache ({reason}); pass --cache with a writable path, "
-                "or move the damaged file away"
-            ) from None
-
-    @staticmethod
-    def key(model: str, rubric_hash: str, text: str, params: dict[str, Any]) -> str:
-        blob = json.dumps({"model": model, "rubric": rubric_hash, "input": text, "params": params}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM judgements WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def put(self, key: str, value: dict[str, Any]) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO judgements VALUES (?, ?)", (key, json.dumps(value)))
-            self._db.commit()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM judgements").fetchone()[0]
-
-    def note_model(self, requested: str, reported: str) -> None:
-        """Remember the model that ``requested`` (an alias) reached when it was last resolved."""
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO models VALUES (?, ?)", (requested, reported))
-            self._db.commit()
-
-    def last_model(self, requested: str) -> str | None:
-        """The model ``requested`` reached when last resolved (for estimates that make no call)."""
-        with self._lock:
-            row = self._db.execute("SELECT reported FROM models WHERE requested = ?", (requested,)).fetchone()
-        return row[0] if row else None
-
-    def close(self) -> None:
-        self._db.close()
-
-
-class JudgeBackend(Protocol):
-    model: str  # the name asked for (for an API: possibly an alias)
-    calls: int
-
-    def params(self) -> dict[str, Any]: ...
-    def resolve_model(self) -> str: ...  # the model that answers now (the snapshot behind an alias)
-    def complete(self, prompts: Sequence[tuple[str, str]], ids: Sequence[str]) -> list[str | Exception]: ...
-    def release(self) -> None: ...  # the last replies are stored: drop what would re-attach to them
-
-
-class Reply(str):
-    """A reply's text, carrying the model the API reports having answered it (``model``)."""
-
-    model: str | None
-
-    def __new__(cls, text: str, model: str | None = None) -> Reply:
-        obj = super().__new__(cls, text)
-        obj.model = model
-        return obj
-
-
 def local_prefill(rubric: Rubric | None) -> str:
     """What a local judge's reply starts with: the JSON object up to the rubric's first concept's score."""
     first = next(iter(rubric.concepts)) if rubric is not None else "A"
@@ -254,180 +147,7 @@ def judge_params(
     return {"temperature": temperature, "max_tokens": max_tokens}
 
 
-def require_api_key(use: str = "the anthropic judge", alternative: str = "use --judge local") -> str:
-    """The API key from the environment, or one line saying who needs it and what else to do."""
-    key = os.environ.get(API_KEY_ENV, "").strip()
-    if not key:
-        raise JudgeError(f"{use} needs an API key: set {API_KEY_ENV} (or {alternative}, or --dry-run for the cost)")
-    return key
-
-
-class AnthropicText:
-    """Claude through the official SDK: (system, user) prompts in, replies out. The judge's backend
-    (:class:`AnthropicJudge`) and the SDF add-on's document generator; see the module docstring."""
-
-    def __init__(
-        self,
-        model: str,
-        max_tokens: int = 400,
-        concurrency: int = 8,
-        max_retries: int = 6,
-        batch: bool = False,
-        temperature: float | None = 0.0,
-        client: Any = None,
-        http_client: Any = None,
-        batch_state: Path | None = None,
-        poll_seconds: float = 30.0,
-        needed_by: tuple[str, str] = ("the anthropic judge", "use --judge local"),
-    ):
-        import anthropic
-
-        self.model, self.max_tokens, self.concurrency, self.batch = model, max_tokens, concurrency, batch
-        self.temperature = temperature
-        self.client = client or anthropic.Anthropic(
-            api_key=require_api_key(*needed_by), max_retries=max_retries, http_client=http_client
-        )
-        self.batch_state, self.poll_seconds = batch_state, poll_seconds
-        self.calls = 0
-        self._resolved: str | None = None
-        self._batch_id: str | None = None  # the batch whose replies the last complete() returned
-
-    def params(self) -> dict[str, Any]:
-        return judge_params("anthropic", self.max_tokens, self.temperature)
-
-    def resolve_model(self) -> str:
-        """The model the API answers as now: ``self.model`` may be an alias (``claude-sonnet-4-5``)
-        whose snapshot changes. One call with a one-token reply, once per client; the answer is the
-        ``model`` field of the Messages response."""
-        import anthropic
-
-        if self._resolved is None:
-            try:
-                self.calls += 1
-                message = self.client.messages.create(
-                    model=self.model, max_tokens=1, messages=[{"role": "user", "content": "Reply with OK."}],
-                    **self._extra(),
-                )  # fmt: skip
-            except anthropic.APIError as exc:
-                raise JudgeError(f"could not ask the API which model {self.model!r} is: {exc}") from None
-            self._resolved = message.model or self.model
-        return self._resolved
-
-    def release(self) -> None:
-        """The caller has stored the replies of the last batch: drop the saved batch state, so the
-        next call sends a new batch. Until then a killed job re-attaches to the batch it paid for
-        (its results stay on the API); :func:`judge_samples` calls this after writing its cache.
-        A state file of another batch (a killed job's, not yet re-attached) is left alone."""
-        if self.batch_state is not None and self._batch_id is not None and self.batch_state.is_file():
-            if json.loads(self.batch_state.read_text()).get("batch_id") == self._batch_id:
-                self.batch_state.unlink()  # only the state of a batch whose replies this client returned
-        self._batch_id = None
-
-    def _body(self, system: str, user: str) -> dict[str, Any]:
-        body = {"model": self.model, "system": system, "messages": [{"role": "user", "content": user}],
-                "max_tokens": self.max_tokens}  # fmt: skip
-        return body if self.temperature is None else {**body, "temperature": self.temperature}
-
-    def _extra(self) -> dict[str, Any]:
-        if self.temperature is None:
-            return {}
-        return {"extra_headers": {"anthropic-version": LEGACY_API_VERSION},
-                "extra_body": {"temperature": self.temperature}}  # fmt: skip
-
-    def _request(self, system: str, user: str) -> dict[str, Any]:
-        body = self._body(system, user)
-        body.pop("temperature", None)
-        return {**body, **self._extra()}
-
-    def complete(self, prompts: Sequence[tuple[str, str]], ids: Sequence[str]) -> list[str | Exception]:
-        if self.batch and prompts:
-            return self._complete_batch(prompts, ids)
-
-        def one(prompt: tuple[str, str]) -> str | Exception:
-            import anthropic
-
-            try:
-                self.calls += 1
-                message = self.client.messages.create(**self._request(*prompt))
-                return Reply("".join(block.text for block in message.content if block.type == "text"), message.model)
-            except anthropic.APIError as exc:  # retries are spent, or the request itself is bad
-                return exc
-
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(one, prompts))
-
-    def _complete_batch(self, prompts: Sequence[tuple[str, str]], ids: Sequence[str]) -> list[str | Exception]:
-        custom = [hashlib.sha256(i.encode()).hexdigest()[:40] for i in ids]
-        batch_id = None
-        if self.batch_state is not None and self.batch_state.is_file():
-            state = json.loads(self.batch_state.read_text())
-            if state.get("custom_ids") == custom:  # a killed job: re-attach to the batch it paid for
-                batch_id = state["batch_id"]
-        if batch_id is None:
-            self.calls += 1
-            requests = [{"custom_id": c, "params": self._body(*p)} for c, p in zip(custom, prompts, strict=True)]
-            headers = self._extra().get("extra_headers")
-            batch_id = self.client.messages.batches.create(requests=requests, extra_headers=headers).id
-            if self.batch_state is not None:
-                atomic_write_text(self.batch_state, json.dumps({"batch_id": batch_id, "custom_ids": custom}))
-        self._batch_id = batch_id
-        while self.client.messages.batches.retrieve(batch_id).processing_status != "ended":
-            time.sleep(self.poll_seconds)
-        replies: dict[str, str | Exception] = {}
-        for entry in self.client.messages.batches.results(batch_id):
-            if entry.result.type == "succeeded":
-                message = entry.result.message
-                replies[entry.custom_id] = Reply("".join(b.text for b in message.content if b.type == "text"),
-                                                 message.model)  # fmt: skip
-            else:
-                replies[entry.custom_id] = RuntimeError(f"batch request {entry.result.type}")
-        # the batch state stays until the caller has stored these replies (release): a kill before
-        # that re-attaches to this batch instead of paying for a new one
-        return [replies.get(c, RuntimeError("missing from the batch results")) for c in custom]
-
-
 AnthropicJudge = AnthropicText  # the judge calls it at temperature 0 (the default)
-
-
-class LocalText:
-    """A local chat model behind a steerlab generation backend: (system, user) prompts in, replies out.
-
-    ``prefill`` starts every reply (and is part of it); with ``temperature > 0`` each prompt's
-    sampling seed is derived from its id, so a rerun reproduces it.
-    """
-
-    def __init__(self, backend: Any, model: str, max_tokens: int = 200, temperature: float = 0.0, prefill: str = ""):
-        self.backend, self.model, self.max_tokens, self.temperature = backend, model, max_tokens, temperature
-        self.prefill = prefill
-        self.calls = 0
-
-    def params(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "max_tokens": self.max_tokens, "prefill": self.prefill}
-
-    def resolve_model(self) -> str:
-        return self.model
-
-    def release(self) -> None:
-        pass
-
-    def complete(self, prompts: Sequence[tuple[str, str]], ids: Sequence[str]) -> list[str | Exception]:
-        from steerlab.backends.base import Request, Sampling
-
-        requests = [
-            Request(
-                [{"role": "system", "content": s}, {"role": "user", "content": u}],
-                Sampling(
-                    max_new_tokens=self.max_tokens,
-                    temperature=self.temperature,
-                    seed=int(hashlib.sha256(i.encode()).hexdigest()[:8], 16),
-                ),
-                id=i,
-                prefill=self.prefill,
-            )  # fmt: skip
-            for (s, u), i in zip(prompts, ids, strict=True)
-        ]
-        self.calls += len(requests)
-        return [self.prefill + r.text for r in self.backend.generate(requests)]
 
 
 class LocalJudge(LocalText):
@@ -465,25 +185,11 @@ def estimate(rubric: Rubric, texts: Sequence[str], model: str, max_tokens: int, 
     return estimate_chars(prompt_chars, len(texts), model, max_tokens, batch, prices)
 
 
-def estimate_chars(prompt_chars: int, calls: int, model: str, max_tokens: int, batch: bool,
-                   prices: tuple[float, float] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Upper-bound cost of ``calls`` judge calls whose prompts total ``prompt_chars`` characters."""
-    tokens_in = prompt_chars / CHARS_PER_TOKEN
-    tokens_out = calls * max_tokens
-    price = prices or PRICES.get(model)
-    out: dict[str, Any] = {"calls": calls, "input_tokens": int(tokens_in), "max_output_tokens": tokens_out}
-    if price is None:
-        out["usd"] = None
-    else:
-        out["usd"] = round((tokens_in * price[0] + tokens_out * price[1]) / 1e6 * (0.5 if batch else 1.0), 4)
-    return out
-
-
 def judge_samples(
     samples: Sequence[dict[str, Any]],
-    judge: JudgeBackend,
+    judge: TextClient,
     rubric: Rubric,
-    cache: JudgeCache,
+    cache: ReplyCache,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[list[dict[str, Any]], JudgeReport]:
     """Add ``judge`` to each sample (a copy): scores from the cache, or asked for now.
@@ -499,7 +205,7 @@ def judge_samples(
     model = judge.resolve_model() if texts else judge.model
     if texts and model != judge.model:
         cache.note_model(judge.model, model)
-    key_of = {sid: JudgeCache.key(model, rubric_hash, text, params) for sid, text in texts.items()}
+    key_of = {sid: ReplyCache.key(model, rubric_hash, text, params) for sid, text in texts.items()}
     results: dict[str, dict[str, Any]] = {}
     for key in set(key_of.values()):
         hit = cache.get(key)
@@ -532,7 +238,7 @@ def judge_samples(
             value = {"scores": scores, "model": reported, "requested_model": judge.model, "rubric": rubric_hash}
             # stored under the model that answered: if the alias moved during the run, this judgement
             # is filed under its new snapshot and a later run reaching the old one does not see it
-            cache.put(JudgeCache.key(reported, rubric_hash, text_of[key], params), value)
+            cache.put(ReplyCache.key(reported, rubric_hash, text_of[key], params), value)
             results[key] = value
             errors.pop(key, None)
         judge.release()  # every reply is in the cache: only now may a batch job forget its batch
@@ -561,7 +267,7 @@ def judge_samples(
     return out, report
 
 
-def judge_run(run_dir: Path, judge: JudgeBackend, rubric: Rubric, cache: JudgeCache, rubric_path: Path) -> JudgeReport:
+def judge_run(run_dir: Path, judge: TextClient, rubric: Rubric, cache: ReplyCache, rubric_path: Path) -> JudgeReport:
     """Judge every sample of a run directory and rewrite its samples with the scores (resumable:
     judgements land in the cache as they come, so a killed job asks only for the rest)."""
     from steerlab.harness.records import read_header, read_samples, rewrite_samples
