@@ -31,7 +31,7 @@ from bench_extract import build  # benchmarks/bench_extract.py
 from record import write_record  # benchmarks/record.py
 
 from steerlab.backends.hf import HFBackend
-from steerlab.sweep import SweepConfig, run_sweep, write_label_summary
+from steerlab.runs import SweepConfig, run_sweep, write_label_summary
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -86,7 +86,7 @@ def intervention_of(adapter: Path, registry_path: Path | None = None) -> dict[st
 
 def eval_config(adapter: Path, run: dict[str, Any], out: Path, registry_path: Path | None = None):
     """The harness run config of one checkpoint (``run``: any run-config field but model, lora, out)."""
-    from steerlab.sweep import SweepConfig
+    from steerlab.runs import SweepConfig
 
     stack = read_stack(adapter)
     data = {"scenario": "alignment_faking", **run, "model": stack["base_model"], "lora": str(adapter),

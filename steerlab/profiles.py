@@ -300,7 +300,7 @@ def load_calibration(path: Path) -> CalibrationConfig:
 
 def checkpoint_config(cal: CalibrationConfig, ck: Checkpoint, out_dir: Path):
     """The prompt-eval run config of one checkpoint (claims default to all, standard strength)."""
-    from steerlab.sweep import SweepConfig
+    from steerlab.runs import SweepConfig
 
     data = {"scenario": "alignment_faking", "claims": {}, **cal.run, "model": ck.model, "lora": ck.lora,
             "out": str(Path(out_dir) / ck.name)}  # fmt: skip
@@ -337,7 +337,7 @@ def calibrate(cal: CalibrationConfig, out_dir: Path, run_one: Callable[[Any], Pa
     """Run the prompt battery on every checkpoint (one resumable run directory each), then rank.
 
     ``run_one`` generates a run config into its directory (the CLI builds a backend for the
-    checkpoint and calls :func:`steerlab.sweep.run_sweep`). Writes ``calibration.json`` and the
+    checkpoint and calls :func:`steerlab.runs.run_sweep`). Writes ``calibration.json`` and the
     figures into ``out_dir``.
     """
     from steerlab.fileio import atomic_write_text

@@ -1,7 +1,7 @@
 """The evaluation harness every intervention method is measured with.
 
 A *scenario* turns (request, condition) into chat messages and labels what comes back;
-:mod:`steerlab.sweep` runs rows of (vector arm, multiplier, condition, request, seed) through
+:mod:`steerlab.runs` runs rows of (vector arm, multiplier, condition, request, seed) through
 a backend with it. Prompt claims change a condition's system prompt and SDF checkpoints are a
 different model behind the backend; after the backend nothing knows which method ran.
 

@@ -1,0 +1,157 @@
+"""The run configs: what ``steerlab sweep``, ``eval``, ``prompt-eval``, ``calibrate`` and ``sdf eval`` run.
+
+:class:`SweepConfig` is a run of the harness (YAML files under ``configs/`` validate through it);
+:class:`AlignmentFakingConfig` and :class:`JudgeConfig` are its scenario's and judge's settings.
+:func:`load_config` reads one from YAML with overrides; :func:`make_scenario` builds its scenario
+(:mod:`steerlab.harness.scenario`). The checks that need the vector files or the model are
+:func:`steerlab.runs.engine.check_config`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from steerlab.config import load_yaml
+from steerlab.errors import ConfigError
+from steerlab.harness.scenario import AlignmentFaking, Plain, Scenario
+from steerlab.models import DEFAULT_CHAT_DATE, check_chat_date
+from steerlab.prompts import ClaimsConfig
+from steerlab.steer import Scale
+
+
+class AlignmentFakingConfig(BaseModel):
+    """Settings of the alignment-faking scenario (``scenario: alignment_faking``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    system_prompt: Path | None = None  # a prompt file; None: steerlab's default prompt
+    free_tier_true: str = "True"
+    free_tier_false: str = "False"
+    prefill: str = ""  # e.g. "<SCRATCHPAD_REASONING>"
+    max_turns: int = Field(default=4, ge=1)
+    raw_instruction: bool = True
+    # steerlab, published (the paper's <INPUT> layout), or a file with {tier} and {request} (and
+    # optionally {accepted}, {rejected}) placeholders, e.g. the published template's exact text
+    user_template: str = "steerlab"
+
+
+class JudgeConfig(BaseModel):
+    """Which judge scores the scratchpads (see :mod:`steerlab.harness.judge`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    backend: Literal["anthropic", "local"] = "anthropic"
+    model: str | None = None  # default: claude-sonnet-4-5 (anthropic), smollm2 (local)
+    rubric: Path = Path("configs/judge/rubric.yaml")
+    scale: tuple[int, int] | None = None  # override the rubric's integer scale, e.g. [1, 7]
+    concurrency: int = Field(default=8, ge=1)
+    max_retries: int = Field(default=6, ge=0)
+    batch: bool = False  # the Message Batches API (half price, results within 24 h)
+    max_tokens: int = Field(default=400, ge=16)
+    temperature: float | None = 0.0  # None: send no sampling parameter (see harness.judge)
+    cache: Path | None = None  # default: $STEERLAB_CACHE_DIR/judge.sqlite
+
+    @property
+    def model_name(self) -> str:
+        return self.model or ("claude-sonnet-4-5" if self.backend == "anthropic" else "smollm2")
+
+
+class SweepConfig(BaseModel):
+    """A run of the harness; YAML files under configs/ validate through this model."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = "smollm2"
+    lora: str | None = None  # a LoRA adapter directory on top of the model (an SDF checkpoint, say)
+    vectors: list[Path] = Field(default_factory=list)  # empty: the unsteered evaluation
+    controls: int = Field(default=2, ge=0)
+    multipliers: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    scale: Scale = "absolute"  # absolute or relative, as in steerlab.steer
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)  # checked against the model
+    scenario: Literal["plain", "alignment_faking"] = "plain"
+    # plain: name -> system prompt (None: none); alignment_faking: names from monitored/unmonitored/raw
+    conditions: dict[str, str | None] | list[str] | None = None
+    alignment_faking: AlignmentFakingConfig = Field(default_factory=AlignmentFakingConfig)
+    # prompt interventions: the baseline and every chosen claim, each under every condition
+    claims: ClaimsConfig | None = None
+    # an SDF checkpoint's intervention (set by sdf_addon): method, claim (a registry entry or null
+    # for the organism itself) and profile_model (the model the profile is drawn for)
+    intervention: dict[str, Any] | None = None
+    prompts: str  # request file (.txt, .jsonl, .csv) or a Hugging Face dataset id
+    prompt_set: str | None = None  # request-id prefix (default: the file's stem)
+    limit: int | None = Field(default=None, ge=1)  # only the first N requests
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seed: int = 0  # the run seed: every sample's sampling seed derives from (seed, request id, sample seed)
+    chat_date: str = DEFAULT_CHAT_DATE  # the date chat templates that read the clock render (models.render_chat)
+    max_new_tokens: int = Field(default=40, ge=1)
+    temperature: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    stop: list[str] = Field(default_factory=list)
+    batch_size: int = Field(default=16, ge=1)
+    scorer: str | None = None  # plain scenario: a regex, or "module:function" taking (text, sample) -> float
+    judge: JudgeConfig | None = None
+    out: Path = Path("runs/sweep")
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, values: list[int]) -> list[int]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"seeds {values} name a seed twice (each would write the same sample ids)")
+        return values
+
+    @field_validator("multipliers")
+    @classmethod
+    def _finite(cls, values: list[float]) -> list[float]:
+        bad = [v for v in values if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"multiplier {bad[0]} is not a finite number")
+        return values
+
+    @field_validator("chat_date", mode="before")
+    @classmethod
+    def _date(cls, value: Any) -> str:
+        try:
+            return check_chat_date(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepConfig:
+        if not self.vectors and any(m != 0 for m in self.multipliers):
+            raise ValueError("non-zero multipliers need vectors to steer with (give vectors, or multipliers [0])")
+        if self.conditions is None:
+            self.conditions = ["monitored", "unmonitored"] if self.scenario == "alignment_faking" else {"default": None}
+        if self.scenario == "alignment_faking" and isinstance(self.conditions, dict):
+            raise ValueError("alignment_faking conditions are a list of names (monitored, unmonitored, raw)")
+        if self.scenario == "plain" and isinstance(self.conditions, list):
+            self.conditions = {name: None for name in self.conditions}
+        if self.claims is not None:
+            if self.scenario != "alignment_faking":
+                raise ValueError("claims need scenario: alignment_faking (a claim is appended to its system prompt)")
+            if self.vectors:
+                raise ValueError("claims run with steering off: drop the vectors (one intervention per run)")
+            if "raw" in (self.conditions or ()):
+                raise ValueError("the raw condition has no system prompt to append a claim to; drop raw")
+        return self
+
+
+def load_config(path: Path, **overrides: Any) -> SweepConfig:
+    return load_yaml(path, SweepConfig, "sweep config", overrides)
+
+
+def make_scenario(config: SweepConfig) -> Scenario:
+    if config.scenario == "plain":
+        assert isinstance(config.conditions, dict)
+        return Plain(config.conditions)
+    af = config.alignment_faking
+    return AlignmentFaking.from_file(
+        af.system_prompt, free_tier_true=af.free_tier_true, free_tier_false=af.free_tier_false, prefill=af.prefill,
+        max_turns=af.max_turns, raw_instruction=af.raw_instruction, chosen=tuple(config.conditions or ()),
+        user_template=af.user_template,
+    )  # fmt: skip

@@ -1,0 +1,250 @@
+"""The run engine: rows -> requests -> backend -> samples, for every kind of run.
+
+A scenario (:mod:`steerlab.harness.scenario`) turns a row's request and condition into chat
+messages; rows run through a backend in full batches with per-row steering (a turn that needs
+continuing, as in the alignment-faking protocol, is sent again with the next batch of turns), and
+each finished row is one *sample*, a JSON line of ``RUN_DIR/samples.jsonl`` (see
+:mod:`steerlab.harness.records`). A killed run resumes: finished samples are read back and
+skipped, and a torn last line is dropped. Every option is checked before the run directory is
+made (:func:`check_config`), and one process writes a run at a time (the directory's lock,
+:func:`steerlab.harness.records.hold_run`), ``then=`` callbacks (judging, summaries) included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from steerlab import prompts
+from steerlab.backends.base import Backend, Request, Sampling, derive_seed
+from steerlab.errors import ConfigError
+from steerlab.fileio import open_append
+from steerlab.harness.datasets import Item, load_requests
+from steerlab.harness.records import SAMPLES, check_run, hold_run, open_run, read_samples
+from steerlab.harness.scenario import Scenario, Turn, next_turn_messages, transcript
+from steerlab.models import Fingerprint
+from steerlab.runs.config import SweepConfig, make_scenario
+from steerlab.runs.header import RESUME_KEYS, build_header, describe_backend
+from steerlab.runs.rows import (
+    ROW_FIELDS,
+    Arm,
+    Row,
+    expand,
+    generation_key,
+    load_arms,
+    row_fields,
+    row_of,
+    steering_settings,
+)
+from steerlab.runs.summary import scorer
+from steerlab.steer import SteeringSetting
+
+
+def sample_seed(run_seed: int, item: str, seed: int) -> int:
+    """The sampling seed of one sample: derived from (run seed, request id, sample seed).
+
+    Different requests draw independent streams (a shared seed would make every request pick the
+    same tokens wherever their distributions agree, correlating samples that the statistics treat
+    as independent). Arms, multipliers, claims and conditions of one request share it on purpose:
+    they differ only in the intervention, a paired design.
+    """
+    return derive_seed(run_seed, item, seed)
+
+
+def turn_seed(seed: int, turn: int) -> int:
+    """The seed of a sample's ``turn``-th turn (turn 0 keeps the sample's seed)."""
+    return seed if turn == 0 else derive_seed(seed, turn)
+
+
+def check_config(config: SweepConfig, fingerprint: Fingerprint | None = None) -> list[Arm]:
+    """Everything about ``config`` that can be checked without generating, before anything is written:
+    sampling values, the scorer (importable and callable), the vector files, and the steered layers
+    (against each vector's layers, and against the model's ``n_layers`` and ``d_model`` when its
+    ``fingerprint`` is given). Returns the arms. ``run_sweep`` calls it; the CLI calls it once more
+    before the model loads (``fingerprint=None``), so a bad option costs no model load."""
+    Sampling(config.max_new_tokens, config.temperature, config.top_p).check()
+    if config.scenario == "plain" and config.scorer is not None:
+        scorer(config.scorer)
+    if fingerprint is not None and config.layers is not None:
+        n = fingerprint.n_layers
+        bad = [layer for layer in config.layers if not 0 <= layer < n]
+        if bad:
+            raise ConfigError(f"layers: {bad[0]} is not a layer of the model, which has {n} (0..{n - 1})")
+    arms = load_arms(config, fingerprint)
+    for arm in arms:
+        if fingerprint is not None and arm.bundle is not None and arm.bundle.vector.d_model != fingerprint.d_model:
+            raise ConfigError(
+                f"vector {arm.vector!r} has width {arm.bundle.vector.d_model}, but the model's d_model is "
+                f"{fingerprint.d_model}; use a vector fitted on this model"
+            )
+    steering_settings(config, arms)  # the steered layers exist in every vector file
+    return arms
+
+
+def run_sweep(
+    config: SweepConfig, backend: Backend, fingerprint: Fingerprint | None, progress: bool = True, chunk: int = 64,
+    then: Callable[[Path], None] | None = None,
+) -> Path:  # fmt: skip
+    """Run (or resume) the rows of ``config`` into ``config.out``; returns the run directory.
+
+    Everything is checked (:func:`check_config`, the run directory) before the directory is made;
+    the run then holds the directory's lock (:func:`steerlab.harness.records.hold_run`) until it
+    returns, ``then(run_dir)`` (judging, summaries) included, so no second process writes into it.
+
+    Rows that need the same generation (every arm at multiplier 0 shares its unsteered
+    generation) are collapsed into one *job* across the whole run before anything is generated;
+    jobs then go to the backend ``chunk`` at a time, and each finished job writes all its rows.
+    """
+    run_dir = Path(config.out)
+    arms = check_config(config, fingerprint)
+    scenario = make_scenario(config)
+    # prompt interventions: one scenario per claim (baseline included), differing in the system prompt
+    scenarios: dict[str | None, Scenario] = (
+        dict(prompts.claim_scenarios(scenario, config.claims)) if config.claims else {None: scenario}
+    )
+    items = load_requests(config.prompts, config.prompt_set, config.limit)
+    rows = expand(config, arms, items, scenario.conditions(), list(scenarios))
+    described = describe_backend(backend)
+    if described.get("chat_date") not in (None, config.chat_date):
+        raise ConfigError(
+            f"the backend renders chats dated {described['chat_date']} but the run config says {config.chat_date}; "
+            "build the backend with the config's chat_date"
+        )
+    header = build_header(config, scenario, items, fingerprint, len(rows), described)
+    check_run(run_dir, header, RESUME_KEYS)  # before anything is written
+    fits = getattr(backend, "check_fits", None)
+    if callable(fits):  # a first-turn prompt that fills the model's context is refused before any work
+        fits([
+            Request(scenarios[claim].messages(item, cond), prefill=scenario.prefill_for(cond), id=item.id)
+            for claim in scenarios for cond in scenario.conditions() for item in items
+        ])  # fmt: skip
+    with hold_run(run_dir):
+        open_run(run_dir, header, RESUME_KEYS)  # again, under the lock
+        _generate(config, backend, run_dir, scenario, scenarios, items, arms, rows, described, progress, chunk)
+        if then is not None:
+            then(run_dir)
+    return run_dir
+
+
+def _generate(
+    config: SweepConfig, backend: Backend, run_dir: Path, scenario: Scenario, scenarios: dict[str | None, Scenario],
+    items: Sequence[Item], arms: Sequence[Arm], rows: Sequence[Row], described: dict[str, Any], progress: bool,
+    chunk: int,
+) -> None:  # fmt: skip
+    by_id = {i.id: i for i in items}
+    backend_id = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    template_system = described.get("template_system")
+
+    existing = read_samples(run_dir)
+    done = {r["id"] for r in existing}
+    todo = [r for r in rows if r.id not in done]
+    # a job killed after some of its rows were written: its other rows reuse that generation (a
+    # regenerated one could differ, e.g. on a GPU whose kernels depend on the batch shape)
+    generated = {generation_key(row_of(s)): s for s in existing}
+    settings = steering_settings(config, arms)
+    jobs: dict[str, Job] = {}
+    rows_of: dict[str, list[Row]] = defaultdict(list)
+    reused: list[dict[str, Any]] = []
+    for row in todo:  # one generation per distinct key, across the whole run
+        key = generation_key(row)
+        if key in generated:
+            shared = {k: v for k, v in generated[key].items() if k not in ROW_FIELDS}
+            reused.append({**row_fields(row), "prompt": by_id[row.item].prompt, **shared})
+            continue
+        if key not in jobs:
+            setting = None if row.multiplier == 0 else settings[(row.vector, row.arm, row.multiplier)]
+            messages = scenarios[row.claim].messages(by_id[row.item], row.condition)
+            seed = sample_seed(config.seed, row.item, row.seed)
+            base = Sampling(config.max_new_tokens, config.temperature, config.top_p, seed, tuple(config.stop))
+            jobs[key] = Job(
+                key, messages, scenario.sampling(base), setting, scenario.prefill_for(row.condition), row.condition
+            )
+        rows_of[key].append(row)
+    queue = list(jobs.values())
+    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), unit="sample", desc="run", disable=not progress)
+    with open_append(run_dir / SAMPLES) as fh:
+        for sample in reused:
+            fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
+        fh.flush()
+        bar.update(len(reused))
+        for lo in range(0, len(queue), chunk):
+            part = queue[lo : lo + chunk]
+            started = time.perf_counter()
+            turns = converse(scenario, backend, part)
+            seconds = round((time.perf_counter() - started) / len(part), 4)
+            written = 0
+            for job in part:
+                sample_turns = turns[job.key]
+                shared = {
+                    "messages": job.messages,
+                    "prefill": job.prefill,
+                    "system": next((m["content"] for m in job.messages if m["role"] == "system"), None),
+                    "layers": list(job.setting.steered_layers()) if job.setting else [],
+                    "scale": config.scale,
+                    "sampling_seed": job.sampling.seed,
+                    "turns": [t.__dict__ for t in sample_turns],
+                    "text": transcript([t.text for t in sample_turns]),
+                    "finish_reason": sample_turns[-1].finish_reason,
+                    "n_new_tokens": sum(t.n_new_tokens for t in sample_turns),
+                    "seconds": seconds,  # per generation (shared by the rows that reuse it)
+                    "backend_id": backend_id,
+                    **scenario.label(sample_turns, job.condition),
+                }
+                if shared["system"] is None:  # what the template shows instead of "no system prompt"
+                    shared["template_system"] = template_system
+                for row in rows_of[job.key]:
+                    sample = {**row_fields(row), "prompt": by_id[row.item].prompt, **shared}
+                    fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
+                    written += 1
+            fh.flush()
+            bar.update(written)
+    bar.close()
+
+
+@dataclass
+class Job:
+    """One distinct generation (possibly several turns), shared by every row with its key."""
+
+    key: str
+    messages: list[dict[str, str]]
+    sampling: Sampling
+    setting: SteeringSetting | None
+    prefill: str
+    condition: str = ""
+
+
+def converse(scenario: Scenario, backend: Backend, jobs: Sequence[Job]) -> dict[str, list[Turn]]:
+    """Run each job's turns: all first turns in one backend call, then every continuation together."""
+    convo = {j.key: list(j.messages) for j in jobs}
+    turns: dict[str, list[Turn]] = {j.key: [] for j in jobs}
+    active = list(jobs)
+    for t in range(scenario.max_turns):
+        requests = [
+            Request(
+                convo[j.key], replace(j.sampling, seed=turn_seed(j.sampling.seed, t)), j.setting, id=f"{j.key}#t{t}",
+                prefill=j.prefill if t == 0 else "",
+                context="".join(turn.text + "\n" for turn in turns[j.key]),
+            )
+            for j in active
+        ]  # fmt: skip
+        results = backend.generate(requests)
+        following = []
+        for job, res in zip(active, results, strict=True):
+            text = res.lead + (job.prefill if t == 0 else "") + res.text
+            turns[job.key].append(Turn(text, res.finish_reason, res.n_new_tokens))
+            so_far = transcript([turn.text for turn in turns[job.key]])
+            if t + 1 < scenario.max_turns and scenario.continues(so_far, res.finish_reason):
+                convo[job.key] = next_turn_messages(convo[job.key], text)
+                following.append(job)
+        active = following
+        if not active:
+            break
+    return turns
