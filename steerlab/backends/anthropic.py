@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 from steerlab.backends.base import Request, Result, check_requests, package_version
-from steerlab.clients.anthropic import LEGACY_API_VERSION, require_api_key
+from steerlab.clients.anthropic import legacy_sampling, sdk_client
 from steerlab.errors import ConfigError, SteerlabError
 from steerlab.tags import first_stop
 
@@ -50,14 +50,9 @@ class AnthropicBackend:
         self, model: str, concurrency: int = 8, max_retries: int = 6, send_sampling: bool = True,
         client: Any = None, http_client: Any = None,
     ):  # fmt: skip
-        import anthropic
-
         self.model, self.concurrency, self.send_sampling = model, concurrency, send_sampling
-        self.client = client or anthropic.Anthropic(
-            api_key=require_api_key("--backend anthropic", "use --backend hf or vllm with an open-weight model"),
-            max_retries=max_retries,
-            http_client=http_client,
-        )
+        needed_by = ("--backend anthropic", "use --backend hf or vllm with an open-weight model")
+        self.client = client or sdk_client(needed_by, max_retries, http_client)
         self.calls = 0
 
     def describe(self) -> dict[str, Any]:
@@ -81,8 +76,7 @@ class AnthropicBackend:
             sampling = {"temperature": r.sampling.temperature}
             if r.sampling.top_p < 1:
                 sampling["top_p"] = r.sampling.top_p
-            body["extra_body"] = sampling
-            body["extra_headers"] = {"anthropic-version": LEGACY_API_VERSION}
+            body.update(legacy_sampling(sampling))
         return body
 
     def _one(self, r: Request) -> Result:

@@ -61,6 +61,25 @@ def require_api_key(use: str = "the anthropic judge", alternative: str = "use --
     return key
 
 
+def sdk_client(
+    needed_by: tuple[str, str] = ("the anthropic judge", "use --judge local"),
+    max_retries: int = 6,
+    http_client: Any = None,
+) -> Any:
+    """The official SDK's client with the key from the environment (``needed_by``: who needs the key
+    and what else to do, for the one line when it is missing) and ``max_retries`` SDK retries."""
+    import anthropic
+
+    return anthropic.Anthropic(api_key=require_api_key(*needed_by), max_retries=max_retries, http_client=http_client)
+
+
+def legacy_sampling(sampling: dict[str, float]) -> dict[str, Any]:
+    """The keyword arguments that send ``sampling`` (temperature, top_p) to the Messages API: in the
+    request body, under :data:`LEGACY_API_VERSION` (the SDK's methods and the newer API versions
+    refuse them); see the module docstring."""
+    return {"extra_headers": {"anthropic-version": LEGACY_API_VERSION}, "extra_body": dict(sampling)}
+
+
 class AnthropicText:
     """Claude through the official SDK: (system, user) prompts in, replies out. The judge's backend
     (:class:`steerlab.harness.judge.AnthropicJudge`) and the SDF add-on's document generator and
@@ -80,13 +99,9 @@ class AnthropicText:
         poll_seconds: float = 30.0,
         needed_by: tuple[str, str] = ("the anthropic judge", "use --judge local"),
     ):
-        import anthropic
-
         self.model, self.max_tokens, self.concurrency, self.batch = model, max_tokens, concurrency, batch
         self.temperature = temperature
-        self.client = client or anthropic.Anthropic(
-            api_key=require_api_key(*needed_by), max_retries=max_retries, http_client=http_client
-        )
+        self.client = client or sdk_client(needed_by, max_retries, http_client)
         self.batch_state, self.poll_seconds = batch_state, poll_seconds
         self.calls = 0
         self._resolved: str | None = None
@@ -130,10 +145,7 @@ class AnthropicText:
         return body if self.temperature is None else {**body, "temperature": self.temperature}
 
     def _extra(self) -> dict[str, Any]:
-        if self.temperature is None:
-            return {}
-        return {"extra_headers": {"anthropic-version": LEGACY_API_VERSION},
-                "extra_body": {"temperature": self.temperature}}  # fmt: skip
+        return {} if self.temperature is None else legacy_sampling({"temperature": self.temperature})
 
     def _request(self, system: str, user: str) -> dict[str, Any]:
         body = self._body(system, user)
