@@ -61,6 +61,12 @@ def require_api_key(use: str = "the anthropic judge", alternative: str = "use --
     return key
 
 
+def cache_params(max_tokens: int, temperature: float | None) -> dict[str, Any]:
+    """The parameters that, with model and input, key a reply of :class:`AnthropicText` in a
+    :class:`~steerlab.clients.cache.ReplyCache` (the judge's dry run computes the same keys)."""
+    return {"temperature": temperature, "max_tokens": max_tokens}
+
+
 def sdk_client(
     needed_by: tuple[str, str] = ("the anthropic judge", "use --judge local"),
     max_retries: int = 6,
@@ -108,8 +114,7 @@ class AnthropicText:
         self._batch_id: str | None = None  # the batch whose replies the last complete() returned
 
     def params(self) -> dict[str, Any]:
-        """The sampling parameters that, with model and input, key a reply in the cache."""
-        return {"temperature": self.temperature, "max_tokens": self.max_tokens}
+        return cache_params(self.max_tokens, self.temperature)
 
     def resolve_model(self) -> str:
         """The model the API answers as now: ``self.model`` may be an alias (``claude-sonnet-4-5``)

@@ -43,7 +43,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from steerlab.backends.text import LocalText
-from steerlab.clients.anthropic import CHARS_PER_TOKEN, AnthropicText, estimate_chars  # noqa: F401 (re-export)
+from steerlab.clients.anthropic import CHARS_PER_TOKEN, AnthropicText, cache_params, estimate_chars  # noqa: F401
 from steerlab.clients.base import ClientError, TextClient
 from steerlab.clients.cache import ReplyCache
 from steerlab.config import load_yaml
@@ -144,7 +144,7 @@ def judge_params(
     judge's prefill follows ``rubric``; without one, a rubric whose first concept is ``A``)."""
     if backend == "local":
         return {"temperature": 0.0, "max_tokens": max_tokens, "prefill": local_prefill(rubric)}
-    return {"temperature": temperature, "max_tokens": max_tokens}
+    return cache_params(max_tokens, temperature)  # what AnthropicText.params() gives
 
 
 AnthropicJudge = AnthropicText  # the judge calls it at temperature 0 (the default)
