@@ -1,6 +1,6 @@
 """The ``sdf`` command: ``gen`` (documents), ``train`` (LoRA), ``merge`` (a stack into a full model),
 ``eval`` (checkpoints on the harness, with the belief check). Errors exit 2 with one line, as in
-``steerlab`` (:func:`steerlab.cli.run_app`). Runs under ``accelerate launch`` or ``torchrun`` as
+``steerlab`` (:func:`steerlab.cli.app.run_app`). Runs under ``accelerate launch`` or ``torchrun`` as
 ``-m sdf_addon.cli train ...``.
 """
 
@@ -73,7 +73,7 @@ def gen(
     from steerlab.models import cache_dir
 
     u = load_universe(universe)
-    from steerlab.cli_harness import _validated
+    from steerlab.cli.common import validated as _validated
 
     cfg = _validated(DocgenConfig, n_docs=n_docs, n_types=n_types, n_ideas=n_ideas, max_tokens=max_tokens,
                      temperature=temperature, min_doc_tokens=min_doc_tokens, max_doc_tokens=max_doc_tokens,
@@ -177,7 +177,8 @@ def eval_command(
     from sdf_addon.evaluate import belief_check, eval_config, load_questions, negations, read_stack
     from sdf_addon.universe import Universe
     from steerlab.backends.hf import HFBackend
-    from steerlab.cli_harness import parse_ints, print_label_summary
+    from steerlab.cli.common import parse_ints
+    from steerlab.cli.report import print_label_summary
     from steerlab.fileio import atomic_write_text
     from steerlab.models import load_model
     from steerlab.sweep import run_sweep
@@ -212,7 +213,7 @@ def eval_command(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from steerlab.cli import run_app
+    from steerlab.cli.app import run_app
 
     run_app(app, argv, "sdf")
 

@@ -68,7 +68,7 @@ class TrainConfig(BaseModel):
 
 def load_train_config(path: Path | None = None, **overrides: Any) -> TrainConfig:
     if path is None and not shipped(DEFAULT_CONFIG).is_file():
-        from steerlab.cli_harness import _validated
+        from steerlab.cli.common import validated as _validated
 
         return _validated(TrainConfig, **{k: v for k, v in overrides.items() if v is not None})
     return load_yaml(path or DEFAULT_CONFIG, TrainConfig, "training config", overrides)

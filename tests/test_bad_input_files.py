@@ -93,7 +93,7 @@ def test_a_killed_conversion_leaves_nothing_behind_on_the_next_run(tmp_path):
 
 
 def test_ctrl_c_during_a_run_says_how_to_resume(tmp_path, capsys, monkeypatch):
-    import steerlab.cli_harness as ch
+    import steerlab.cli.runs as ch
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -1,0 +1,148 @@
+"""Every option that more than one command takes, declared once (typed ``Annotated`` aliases), and
+:class:`AFOptions`, the options every alignment-faking run command shares, passed as one object.
+
+Imports nothing else of the CLI but :mod:`steerlab.cli.common`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from steerlab.cli.common import parse_ints, validated
+from steerlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from steerlab.sweep import SweepConfig
+
+# ----------------------------------------------------------------------------- models and devices
+DType = Annotated[str, typer.Option("--dtype", help="Model dtype: auto, float32, float16, bfloat16.")]
+Device = Annotated[str, typer.Option("--device", help="auto (cuda if available), cpu, cuda.")]
+DeviceIndexed = Annotated[str, typer.Option("--device", help="auto (cuda if available), cpu, cuda, cuda:1, ...")]
+TrustRemoteCode = Annotated[bool, typer.Option(help="Allow model code from the hub.")]
+TensorParallel = Annotated[int, typer.Option(help="vLLM: GPUs per model (tensor parallel).")]
+BatchSize = Annotated[int, typer.Option(help="Rows per generation batch.")]
+
+# ----------------------------------------------------------------------------- fitting (extract and fit)
+VectorsDir = Annotated[Path, typer.Option(help="Vector files go to VECTORS_DIR/<concept>/NAME.safetensors.")]
+
+
+def _vector_name(name: str | None) -> str | None:
+    """A vector file's name is a file name: no folders, so ``--name ../../x`` cannot write elsewhere."""
+    if name is not None and (not re.fullmatch(r"[A-Za-z0-9._-]+", name) or set(name) == {"."}):
+        raise ConfigError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only (no folders)")
+    return name
+
+
+VectorName = Annotated[
+    str | None, typer.Option(help="Vector file name (default: the model's short name).", callback=_vector_name)
+]
+Method = Annotated[str, typer.Option(help="logistic, mean_diff or pca.")]
+InverseL2 = Annotated[float, typer.Option("--C", help="Inverse L2 strength of the logistic fit (scikit-learn's C).")]
+Folds = Annotated[int, typer.Option(help="Cross-validation folds (split by pair).")]
+FoldSeed = Annotated[int, typer.Option(help="Seed of the fold split.")]
+Select = Annotated[str, typer.Option(help="Layer selection: top-k, band or list.")]
+TopK = Annotated[int, typer.Option(help="Layers chosen by top-k or band.")]
+SelectLayers = Annotated[str | None, typer.Option(help="Layers for --select list, e.g. 12,13,14.")]
+RankBy = Annotated[str, typer.Option(
+    help="Rank layers by cv_dprime (train CV standardised gap; keeps its resolution when AUROC saturates) "
+    "or cv_auroc.")]  # fmt: skip
+CandidateLayers = Annotated[str, typer.Option(
+    help="Layers top-k/band may choose: middle (default: leaves out the first and last fifth of the model's "
+    "layers), all, or a list like 6-23.")]  # fmt: skip
+OrthogonalizeAgainst = Annotated[Path | None, typer.Option(
+    help="Another concept's vector file: fit in the complement of its direction at each layer.")]  # fmt: skip
+Controls = Annotated[int, typer.Option(help="Norm-matched random controls per vector.")]
+ControlSeed = Annotated[int, typer.Option(
+    help="Run seed of the random controls; each file's control seeds derive from it and the vector's identity "
+    "(concept, model, pair file, locus, method), recorded in the header.")]  # fmt: skip
+
+# ----------------------------------------------------------------------------- generation (steer, sweep)
+BackendKind = Annotated[str, typer.Option("--backend", help="hf (transformers), vllm, or anthropic (no steering).")]
+Lora = Annotated[str | None, typer.Option(help="A LoRA adapter directory (peft) applied to every request.")]
+
+# ----------------------------------------------------------------------------- runs (eval, prompt-eval, pairs generate)
+Dataset = Annotated[str, typer.Option(help="Requests: .csv/.jsonl (goal or prompt column), .txt, or a hub id.")]
+OutDir = Annotated[Path, typer.Option("--out", help="Run directory (resumed if it holds this run).")]
+ModelOpt = Annotated[str, typer.Option("--model", help="Hub id, local dir, .gguf file, smollm2, or an API model.")]
+Seeds = Annotated[str, typer.Option(help="Sampling seeds, e.g. 0,1,2.")]
+SystemPrompt = Annotated[Path | None, typer.Option(help="System prompt file (default: steerlab's own).")]
+TierLiteral = Annotated[str, typer.Option(help="The monitored tier tag's value: True or true.")]
+UserTemplate = Annotated[
+    str, typer.Option(help="User-turn layout: steerlab, or published (<INPUT>, instruction in <user_input>).")
+]
+ChatDate = Annotated[
+    str | None,
+    typer.Option(help="The date chat templates that read the clock render (YYYY-MM-DD, default 2024-07-26)."),
+]
+RunSeed = Annotated[int, typer.Option(help="Run seed: sampling seeds derive from (run seed, request id, sample seed).")]
+Prefill = Annotated[str, typer.Option(help="Assistant prefill, e.g. '<SCRATCHPAD_REASONING>'.")]
+MaxTurns = Annotated[int, typer.Option(help="Turns per sample (continuations with <NEXT/>).")]
+Limit = Annotated[int | None, typer.Option(help="Only the first N requests.")]
+MaxNewTokens = Annotated[int, typer.Option(help="Tokens per turn.")]
+Temperature = Annotated[float, typer.Option(help="Sampling temperature (0: greedy).")]
+JudgeKind = Annotated[str, typer.Option("--judge", help="none, anthropic or local.")]
+JudgeModel = Annotated[str | None, typer.Option(help="Judge model (default claude-sonnet-4-5 / smollm2).")]
+JudgeBatch = Annotated[bool, typer.Option(help="Judge through the Message Batches API.")]
+RubricOpt = Annotated[Path, typer.Option("--rubric", help="Judge rubric (YAML).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the run's size and judge cost; run nothing.")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="hf (transformers), vllm, or anthropic (API models).")]
+LoraOpt = Annotated[str | None, typer.Option("--lora", help="A LoRA adapter directory (peft) on top of --model.")]
+
+
+@dataclass(frozen=True)
+class AFOptions:
+    """The options ``eval`` and ``prompt-eval`` share, as given on the command line."""
+
+    dataset: str
+    out_dir: Path
+    model: str
+    seeds: str
+    system_prompt: Path | None
+    tier_literal: str
+    prefill: str
+    max_turns: int
+    limit: int | None
+    max_new_tokens: int
+    temperature: float
+    batch_size: int
+    judge: str
+    judge_model: str | None
+    judge_batch: bool
+    rubric: Path
+    lora: str | None
+    user_template: str = "steerlab"
+    chat_date: str | None = None
+    run_seed: int = 0
+
+    def config(self, conditions: str, **extra: Any) -> SweepConfig:
+        """The run config of an alignment-faking evaluation (``extra``: vectors and multipliers for
+        ``eval``, claims for ``prompt-eval``)."""
+        from steerlab.sweep import SweepConfig
+
+        if self.tier_literal not in ("True", "true"):
+            raise ConfigError(f"--tier-literal {self.tier_literal!r}: use True or true")
+        if self.judge not in ("none", "anthropic", "local"):
+            raise ConfigError(f"--judge {self.judge!r}: use none, anthropic or local")
+        judge_cfg = None
+        if self.judge != "none":
+            judge_cfg = {"backend": self.judge, "model": self.judge_model, "batch": self.judge_batch,
+                         "rubric": str(self.rubric)}  # fmt: skip
+        tier = self.tier_literal
+        return validated(
+            SweepConfig,
+            model=self.model, scenario="alignment_faking",
+            conditions=[c.strip() for c in conditions.split(",") if c.strip()],
+            alignment_faking={"system_prompt": str(self.system_prompt) if self.system_prompt else None,
+                              "free_tier_true": tier, "free_tier_false": "False" if tier == "True" else "false",
+                              "prefill": self.prefill, "max_turns": self.max_turns,
+                              "user_template": self.user_template},
+            prompts=self.dataset, limit=self.limit, seeds=parse_ints(self.seeds, "--seeds"),
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, batch_size=self.batch_size,
+            judge=judge_cfg, out=str(self.out_dir), lora=self.lora,
+            **({"chat_date": self.chat_date} if self.chat_date else {}), seed=self.run_seed, **extra,
+        )  # fmt: skip
