@@ -17,7 +17,7 @@ from steerlab.cli.common import parse_ints, validated
 from steerlab.errors import ConfigError
 
 if TYPE_CHECKING:
-    from steerlab.sweep import SweepConfig
+    from steerlab.runs import SweepConfig
 
 # ----------------------------------------------------------------------------- models and devices
 DType = Annotated[str, typer.Option("--dtype", help="Model dtype: auto, float32, float16, bfloat16.")]
@@ -122,7 +122,7 @@ class AFOptions:
     def config(self, conditions: str, **extra: Any) -> SweepConfig:
         """The run config of an alignment-faking evaluation (``extra``: vectors and multipliers for
         ``eval``, claims for ``prompt-eval``)."""
-        from steerlab.sweep import SweepConfig
+        from steerlab.runs import SweepConfig
 
         if self.tier_literal not in ("True", "true"):
             raise ConfigError(f"--tier-literal {self.tier_literal!r}: use True or true")

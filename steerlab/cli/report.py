@@ -12,7 +12,7 @@ from rich.table import Table
 from steerlab.cli.app import out
 
 if TYPE_CHECKING:
-    from steerlab.sweep import JudgeConfig
+    from steerlab.runs import JudgeConfig
 
 
 def print_diagnostics(meta: dict) -> None:
@@ -105,7 +105,7 @@ def print_selectivity(meta: dict, entries: list[dict], full: bool = False) -> No
 
 def print_label_summary(run_dir: Path, judge: JudgeConfig | None) -> None:
     from steerlab.harness.judge import Rubric
-    from steerlab.sweep import label_figure, write_label_summary
+    from steerlab.runs import label_figure, write_label_summary
 
     path, summary = write_label_summary(run_dir)
     if summary.get("method") == "prompt":

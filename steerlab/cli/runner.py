@@ -13,11 +13,12 @@ from steerlab.cli.report import print_label_summary
 from steerlab.errors import ConfigError
 
 if TYPE_CHECKING:
-    from steerlab.harness.judge import JudgeBackend, JudgeReport
+    from steerlab.clients.base import TextClient
+    from steerlab.harness.judge import JudgeReport
     from steerlab.models import LoadedModel
-    from steerlab.sweep import JudgeConfig, SweepConfig
+    from steerlab.runs import JudgeConfig, SweepConfig
 
-JudgeFactory = Callable[["LoadedModel | None"], "JudgeBackend"]
+JudgeFactory = Callable[["LoadedModel | None"], "TextClient"]  # a judge is any text client
 
 
 def judge_factory(cfg: JudgeConfig, run_dir: Path) -> JudgeFactory:
@@ -44,11 +45,12 @@ def judge_factory(cfg: JudgeConfig, run_dir: Path) -> JudgeFactory:
 
 
 def rubric_and_cache(cfg: JudgeConfig, readonly: bool = False):
-    from steerlab.harness.judge import JudgeCache, Rubric
+    from steerlab.clients.cache import ReplyCache
+    from steerlab.harness.judge import Rubric
     from steerlab.models import cache_dir
 
     rubric = Rubric.load(cfg.rubric, scale=cfg.scale)
-    return rubric, JudgeCache(cfg.cache or cache_dir() / "judge.sqlite", readonly=readonly)
+    return rubric, ReplyCache(cfg.cache or cache_dir() / "judge.sqlite", readonly=readonly)
 
 
 def run_judge(run_dir: Path, cfg: JudgeConfig, make: JudgeFactory, loaded: LoadedModel | None = None) -> JudgeReport:
@@ -70,13 +72,13 @@ def run_judge(run_dir: Path, cfg: JudgeConfig, make: JudgeFactory, loaded: Loade
 def refuse_judge_errors(run_dir: Path, report: JudgeReport | None) -> None:
     """Exit status 2 (one line, with the count) when any judgement failed; call it after everything
     that did succeed is written, so a rerun of ``steerlab judge`` asks only for the failed ones."""
-    from steerlab.harness.judge import JudgeError
+    from steerlab.clients.base import ClientError
 
     if report is None or not report.errors:
         return
     first = " ".join(str(report.first_error).split())
     first = first if len(first) <= 160 else first[:157] + "..."
-    raise JudgeError(
+    raise ClientError(
         f"{report.errors} of {report.n} judgements failed (first: {first}); the other {report.n - report.errors} "
         f"are written in {run_dir}; rerun `steerlab judge {run_dir}` to ask again for the failed ones only"
     )
@@ -84,7 +86,8 @@ def refuse_judge_errors(run_dir: Path, report: JudgeReport | None) -> None:
 
 def dry_run(samples: list[dict[str, Any]], cfg: JudgeConfig) -> None:
     """Print what judging would cost: only traces the cache does not hold are counted."""
-    from steerlab.harness.judge import JudgeCache, estimate, judge_params
+    from steerlab.clients.cache import ReplyCache
+    from steerlab.harness.judge import estimate, judge_params
 
     rubric, cache = rubric_and_cache(cfg, readonly=True)  # a dry run reads; it creates no cache file
     params = judge_params(cfg.backend, cfg.max_tokens, cfg.temperature, rubric=rubric)
@@ -93,7 +96,7 @@ def dry_run(samples: list[dict[str, Any]], cfg: JudgeConfig) -> None:
     # judgements are filed under the snapshot the API reported; a dry run makes no call, so it uses
     # the snapshot the alias reached last time (an alias never resolved counts as uncached)
     model = cache.last_model(cfg.model_name) or cfg.model_name
-    todo = [t for t in texts if cache.get(JudgeCache.key(model, rubric_hash, t, params)) is None]
+    todo = [t for t in texts if cache.get(ReplyCache.key(model, rubric_hash, t, params)) is None]
     cache.close()
     report_cost(estimate(rubric, todo, cfg.model_name, cfg.max_tokens, cfg.batch), cfg,
                 f"{len(texts)} distinct traces, {len(texts) - len(todo)} cached; ")  # fmt: skip
@@ -127,7 +130,7 @@ def run_config(
     until all of it is done."""
     from steerlab.backends import make_backend
     from steerlab.harness.datasets import load_requests
-    from steerlab.sweep import check_config, make_scenario, run_sweep
+    from steerlab.runs import check_config, make_scenario, run_sweep
 
     if backend == "anthropic" and cfg.vectors:
         raise ConfigError("the anthropic backend cannot steer; drop the vectors or use --backend hf or vllm")
@@ -145,7 +148,8 @@ def run_config(
                   f"{cfg.max_new_tokens} tokens each")  # fmt: skip
         print_requests(scenario, items)
         if cfg.judge is not None:  # upper bound: every sample reasons for every token of every turn
-            from steerlab.harness.judge import CHARS_PER_TOKEN, Rubric, estimate_chars
+            from steerlab.clients.anthropic import CHARS_PER_TOKEN, estimate_chars
+            from steerlab.harness.judge import Rubric
 
             trace_chars = int(cfg.max_new_tokens * scenario.max_turns * CHARS_PER_TOKEN)
             prompt_chars = sum(map(len, Rubric.load(cfg.judge.rubric, scale=cfg.judge.scale).prompt(""))) + trace_chars

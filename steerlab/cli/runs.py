@@ -71,7 +71,7 @@ def sweep(
     and summarised as acceptance, gap and judge scores per (vector, multiplier, condition).
     """
     from steerlab.generate import parse_multipliers
-    from steerlab.sweep import figure, load_config, write_summary
+    from steerlab.runs import figure, load_config, write_summary
 
     cfg = load_config(
         config,
@@ -176,7 +176,7 @@ def judge_command(
 ) -> None:
     """(Re)score the scratchpads of an existing run, without regenerating; cached judgements cost nothing."""
     from steerlab.harness.records import read_header, read_samples
-    from steerlab.sweep import JudgeConfig
+    from steerlab.runs import JudgeConfig
 
     read_header(run_dir)
     scale_pair = None
@@ -311,7 +311,7 @@ def calibrate(
 
     def run_one(cfg):
         from steerlab.backends import make_backend
-        from steerlab.sweep import run_sweep
+        from steerlab.runs import run_sweep
 
         engine, fingerprint, _ = make_backend(
             backend, cfg.model, batch_size=cfg.batch_size, dtype=dtype, device=device,
