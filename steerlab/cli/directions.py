@@ -27,6 +27,7 @@ from steerlab.cli.options import (
     Method,
     OrthogonalizeAgainst,
     RankBy,
+    ReplaceVectors,
     Select,
     SelectLayers,
     TopK,
@@ -70,7 +71,7 @@ def extract(
     orthogonalize_against: OrthogonalizeAgainst = None,
     controls: Controls = 5,
     control_seed: ControlSeed = 1000,
-    overwrite_vectors: bool = typer.Option(False, help="Replace existing vector files."),
+    overwrite_vectors: ReplaceVectors = False,
 ) -> None:
     """Cache pooled residual activations for a pair set, then fit vectors with diagnostics and controls.
 
@@ -171,7 +172,7 @@ def fit_command(
     controls: Controls = 5,
     control_seed: ControlSeed = 1000,
     device: str = typer.Option("auto", help="Where to fit: auto (cuda if available), cpu, cuda."),
-    overwrite: bool = typer.Option(False, help="Replace existing vector files."),
+    overwrite: ReplaceVectors = False,
 ) -> None:
     """Fit one direction per layer from a cache, with CV diagnostics, layer selection and random controls."""
     settings = _fit_settings(

@@ -26,6 +26,7 @@ DeviceIndexed = Annotated[str, typer.Option("--device", help="auto (cuda if avai
 TrustRemoteCode = Annotated[bool, typer.Option(help="Allow model code from the hub.")]
 TensorParallel = Annotated[int, typer.Option(help="vLLM: GPUs per model (tensor parallel).")]
 BatchSize = Annotated[int, typer.Option(help="Rows per generation batch.")]
+TopP = Annotated[float, typer.Option(help="Nucleus sampling mass.")]
 
 # ----------------------------------------------------------------------------- fitting (extract and fit)
 VectorsDir = Annotated[Path, typer.Option(help="Vector files go to VECTORS_DIR/<concept>/NAME.safetensors.")]
@@ -57,6 +58,7 @@ CandidateLayers = Annotated[str, typer.Option(
 OrthogonalizeAgainst = Annotated[Path | None, typer.Option(
     help="Another concept's vector file: fit in the complement of its direction at each layer.")]  # fmt: skip
 Controls = Annotated[int, typer.Option(help="Norm-matched random controls per vector.")]
+ReplaceVectors = Annotated[bool, typer.Option(help="Replace existing vector files.")]
 ControlSeed = Annotated[int, typer.Option(
     help="Run seed of the random controls; each file's control seeds derive from it and the vector's identity "
     "(concept, model, pair file, locus, method), recorded in the header.")]  # fmt: skip
@@ -92,6 +94,7 @@ RubricOpt = Annotated[Path, typer.Option("--rubric", help="Judge rubric (YAML)."
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the run's size and judge cost; run nothing.")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="hf (transformers), vllm, or anthropic (API models).")]
 LoraOpt = Annotated[str | None, typer.Option("--lora", help="A LoRA adapter directory (peft) on top of --model.")]
+BootstrapSeed = Annotated[int, typer.Option(help="Bootstrap seed.")]
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from steerlab.cli.options import (
     ModelOpt,
     Temperature,
     TensorParallel,
+    TopP,
 )
 from steerlab.errors import ConfigError
 
@@ -210,7 +211,7 @@ def generate(
     ),
     run_seed: int = typer.Option(0, help="Attempt k of a split samples with seed (run seed, concept, split, k)."),
     temperature: Temperature = 1.0,
-    top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
+    top_p: TopP = 1.0,
     max_new_tokens: MaxNewTokens = 512,
     batch_size: BatchSize = 8,
     chat_date: ChatDate = None,

@@ -19,6 +19,7 @@ from steerlab.cli.options import (
     BackendKind,
     BackendOpt,
     BatchSize,
+    BootstrapSeed,
     ChatDate,
     Dataset,
     Device,
@@ -166,8 +167,8 @@ def eval_command(
 def judge_command(
     run_dir: Path = typer.Argument(..., help="Run directory written by steerlab eval or sweep."),
     backend: str = typer.Option("anthropic", "--judge", help="anthropic or local."),
-    judge_model: str | None = typer.Option(None, help="Judge model (default claude-sonnet-4-5 / smollm2)."),
-    rubric: Path = typer.Option(Path("configs/judge/rubric.yaml"), help="Judge rubric (YAML)."),
+    judge_model: JudgeModel = None,
+    rubric: RubricOpt = Path("configs/judge/rubric.yaml"),
     scale: str | None = typer.Option(None, help="Override the rubric's scale, e.g. 1,7."),
     batch: bool = typer.Option(False, help="Use the Message Batches API (half price; waits for the batch)."),
     concurrency: int = typer.Option(8, help="Parallel API calls."),
@@ -263,7 +264,7 @@ def profile(
     out_dir: Path = typer.Option(Path("runs/profiles"), "--out", help="Where profiles.json and the figures go."),
     allow_mixed: bool = typer.Option(False, help="Pool runs of differently fingerprinted models into one profile."),
     family: list[str] = typer.Option([], help="A steered vector's family, e.g. my_concept=A (repeatable)."),
-    seed: int = typer.Option(0, help="Bootstrap seed."),
+    seed: BootstrapSeed = 0,
 ) -> None:
     """Comparative motivation profiles: A_net against B_net per model and method, and the gap per
     intervention; runs of one model and method are pooled."""
@@ -293,7 +294,7 @@ def calibrate(
     dtype: DType = "auto",
     backend: BackendOpt = "hf",
     tensor_parallel_size: TensorParallel = 1,
-    seed: int = typer.Option(0, help="Bootstrap seed."),
+    seed: BootstrapSeed = 0,
 ) -> None:
     """Run the prompt battery on checkpoints fine-tuned toward a known family and check that
     prompting ranks the families right (resumable: each checkpoint is its own run)."""

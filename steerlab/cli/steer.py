@@ -8,7 +8,7 @@ import typer
 
 from steerlab.cli.app import app
 from steerlab.cli.common import parse_layers
-from steerlab.cli.options import BackendKind, BatchSize, Device, DType, Lora, TensorParallel
+from steerlab.cli.options import BackendKind, BatchSize, Device, DType, Lora, TensorParallel, TopP
 from steerlab.errors import ConfigError
 
 
@@ -28,7 +28,7 @@ def steer(
     system: str | None = typer.Option(None, help="System prompt."),
     max_new_tokens: int = typer.Option(64, help="Tokens to generate."),
     temperature: float = typer.Option(0.0, help="0 is greedy."),
-    top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
+    top_p: TopP = 1.0,
     seed: int = typer.Option(0, help="Sampling seed (per request)."),
     batch_size: BatchSize = 16,
     dtype: DType = "auto",
