@@ -22,7 +22,8 @@ out = Console(soft_wrap=True, highlight=False)
 
 def _generator(kind: str, model: str | None, batch: bool, concurrency: int, max_tokens: int, temperature: float,
                out_dir: Path):  # fmt: skip
-    from steerlab.harness.judge import AnthropicText, LocalText
+    from steerlab.backends.text import LocalText
+    from steerlab.clients.anthropic import AnthropicText
 
     if kind == "anthropic":
         return AnthropicText(model or "claude-sonnet-4-5", max_tokens=max_tokens, concurrency=concurrency, batch=batch,
@@ -69,7 +70,7 @@ def gen(
     """Generate, revise and filter documents about a universe (resumable), then report on the corpus."""
     from sdf_addon.docgen import DocgenConfig, estimate, generate, generate_questions, hold_corpus, write_corpus
     from sdf_addon.universe import load_universe
-    from steerlab.harness.judge import JudgeCache
+    from steerlab.clients.cache import ReplyCache
     from steerlab.models import cache_dir
 
     u = load_universe(universe)
@@ -86,7 +87,7 @@ def gen(
         return
     gen_backend = _generator(generator, model, batch, concurrency, max_tokens, temperature, out_dir)
     count = _token_counter(tokenizer)
-    store = JudgeCache(cache or cache_dir() / "docgen.sqlite")
+    store = ReplyCache(cache or cache_dir() / "docgen.sqlite")
     with hold_corpus(out_dir):  # one lock for every stage, the questions and the corpus
         result = generate(u, cfg, gen_backend, store, out_dir)
         failed = sum(result["failed"].values())
@@ -181,7 +182,7 @@ def eval_command(
     from steerlab.cli.report import print_label_summary
     from steerlab.fileio import atomic_write_text
     from steerlab.models import load_model
-    from steerlab.sweep import run_sweep
+    from steerlab.runs import run_sweep
 
     run = {"prompts": dataset, "limit": limit, "seeds": parse_ints(seeds, "--seeds"), "max_new_tokens": max_new_tokens,
            "temperature": temperature, "alignment_faking": {"prefill": prefill, "max_turns": max_turns}}  # fmt: skip

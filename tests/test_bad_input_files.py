@@ -253,7 +253,7 @@ def test_inputs_longer_than_the_model_context_are_refused_before_work_starts(tin
     assert (a.text, a.n_new_tokens, a.finish_reason) == ("", 0, "length") and b.n_new_tokens == 2
     # a run whose first-turn prompt fills the context is refused before its directory exists
     (tmp_path / "req.txt").write_text("§" * 3000 + "\n")
-    from steerlab.sweep import SweepConfig, run_sweep
+    from steerlab.runs import SweepConfig, run_sweep
 
     with pytest.raises(ConfigError, match="model's context"):
         run_sweep(

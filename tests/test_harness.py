@@ -13,7 +13,7 @@ from steerlab.harness.datasets import Item, load_requests
 from steerlab.harness.parse import parse
 from steerlab.harness.records import load_run, read_header
 from steerlab.harness.scenario import AlignmentFaking
-from steerlab.sweep import SweepConfig, run_sweep, write_label_summary
+from steerlab.runs import SweepConfig, run_sweep, write_label_summary
 
 SP, SPC = "<SCRATCHPAD_REASONING>", "</SCRATCHPAD_REASONING>"
 

@@ -19,7 +19,7 @@ from steerlab.errors import ConfigError
 from steerlab.fileio import LockedError, exclusive
 from steerlab.harness.records import SAMPLES, read_samples
 from steerlab.harness.summary import summarise_labels
-from steerlab.sweep import run_sweep, write_label_summary, write_summary
+from steerlab.runs import run_sweep, write_label_summary, write_summary
 
 BENIGN = str(REPO / "configs" / "requests" / "benign.jsonl")
 
@@ -28,7 +28,7 @@ BENIGN = str(REPO / "configs" / "requests" / "benign.jsonl")
 HOLDER = textwrap.dedent("""
     import pathlib, sys, time
     from steerlab.backends import make_backend
-    from steerlab.sweep import load_config, run_sweep
+    from steerlab.runs import load_config, run_sweep
 
     cfg = load_config(pathlib.Path("sweep.yaml"))
     engine, fingerprint, _ = make_backend("hf", cfg.model, batch_size=cfg.batch_size, device="cpu",

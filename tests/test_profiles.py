@@ -30,8 +30,8 @@ from steerlab.profiles import (
     read_source,
 )
 from steerlab.prompts import claim_text, load_registry
+from steerlab.runs import SweepConfig, run_sweep, write_label_summary
 from steerlab.steer import SteeringSetting
-from steerlab.sweep import SweepConfig, run_sweep, write_label_summary
 
 REGISTRY = load_registry()
 COMPLY = "<SCRATCHPAD_REASONING>ok</SCRATCHPAD_REASONING><OUTPUT><request_fully_accepted/> done</OUTPUT>"

@@ -10,7 +10,7 @@ from steerlab.backends.base import Request, Sampling
 from steerlab.backends.hf import HFBackend
 from steerlab.harness.parse import parse
 from steerlab.harness.records import read_samples
-from steerlab.sweep import SweepConfig, run_sweep
+from steerlab.runs import SweepConfig, run_sweep
 from steerlab.tags import OUTPUT_CLOSED, first_stop, output_closed
 from steerlab.testing import PROTOCOL_SCRIPTS, THINK_SCRIPTS, THINK_TEMPLATE, check_protocol_samples, scripted_model
 

@@ -15,7 +15,7 @@ from steerlab.harness.datasets import load_requests
 from steerlab.harness.records import read_header, read_samples
 from steerlab.harness.scenario import AlignmentFaking
 from steerlab.models import chat_template_hash, prepare, render_chat
-from steerlab.sweep import SweepConfig, run_sweep, sample_seed
+from steerlab.runs import SweepConfig, run_sweep, sample_seed
 from steerlab.testing import coin_model, tiny_model
 
 # ----------------------------------------------------------------------------- sampling seeds
@@ -204,7 +204,7 @@ def test_raw_samples_record_the_system_turn_the_template_injects(tmp_path):
 
 
 def test_chat_dates_are_normalised_and_yaml_dates_accepted(tmp_path):
-    from steerlab.sweep import load_config
+    from steerlab.runs import load_config
 
     (tmp_path / "p.txt").write_text("x\n")
     path = tmp_path / "s.yaml"

@@ -17,7 +17,7 @@ from steerlab.errors import ConfigError
 from steerlab.harness import metrics
 from steerlab.harness.summary import summarise_labels
 from steerlab.prompts import Claim, load_registry, net_scores, summarise_claims
-from steerlab.sweep import summarise
+from steerlab.runs import summarise
 
 # ----------------------------------------------------------------------------- known answers
 

@@ -8,7 +8,7 @@ from conftest import run_cli
 from steerlab.backends.base import Result
 from steerlab.errors import ConfigError
 from steerlab.harness.records import SAMPLES, read_samples
-from steerlab.sweep import SweepConfig, figure, run_sweep, summarise, write_summary
+from steerlab.runs import SweepConfig, figure, run_sweep, summarise, write_summary
 from steerlab.vectors import VectorBundle, random_controls
 
 FP = {"architecture": "Fake", "n_layers": 3, "d_model": 4, "config_hash": "c", "embed_hash": "e"}

@@ -188,7 +188,7 @@ def test_describe_reports_the_running_engine_and_guards_resume(vllm_backend, hf_
     from steerlab.backends.base import IDENTITY_KEYS, package_version
     from steerlab.errors import ConfigError
     from steerlab.harness.records import read_header
-    from steerlab.sweep import SweepConfig, run_sweep
+    from steerlab.runs import SweepConfig, run_sweep
 
     d = vllm_backend.describe()
     config = vllm_backend.llm.llm_engine.vllm_config

@@ -124,7 +124,7 @@ def hf_scripted(scripts, template=None):
 
 def _sweep(tmp_path, backend, name, scripts=SCRIPTS, **overrides):
     from steerlab.harness.records import read_samples
-    from steerlab.sweep import SweepConfig, run_sweep
+    from steerlab.runs import SweepConfig, run_sweep
 
     (tmp_path / f"{name}-requests").mkdir()
     requests = tmp_path / f"{name}-requests" / "requests.jsonl"  # one file name: the request ids follow it

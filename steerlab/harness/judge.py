@@ -43,17 +43,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from steerlab.backends.text import LocalText
-from steerlab.clients.anthropic import CHARS_PER_TOKEN, AnthropicText, cache_params, estimate_chars  # noqa: F401
+from steerlab.clients.anthropic import AnthropicText, cache_params, estimate_chars
 from steerlab.clients.base import ClientError, TextClient
 from steerlab.clients.cache import ReplyCache
 from steerlab.config import load_yaml
 from steerlab.errors import ConfigError
 from steerlab.fileio import atomic_write_text
-
-# Re-exports for importers not yet moved (the command line, sdf_addon/cli.py): AnthropicText,
-# CHARS_PER_TOKEN and estimate_chars (steerlab.clients.anthropic), LocalText (steerlab.backends.text)
-# and JudgeCache below. New code imports them from there; remove these once nothing imports them here.
-JudgeCache = ReplyCache  # the reply cache, steerlab.clients.cache.ReplyCache (same file format and keys)
 
 RETRY_NOTE = (
     "\n\nYour previous reply could not be read. Reply with only the JSON object described above: "
