@@ -3,6 +3,11 @@
 Templates that read the clock are rendered with a fixed date (recorded by every run), and the
 template hash covers that date; :func:`generation_lead` finds a reasoning block the template
 opens in the generation prompt, :func:`template_system_prompt` the system turn it injects by itself.
+
+Templates that reject a system role (Gemma-2, Mistral v0.1/v0.2 raise "System role not supported" or
+"Conversation roles must alternate") get the system prompt folded into the first user turn:
+``[user: system + "\n\n" + user, ...]``. :func:`folds_system` says whether a template is one of them
+(found once per template and process by rendering a tiny probe chat); a notice says so once on stderr.
 """
 
 from __future__ import annotations
@@ -10,11 +15,14 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import re
 from typing import Any
 
 from steerlab.errors import ConfigError
 from steerlab.tags import REASONING_OPENS, open_reasoning
+
+log = logging.getLogger(__name__)
 
 
 def _sha(data: bytes) -> str:
@@ -77,6 +85,68 @@ def fixed_date_template(template: str, chat_date: str = DEFAULT_CHAT_DATE) -> st
     return macro + template
 
 
+def _apply(
+    tokenizer: Any, messages: list[dict[str, str]], template: str, add_generation_prompt: bool, chat_date: str
+) -> str:
+    day = datetime.date.fromisoformat(check_chat_date(chat_date))
+    return tokenizer.apply_chat_template(
+        list(messages), chat_template=fixed_date_template(template, chat_date), tokenize=False,
+        add_generation_prompt=add_generation_prompt, date_string=day.strftime("%d %b %Y"),
+    )  # fmt: skip
+
+
+# chat_template_hash -> whether the template rejects a system role (found once per process)
+_FOLDS: dict[str, bool] = {}
+_SYSTEM_PROBE = "steerlab-system-probe-5c1e"
+_USER_PROBE = "steerlab-user-probe-5c1e"
+FOLD_SEPARATOR = "\n\n"  # between the folded system prompt and the first user turn's content
+
+
+def folds_system(tokenizer: Any, template: str, chat_date: str = DEFAULT_CHAT_DATE) -> bool:
+    """Whether ``template`` rejects a system role, so that :func:`render_chat` folds the system prompt
+    into the first user turn (the way a run should record it, e.g. ``"system_folded"``).
+
+    Found by rendering ``[system, user]``: a template that raises on it (``raise_exception`` in the
+    template, any other template error) while it renders the folded ``[user]`` folds. Cached per
+    template hash for the process; the first time a template folds, a notice goes to stderr.
+    """
+    key = chat_template_hash(template, chat_date)
+    if key not in _FOLDS:
+        system = {"role": "system", "content": _SYSTEM_PROBE}
+        user = {"role": "user", "content": _USER_PROBE}
+        try:
+            _apply(tokenizer, [system, user], template, True, chat_date)
+            folds = False
+        except ConfigError:
+            raise
+        except Exception as e:  # the template's own exception (jinja2 TemplateError from raise_exception)
+            try:
+                _apply(tokenizer, _fold([system, user]), template, True, chat_date)
+                folds = True
+            except ConfigError:
+                raise
+            except Exception:  # it cannot render a plain user turn either: not a system-role problem
+                folds = False
+            if folds:
+                log.warning(
+                    "the chat template (%s) rejects a system role (%s): the system prompt is folded into the "
+                    "first user turn", key, str(e).splitlines()[0] if str(e) else type(e).__name__,
+                )  # fmt: skip
+        _FOLDS[key] = folds
+    return _FOLDS[key]
+
+
+def _fold(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """``[system, user, ...]`` as ``[user: system + "\n\n" + user, ...]`` (``[user: system, ...]`` when
+    no user turn follows the system prompt)."""
+    if not messages or messages[0].get("role") != "system":
+        return list(messages)
+    system, rest = messages[0], list(messages[1:])
+    if rest and rest[0].get("role") == "user":
+        return [{**rest[0], "content": system["content"] + FOLD_SEPARATOR + rest[0]["content"]}, *rest[1:]]
+    return [{"role": "user", "content": system["content"]}, *rest]
+
+
 def render_chat(
     tokenizer: Any,
     messages: list[dict[str, str]],
@@ -88,12 +158,13 @@ def render_chat(
     """The one way steerlab renders a chat: the given template, with a fixed date (see above).
 
     ``date_string`` is passed as well: Llama-3.x templates read it instead of the clock when defined.
+    A template that rejects a system role gets the system prompt folded into the first user turn
+    (:func:`folds_system`); every other template renders the messages as given.
     """
-    day = datetime.date.fromisoformat(check_chat_date(chat_date))
-    return tokenizer.apply_chat_template(
-        list(messages), chat_template=fixed_date_template(template, chat_date), tokenize=False,
-        add_generation_prompt=add_generation_prompt, date_string=day.strftime("%d %b %Y"),
-    )  # fmt: skip
+    messages = list(messages)
+    if messages and messages[0].get("role") == "system" and folds_system(tokenizer, template, chat_date):
+        messages = _fold(messages)
+    return _apply(tokenizer, messages, template, add_generation_prompt, chat_date)
 
 
 def generation_lead(
