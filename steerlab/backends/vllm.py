@@ -57,6 +57,7 @@ from steerlab.backends.base import (
     render_prompts,
 )
 from steerlab.backends.vllm_check import SteeringInactiveError as SteeringInactiveError
+from steerlab.chat import folds_system
 from steerlab.errors import ConfigError, ModelLoadError
 from steerlab.models import (
     DEFAULT_CHAT_DATE,
@@ -238,6 +239,7 @@ class VLLMBackend:
             "scheduler": {k: first[k] for k in scheduler_keys},
             "chat_date": self.chat_date, "position": "all",
             "template_system": template_system_prompt(self.tokenizer, self.chat_template, self.chat_date),
+            "system_folded": folds_system(self.tokenizer, self.chat_template, self.chat_date),
         }  # fmt: skip
 
     # ------------------------------------------------------------------------- generation
