@@ -123,7 +123,7 @@ def train(
     gradient_accumulation: int | None = typer.Option(None, help="Override: gradient accumulation steps."),
     learning_rate: float | None = typer.Option(None, help="Override: learning rate."),
     packing: bool | None = typer.Option(None, "--packing/--no-packing", help="Override: pack documents into blocks."),
-    dtype: str = typer.Option("auto", help="Model dtype: auto, float32, bfloat16."),
+    dtype: str = typer.Option("auto", help="Model dtype: auto (see the config's bf16), float32, bfloat16."),
 ) -> None:
     """LoRA fine-tuning on raw documents (resumes from OUT/checkpoints after a kill)."""
     from sdf_addon.train import load_train_config
@@ -141,17 +141,13 @@ def merge(
     adapter: Path = typer.Argument(..., help="An adapter written by sdf train (its whole stack is merged)."),
     out_dir: Path = typer.Option(..., "--out", help="Directory for the merged model (safetensors + tokenizer)."),
     model: str | None = typer.Option(None, help="Base model (default: the one the adapter records)."),
+    dtype: str = typer.Option("auto", help="Dtype written: auto (the training dtype), float32, bfloat16."),
 ) -> None:
     """Merge an adapter stack into a full model (for vLLM, which takes one adapter on a plain base)."""
-    from sdf_addon.evaluate import read_stack
-    from steerlab.models import load_model
+    from sdf_addon.train import merge as run
 
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ConfigError(f"{out_dir} exists and is not empty; choose a new --out")
-    loaded = load_model(model or read_stack(adapter)["base_model"], device="cpu", lora=str(adapter))
-    loaded.model.save_pretrained(out_dir)
-    loaded.tokenizer.save_pretrained(out_dir)
-    out.print(f"wrote {out_dir}")
+    written = run(adapter, out_dir, base_model=model, dtype=dtype)
+    out.print(f"wrote {out_dir} ({written})")
 
 
 @app.command("eval")

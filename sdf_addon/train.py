@@ -10,7 +10,17 @@ same samples in each optimizer step.
 
 Defaults (``configs/sdf/train.yaml``): rank 64, alpha 128, dropout 0.05, all linear layers, AdamW,
 cosine schedule with 5% warmup, 3 epochs, per-device batch 1, gradient accumulation 8, blocks of
-4096, bf16 where supported, gradient checkpointing. One process or many: ``accelerate launch``
+4096, bf16 where supported, gradient checkpointing.
+
+Precision (:func:`training_dtype`): ``bf16: null`` (the default) means bf16 on a CUDA device that
+supports it and float32 elsewhere (CPU included); ``bf16: true``/``false`` forces it, and an explicit
+``--dtype`` wins over both. The base is loaded in that dtype (not float32 and autocast), and the
+dtype is recorded in the stack file so ``sdf merge`` writes the merged model in it (:func:`merge`).
+Under ``accelerate launch`` with FSDP and ``fsdp_cpu_ram_efficient_loading: true`` (the shipped
+``accelerate_fsdp.yaml``) the distributed state is set up before the weights load, so only local
+rank 0 reads them; the other ranks build the model on the meta device and receive the weights
+when FSDP wraps it (:func:`load_base`). A run resumes from the newest checkpoint by step
+(:func:`resume_checkpoint`). One process or many: ``accelerate launch``
 (``configs/sdf/accelerate_fsdp.yaml`` for FSDP full-shard over GPUs and nodes) or ``torchrun``
 start the same ``sdf train`` command; the Trainer does the distribution, checkpoints
 (``OUT/checkpoints``, resumed after a kill) and the progress bar. ``OUT/train_log.jsonl`` holds the
@@ -38,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from steerlab.config import load_yaml
 from steerlab.errors import ConfigError
 from steerlab.fileio import atomic_write_text, file_hash, read_jsonl, shipped
-from steerlab.models import STACK_FILE
+from steerlab.models import STACK_FILE, ModelLoadError
 
 DEFAULT_CONFIG = Path("configs/sdf/train.yaml")
 
@@ -124,6 +134,110 @@ def read_corpus(path: Path) -> tuple[list[str], dict[str, Any]]:
     return texts, {"universes": universes, "n_docs": len(texts), "hash": file_hash(Path(path))}
 
 
+def resume_checkpoint(checkpoints: Path) -> str | None:
+    """The checkpoint a run resumes from: the highest step among ``checkpoint-N`` directories (not the
+    last in string order, which puts checkpoint-50 after checkpoint-100), as the Trainer reads them."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(checkpoints)) if Path(checkpoints).is_dir() else None
+
+
+def bf16_supported() -> bool:
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def training_dtype(cfg: TrainConfig, dtype: str = "auto") -> str:
+    """The dtype the base is loaded and trained in: ``dtype`` when given (not ``auto``); else bfloat16
+    when ``cfg.bf16`` is true, or when it is null and the device is CUDA with bf16; else float32."""
+    if dtype != "auto":
+        return dtype
+    bf16 = cfg.bf16 if cfg.bf16 is not None else bf16_supported()
+    return "bfloat16" if bf16 else "float32"
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "false").strip().lower() in ("1", "true", "yes")
+
+
+def efficient_loading() -> bool:
+    """Whether accelerate runs FSDP with ``fsdp_cpu_ram_efficient_loading`` (it sets these variables)."""
+    return _flag("ACCELERATE_USE_FSDP") and _flag("FSDP_CPU_RAM_EFFICIENT_LOADING")
+
+
+def load_base(base_model: str, dtype: str, backend: str | None = None) -> tuple[Any, Any, dict | None]:
+    """The base (model, tokenizer, fingerprint) for training, in ``dtype``, on the CPU.
+
+    The distributed state is set up first, so that under FSDP with CPU-RAM-efficient loading only
+    local rank 0 reads the weights; the others get the structure on the meta device (no fingerprint:
+    only rank 0 writes the stack file) and receive the weights from rank 0 when FSDP wraps the model.
+    """
+    from accelerate import PartialState
+
+    from steerlab.models import load_model
+
+    state = PartialState(backend=backend) if backend else PartialState()
+    if efficient_loading() and not state.is_local_main_process:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from steerlab.model_files import resolve_source
+
+        where, gguf_file = resolve_source(base_model)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=getattr(torch, dtype), low_cpu_mem_usage=True,
+                                                     gguf_file=gguf_file)  # fmt: skip
+        tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=gguf_file)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return model, tokenizer, None
+    base = load_model(base_model, device="cpu", dtype=dtype)  # the Trainer moves it to its device
+    return base.model, base.tokenizer, base.fingerprint.to_dict()
+
+
+def merge_dtype(adapter: Path, base_model: str | None = None) -> str:
+    """The dtype ``sdf merge`` writes: the one training recorded in the stack file; for an adapter
+    from before that was recorded, the base's own ``torch_dtype``; else float32."""
+    stack_path = Path(adapter) / STACK_FILE
+    stack = json.loads(stack_path.read_text()) if stack_path.is_file() else {}
+    if stack.get("dtype"):
+        return str(stack["dtype"])
+    name = base_model or stack.get("base_model")
+    if name:
+        try:
+            from transformers import AutoConfig
+
+            from steerlab.model_files import resolve_source
+
+            where, gguf_file = resolve_source(name)
+            config = AutoConfig.from_pretrained(where, gguf_file=gguf_file)
+            found = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+            if found is not None:
+                found = str(found).removeprefix("torch.")
+                if found in ("float32", "bfloat16", "float16"):
+                    return found
+        except (OSError, ValueError, ModelLoadError):
+            pass
+    return "float32"
+
+
+def merge(adapter: Path, out_dir: Path, base_model: str | None = None, dtype: str = "auto") -> str:
+    """Merge an adapter's whole stack into its base and save it (safetensors + tokenizer) in the
+    training dtype (``dtype`` overrides it); returns the dtype written. The base is loaded in that
+    dtype, so a bf16 run never holds a float32 copy of the full model."""
+    from sdf_addon.evaluate import read_stack
+    from steerlab.models import load_model
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(f"{out_dir} exists and is not empty; choose a new --out")
+    base_model = base_model or read_stack(adapter)["base_model"]
+    dtype = merge_dtype(adapter, base_model) if dtype == "auto" else dtype
+    loaded = load_model(base_model, device="cpu", dtype=dtype, lora=str(adapter))
+    loaded.model.to(getattr(torch, dtype))
+    loaded.model.config.dtype = getattr(torch, dtype)
+    loaded.model.save_pretrained(out_dir)
+    loaded.tokenizer.save_pretrained(out_dir)
+    return dtype
+
+
 class _Log:
     """A Trainer callback: loss, learning rate, tokens seen and wall time per logged step into train_log.jsonl."""
 
@@ -150,24 +264,23 @@ def train(
     from transformers import Trainer, TrainingArguments, set_seed
 
     from sdf_addon.universe import load_universe
-    from steerlab.models import load_model
 
     out_dir = Path(out_dir)
     if (out_dir / "adapter" / STACK_FILE).is_file():
         raise ConfigError(f"{out_dir}/adapter is a finished adapter; choose a new --out")
     texts, corpus_meta = read_corpus(corpus)
-    base = load_model(base_model, device="cpu", dtype=dtype)  # the Trainer moves it to its device
-    context = getattr(base.model.config, "max_position_embeddings", None)
+    cuda = torch.cuda.is_available()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dtype = training_dtype(cfg, dtype)
+    model, tok, base_fp = load_base(base_model, dtype, backend="gloo" if (world > 1 and not cuda) else None)
+    context = getattr(model.config, "max_position_embeddings", None)
     if context is not None and cfg.block_length > context:
         raise ConfigError(f"block length {cfg.block_length} is longer than the model's context ({context} tokens); "
                           f"set block_length <= {context}")  # fmt: skip
-    base_fp = base.fingerprint.to_dict()
-    model = base.model
-    if parent is not None:
+    if parent is not None and base_fp is not None:  # other ranks: the merged weights come from rank 0
         from steerlab.models import merge_lora
 
         model = merge_lora(model, parent)
-    tok = base.tokenizer
     random.Random(cfg.seed).shuffle(texts)
     if cfg.packing:
         blocks, dropped = pack(texts, tok, cfg.block_length)
@@ -180,9 +293,7 @@ def train(
                       task_type="CAUSAL_LM")  # fmt: skip
     set_seed(cfg.seed)  # the adapter's initialisation: the same on every process and every run
     model = get_peft_model(model, lora)
-    cuda = torch.cuda.is_available()
-    bf16 = cfg.bf16 if cfg.bf16 is not None else bool(cuda and torch.cuda.is_bf16_supported())
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    bf16 = dtype == "bfloat16" or (cfg.bf16 if cfg.bf16 is not None else bf16_supported())  # autocast too
     args = TrainingArguments(
         output_dir=str(out_dir / "checkpoints"), per_device_train_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
@@ -206,8 +317,7 @@ def train(
 
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate(tok.pad_token_id),
                       callbacks=[_Log(out_dir / "train_log.jsonl", tokens_seen)])  # fmt: skip
-    checkpoints = sorted((out_dir / "checkpoints").glob("checkpoint-*")) if (out_dir / "checkpoints").exists() else []
-    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint(out_dir / "checkpoints"))
     adapter = out_dir / "adapter"
     if trainer.is_fsdp_enabled:  # gather the shards into one adapter file
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
@@ -224,7 +334,7 @@ def train(
             "base_model": base_model, "base_fingerprint": base_fp,
             "parents": [str(Path(parent).resolve())] if parent else [],
             "universe": universe.model_dump() if universe else None, "corpus": {"path": str(corpus), **corpus_meta},
-            "train_config": cfg.model_dump(), "blocks": len(blocks), "tokens_dropped": dropped,
+            "train_config": cfg.model_dump(), "dtype": dtype, "blocks": len(blocks), "tokens_dropped": dropped,
             "train_loss": result.training_loss, "steps": result.global_step,
             "tokens_trained": tokens_seen(result.global_step), "train_runtime_s": result.metrics.get("train_runtime"),
         }  # fmt: skip
