@@ -102,12 +102,14 @@ class ScriptedLM(torch.nn.Module):
                 return turns[turn] if turn < len(turns) else []
         raise AssertionError(f"no script for prompt {text[-80:]!r}")
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=True):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=True):
+        from steerlab.backends.hf import forward_kwargs
+
         out = self.inner(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, use_cache=use_cache,
+            use_cache=use_cache, **{forward_kwargs(self.inner)[0]: cache},
         )  # fmt: skip
-        if past_key_values is None:  # a new batch: find each row's script
+        if cache is None:  # a new batch: find each row's script
             self._rows = [self._script_for([t for t, m in zip(r, mk, strict=True) if m]) for r, mk in
                           zip(input_ids.tolist(), attention_mask.tolist(), strict=True)]  # fmt: skip
             self._step = 0

@@ -10,6 +10,7 @@ last-bit numerical effects of padding). Results come back in request order.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Sequence
@@ -35,6 +36,52 @@ log = logging.getLogger(__name__)
 _STOP_TAIL_TOKENS = 24  # tokens decoded to look for a stop string
 
 
+def _named_params(model: Any) -> set[str]:
+    """The keyword arguments ``model.forward`` names (a wrapper taking only ``**kwargs``, such as a peft
+    model, is looked through to the model it wraps)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return set()
+    named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    inner = getattr(model, "get_base_model", None)
+    if not named & {"cache", "past_key_values"} and callable(inner) and inner() is not model:
+        named |= _named_params(inner())
+    return named
+
+
+def forward_kwargs(model: Any) -> tuple[str, str | None]:
+    """``(cache, keep)``: the names under which ``model``'s forward takes the KV cache and the number of
+    positions to compute logits at (``None`` where it takes none: the prefill then computes them all).
+
+    transformers 5 renamed ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40);
+    4.57 knows only ``past_key_values``. Only a name the forward declares counts: transformers models
+    also take ``**kwargs``, which would swallow a name they do not know without a word (a cache passed
+    under the wrong name is silently not used). A forward naming neither gets the installed
+    transformers' own name."""
+    named = _named_params(model)
+    if "cache" in named:
+        cache = "cache"
+    elif "past_key_values" in named:
+        cache = "past_key_values"
+    else:
+        cache = _library_cache_name()
+    keep = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in named), None)
+    return cache, keep
+
+
+def _library_cache_name() -> str:
+    from transformers import LlamaForCausalLM
+
+    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+def _cache_of(out: Any) -> Any:
+    """The KV cache a forward returned, read under the current name (the old one warns in transformers 5)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 class HFBackend:
     def __init__(
         self, loaded: LoadedModel, batch_size: int = 16, position: Position = "all", chat_date: str = DEFAULT_CHAT_DATE
@@ -50,6 +97,7 @@ class HFBackend:
         if loaded.tokenizer.eos_token_id is not None:
             eos_ids.add(loaded.tokenizer.eos_token_id)
         self.eos_ids = eos_ids
+        self._cache_kw, self._keep_kw = forward_kwargs(loaded.model)
 
     def describe(self) -> dict[str, Any]:
         model = self.loaded.model
@@ -171,7 +219,10 @@ class HFBackend:
         check = steerer is not None and labels is not None and any(label is not None for label in labels)
         if check:
             steerer.watch()
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        # Logits at the last position only (every row ends there: left padding); the full
+        # [batch, seq, vocab] is never made where the model can skip it (transformers CausalLMs can).
+        keep = {self._keep_kw: 1} if self._keep_kw else {}
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
         for step in range(limit):
             logits = out.logits[:, -1, :].float()  # [batch, vocab]
             if check and step < 2:
@@ -205,7 +256,7 @@ class HFBackend:
             positions = positions[:, -1:] + 1
             out = model(
                 input_ids=feed[:, None], attention_mask=mask, position_ids=positions,
-                past_key_values=out.past_key_values, use_cache=True,
+                use_cache=True, **{self._cache_kw: _cache_of(out)},
             )  # fmt: skip
         if check:
             steerer.unwatch()  # a batch that ended after its prefill pass leaves the watch armed
