@@ -137,3 +137,11 @@ def test_an_alignment_faking_run_on_a_template_without_a_system_role(tmp_path, c
     check_protocol_samples(samples)
     assert all(s["system"] for s in samples.values())  # the condition had its system prompt
     assert len(_notices(caplog)) == 1
+
+
+def test_the_backend_description_records_the_fold():
+    """The run header holds the backend's description: a folding template says so there."""
+    loaded = tiny_model()
+    assert HFBackend(loaded).describe()["system_folded"] is False
+    loaded.tokenizer.chat_template = GEMMA_LIKE
+    assert HFBackend(loaded).describe()["system_folded"] is True

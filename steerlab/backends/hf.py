@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from steerlab.backends.base import Request, Result, Sampling, check_requests, package_version, render_prompts
+from steerlab.chat import folds_system
 from steerlab.errors import ConfigError
 from steerlab.loci import Position
 from steerlab.models import (
@@ -110,6 +111,7 @@ class HFBackend:
             "tensor_parallel_size": 1, "engine": {}, "chat_date": self.chat_date,
             "position": self.position,
             "template_system": template_system_prompt(self.loaded.tokenizer, self.loaded.chat_template, self.chat_date),
+            "system_folded": folds_system(self.loaded.tokenizer, self.loaded.chat_template, self.chat_date),
         }  # fmt: skip
 
     def check_fits(self, requests: Sequence[Request]) -> None:
