@@ -57,10 +57,27 @@ def pair_folds(n_pairs: int, folds: int, seed: int) -> list[tuple[np.ndarray, np
 
 
 def auroc(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """AUROC of positive vs negative scores, ``[B, n1]`` and ``[B, n2]`` -> ``[B]``; ties count 1/2."""
-    greater = (pos[:, :, None] > neg[:, None, :]).double().mean((1, 2))
-    ties = (pos[:, :, None] == neg[:, None, :]).double().mean((1, 2))
-    return greater + 0.5 * ties
+    """AUROC of positive vs negative scores, ``[B, n1]`` and ``[B, n2]`` -> ``[B]`` float64; ties count 1/2.
+
+    The Mann-Whitney U statistic from average ranks (tied scores share the mean of their ranks), one sort per
+    row: memory linear in ``n1 + n2`` (a dense comparison of every pair would hold ``[B, n1, n2]``: 16 GB at 80
+    layers and 5000 pairs). Equals the share of (positive, negative) pairs ordered correctly plus half the tied
+    share.
+    """
+    n1, n2 = pos.shape[1], neg.shape[1]
+    scores = torch.cat([pos.double(), neg.double()], 1)  # [B, n]
+    n = n1 + n2
+    ordered, order = scores.sort(dim=1)  # [B, n]
+    at = torch.arange(n, device=scores.device).expand_as(order)  # 0-based sorted positions
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]  # first of a run of tied scores
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]  # last of a run
+    first = torch.where(starts, at, 0).cummax(1).values  # [B, n] the run's first position
+    last = torch.where(ends, at, n).flip(1).cummin(1).values.flip(1)  # [B, n] the run's last position
+    ranks = (first + last).double() / 2 + 1  # average 1-based rank of the run
+    pos_rank_sum = torch.where(order < n1, ranks, 0.0).sum(1)  # [B]
+    return (pos_rank_sum - n1 * (n1 + 1) / 2) / (n1 * n2)
 
 
 def tpr_at_fpr(pos: torch.Tensor, neg: torch.Tensor, max_fpr: float = 0.05) -> torch.Tensor:

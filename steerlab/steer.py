@@ -16,6 +16,12 @@ dtype-matched ``[batch, d_model]`` buffer (gathered from ``T`` once per batch in
 :meth:`Steerer.set_rows`): no allocation, no ``.item()``, no host-device sync. The buffers are
 static, so the same hooks work under ``torch.compile``.
 
+The table and buffers are kept in the block's compute dtype (its first float parameter of 16 bits or
+more: a bitsandbytes 4-bit block stores its weights as uint8 and an FP8 block as float8, but keeps its
+norms in the compute dtype), else float32; never in a storage dtype, which would turn 1.7 into 1 and
+-2.2 into 254. Should the hidden states arrive in another dtype, the hook casts the layer's table and
+buffer to it once, on that first pass, and adds without casting from then on.
+
 ``position`` (the :mod:`steerlab.loci` position language): ``"all"`` (prompt and generated
 tokens), ``"prompt"`` (the prefill pass only) or ``"generation"`` (decode steps only: the
 generated tokens' positions). Under ``"generation"`` the first generated token is never
@@ -25,7 +31,8 @@ reaches the second token onward (each decode step adds at the position of the to
 Numbers that would break the model are refused, each with one line naming the setting: a row whose
 added vector is not finite in float32 or whose norm is at least ``MAX_NORM`` (its squares, summed by
 every RMS norm in float32, would overflow) when the table is built; a row that overflows the model's
-dtype (float16: 65504) when the :class:`Steerer` is built. What only the model can show (the sum of
+dtype (float16: 65504) when the :class:`Steerer` is built (or, where the hidden states' dtype differs from
+the block's compute dtype, on the first pass that shows it). What only the model can show (the sum of
 several layers' additions overflowing) is watched by :meth:`Steerer.watch` on the first two passes
 of each batch (see :meth:`steerlab.backends.hf.HFBackend._decode`).
 """
@@ -122,6 +129,25 @@ def build_table(settings: Sequence[SteeringSetting], d_model: int) -> tuple[torc
     return table, layers
 
 
+def is_compute_dtype(dtype: torch.dtype) -> bool:
+    """A float dtype hidden states are kept in (float16, bfloat16, float32, float64), not a storage format
+    (bitsandbytes' uint8, float8)."""
+    return dtype.is_floating_point and torch.finfo(dtype).bits >= 16
+
+
+def block_device_dtype(block: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where a block's steering table lives: its first parameter's device and its compute dtype.
+
+    The compute dtype is that of its first parameter in a float dtype of 16 bits or more (quantized models keep
+    their norms in it, while linear weights are stored as uint8 or float8), else float32. It is a guess: the
+    hook casts to the hidden states' dtype, once, when they differ.
+    """
+    params = list(block.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    dtype = next((p.dtype for p in params if is_compute_dtype(p.dtype)), torch.float32)
+    return device, dtype
+
+
 class Steerer:
     """Owns the hooks of all selected layers; install and remove with one call (or ``with``).
 
@@ -147,26 +173,45 @@ class Steerer:
         if bad:
             raise ConfigError(f"layer(s) {bad} out of range: the model has {len(blocks)} layers")
         self.blocks, self.layers, self.position = blocks, list(layers), position
-        self._tables: list[torch.Tensor] = []  # per layer [n_rows, d_model], on the block's device/dtype
+        self._tables: list[torch.Tensor] = []  # per layer [n_rows, d_model], on the block's device, a float dtype
         self._per_row: list[torch.Tensor] = []  # per layer [max_batch, d_model], static buffers
+        self._labels = list(labels) if labels else []
+        self._source = table  # [n_rows, len(layers), d_model] as given, what a later cast starts from
         for j, layer in enumerate(self.layers):
-            ref = next(blocks[layer].parameters())
-            cast = table[:, j].to(device=ref.device, dtype=ref.dtype).contiguous()  # [n_rows, d_model]
-            bad = (~torch.isfinite(cast).all(-1)).nonzero().flatten().tolist()  # once per layer, at setup
-            if bad:
-                row = bad[0]
-                name = labels[row - 1] if labels and 0 < row <= len(labels) else f"table row {row}"
-                dtype = str(ref.dtype).removeprefix("torch.")
-                raise ConfigError(
-                    f"{name}: the added vector at layer {layer} overflows the model's {dtype}; "
-                    "use a smaller multiplier (or a wider --dtype)"
-                )
+            device, dtype = block_device_dtype(blocks[layer])
+            cast = table[:, j].to(device=device, dtype=dtype).contiguous()  # [n_rows, d_model]
+            self._check_finite(cast, layer)  # once per layer, at setup
             self._tables.append(cast)
-            self._per_row.append(torch.zeros(max_batch, table.shape[-1], device=ref.device, dtype=ref.dtype))
+            self._per_row.append(torch.zeros(max_batch, table.shape[-1], device=device, dtype=dtype))
         self.max_batch = max_batch
         self._handles: list[Any] = []
         self._rows: list[int] = []  # the table row of each batch row, as last set
         self._watch: list[tuple[int, torch.Tensor]] | None = None  # (layer, ok [batch]) while watching
+
+    def _check_finite(self, table: torch.Tensor, layer: int) -> None:
+        """Refuse, with one line naming the setting, a table ``[n_rows, d_model]`` whose row is not finite."""
+        bad = (~torch.isfinite(table).all(-1)).nonzero().flatten().tolist()
+        if bad:
+            row = bad[0]
+            labels = self._labels
+            name = labels[row - 1] if 0 < row <= len(labels) else f"table row {row}"
+            dtype = str(table.dtype).removeprefix("torch.")
+            raise ConfigError(
+                f"{name}: the added vector at layer {layer} overflows the model's {dtype}; "
+                "use a smaller multiplier (or a wider --dtype)"
+            )
+
+    def _adopt(self, j: int, dtype: torch.dtype) -> torch.Tensor:
+        """Layer ``j``'s table and buffer cast to the hidden states' ``dtype``, once, when a pass first shows it
+        differs from the dtype guessed at setup; later passes and :meth:`set_rows` use the cast copies."""
+        table = self._source[:, j].to(device=self._tables[j].device, dtype=dtype).contiguous()  # [n_rows, d_model]
+        self._check_finite(table, self.layers[j])
+        self._tables[j] = table
+        buffer = torch.zeros_like(self._per_row[j], dtype=dtype)  # [max_batch, d_model]
+        rows = torch.as_tensor(self._rows, dtype=torch.long, device=table.device)
+        buffer[: rows.numel()] = table[rows]  # the rows last set, gathered again from the wider source
+        self._per_row[j] = buffer
+        return buffer
 
     def set_rows(self, rows: torch.Tensor | Sequence[int]) -> None:
         """Table row per batch row ``[batch]``; gathers each layer's ``[batch, d_model]`` buffer once."""
@@ -213,7 +258,10 @@ class Steerer:
         layer = self.layers[j]
 
         def hook(_module: Any, _args: Any, output: Any) -> None:
+            nonlocal buffer
             hidden = output[0] if isinstance(output, tuple) else output  # [batch, seq, d_model]
+            if hidden.dtype != buffer.dtype:  # the guess at setup was wrong: cast once, not per pass
+                buffer = self._adopt(j, hidden.dtype)
             if position == "prompt" and hidden.shape[1] == 1:
                 return
             if position == "generation" and hidden.shape[1] != 1:
