@@ -6,9 +6,11 @@ Each stage is its own resumable step writing one JSONL file in the output direct
 :func:`sdf_addon.evaluate.belief_check`); every row carries
 ``content``, ``doc_type``, ``doc_idea``, ``fact``, ``universe_id``, ``stage``, ``generator`` and
 its ``key``. A rerun skips the keys a stage already holds, so a killed job loses at most the chunk
-in flight; a failed call is counted and retried on the next run, never written. One process writes
-an output directory at a time (:func:`hold_corpus`: a lock on ``<dir>/.lock``, taken by every stage
-and by :func:`write_corpus`); a second gets one line naming the holder's pid.
+in flight (``chunk`` prompts; with Message Batches a stage sends all its prompts as one batch,
+split only above the API's limits, and a killed job re-attaches to it); a failed call is counted
+and retried on the next run, never written. One process writes an output directory at a time
+(:func:`hold_corpus`: a lock on ``<dir>/.lock``, taken by every stage and by :func:`write_corpus`);
+a second gets one line naming the holder's pid.
 
 Generators speak one interface (``complete(prompts, ids)``, ``params()``, ``model``): the
 Anthropic API (:class:`steerlab.clients.anthropic.AnthropicText`: retries, concurrency, Message
@@ -167,6 +169,13 @@ class Stage:
         with hold_corpus(self.path.parent):
             return self._run(jobs, make)
 
+    def parts(self, todo: Sequence[tuple[str, str, dict[str, Any]]]) -> list[tuple[int, int]]:
+        """Slices of ``todo`` asked in one call: ``chunk`` jobs at a time, or, for a generator that
+        batches (Message Batches), the whole stage in one batch, split only above the API's limits."""
+        if getattr(self.generator, "batch", False) and hasattr(self.generator, "batch_parts"):
+            return self.generator.batch_parts([(SYSTEM, u) for _, u, _ in todo])
+        return [(lo, min(lo + self.chunk, len(todo))) for lo in range(0, len(todo), self.chunk)]
+
     def _run(self, jobs: Sequence[tuple[str, str, dict[str, Any]]], make: Callable[[dict, str], list[dict]]) -> list:
         done = {r["key"] for r in self.rows()}
         todo = [j for j in jobs if j[0] not in done]
@@ -174,8 +183,8 @@ class Stage:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=self.name, disable=not self.progress)
         with open_append(self.path) as fh:
-            for lo in range(0, len(todo), self.chunk):
-                part = todo[lo : lo + self.chunk]
+            for lo, hi in self.parts(todo):
+                part = todo[lo:hi]
                 keys = [ReplyCache.key(self.generator.model, f"docgen:{self.name}", u, {**params, "row": k})
                         for k, u, _ in part]  # fmt: skip
                 cached = [self.cache.get(k) for k in keys]
@@ -301,9 +310,14 @@ def estimate(u: Universe, cfg: DocgenConfig, model: str, batch: bool) -> dict[st
 # ----------------------------------------------------------------------------- filters and report
 
 
-def near_duplicates(texts: Sequence[str], threshold: float) -> list[bool]:
+def near_duplicates(texts: Sequence[str], threshold: float, block: int = 512) -> list[bool]:
     """True for each text whose word 3-gram TF-IDF cosine similarity to an earlier kept text is above
-    ``threshold`` (the earlier one is kept)."""
+    ``threshold`` (the earlier one is kept). The similarities are computed on the sparse matrix in
+    blocks of ``block`` rows, keeping only the pairs above the threshold with the earlier text; one
+    pass in order then keeps a text unless one of its earlier near-duplicates was kept (the first of
+    a group is kept, a later one whose only near-duplicates were dropped is kept too)."""
+    import numpy as np
+    from scipy import sparse
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     if len(texts) < 2:
@@ -312,15 +326,22 @@ def near_duplicates(texts: Sequence[str], threshold: float) -> list[bool]:
         vectors = TfidfVectorizer(ngram_range=(3, 3), analyzer="word", lowercase=True).fit_transform(texts)
     except ValueError:  # no text has three words: nothing to compare
         return [False] * len(texts)
-    sims = (vectors @ vectors.T).tocsr()  # rows are L2-normalised: this is the cosine similarity
-    dup, kept = [False] * len(texts), []
-    for i in range(len(texts)):
-        row = sims.getrow(i)
-        if any(row[0, j] > threshold for j in kept):
-            dup[i] = True
-        else:
-            kept.append(i)
-    return dup
+    vectors = vectors.tocsr()
+    transposed = vectors.T.tocsr()
+    pairs_row, pairs_col = [], []  # (text, earlier text) pairs above the threshold
+    for lo in range(0, len(texts), block):
+        sims = (vectors[lo : lo + block] @ transposed).tocoo()  # rows are L2-normalised: cosine similarity
+        rows = sims.row + lo
+        hit = (sims.data > threshold) & (sims.col < rows)
+        pairs_row.append(rows[hit])
+        pairs_col.append(sims.col[hit])
+    n = len(texts)
+    rows, cols = np.concatenate(pairs_row), np.concatenate(pairs_col)
+    earlier = sparse.csr_matrix((np.ones(len(rows), dtype=bool), (rows, cols)), shape=(n, n))
+    dup = np.zeros(n, dtype=bool)
+    for i in np.flatnonzero(np.diff(earlier.indptr)):  # in order: only texts with an earlier near-duplicate
+        dup[i] = not dup[earlier.indices[earlier.indptr[i] : earlier.indptr[i + 1]]].all()
+    return dup.tolist()
 
 
 def filter_corpus(

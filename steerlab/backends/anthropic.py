@@ -14,7 +14,13 @@ steer: a request carrying a steering setting is refused. What maps how:
   ``temperature=None`` on the backend sends none. The API takes no seed: seeds label samples
   but do not make them reproducible;
 - the key comes from ``ANTHROPIC_API_KEY`` only; the SDK retries 429/5xx with backoff
-  (``max_retries``); ``concurrency`` requests run at a time.
+  (``max_retries``); ``concurrency`` requests run at a time;
+- errors are per request: a request that still fails once the SDK's retries are spent is sent
+  again on its own (``retry_rounds`` more rounds, ``retry_pause`` seconds times the round apart;
+  a 4xx other than 408/409/429 is the request's own fault and is not resent), and the others are
+  not sent again. :meth:`AnthropicBackend.generate_each` returns each request's result or its
+  :class:`GenerationError` in its place; :meth:`AnthropicBackend.generate` raises the first error,
+  carrying the results that did come back (``partial``).
 """
 
 from __future__ import annotations
@@ -38,7 +44,20 @@ class SteeringUnsupportedError(ConfigError):
 
 
 class GenerationError(SteerlabError):
-    """An API request that failed after the SDK's retries."""
+    """An API request that failed after the SDK's retries (and the backend's rounds). Raised by
+    :meth:`AnthropicBackend.generate`, it carries ``partial``: each request's result, or None where
+    it failed."""
+
+    def __init__(self, message: str, request_id: str = "", retryable: bool = True):
+        super().__init__(message)
+        self.request_id, self.retryable = request_id, retryable
+        self.partial: list[Result | None] = []
+
+
+def _retryable(exc: Exception) -> bool:
+    """Worth sending again: a connection error or timeout, 408, 409, 429 or 5xx (not a bad request)."""
+    status = getattr(exc, "status_code", None)
+    return status is None or status in (408, 409, 429) or status >= 500
 
 
 class AnthropicBackend:
@@ -48,9 +67,10 @@ class AnthropicBackend:
 
     def __init__(
         self, model: str, concurrency: int = 8, max_retries: int = 6, send_sampling: bool = True,
-        client: Any = None, http_client: Any = None,
+        client: Any = None, http_client: Any = None, retry_rounds: int = 2, retry_pause: float = 5.0,
     ):  # fmt: skip
         self.model, self.concurrency, self.send_sampling = model, concurrency, send_sampling
+        self.retry_rounds, self.retry_pause = retry_rounds, retry_pause
         needed_by = ("--backend anthropic", "use --backend hf or vllm with an open-weight model")
         self.client = client or sdk_client(needed_by, max_retries, http_client)
         self.calls = 0
@@ -113,7 +133,9 @@ class AnthropicBackend:
             self.calls += 1
             message = self.client.messages.create(**self._body(r))
         except anthropic.APIError as exc:
-            raise GenerationError(f"the {self.model} request {r.id!r} failed after retries: {exc}") from None
+            raise GenerationError(
+                f"the {self.model} request {r.id!r} failed after retries: {exc}", r.id, _retryable(exc)
+            ) from None
         text = "".join(b.text for b in message.content if b.type == "text")
         if r.prefill and r.prefill != r.prefill.rstrip():  # the stripped whitespace belongs to the prefill
             text = text.lstrip()
@@ -124,6 +146,17 @@ class AnthropicBackend:
         return Result(r.id, text, usage.input_tokens, usage.output_tokens, reason, time.perf_counter() - started)
 
     def generate(self, requests: Sequence[Request]) -> list[Result]:
+        out = self.generate_each(requests)
+        for res in out:
+            if isinstance(res, GenerationError):
+                res.partial = [r if isinstance(r, Result) else None for r in out]
+                raise res
+        return out  # type: ignore[return-value]
+
+    def generate_each(self, requests: Sequence[Request]) -> list[Result | GenerationError]:
+        """Each request's result, or its :class:`GenerationError` in its place: a failed request is
+        sent again on its own (up to ``retry_rounds`` more times; see the module docstring), the
+        others are never resent."""
         check_requests(requests)
         for r in requests:
             if r.steering is not None:
@@ -131,5 +164,22 @@ class AnthropicBackend:
                     f"the anthropic backend cannot steer (request {r.id!r} has a steering setting); "
                     "steer an open-weight model with --backend hf or vllm"
                 )
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(self._one, requests))
+        out: list[Result | GenerationError] = [None] * len(requests)  # type: ignore[list-item]
+        todo = list(range(len(requests)))
+        for attempt in range(self.retry_rounds + 1):
+            if attempt:
+                time.sleep(self.retry_pause * attempt)
+            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+                got = list(pool.map(self._try, [requests[i] for i in todo]))
+            for i, res in zip(todo, got, strict=True):
+                out[i] = res
+            todo = [i for i in todo if isinstance(out[i], GenerationError) and out[i].retryable]
+            if not todo:
+                break
+        return out
+
+    def _try(self, r: Request) -> Result | GenerationError:
+        try:
+            return self._one(r)
+        except GenerationError as exc:
+            return exc

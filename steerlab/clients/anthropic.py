@@ -13,9 +13,12 @@ key and the version workaround).
   backoff (and honours ``retry-after``); calls run ``concurrency`` at a time. A call that failed
   once the retries are spent comes back as its exception, in its place, not raised.
 - **Batches.** ``batch=True`` sends everything through the Message Batches API instead (half the
-  price); the batch id is saved in ``batch_state`` so a killed job re-attaches rather than paying
-  twice; the saved state is dropped only after the caller has stored the results
-  (:meth:`AnthropicText.release`).
+  price): one ``complete`` call is one batch, so a caller sends as many prompts at once as it can
+  (:meth:`AnthropicText.batch_parts` splits a list only above the API's limits, 100,000 requests or
+  256 MB a batch). The batch id is saved in ``batch_state`` so a killed job re-attaches rather than
+  paying twice (also when some of the batch's replies were stored before the kill: a rerun asking
+  for a subset of a saved batch's requests re-attaches to it); the saved state is dropped only
+  after the caller has stored the results (:meth:`AnthropicText.release`).
 - **The model behind an alias.** :meth:`AnthropicText.resolve_model` asks the API once which
   snapshot an alias such as ``claude-sonnet-4-5`` reaches now, and every reply carries the model
   its response reports (:class:`~steerlab.clients.base.Reply`), so a cache keyed by model never
@@ -50,6 +53,8 @@ PRICES = {
     "claude-haiku-4-5": (1.0, 5.0),
     "claude-3-5-haiku-latest": (0.8, 4.0),
 }
+MAX_BATCH_REQUESTS = 100_000  # the Message Batches API's limits on one batch
+MAX_BATCH_BYTES = 256_000_000
 CHARS_PER_TOKEN = 3.5  # a conservative average for English prose (the estimate errs high)
 
 
@@ -174,13 +179,29 @@ class AnthropicText:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(one, prompts))
 
+    def batch_parts(self, prompts: Sequence[tuple[str, str]]) -> list[tuple[int, int]]:
+        """``(start, stop)`` slices of ``prompts`` that each fit one Message Batch (at most
+        :data:`MAX_BATCH_REQUESTS` requests and :data:`MAX_BATCH_BYTES` of request body): one slice
+        unless the prompts are over the limits."""
+        parts, lo, size = [], 0, 0
+        envelope = len(json.dumps({"requests": []}))
+        for i, prompt in enumerate(prompts):
+            one = len(json.dumps({"custom_id": "x" * 40, "params": self._body(*prompt)}).encode()) + 2
+            if i > lo and (i - lo >= MAX_BATCH_REQUESTS or envelope + size + one > MAX_BATCH_BYTES):
+                parts.append((lo, i))
+                lo, size = i, 0
+            size += one
+        if lo < len(prompts):
+            parts.append((lo, len(prompts)))
+        return parts
+
     def _complete_batch(self, prompts: Sequence[tuple[str, str]], ids: Sequence[str]) -> list[str | Exception]:
         custom = [hashlib.sha256(i.encode()).hexdigest()[:40] for i in ids]
         batch_id = None
         if self.batch_state is not None and self.batch_state.is_file():
             state = json.loads(self.batch_state.read_text())
-            if state.get("custom_ids") == custom:  # a killed job: re-attach to the batch it paid for
-                batch_id = state["batch_id"]
+            if set(custom) <= set(state.get("custom_ids", ())):  # a killed job: re-attach to the batch it
+                batch_id = state["batch_id"]  # paid for (whose replies it may have stored in part)
         if batch_id is None:
             self.calls += 1
             requests = [{"custom_id": c, "params": self._body(*p)} for c, p in zip(custom, prompts, strict=True)]
