@@ -29,6 +29,13 @@ Start-up self-check (:meth:`VLLMBackend.self_check`, in :mod:`steerlab.backends.
 backend refuses to run unless a large steering vector changes both the prompt pass and the decode steps;
 if the check fails in vLLM's default (compiled) mode, the engine is rebuilt with ``enforce_eager=True``.
 
+Up front (:mod:`steerlab.backends.vllm_check`): a ``--lora`` adapter stacked on others by ``sdf train``
+(vLLM would attach it to the plain base, without the organism beneath) or trained on another model
+(the base fingerprint its ``steerlab_stack.json`` records) is refused before the engine starts (the
+embedding hash once it has loaded the weights); :meth:`VLLMBackend.check_fits`, called by the runs
+engine and pair generation before anything is generated, refuses a request whose prompt plus
+``max_new_tokens`` exceeds the engine's ``max_model_len``.
+
 Multi-GPU: ``tensor_parallel_size`` > 1 starts worker processes; the steering patch reaches them
 through steerlab's ``vllm.general_plugins`` entry point (``STEERLAB_VLLM_STEERING=1``, set here),
 and tables go to every rank with ``collective_rpc``. Only the V1 model runner is patched, so the
@@ -42,7 +49,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -175,12 +182,20 @@ class VLLMBackend:
             enable_lora=lora is not None, **({"max_lora_rank": max_lora_rank} if lora else {}), **llm_kwargs,
         )  # fmt: skip
         self.lora = vllm.lora.request.LoRARequest("steerlab-adapter", 1, lora) if lora else None
-        self._start(enforce_eager)
         self.fingerprint = Fingerprint(
             architecture=(config.architectures or [type(config).__name__])[0], n_layers=self.n_layers,
-            d_model=self.d_model, config_hash=config_hash(config),
-            embed_hash=self.llm.collective_rpc("steerlab_embed_hash")[0],
+            d_model=self.d_model, config_hash=config_hash(config), embed_hash=vllm_check.UNKNOWN,
         )  # fmt: skip
+        if lora:  # a stacked adapter, or one trained on another model, is refused before the engine starts
+            vllm_check.check_lora(lora, self.fingerprint)
+        self._start(enforce_eager)
+        self.fingerprint = replace(self.fingerprint, embed_hash=self.llm.collective_rpc("steerlab_embed_hash")[0])
+        if lora:  # the embedding hash, read from the loaded weights
+            try:
+                vllm_check.check_lora(lora, self.fingerprint)
+            except ModelLoadError:
+                self.close()
+                raise
         if self_check:
             try:
                 self.self_check()
@@ -243,6 +258,17 @@ class VLLMBackend:
         }  # fmt: skip
 
     # ------------------------------------------------------------------------- generation
+
+    @property
+    def max_model_len(self) -> int:
+        """The longest sequence (prompt + generated tokens) the running engine takes."""
+        return int(self.workers[0]["max_model_len"])
+
+    def check_fits(self, requests: Sequence[Request]) -> None:
+        """Refuse, before a run starts, a request whose prompt plus ``max_new_tokens`` exceeds ``max_model_len``
+        (one line naming the request, its lengths, the limit and the fix). The runs engine passes first turns;
+        later turns of a multi-turn sample, whose prompts grow, are not checked here."""
+        vllm_check.check_fits(self.prompt_ids(requests), requests, self.max_model_len)
 
     def prompt_ids(self, requests: Sequence[Request]) -> list[list[int]]:
         """Token ids of each request's rendered prompt (see :func:`steerlab.backends.base.render_prompts`)."""

@@ -11,19 +11,27 @@ of the compiled model; if the check fails there, the engine is rebuilt with
 
 The check drives the backend through its own methods (``generate``, ``prompt_ids``, ``_set_table``,
 ``_engine``), so it sees exactly what a run sees.
+
+Also here, the checks that refuse a configuration before the engine runs anything with it:
+:func:`check_lora` (an SDF adapter stacked on others, or trained on another model) and
+:func:`check_fits` (a request longer than the engine's ``max_model_len``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from steerlab.backends import vllm_steer
 from steerlab.backends.base import Request, Sampling, package_version
-from steerlab.errors import SteerlabError
+from steerlab.errors import ConfigError, ModelLoadError, SteerlabError
+from steerlab.models import STACK_FILE, Fingerprint, check_adapter
 from steerlab.steer import SteeringSetting
 from steerlab.vectors import SteeringVector
 
@@ -38,6 +46,63 @@ CHECK_LOGPROB_TOL = 0.5
 
 class SteeringInactiveError(SteerlabError):
     """vLLM generated, but the steering hooks did not change its output."""
+
+
+UNKNOWN = "unavailable"  # a fingerprint field not known yet (the embedding hash before the engine loads weights)
+
+
+def check_lora(adapter: str | Path, fingerprint: Fingerprint) -> None:
+    """Refuse a LoRA adapter vLLM would run on the wrong model, each case in one line.
+
+    vLLM attaches one adapter to the plain base model. An adapter written by ``sdf train`` on top
+    of others (parents listed in its ``steerlab_stack.json``) would run without the organism
+    beneath it (the HF backend merges the parents first, :func:`steerlab.models.merge_lora`), so it
+    is refused with the fix. The base fingerprint the stack file records must match ``fingerprint``
+    (the model the engine loads); fields that read ``"unavailable"`` on either side are not compared.
+    A plain peft adapter (no stack file) records no fingerprint and passes.
+    """
+    check_adapter(adapter)
+    stack_path = Path(adapter) / STACK_FILE
+    if not stack_path.is_file():
+        return
+    try:
+        stack = json.loads(stack_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {stack_path}: {exc}") from None
+    parents = stack.get("parents") or []
+    if parents:
+        raise ModelLoadError(
+            f"adapter {adapter} is stacked on {len(parents)} other adapter(s) ({', '.join(map(str, parents))}), and "
+            "vLLM would attach it to the plain base without them: merge the stack with "
+            f"`sdf merge {adapter} --out MERGED` and pass --model MERGED without --lora, or use --backend hf"
+        )
+    recorded = stack.get("base_fingerprint")
+    if not isinstance(recorded, dict):
+        return
+    try:
+        expected = Fingerprint.from_dict(recorded)
+    except (KeyError, TypeError):
+        raise ModelLoadError(f"{stack_path} records an unreadable base_fingerprint: {recorded!r}") from None
+    differ = [
+        k for k in expected.differences(fingerprint) if UNKNOWN not in (getattr(expected, k), getattr(fingerprint, k))
+    ]
+    if differ:
+        raise ModelLoadError(
+            f"adapter {adapter} was trained on {stack.get('base_model')}, and this model differs from it in "
+            f"{', '.join(differ)}; pass that model as --model"
+        )
+
+
+def check_fits(ids: Sequence[Sequence[int]], requests: Sequence[Request], max_model_len: int) -> None:
+    """Refuse, in one line, the first request whose prompt tokens plus ``max_new_tokens`` exceed ``max_model_len``."""
+    for r, seq in zip(requests, ids, strict=True):
+        need = len(seq) + r.sampling.max_new_tokens
+        if need > max_model_len:
+            raise ConfigError(
+                f"request {r.id!r} needs {len(seq)} prompt tokens + {r.sampling.max_new_tokens} new tokens = {need}, "
+                f"more than vLLM's max_model_len of {max_model_len}; pass --max-model-len {need} (or more) "
+                "or fewer --max-new-tokens"
+            )
 
 
 def self_check(backend: Any) -> None:
