@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from steerlab.cli.options import DeviceMap, MaxMemory, engine_options
 from steerlab.errors import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -168,6 +169,8 @@ def eval_command(
     grader_model: str | None = typer.Option(None, help="Grader model (default claude-sonnet-4-5 / smollm2)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda."),
     dtype: str = typer.Option("auto", help="Model dtype."),
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
 ) -> None:
     """Each checkpoint on the alignment-faking harness (same scenario, statistics and records), after
     a belief check of its universe; `steerlab profile OUT/*` then draws the SDF profile."""
@@ -180,6 +183,7 @@ def eval_command(
     from steerlab.models import load_model
     from steerlab.runs import run_sweep
 
+    engine = engine_options(device_map, max_memory)
     run = {"prompts": dataset, "limit": limit, "seeds": parse_ints(seeds, "--seeds"), "max_new_tokens": max_new_tokens,
            "temperature": temperature, "alignment_faking": {"prefill": prefill, "max_turns": max_turns}}  # fmt: skip
     configs = [eval_config(a, run, out_dir / a.parent.name) for a in adapters]  # every adapter checks out first
@@ -190,7 +194,7 @@ def eval_command(
     grade = None if grader == "none" else _generator(grader, grader_model, False, 8, 8, 0.0, out_dir)
     for adapter, cfg in zip(adapters, configs, strict=True):
         stack = read_stack(adapter)
-        loaded = load_model(cfg.model, device=device, dtype=dtype, lora=cfg.lora)
+        loaded = load_model(cfg.model, device=device, dtype=dtype, lora=cfg.lora, **engine)
         backend = HFBackend(loaded, batch_size=cfg.batch_size)
         report = None
         if belief and stack.get("universe"):

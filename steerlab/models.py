@@ -225,15 +225,19 @@ def load_model(
     *,
     dtype: str = "auto",
     device: str = "auto",
-    device_map: str | None = None,
+    device_map: str | int | dict[str, Any] | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
     trust_remote_code: bool = False,
     lora: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM and tokenizer by hub id, local path, ``.gguf`` file or ``smollm2``.
 
     ``device_map="auto"`` spreads a model larger than one GPU over all of them (accelerate);
-    then ``device`` is ignored. ``lora``: a peft adapter directory, merged into the weights
-    (so steering hooks and fingerprints see one plain model).
+    then ``device`` is ignored. ``device_map`` may also be a strategy accelerate knows (``balanced``,
+    ``sequential``, ...) or an explicit ``{module name: device}`` map, honoured with accelerate's
+    dispatch hooks even when it names one device; ``max_memory`` (``{0: "70GiB", "cpu": ...}``)
+    caps each device under a strategy (given alone it implies ``device_map="auto"``). ``lora``: a peft
+    adapter directory, merged into the weights (so steering hooks and fingerprints see one plain model).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -258,8 +262,12 @@ def load_model(
             f"cannot load model {name!r}: not a local model and not on the hub or in its cache "
             f"({first}); check the id, or download it and pass its local path"
         ) from exc
+    if max_memory is not None and device_map is None:
+        device_map = "auto"
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if max_memory is not None:
+        kwargs["max_memory"] = max_memory
     try:
         model = AutoModelForCausalLM.from_pretrained(where, config=config, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(
@@ -272,6 +280,12 @@ def load_model(
         model = merge_lora(model, lora)
     if device_map is None:
         model.to(resolved_device)
+    elif isinstance(device_map, dict) and not any(hasattr(m, "_hf_hook") for m in model.modules()):
+        # transformers dispatches a map that names one device without hooks; add them, so an
+        # explicit map runs the same way (and is tested the same way) whatever devices it names
+        from accelerate import dispatch_model
+
+        model = dispatch_model(model, device_map=device_map, force_hooks=True)
     model.eval()
     return prepare(model, tokenizer, source=str(name) + (f"+{lora}" if lora else ""))
 

@@ -70,6 +70,8 @@ class GenSettings:
     dtype: str = "auto"
     tensor_parallel_size: int = 1
     chat_date: str | None = None
+    # sharding and engine options (steerlab.cli.options.engine_options): make_backend keywords
+    engine: dict[str, Any] = field(default_factory=dict)
 
     def sampling(self, seed: int) -> Sampling:
         return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, seed=seed)
@@ -193,7 +195,7 @@ def generate(plan: Plan, backend: Any = None, progress: bool = True) -> dict[str
 
         backend, _, _ = make_backend(
             s.backend, s.model, batch_size=s.batch_size, dtype=s.dtype, device=s.device,
-            tensor_parallel_size=s.tensor_parallel_size, lora=s.lora, chat_date=s.chat_date,
+            tensor_parallel_size=s.tensor_parallel_size, lora=s.lora, chat_date=s.chat_date, **s.engine,
         )  # fmt: skip
     out = plan.out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -31,13 +31,28 @@ def make_backend(
     tensor_parallel_size: int = 1,
     lora: str | None = None,
     chat_date: str | None = None,
+    device_map: str | int | dict[str, Any] | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
+    max_model_len: int | None = None,
+    gpu_memory_utilization: float | None = None,
+    enable_prefix_caching: bool | None = None,
+    vllm_args: dict[str, Any] | None = None,
     **vllm_kwargs: Any,
 ) -> tuple[Backend, Fingerprint | None, LoadedModel | None]:
-    """(backend, the model's fingerprint (None for an API model), the HF model when ``kind == "hf"``)."""
+    """(backend, the model's fingerprint (None for an API model), the HF model when ``kind == "hf"``).
+
+    ``device_map``/``max_memory`` shard an HF model with accelerate (see :func:`steerlab.models.load_model`);
+    ``max_model_len`` (default 4096), ``gpu_memory_utilization``, ``enable_prefix_caching`` (default:
+    vLLM's) and ``vllm_args`` (any further ``vllm.LLM`` keyword) configure the vLLM engine.
+    """
     if kind not in BACKENDS:
         raise ConfigError(f"--backend {kind!r}: use hf, vllm or anthropic")
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: give at least 1")
+    engine = {"max_model_len": max_model_len, "gpu_memory_utilization": gpu_memory_utilization,
+              "enable_prefix_caching": enable_prefix_caching}  # fmt: skip
+    engine = {k: v for k, v in engine.items() if v is not None}
+    check_backend_options(kind, device_map=device_map, max_memory=max_memory, vllm_args=vllm_args, **engine)
     if kind == "anthropic":
         if lora is not None or tensor_parallel_size != 1 or position != "all":
             raise ConfigError("--lora, --tensor-parallel-size and --position do not apply to --backend anthropic")
@@ -50,7 +65,7 @@ def make_backend(
         from steerlab.backends.hf import HFBackend
         from steerlab.models import load_model
 
-        loaded = load_model(model, dtype=dtype, device=device, lora=lora)
+        loaded = load_model(model, dtype=dtype, device=device, lora=lora, device_map=device_map, max_memory=max_memory)
         hf = HFBackend(
             loaded, batch_size=batch_size, position=position, **({"chat_date": chat_date} if chat_date else {})
         )
@@ -61,8 +76,38 @@ def make_backend(
 
     if chat_date:
         vllm_kwargs["chat_date"] = chat_date
+    named = {"model", "dtype", "tensor_parallel_size", "lora", "chat_date", "max_model_len", "gpu_memory_utilization",
+             "enable_prefix_caching", *vllm_kwargs}  # fmt: skip
+    clash = sorted(set(vllm_args or {}) & named)
+    if clash:
+        raise ConfigError(f"--vllm-arg {clash[0]}=...: set it with its own option")
+    vllm_kwargs = {**(vllm_args or {}), **vllm_kwargs, **engine}
     backend = VLLMBackend(model, dtype=dtype, tensor_parallel_size=tensor_parallel_size, lora=lora, **vllm_kwargs)
     return backend, backend.fingerprint, None
+
+
+def check_backend_options(kind: str, **given: Any) -> None:
+    """Refuse (one line) sharding and engine options (make_backend's keywords) that ``kind`` does not take."""
+    given = {k: v for k, v in given.items() if v is not None and v != {}}
+    check_engine_options(given.get("max_model_len"), given.get("gpu_memory_utilization"))
+    if kind != "hf" and ("device_map" in given or "max_memory" in given):
+        raise ConfigError(
+            f"--device-map and --max-memory shard a model of --backend hf, not --backend {kind}"
+            + (" (vLLM shards with --tensor-parallel-size)" if kind == "vllm" else "")
+        )
+    vllm_only = {"max_model_len", "gpu_memory_utilization", "enable_prefix_caching", "vllm_args"}
+    if kind != "vllm" and vllm_only & set(given):
+        raise ConfigError(
+            "--max-model-len, --gpu-memory-utilization, --enable-prefix-caching and --vllm-arg configure "
+            f"--backend vllm, not --backend {kind}"
+        )
+
+
+def check_engine_options(max_model_len: int | None, gpu_memory_utilization: float | None) -> None:
+    if max_model_len is not None and max_model_len < 1:
+        raise ConfigError(f"--max-model-len {max_model_len}: give a positive number of tokens")
+    if gpu_memory_utilization is not None and not 0 < gpu_memory_utilization <= 1:
+        raise ConfigError(f"--gpu-memory-utilization {gpu_memory_utilization}: give a fraction in (0, 1]")
 
 
 __all__ = ["BACKENDS", "Backend", "Request", "Result", "Sampling", "make_backend"]

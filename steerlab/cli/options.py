@@ -65,7 +65,112 @@ ControlSeed = Annotated[int, typer.Option(
 
 # ----------------------------------------------------------------------------- generation (steer, sweep)
 BackendKind = Annotated[str, typer.Option("--backend", help="hf (transformers), vllm, or anthropic (no steering).")]
+DeviceMap = Annotated[str | None, typer.Option(
+    "--device-map", help="hf: shard the model with accelerate: auto, balanced, balanced_low_0, sequential, a device "
+    "(cpu, cuda:1), or a JSON file mapping module names to devices.")]  # fmt: skip
+MaxMemory = Annotated[str | None, typer.Option(
+    "--max-memory", help="hf: memory per device for --device-map, e.g. 0=70GiB,1=70GiB,cpu=200GiB "
+    "(alone it implies --device-map auto).")]  # fmt: skip
+MaxModelLen = Annotated[int | None, typer.Option(
+    "--max-model-len", help="vLLM: longest prompt + generated tokens (default 4096).")]  # fmt: skip
+GpuMemoryUtilization = Annotated[float | None, typer.Option(
+    "--gpu-memory-utilization", help="vLLM: fraction of GPU memory the engine may take (default vLLM's).")]  # fmt: skip
+PrefixCaching = Annotated[bool | None, typer.Option(
+    "--enable-prefix-caching/--no-enable-prefix-caching", help="vLLM: prefix caching (default vLLM's).")]  # fmt: skip
+VllmArgs = Annotated[list[str] | None, typer.Option(
+    "--vllm-arg", help="vLLM: any other vllm.LLM keyword, KEY=VALUE (VALUE read as JSON when it parses); "
+    "repeatable.")]  # fmt: skip
 Lora = Annotated[str | None, typer.Option(help="A LoRA adapter directory (peft) applied to every request.")]
+
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+_DEVICE = r"cpu|disk|mps|(?:cuda|xpu|npu)(?::\d+)?"
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+
+
+def parse_device_map(text: str | None) -> str | int | dict[str, Any] | None:
+    """``--device-map``: a strategy, a device, or a JSON file ``{module name: device}`` (devices: an
+    accelerator index, cpu, disk, cuda:N, ...)."""
+    import json
+
+    if text is None or text in DEVICE_MAP_STRATEGIES or (text != "disk" and re.fullmatch(_DEVICE, text)):
+        return text
+    if text.isdigit():
+        return int(text)
+    use = f"use {', '.join(DEVICE_MAP_STRATEGIES)}, a device (cpu, cuda:1) or a JSON file of module names to devices"
+    path = Path(text)
+    if not path.is_file():
+        raise ConfigError(f"--device-map {text!r}: not a strategy, a device or a file; {use}")
+    try:
+        mapping = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"--device-map {text}: not a JSON file ({' '.join(str(exc).split())})") from None
+    if not isinstance(mapping, dict) or not mapping:
+        raise ConfigError(f"--device-map {text}: give a JSON object mapping module names to devices")
+    for name, where in mapping.items():
+        ok = (isinstance(where, int) and not isinstance(where, bool) and where >= 0) or (
+            isinstance(where, str) and re.fullmatch(_DEVICE, where) is not None
+        )
+        if not ok:
+            raise ConfigError(
+                f"--device-map {text}: module {name!r} maps to {where!r}; use an index, cpu, disk or cuda:N"
+            )
+    return mapping
+
+
+def parse_max_memory(text: str | None) -> dict[int | str, int] | None:
+    """``--max-memory 0=70GiB,1=70GiB,cpu=200GiB``: accelerate's ``max_memory`` (sizes in bytes)."""
+    if text is None:
+        return None
+    memory: dict[int | str, int] = {}
+    for part in text.split(","):
+        key, eq, size = (x.strip() for x in part.partition("="))
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?", size, re.IGNORECASE)
+        if not eq or not re.fullmatch(r"\d+|cpu|disk|mps|(?:cuda|xpu|npu):\d+", key) or m is None:
+            raise ConfigError(f"--max-memory {text!r}: write DEVICE=SIZE pairs, e.g. 0=70GiB,1=70GiB,cpu=200GiB")
+        n = int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+        device: int | str = int(key) if key.isdigit() else int(key[5:]) if key.startswith("cuda:") else key
+        if n <= 0 or device in memory:
+            raise ConfigError(f"--max-memory {text!r}: {key} is given twice or has no memory")
+        memory[device] = n
+    return memory
+
+
+def parse_vllm_args(specs: list[str] | None) -> dict[str, Any]:
+    """``--vllm-arg KEY=VALUE`` (repeatable): VALUE as JSON when it parses, else the string."""
+    import json
+
+    args: dict[str, Any] = {}
+    for spec in specs or []:
+        key, eq, value = spec.partition("=")
+        if not eq or not key.isidentifier():
+            raise ConfigError(f"--vllm-arg {spec!r}: write KEY=VALUE, e.g. --vllm-arg enforce_eager=true")
+        if key in args:
+            raise ConfigError(f"--vllm-arg {key}: given twice")
+        try:
+            args[key] = json.loads(value)
+        except ValueError:
+            args[key] = value
+    return args
+
+
+def engine_options(
+    device_map: str | None = None, max_memory: str | None = None, max_model_len: int | None = None,
+    gpu_memory_utilization: float | None = None, enable_prefix_caching: bool | None = None,
+    vllm_arg: list[str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The sharding and engine options as :func:`steerlab.backends.make_backend` keywords, checked (a
+    bad value is a :class:`ConfigError`) before any model loads; options not given are left out."""
+    from steerlab.backends import check_engine_options
+
+    check_engine_options(max_model_len, gpu_memory_utilization)
+    given = {
+        "device_map": parse_device_map(device_map), "max_memory": parse_max_memory(max_memory),
+        "max_model_len": max_model_len, "gpu_memory_utilization": gpu_memory_utilization,
+        "enable_prefix_caching": enable_prefix_caching, "vllm_args": parse_vllm_args(vllm_arg) or None,
+    }  # fmt: skip
+    return {k: v for k, v in given.items() if v is not None}
+
 
 # ----------------------------------------------------------------------------- runs (eval, prompt-eval, pairs generate)
 Dataset = Annotated[str, typer.Option(help="Requests: .csv/.jsonl (goal or prompt column), .txt, or a hub id.")]

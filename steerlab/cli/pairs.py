@@ -15,13 +15,20 @@ from steerlab.cli.options import (
     BatchSize,
     ChatDate,
     Device,
+    DeviceMap,
     DType,
+    GpuMemoryUtilization,
     LoraOpt,
+    MaxMemory,
+    MaxModelLen,
     MaxNewTokens,
     ModelOpt,
+    PrefixCaching,
     Temperature,
     TensorParallel,
     TopP,
+    VllmArgs,
+    engine_options,
 )
 from steerlab.errors import ConfigError
 
@@ -218,17 +225,28 @@ def generate(
     device: Device = "auto",
     dtype: DType = "auto",
     tensor_parallel_size: TensorParallel = 1,
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
+    max_model_len: MaxModelLen = None,
+    gpu_memory_utilization: GpuMemoryUtilization = None,
+    enable_prefix_caching: PrefixCaching = None,
+    vllm_arg: VllmArgs = None,
     resume: bool = typer.Option(False, help="Continue an interrupted run from OUT.partial."),
     overwrite: bool = typer.Option(False, help="Replace OUT (the old file stays until the new one is done)."),
 ) -> None:
     """Have a model write contrastive pairs for a concept; keep those that pass validate and the
     per-pair surface-artefact filter; report the yield (also in OUT's .yield.json). Resumable."""
+    from steerlab.backends import check_backend_options
     from steerlab.pairgen import GenSettings, YieldError, report_path, run_generate
 
+    engine = engine_options(device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching,
+                            vllm_arg)  # fmt: skip
+    check_backend_options(backend, **engine)
     settings = GenSettings(
         model=model, backend=backend, lora=lora, run_seed=run_seed, temperature=temperature, top_p=top_p,
         max_new_tokens=max_new_tokens, max_attempts=max_attempts, batch_size=batch_size, device=device,
         dtype=dtype, tensor_parallel_size=tensor_parallel_size, chat_date=chat_date,
+        engine=engine,
     )  # fmt: skip
     counts = {"train": train, "val": val, "keyword_hard": keyword_hard}
     try:

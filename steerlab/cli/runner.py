@@ -122,18 +122,19 @@ def finish_labelled(run_dir: Path, cfg: SweepConfig, make: JudgeFactory | None, 
 
 def run_config(
     cfg: SweepConfig, device: str = "auto", dtype: str = "auto", dry: bool = False, backend: str = "hf",
-    tensor_parallel_size: int = 1, then: Callable[[Path], None] | None = None,
+    tensor_parallel_size: int = 1, then: Callable[[Path], None] | None = None, engine: dict[str, Any] | None = None,
 ) -> Path | None:  # fmt: skip
     """Generate (or resume) a run, then, for a labelled run, judge and summarise it; ``then(run_dir)``
     (a plain run's summary) runs after that. Every option is checked before the model loads (and
     again against the model before the run directory is made); the run directory stays locked
-    until all of it is done."""
-    from steerlab.backends import make_backend
+    until all of it is done. ``engine``: :func:`steerlab.cli.options.engine_options`, for make_backend."""
+    from steerlab.backends import check_backend_options, make_backend
     from steerlab.harness.datasets import load_requests
     from steerlab.runs import check_config, make_scenario, run_sweep
 
     if backend == "anthropic" and cfg.vectors:
         raise ConfigError("the anthropic backend cannot steer; drop the vectors or use --backend hf or vllm")
+    check_backend_options(backend, **(engine or {}))
     arms = check_config(cfg)  # sampling, scorer, vector files and their layers: before the model loads
     scenario = make_scenario(cfg)
     items = load_requests(cfg.prompts, cfg.prompt_set, cfg.limit)  # a bad request file fails before the model loads
@@ -159,7 +160,7 @@ def run_config(
     make = judge_factory(cfg.judge, Path(cfg.out)) if cfg.judge is not None else None
     engine, fingerprint, loaded = make_backend(
         backend, cfg.model, batch_size=cfg.batch_size, dtype=dtype, device=device,
-        tensor_parallel_size=tensor_parallel_size, lora=cfg.lora, chat_date=cfg.chat_date,
+        tensor_parallel_size=tensor_parallel_size, lora=cfg.lora, chat_date=cfg.chat_date, **(engine or {}),
     )  # fmt: skip
 
     def finish(run_dir: Path) -> None:  # under the run's lock

@@ -23,19 +23,24 @@ from steerlab.cli.options import (
     ChatDate,
     Dataset,
     Device,
+    DeviceMap,
     DryRun,
     DType,
+    GpuMemoryUtilization,
     JudgeBatch,
     JudgeKind,
     JudgeModel,
     Limit,
     Lora,
     LoraOpt,
+    MaxMemory,
+    MaxModelLen,
     MaxNewTokens,
     MaxTurns,
     ModelOpt,
     OutDir,
     Prefill,
+    PrefixCaching,
     RubricOpt,
     RunSeed,
     Seeds,
@@ -44,6 +49,8 @@ from steerlab.cli.options import (
     TensorParallel,
     TierLiteral,
     UserTemplate,
+    VllmArgs,
+    engine_options,
 )  # fmt: skip
 from steerlab.cli.report import fmt_interval, print_label_summary
 from steerlab.cli.runner import dry_run, judge_factory, refuse_judge_errors, rubric_and_cache, run_config, run_judge
@@ -65,6 +72,12 @@ def sweep(
     backend_kind: BackendKind = "hf",
     tensor_parallel_size: TensorParallel = 1,
     lora: Lora = None,
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
+    max_model_len: MaxModelLen = None,
+    gpu_memory_utilization: GpuMemoryUtilization = None,
+    enable_prefix_caching: PrefixCaching = None,
+    vllm_arg: VllmArgs = None,
 ) -> None:
     """Run (or resume) a sweep of vectors and their random controls over signed multipliers, then summarise it.
 
@@ -74,6 +87,9 @@ def sweep(
     from steerlab.generate import parse_multipliers
     from steerlab.runs import figure, load_config, write_summary
 
+    engine = engine_options(
+        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg
+    )
     cfg = load_config(
         config,
         vectors=vectors.split(",") if vectors else None,
@@ -109,7 +125,7 @@ def sweep(
 
     run_config(
         cfg, device=device, dtype=dtype, dry=dry_run_flag, backend=backend_kind,
-        tensor_parallel_size=tensor_parallel_size, then=summarise,
+        tensor_parallel_size=tensor_parallel_size, then=summarise, engine=engine,
     )  # fmt: skip
 
 
@@ -145,10 +161,19 @@ def eval_command(
     backend: BackendOpt = "hf",
     tensor_parallel_size: TensorParallel = 1,
     lora: LoraOpt = None,
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
+    max_model_len: MaxModelLen = None,
+    gpu_memory_utilization: GpuMemoryUtilization = None,
+    enable_prefix_caching: PrefixCaching = None,
+    vllm_arg: VllmArgs = None,
 ) -> None:
     """Run the alignment-faking evaluation (optionally steered), label, judge and summarise it."""
     from steerlab.generate import parse_multipliers
 
+    engine = engine_options(
+        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg
+    )
     if controls and vector is None:
         raise ConfigError(f"--controls {controls} needs --vector (the controls are that file's random directions)")
     shared = AFOptions(
@@ -160,7 +185,7 @@ def eval_command(
     cfg = shared.config(conditions, vectors=[str(vector)] if vector else [], controls=controls,
                         multipliers=parse_multipliers(alpha), scale=scale)  # fmt: skip
     run_config(cfg, device=device, dtype=dtype, dry=dry_run_flag, backend=backend,
-               tensor_parallel_size=tensor_parallel_size)  # fmt: skip
+               tensor_parallel_size=tensor_parallel_size, engine=engine)  # fmt: skip
 
 
 @app.command("judge")
@@ -243,9 +268,18 @@ def prompt_eval(
     backend: BackendOpt = "hf",
     tensor_parallel_size: TensorParallel = 1,
     lora: LoraOpt = None,
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
+    max_model_len: MaxModelLen = None,
+    gpu_memory_utilization: GpuMemoryUtilization = None,
+    enable_prefix_caching: PrefixCaching = None,
+    vllm_arg: VllmArgs = None,
 ) -> None:
     """Evaluate the baseline and every claim under monitored and unmonitored (one resumable run),
     then report each claim's gap and the net scores A_net and B_net."""
+    engine = engine_options(
+        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg
+    )
     shared = AFOptions(
         dataset=dataset, out_dir=out_dir, model=model, seeds=seeds, system_prompt=system_prompt,
         tier_literal=tier_literal, prefill=prefill, max_turns=max_turns, limit=limit, max_new_tokens=max_new_tokens,
@@ -255,7 +289,7 @@ def prompt_eval(
     cfg = shared.config("monitored,unmonitored",
                         claims={"file": str(claims_file), "select": claims, "strength": strength})  # fmt: skip
     run_config(cfg, device=device, dtype=dtype, dry=dry_run_flag, backend=backend,
-               tensor_parallel_size=tensor_parallel_size)  # fmt: skip
+               tensor_parallel_size=tensor_parallel_size, engine=engine)  # fmt: skip
 
 
 @app.command("profile")
@@ -294,14 +328,25 @@ def calibrate(
     dtype: DType = "auto",
     backend: BackendOpt = "hf",
     tensor_parallel_size: TensorParallel = 1,
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
+    max_model_len: MaxModelLen = None,
+    gpu_memory_utilization: GpuMemoryUtilization = None,
+    enable_prefix_caching: PrefixCaching = None,
+    vllm_arg: VllmArgs = None,
     seed: BootstrapSeed = 0,
 ) -> None:
     """Run the prompt battery on checkpoints fine-tuned toward a known family and check that
     prompting ranks the families right (resumable: each checkpoint is its own run)."""
+    from steerlab.backends import check_backend_options
     from steerlab.profiles import calibrate as run_calibration
     from steerlab.profiles import checkpoint_config, load_calibration
     from steerlab.prompts import selected
 
+    engine_kw = engine_options(
+        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg
+    )
+    check_backend_options(backend, **engine_kw)
     cal = load_calibration(config)
     for ck in cal.checkpoints:  # every checkpoint's settings and claims validate before any model loads
         cfg = checkpoint_config(cal, ck, out_dir)
@@ -316,7 +361,7 @@ def calibrate(
 
         engine, fingerprint, _ = make_backend(
             backend, cfg.model, batch_size=cfg.batch_size, dtype=dtype, device=device,
-            tensor_parallel_size=tensor_parallel_size, lora=cfg.lora, chat_date=cfg.chat_date,
+            tensor_parallel_size=tensor_parallel_size, lora=cfg.lora, chat_date=cfg.chat_date, **engine_kw,
         )  # fmt: skip
         out.print(f"checkpoint run {cfg.out}")
         run_dir = run_sweep(cfg, engine, fingerprint)

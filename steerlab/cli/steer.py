@@ -8,7 +8,22 @@ import typer
 
 from steerlab.cli.app import app
 from steerlab.cli.common import parse_layers
-from steerlab.cli.options import BackendKind, BatchSize, Device, DType, Lora, TensorParallel, TopP
+from steerlab.cli.options import (
+    BackendKind,
+    BatchSize,
+    Device,
+    DeviceMap,
+    DType,
+    GpuMemoryUtilization,
+    Lora,
+    MaxMemory,
+    MaxModelLen,
+    PrefixCaching,
+    TensorParallel,
+    TopP,
+    VllmArgs,
+    engine_options,
+)
 from steerlab.errors import ConfigError
 
 
@@ -37,6 +52,12 @@ def steer(
     backend_kind: BackendKind = "hf",
     tensor_parallel_size: TensorParallel = 1,
     lora: Lora = None,
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
+    max_model_len: MaxModelLen = None,
+    gpu_memory_utilization: GpuMemoryUtilization = None,
+    enable_prefix_caching: PrefixCaching = None,
+    vllm_arg: VllmArgs = None,
 ) -> None:
     """Generate with a steering vector added to the residual stream (and, with --compare, without)."""
     from steerlab.backends import make_backend
@@ -46,6 +67,9 @@ def steer(
     from steerlab.vectors import VectorBundle
 
     multipliers = parse_multipliers(alpha)
+    engine = engine_options(
+        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg
+    )
     if [prompt is not None, prompts is not None, chat].count(True) != 1:
         raise ConfigError("give exactly one of --prompt, --prompts or --chat")
     if chat and len(multipliers) != 1:
@@ -60,7 +84,7 @@ def steer(
     build_table(settings_for(first, multipliers, layer_list, scale, control), first.vector.d_model)  # type: ignore[arg-type]
     backend, fingerprint, _ = make_backend(
         backend_kind, model, batch_size=batch_size, dtype=dtype, device=device, position=position,
-        tensor_parallel_size=tensor_parallel_size, lora=lora,
+        tensor_parallel_size=tensor_parallel_size, lora=lora, **engine,
     )  # fmt: skip
     bundle = VectorBundle.load(vector, expect=fingerprint, force=force)
     settings = settings_for(bundle, multipliers, layer_list, scale, control)  # type: ignore[arg-type]
