@@ -149,3 +149,23 @@ def test_a_stacked_adapter_is_refused_before_the_engine_starts(tmp_path, monkeyp
         VLLMBackend("smollm2", lora=str(intervention))
     with pytest.raises(ModelLoadError, match="differs from it in config_hash;"):  # BASE is not SmolLM2
         VLLMBackend("smollm2", lora=str(organism))
+
+
+def test_a_run_checks_its_requests_with_its_own_max_new_tokens(tmp_path):
+    """The engine's up-front check sees the run's --max-new-tokens (vLLM refuses prompt + max_new_tokens over
+    max_model_len), not the default budget."""
+    from steerlab.backends.hf import HFBackend
+    from steerlab.runs import SweepConfig, run_sweep
+    from steerlab.testing import tiny_model
+
+    seen = []
+
+    class Recording(HFBackend):
+        def check_fits(self, requests):
+            seen.extend(r.sampling.max_new_tokens for r in requests)
+            super().check_fits(requests)
+
+    (tmp_path / "req.txt").write_text("What is 2+2?\n")
+    config = SweepConfig(prompts=tmp_path / "req.txt", out=tmp_path / "r", max_new_tokens=7)
+    run_sweep(config, Recording(tiny_model()), None, progress=False)
+    assert seen and set(seen) == {7}

@@ -122,8 +122,9 @@ def run_sweep(
     check_run(run_dir, header, RESUME_KEYS)  # before anything is written
     fits = getattr(backend, "check_fits", None)
     if callable(fits):  # a first-turn prompt that fills the model's context is refused before any work
-        fits([
-            Request(scenarios[claim].messages(item, cond), prefill=scenario.prefill_for(cond), id=item.id)
+        budget = scenario.sampling(Sampling(config.max_new_tokens, config.temperature, config.top_p))
+        fits([  # with the run's max_new_tokens: the vLLM backend refuses prompt + max_new_tokens > max_model_len
+            Request(scenarios[claim].messages(item, cond), budget, prefill=scenario.prefill_for(cond), id=item.id)
             for claim in scenarios for cond in scenario.conditions() for item in items
         ])  # fmt: skip
     with hold_run(run_dir):
