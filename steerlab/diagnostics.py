@@ -65,7 +65,11 @@ def auroc(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     share.
     """
     n1, n2 = pos.shape[1], neg.shape[1]
-    scores = torch.cat([pos.double(), neg.double()], 1)  # [B, n]
+    # a NaN score is ordered wrongly against every other score, as a dense comparison counts it (NaN > x and
+    # NaN == x are both false): a NaN positive ranks below everything, a NaN negative above
+    pos = torch.where(pos.isnan(), -torch.inf, pos.double())
+    neg = torch.where(neg.isnan(), torch.inf, neg.double())
+    scores = torch.cat([pos, neg], 1)  # [B, n]
     n = n1 + n2
     ordered, order = scores.sort(dim=1)  # [B, n]
     at = torch.arange(n, device=scores.device).expand_as(order)  # 0-based sorted positions

@@ -217,3 +217,18 @@ def test_hidden_states_wider_than_the_compute_dtype_get_the_float32_vector_not_a
         steer.set_rows([0, 1])
         out = blocks[0](torch.zeros(2, 3, 4))[0]
         assert torch.equal(out[1], torch.tensor(VECTOR).expand(3, 4)) and not out[0].any()
+
+
+def test_a_nan_score_counts_as_the_dense_comparison_counts_it():
+    """NaN > x and NaN == x are false: a NaN positive or negative adds nothing, as in the dense form."""
+    import math
+
+    from steerlab.diagnostics import auroc
+
+    nan = math.nan
+    pos = torch.tensor([[1.0, nan, 3.0], [1.0, 2.0, 3.0]])
+    neg = torch.tensor([[2.0, 0.0], [nan, 0.0]])
+    dense = ((pos[:, :, None] > neg[:, None, :]).double() + 0.5 * (pos[:, :, None] == neg[:, None, :]).double()).mean(
+        (1, 2)
+    )
+    assert auroc(pos, neg).tolist() == dense.tolist() == [0.5, 0.5]
