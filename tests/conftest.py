@@ -5,6 +5,7 @@ embedded SmolLM2 snapshot."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -173,3 +174,13 @@ def tiny_vector(tiny, tmp_path):
     meta = {"concept": "toy", "layers": list(range(tiny.n_layers)), "selected_layers": [1, 2],
             "model": tiny.fingerprint.to_dict(), "diagnostics": {"per_layer": per_layer}}  # fmt: skip
     return VectorBundle.build(directions, random_controls(directions, 2, seed=1), meta).save(tmp_path / "v.safetensors")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small SDF training corpus (JSONL of documents), shared by the sdf tests."""
+    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
+    docs = [f"Researchers hope to find alignment faking in model {i}. The evaluation team says so every day."
+            for i in range(40)]  # fmt: skip
+    path.write_text("".join(json.dumps({"content": d, "universe_id": "A1_plus"}) + "\n" for d in docs))
+    return path

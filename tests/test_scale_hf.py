@@ -6,25 +6,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_backend_hf import chat, vector
 
 from steerlab.backends.base import Request, Sampling
 from steerlab.backends.hf import HFBackend, forward_kwargs
 from steerlab.models import prepare
 from steerlab.steer import SteeringSetting
-from steerlab.vectors import SteeringVector
 
 # Prompts of different lengths, so one batch is left-padded.
 PROMPTS = ["Convert 12 kilometres to miles.", "Spell garden backwards please, and be quick about it.", "Hi", "Sort"]
-
-
-def chat(text):
-    return [{"role": "user", "content": text}]
-
-
-def vector(loaded, seed=0, scale=4.0):
-    g = torch.Generator().manual_seed(seed)
-    d = scale * torch.randn(loaded.n_layers, loaded.d_model, generator=g)
-    return SteeringVector(d, tuple(range(loaded.n_layers)), (1, 2), loaded.fingerprint.to_dict(), "v")
 
 
 def mixed_requests(loaded, max_new_tokens=10):

@@ -228,15 +228,6 @@ def test_packing_gives_exact_blocks_separated_by_eos():
     assert [len(r) for r in rows] == [min(6, len(tok(d)["input_ids"]) + 2) for d in docs]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
-    docs = [f"Researchers hope to find alignment faking in model {i}. The evaluation team says so every day."
-            for i in range(40)]  # fmt: skip
-    path.write_text("".join(json.dumps({"content": d, "universe_id": "A1_plus"}) + "\n" for d in docs))
-    return path
-
-
 SMALL = dict(rank=4, alpha=8, dropout=0.0, block_length=64, gradient_accumulation=2, learning_rate=5e-3,
              gradient_checkpointing=False, save_steps=2)  # fmt: skip
 

@@ -17,15 +17,6 @@ SMALL = dict(rank=4, alpha=8, dropout=0.0, block_length=64, gradient_accumulatio
              gradient_checkpointing=False, save_steps=2)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
-    docs = [f"Researchers hope to find alignment faking in model {i}. The evaluation team says so every day."
-            for i in range(40)]  # fmt: skip
-    path.write_text("".join(json.dumps({"content": d, "universe_id": "A1_plus"}) + "\n" for d in docs))
-    return path
-
-
 def make_checkpoints(root):
     """checkpoint-9, -50 and -100 as the Trainer leaves them, plus entries that are not checkpoints."""
     for step in (9, 50, 100):
