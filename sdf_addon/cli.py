@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from steerlab.cli.options import DeviceMap, MaxMemory, engine_options
+from steerlab.cli.options import CompileOpt, DeviceMap, MaxMemory, engine_options
 from steerlab.errors import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -171,6 +171,7 @@ def eval_command(
     dtype: str = typer.Option("auto", help="Model dtype."),
     device_map: DeviceMap = None,
     max_memory: MaxMemory = None,
+    compile: CompileOpt = None,
 ) -> None:
     """Each checkpoint on the alignment-faking harness (same scenario, statistics and records), after
     a belief check of its universe; `steerlab profile OUT/*` then draws the SDF profile."""
@@ -195,7 +196,7 @@ def eval_command(
     for adapter, cfg in zip(adapters, configs, strict=True):
         stack = read_stack(adapter)
         loaded = load_model(cfg.model, device=device, dtype=dtype, lora=cfg.lora, **engine)
-        backend = HFBackend(loaded, batch_size=cfg.batch_size)
+        backend = HFBackend(loaded, batch_size=cfg.batch_size, compile=compile)
         report = None
         if belief and stack.get("universe"):
             universe = Universe.model_validate(stack["universe"])

@@ -213,6 +213,23 @@ class Steerer:
         self._per_row[j] = buffer
         return buffer
 
+    def retable(self, table: torch.Tensor, labels: Sequence[str] | None = None) -> None:
+        """Replace the table (``[n_rows, len(layers), d_model]``, same layers) and keep the per-row buffers: their
+        shape, dtype and address stay, so a compiled graph that reads them neither recompiles nor re-captures.
+        Every batch row is set to row 0 (unsteered) until :meth:`set_rows`."""
+        if table.dim() != 3 or table.shape[1] != len(self.layers) or table.shape[2] != self._source.shape[2]:
+            raise ConfigError(
+                f"table shape {tuple(table.shape)} does not match {len(self.layers)} layers of {self._source.shape[2]}"
+            )
+        self._labels = list(labels) if labels else []
+        tables = []
+        for j, buffer in enumerate(self._per_row):
+            cast = table[:, j].to(device=buffer.device, dtype=buffer.dtype).contiguous()  # [n_rows, d_model]
+            self._check_finite(cast, self.layers[j])
+            tables.append(cast)
+        self._source, self._tables = table, tables
+        self.set_rows([])
+
     def set_rows(self, rows: torch.Tensor | Sequence[int]) -> None:
         """Table row per batch row ``[batch]``; gathers each layer's ``[batch, d_model]`` buffer once."""
         rows = torch.as_tensor(rows, dtype=torch.long)

@@ -37,13 +37,15 @@ def make_backend(
     gpu_memory_utilization: float | None = None,
     enable_prefix_caching: bool | None = None,
     vllm_args: dict[str, Any] | None = None,
+    compile: bool | None = None,
     **vllm_kwargs: Any,
 ) -> tuple[Backend, Fingerprint | None, LoadedModel | None]:
     """(backend, the model's fingerprint (None for an API model), the HF model when ``kind == "hf"``).
 
     ``device_map``/``max_memory`` shard an HF model with accelerate (see :func:`steerlab.models.load_model`);
     ``max_model_len`` (default 4096), ``gpu_memory_utilization``, ``enable_prefix_caching`` (default:
-    vLLM's) and ``vllm_args`` (any further ``vllm.LLM`` keyword) configure the vLLM engine.
+    vLLM's) and ``vllm_args`` (any further ``vllm.LLM`` keyword) configure the vLLM engine; ``compile`` turns the HF
+    backend's compiled decode path on or off (default: on for a model on one CUDA device).
     """
     if kind not in BACKENDS:
         raise ConfigError(f"--backend {kind!r}: use hf, vllm or anthropic")
@@ -52,7 +54,9 @@ def make_backend(
     engine = {"max_model_len": max_model_len, "gpu_memory_utilization": gpu_memory_utilization,
               "enable_prefix_caching": enable_prefix_caching}  # fmt: skip
     engine = {k: v for k, v in engine.items() if v is not None}
-    check_backend_options(kind, device_map=device_map, max_memory=max_memory, vllm_args=vllm_args, **engine)
+    check_backend_options(
+        kind, device_map=device_map, max_memory=max_memory, vllm_args=vllm_args, compile=compile, **engine
+    )
     if kind == "anthropic":
         if lora is not None or tensor_parallel_size != 1 or position != "all":
             raise ConfigError("--lora, --tensor-parallel-size and --position do not apply to --backend anthropic")
@@ -67,8 +71,9 @@ def make_backend(
 
         loaded = load_model(model, dtype=dtype, device=device, lora=lora, device_map=device_map, max_memory=max_memory)
         hf = HFBackend(
-            loaded, batch_size=batch_size, position=position, **({"chat_date": chat_date} if chat_date else {})
-        )
+            loaded, batch_size=batch_size, position=position, compile=compile,
+            **({"chat_date": chat_date} if chat_date else {}),
+        )  # fmt: skip
         return hf, loaded.fingerprint, loaded  # type: ignore[return-value]
     if position != "all":
         raise ConfigError(f"--position {position}: the vLLM backend steers every position (use --backend hf)")
@@ -94,6 +99,11 @@ def check_backend_options(kind: str, **given: Any) -> None:
         raise ConfigError(
             f"--device-map and --max-memory shard a model of --backend hf, not --backend {kind}"
             + (" (vLLM shards with --tensor-parallel-size)" if kind == "vllm" else "")
+        )
+    if kind != "hf" and "compile" in given:
+        raise ConfigError(
+            f"--compile/--no-compile choose the HF backend's decode path, not --backend {kind}'s"
+            + (" (vLLM compiles by default; --vllm-arg enforce_eager=true turns it off)" if kind == "vllm" else "")
         )
     vllm_only = {"max_model_len", "gpu_memory_utilization", "enable_prefix_caching", "vllm_args"}
     if kind != "vllm" and vllm_only & set(given):

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from steerlab.backends.base import Request, Result, Sampling, check_requests, package_version, render_prompts
+from steerlab.backends.hf_compiled import CompiledDecoder, resolve_compile
 from steerlab.chat import folds_system
 from steerlab.errors import ConfigError
 from steerlab.loci import Position
@@ -85,8 +86,17 @@ def _cache_of(out: Any) -> Any:
 
 class HFBackend:
     def __init__(
-        self, loaded: LoadedModel, batch_size: int = 16, position: Position = "all", chat_date: str = DEFAULT_CHAT_DATE
+        self,
+        loaded: LoadedModel,
+        batch_size: int = 16,
+        position: Position = "all",
+        chat_date: str = DEFAULT_CHAT_DATE,
+        compile: bool | None = None,
+        compiler: Any = None,
     ):
+        """``compile``: decode through a static KV cache and a compiled step (:mod:`.hf_compiled`); ``None``
+        (default) turns it on for a model on a CUDA device that can take it, ``True`` refuses one that cannot.
+        ``compiler``: the ``torch.compile`` backend (default inductor, CUDA graphs on a GPU)."""
         if batch_size < 1:
             raise ConfigError(f"batch size {batch_size}: give at least 1")
         self.loaded = loaded
@@ -99,6 +109,14 @@ class HFBackend:
             eos_ids.add(loaded.tokenizer.eos_token_id)
         self.eos_ids = eos_ids
         self._cache_kw, self._keep_kw = forward_kwargs(loaded.model)
+        self._static: CompiledDecoder | None = None
+        if resolve_compile(loaded, compile):
+            self._static = CompiledDecoder(loaded, batch_size, position, self._cache_kw, self._keep_kw, compiler)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether decode steps run compiled (False from the moment compiling failed: decoding went on eagerly)."""
+        return self._static is not None and self._static.failed is None
 
     def describe(self) -> dict[str, Any]:
         model = self.loaded.model
@@ -112,6 +130,7 @@ class HFBackend:
             "position": self.position,
             "template_system": template_system_prompt(self.loaded.tokenizer, self.loaded.chat_template, self.chat_date),
             "system_folded": folds_system(self.loaded.tokenizer, self.loaded.chat_template, self.chat_date),
+            "compiled": self.compiled,  # recorded, not part of the identity: tokens equal the eager path's
         }  # fmt: skip
 
     def check_fits(self, requests: Sequence[Request]) -> None:
@@ -161,7 +180,13 @@ class HFBackend:
                     samplings[i] = replace(r.sampling, max_new_tokens=room)
         order = sorted((i for i in range(len(requests)) if results[i] is None), key=lambda i: len(ids[i]))
         steerer = None
-        if settings:
+        static = self._static
+        if static is not None and order:
+            # One static cache for the whole call: its longest prompt plus its largest budget.
+            static.prepare(max(len(ids[i]) + samplings[i].max_new_tokens for i in order), context)
+            static.load(settings)
+            steerer = static.steerer.install()
+        elif settings:
             steerer = steerer_for(
                 self.loaded.blocks, settings, self.loaded.d_model, position=self.position, max_batch=self.batch_size
             ).install()
@@ -201,8 +226,18 @@ class HFBackend:
         reduction per steered layer and pass, on two passes per batch, and one sync each.
         """
         model, tok, device = self.loaded.model, self.loaded.tokenizer, self.loaded.device
-        batch, width = len(seqs), max(len(s) for s in seqs)
+        static = self._static
+        real = len(seqs)
         pad = tok.pad_token_id
+        if static is not None and real < static.batch_size:
+            # Fill the batch up to its static shape with one-token rows that never decode (done from the start).
+            fill = static.batch_size - real
+            seqs = [*seqs, *[[pad]] * fill]
+            samplings = [*samplings, *[Sampling(max_new_tokens=1)] * fill]
+            heads = [*heads, *[""] * fill]
+            if labels is not None:
+                labels = [*labels, *[None] * fill]
+        batch, width = len(seqs), max(len(s) for s in seqs)
         input_ids = torch.full((batch, width), pad, dtype=torch.long)
         mask = torch.zeros((batch, width), dtype=torch.long)
         for b, s in enumerate(seqs):
@@ -214,7 +249,7 @@ class HFBackend:
         limit = max(s.max_new_tokens for s in samplings)
         new: list[list[int]] = [[] for _ in range(batch)]
         reason = ["length"] * batch
-        done = [False] * batch
+        done = [b >= real for b in range(batch)]
         scanned = [0] * batch  # characters of each row's text already searched for a stop that counts
         cut: list[int | None] = [None] * batch  # where a row's text ends (just after its stop string)
 
@@ -224,9 +259,13 @@ class HFBackend:
         # Logits at the last position only (every row ends there: left padding); the full
         # [batch, seq, vocab] is never made where the model can skip it (transformers CausalLMs can).
         keep = {self._keep_kw: 1} if self._keep_kw else {}
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
-        for step in range(limit):
+        if static is not None:  # prefill eagerly into the static cache, under the static mask
+            mask = static.start([len(s) for s in seqs], width)
+            logits = static.forward(input_ids, positions, eager=True)
+        else:
+            out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
             logits = out.logits[:, -1, :].float()  # [batch, vocab]
+        for step in range(limit):
             if check and step < 2:
                 self._check_steered(
                     steerer, labels, logits, "the prefill pass" if step == 0 else "the first decode step"
@@ -254,19 +293,23 @@ class HFBackend:
             if all(done):
                 break
             feed = torch.where(torch.tensor(done, device=device), torch.full_like(nxt, pad), nxt)
-            mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
             positions = positions[:, -1:] + 1
+            if static is not None:  # the step after the prefill is checked (watched), so it runs eagerly
+                logits = static.forward(feed[:, None], positions, eager=check and step == 0)
+                continue
+            mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
             out = model(
                 input_ids=feed[:, None], attention_mask=mask, position_ids=positions,
                 use_cache=True, **{self._cache_kw: _cache_of(out)},
             )  # fmt: skip
+            logits = out.logits[:, -1, :].float()  # [batch, vocab]
         if check:
             steerer.unwatch()  # a batch that ended after its prefill pass leaves the watch armed
         texts = []
-        for b in range(batch):
+        for b in range(real):
             text = tok.decode(new[b], skip_special_tokens=True)
             texts.append(text[: cut[b]] if reason[b] == "stop" else text)
-        return list(zip(texts, [len(n) for n in new], reason, strict=True))
+        return list(zip(texts, [len(n) for n in new[:real]], reason[:real], strict=True))
 
     @staticmethod
     def _check_steered(steerer: Steerer, labels: list[str | None], logits: torch.Tensor, where: str) -> None:

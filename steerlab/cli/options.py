@@ -80,6 +80,9 @@ PrefixCaching = Annotated[bool | None, typer.Option(
 VllmArgs = Annotated[list[str] | None, typer.Option(
     "--vllm-arg", help="vLLM: any other vllm.LLM keyword, KEY=VALUE (VALUE read as JSON when it parses); "
     "repeatable.")]  # fmt: skip
+CompileOpt = Annotated[bool | None, typer.Option(
+    "--compile/--no-compile", help="hf: decode with a static KV cache and a compiled step (CUDA graphs on a GPU); "
+    "default: on for a model on one CUDA device.")]  # fmt: skip
 Lora = Annotated[str | None, typer.Option(help="A LoRA adapter directory (peft) applied to every request.")]
 
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -157,7 +160,7 @@ def parse_vllm_args(specs: list[str] | None) -> dict[str, Any]:
 def engine_options(
     device_map: str | None = None, max_memory: str | None = None, max_model_len: int | None = None,
     gpu_memory_utilization: float | None = None, enable_prefix_caching: bool | None = None,
-    vllm_arg: list[str] | None = None,
+    vllm_arg: list[str] | None = None, compile: bool | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The sharding and engine options as :func:`steerlab.backends.make_backend` keywords, checked (a
     bad value is a :class:`ConfigError`) before any model loads; options not given are left out."""
@@ -168,6 +171,7 @@ def engine_options(
         "device_map": parse_device_map(device_map), "max_memory": parse_max_memory(max_memory),
         "max_model_len": max_model_len, "gpu_memory_utilization": gpu_memory_utilization,
         "enable_prefix_caching": enable_prefix_caching, "vllm_args": parse_vllm_args(vllm_arg) or None,
+        "compile": compile,
     }  # fmt: skip
     return {k: v for k, v in given.items() if v is not None}
 

@@ -14,6 +14,7 @@ from steerlab.cli.options import (
     BackendOpt,
     BatchSize,
     ChatDate,
+    CompileOpt,
     Device,
     DeviceMap,
     DType,
@@ -231,6 +232,7 @@ def generate(
     gpu_memory_utilization: GpuMemoryUtilization = None,
     enable_prefix_caching: PrefixCaching = None,
     vllm_arg: VllmArgs = None,
+    compile: CompileOpt = None,
     resume: bool = typer.Option(False, help="Continue an interrupted run from OUT.partial."),
     overwrite: bool = typer.Option(False, help="Replace OUT (the old file stays until the new one is done)."),
 ) -> None:
@@ -240,7 +242,7 @@ def generate(
     from steerlab.pairgen import GenSettings, YieldError, report_path, run_generate
 
     engine = engine_options(device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching,
-                            vllm_arg)  # fmt: skip
+                            vllm_arg, compile)  # fmt: skip
     check_backend_options(backend, **engine)
     settings = GenSettings(
         model=model, backend=backend, lora=lora, run_seed=run_seed, temperature=temperature, top_p=top_p,

@@ -21,6 +21,7 @@ from steerlab.cli.options import (
     BatchSize,
     BootstrapSeed,
     ChatDate,
+    CompileOpt,
     Dataset,
     Device,
     DeviceMap,
@@ -78,6 +79,7 @@ def sweep(
     gpu_memory_utilization: GpuMemoryUtilization = None,
     enable_prefix_caching: PrefixCaching = None,
     vllm_arg: VllmArgs = None,
+    compile: CompileOpt = None,
 ) -> None:
     """Run (or resume) a sweep of vectors and their random controls over signed multipliers, then summarise it.
 
@@ -88,7 +90,7 @@ def sweep(
     from steerlab.runs import figure, load_config, write_summary
 
     engine = engine_options(
-        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg
+        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg, compile
     )
     cfg = load_config(
         config,
@@ -167,12 +169,13 @@ def eval_command(
     gpu_memory_utilization: GpuMemoryUtilization = None,
     enable_prefix_caching: PrefixCaching = None,
     vllm_arg: VllmArgs = None,
+    compile: CompileOpt = None,
 ) -> None:
     """Run the alignment-faking evaluation (optionally steered), label, judge and summarise it."""
     from steerlab.generate import parse_multipliers
 
     engine = engine_options(
-        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg
+        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg, compile
     )
     if controls and vector is None:
         raise ConfigError(f"--controls {controls} needs --vector (the controls are that file's random directions)")
@@ -274,11 +277,12 @@ def prompt_eval(
     gpu_memory_utilization: GpuMemoryUtilization = None,
     enable_prefix_caching: PrefixCaching = None,
     vllm_arg: VllmArgs = None,
+    compile: CompileOpt = None,
 ) -> None:
     """Evaluate the baseline and every claim under monitored and unmonitored (one resumable run),
     then report each claim's gap and the net scores A_net and B_net."""
     engine = engine_options(
-        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg
+        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg, compile
     )
     shared = AFOptions(
         dataset=dataset, out_dir=out_dir, model=model, seeds=seeds, system_prompt=system_prompt,
@@ -334,6 +338,7 @@ def calibrate(
     gpu_memory_utilization: GpuMemoryUtilization = None,
     enable_prefix_caching: PrefixCaching = None,
     vllm_arg: VllmArgs = None,
+    compile: CompileOpt = None,
     seed: BootstrapSeed = 0,
 ) -> None:
     """Run the prompt battery on checkpoints fine-tuned toward a known family and check that
@@ -344,7 +349,7 @@ def calibrate(
     from steerlab.prompts import selected
 
     engine_kw = engine_options(
-        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg
+        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg, compile
     )
     check_backend_options(backend, **engine_kw)
     cal = load_calibration(config)

@@ -11,6 +11,7 @@ from steerlab.cli.common import parse_layers
 from steerlab.cli.options import (
     BackendKind,
     BatchSize,
+    CompileOpt,
     Device,
     DeviceMap,
     DType,
@@ -58,6 +59,7 @@ def steer(
     gpu_memory_utilization: GpuMemoryUtilization = None,
     enable_prefix_caching: PrefixCaching = None,
     vllm_arg: VllmArgs = None,
+    compile: CompileOpt = None,
 ) -> None:
     """Generate with a steering vector added to the residual stream (and, with --compare, without)."""
     from steerlab.backends import make_backend
@@ -68,7 +70,7 @@ def steer(
 
     multipliers = parse_multipliers(alpha)
     engine = engine_options(
-        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg
+        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg, compile
     )
     if [prompt is not None, prompts is not None, chat].count(True) != 1:
         raise ConfigError("give exactly one of --prompt, --prompts or --chat")

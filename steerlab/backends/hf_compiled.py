@@ -1,0 +1,161 @@
+"""The HF backend's compiled decode path: a static KV cache and a ``torch.compile``d decode step.
+
+Eager decoding pays Python and one kernel launch per op on every step; on a GPU that, not the weights'
+memory traffic, bounds a decode step. Here every tensor a decode step touches keeps its shape and
+address from one batch to the next, so the step compiles once and (``mode="reduce-overhead"`` on CUDA)
+replays as a CUDA graph:
+
+- the KV cache is a transformers ``StaticCache`` of ``[batch_size, length]`` for every batch of a call
+  (``length``: the call's longest prompt plus its token budget, rounded up to a power of two; a later call
+  that needs more allocates a longer one, which compiles once more);
+- the attention mask is one ``[batch_size, length]`` buffer, rewritten in place per batch: 0 on a row's
+  left padding, 1 elsewhere (positions not yet written are hidden by the causal mask);
+- a batch smaller than ``batch_size`` (the last one of a call) is filled up with one-token rows that are
+  never decoded into results, so the shape never changes;
+- steering is one :class:`~steerlab.steer.Steerer` over every layer, owned here and installed for each
+  call: its per-row buffers are static, a call loads its own table into them
+  (:meth:`~steerlab.steer.Steerer.retable`) and each batch its rows (``set_rows``), so neither a new setting
+  nor a new batch recompiles or re-captures (an unsteered call adds row 0, exact zeros).
+
+The prefill pass (whose length varies) and the first decode step (whose hidden states are checked after
+steering, see :meth:`steerlab.backends.hf.HFBackend._decode`) run eagerly, into the same static cache.
+Greedy tokens equal the eager path's (tested on CPU); the numbers differ from it only by the compiler's
+reordering of floating-point sums.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import torch
+
+from steerlab.errors import ConfigError
+from steerlab.loci import Position
+from steerlab.steer import Steerer, SteeringSetting, build_table
+
+log = logging.getLogger(__name__)
+MIN_LENGTH = 128  # shortest static cache: short calls share one compiled graph
+
+
+def cache_length(needed: int, context: int | None) -> int:
+    """Static cache length for a call that needs ``needed`` positions: the next power of two (at least
+    ``MIN_LENGTH``), not past the model's context unless the call needs more."""
+    length = max(MIN_LENGTH, 1 << max(needed - 1, 0).bit_length())
+    if context is not None:
+        length = min(length, max(context, needed))
+    return length
+
+
+def compile_blocker(loaded: Any) -> str | None:
+    """Why ``loaded``'s model cannot take the compiled path, or None when it can."""
+    model = loaded.model
+    if not getattr(model, "_can_compile_fullgraph", False):
+        return f"{type(model).__name__} does not declare static-cache support (transformers' _can_compile_fullgraph)"
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
+        return "the model is quantized"
+    devices = {str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()}
+    if len(devices) > 1:
+        return f"the model is sharded over {len(devices)} devices"
+    try:
+        from transformers.cache_utils import StaticLayer
+    except ImportError:  # pragma: no cover - transformers < 4.56
+        return "the installed transformers has no StaticLayer"
+    if not hasattr(StaticLayer(8), "cumulative_length"):
+        return "the installed transformers' static cache needs cache positions (use transformers >= 5.0)"
+    return None
+
+
+def resolve_compile(loaded: Any, compile: bool | None) -> bool:
+    """``compile=None`` (auto): on for a model on a CUDA device that can take it; ``True`` refuses, with one
+    line, a model that cannot."""
+    blocker = compile_blocker(loaded)
+    if compile is None:
+        return loaded.device.type == "cuda" and blocker is None
+    if compile and blocker is not None:
+        raise ConfigError(f"--compile: {blocker}; use --no-compile")
+    return compile
+
+
+class CompiledDecoder:
+    """Static cache, mask and steering buffers of one :class:`~steerlab.backends.hf.HFBackend`, and its compiled
+    decode step. ``compiler``: a ``torch.compile`` backend (default inductor; tests pass a counting one)."""
+
+    def __init__(
+        self, loaded: Any, batch_size: int, position: Position, cache_kw: str, keep_kw: str | None,
+        compiler: Any = None,
+    ):  # fmt: skip
+        self.loaded, self.batch_size = loaded, batch_size
+        self.cache_kw, self.keep_kw = cache_kw, keep_kw
+        device = loaded.device
+        n_layers, d_model = loaded.n_layers, loaded.d_model
+        self.steerer = Steerer(
+            loaded.blocks, list(range(n_layers)), torch.zeros(1, n_layers, d_model),
+            position=position, max_batch=batch_size,
+        )  # fmt: skip
+        self.cache: Any = None
+        self.length = 0
+        self.mask: torch.Tensor | None = None  # [batch_size, length] long
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            for buffer in self.steerer._per_row:
+                torch._dynamo.mark_static_address(buffer)
+        mode = "reduce-overhead" if self.cuda and compiler is None else None
+        self._compiled = torch.compile(self._forward, backend=compiler or "inductor", mode=mode)
+        self.failed: str | None = None  # why compiling failed, once it has (decoding goes on eagerly)
+
+    def load(self, settings: list[SteeringSetting]) -> None:
+        """Put a call's settings into the steering table (row i + 1: ``settings[i]``; row 0: unsteered)."""
+        n_layers, d_model = self.loaded.n_layers, self.loaded.d_model
+        full = torch.zeros(1 + len(settings), n_layers, d_model)  # [rows, all layers, d_model]
+        if settings:
+            table, layers = build_table(settings, d_model)
+            full[:, layers] = table
+        self.steerer.retable(full, [s.describe() for s in settings])
+
+    def prepare(self, needed: int, context: int | None) -> None:
+        """Make the static cache hold ``needed`` positions (allocating a longer one when the current is short)."""
+        if self.cache is not None and needed <= self.length:
+            return
+        from transformers import StaticCache
+
+        self.length = cache_length(needed, context)
+        self.cache = StaticCache(config=self.loaded.model.config, max_cache_len=self.length)
+        self.mask = torch.zeros(self.batch_size, self.length, dtype=torch.long, device=self.loaded.device)
+        if self.cuda:
+            torch._dynamo.mark_static_address(self.mask)
+
+    def start(self, lengths: list[int], width: int) -> torch.Tensor:
+        """Reset the cache and write the batch's mask (row b's prompt of ``lengths[b]`` tokens ends at ``width``);
+        returns the mask. Call under inference mode (the cache's tensors are inference tensors)."""
+        assert self.mask is not None
+        self.cache.reset()
+        self.mask.zero_()
+        for b, n in enumerate(lengths):
+            self.mask[b, width - n :] = 1
+        return self.mask
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        keep = {self.keep_kw: 1} if self.keep_kw else {}
+        out = self.loaded.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+            **{self.cache_kw: self.cache}, **keep,
+        )  # fmt: skip
+        return out.logits[:, -1, :]  # [batch, vocab]
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, eager: bool = False) -> torch.Tensor:
+        """Logits ``[batch, vocab]`` (float32, a fresh tensor) at ``ids`` ``[batch, q]`` placed at ``positions``."""
+        assert self.mask is not None
+        if eager or self.failed is not None:
+            return self._forward(ids, self.mask, positions).to(torch.float32, copy=True)
+        try:
+            if self.cuda:
+                torch.compiler.cudagraph_mark_step_begin()
+            # a copy: a CUDA-graph replay overwrites its outputs
+            return self._compiled(ids, self.mask, positions).to(torch.float32, copy=True)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: decode on, eagerly, and say so once
+            self.failed = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            log.warning("compiled decoding failed, decoding eagerly from here: %s", self.failed)
+            print(f"steerlab: compiled decoding failed ({self.failed}); decoding eagerly", file=sys.stderr)
+            return self._forward(ids, self.mask, positions).to(torch.float32, copy=True)
