@@ -175,8 +175,9 @@ def test_steer_compile_prints_what_eager_prints(tiny_dir, tiny_vector, capsys):
 @pytest.mark.parametrize("flag, value", [("--compile", True), ("--no-compile", False)])
 def test_every_generating_command_passes_compile_to_the_hf_backend(command, flag, value, tiny_dir, tmp_path,
                                                                    monkeypatch, capsys):  # fmt: skip
-    import steerlab.backends.hf as hf
     from test_bad_input import BENIGN
+
+    import steerlab.backends.hf as hf
 
     seen = []
 
