@@ -11,6 +11,21 @@ per-token norms ||h_t|| with the same weights: the mean over the locus's tokens 
 norm, ``[batch, n_layers]``, which is what a dose relative to "the residual norm" must use,
 since steering adds at every token (the norm of the pooled mean is smaller, by a factor that
 depends on the locus).
+
+Overlap. :func:`extract` keeps the accelerator busy while the cache is written. For each batch
+the main thread launches the forward pass, then queues the pooled block's copy to the host: on
+CUDA each layer's ``[batch, d_model]`` result is copied with ``non_blocking=True`` into pinned
+host memory and a CUDA event is recorded after the copies (on the CPU the hooks' own tensors are
+stacked: no further copy). One writer thread takes the blocks from a queue of depth 2, in order;
+it waits on the block's events before it reads the buffer, then writes the rows, their checksums
+and the progress record (:meth:`steerlab.cache.CacheWriter.write`) and advances the progress bar,
+while the main thread already runs the next batch. Only the writer thread touches the HDF5 file
+while it runs; the main thread opens it before and closes or publishes it after the thread has
+stopped. The resume guarantees are those of a sequential run: progress counts only rows that are
+written and flushed. A failed write is re-raised in the main thread (the same exception) before
+its next forward pass, and the blocks queued after it are dropped unwritten. When the main thread
+fails (a model error, Ctrl-C) the writer finishes the blocks already queued, then the file is
+closed and the lock released; a second Ctrl-C while it drains drops the blocks not yet begun.
 """
 
 from __future__ import annotations
@@ -18,8 +33,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import queue
 import tempfile
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,7 +139,7 @@ def pooling_hooks(
             hidden = output[0] if isinstance(output, tuple) else output  # [batch, seq, d_model]
             w = by_device.get(hidden.device)
             if w is None:
-                w = by_device.setdefault(hidden.device, weights.to(hidden.device))
+                w = by_device.setdefault(hidden.device, to_device(weights, hidden.device))
             h = hidden.float()
             pooled.append(torch.bmm(w.unsqueeze(1), h).squeeze(1))  # [batch, d_model]
             norms.append((w * torch.linalg.vector_norm(h, dim=-1)).sum(-1))  # [batch]: mean of ||h_t|| at the locus
@@ -139,10 +156,20 @@ def pooling_hooks(
             handle.remove()
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; a host tensor bound for CUDA goes through pinned memory without
+    blocking the host (a plain ``.to()`` from pageable memory waits for the device to go idle)."""
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def pad_batch(
     sides: Sequence[Encoded], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ``input_ids``/``attention_mask`` ``[batch, seq]`` and pooling weights ``[batch, seq]``."""
+    """Right-padded ``input_ids``/``attention_mask`` ``[batch, seq]`` on ``device`` and pooling weights
+    ``[batch, seq]`` (CPU)."""
     seq = max(len(s.input_ids) for s in sides)
     ids = torch.full((len(sides), seq), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sides), seq), dtype=torch.long)
@@ -151,20 +178,125 @@ def pad_batch(
         ids[row, : len(side.input_ids)] = torch.tensor(side.input_ids)
         mask[row, : len(side.input_ids)] = 1
         weights[row, side.positions] = 1.0 / len(side.positions)
-    return ids.to(device), mask.to(device), weights
+    return to_device(ids, device), to_device(mask, device), weights
+
+
+@torch.inference_mode()
+def _forward_pooled(
+    loaded: LoadedModel, sides: Sequence[Encoded], layers: list[int]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One forward pass; per selected layer, the pooled activations ``[len(sides), d_model]`` and norms
+    ``[len(sides)]`` (float32), each on the device its block ran on (possibly still being computed)."""
+    ids, mask, weights = pad_batch(sides, loaded.tokenizer.pad_token_id, loaded.device)
+    with pooling_hooks(loaded.blocks, layers, to_device(weights, loaded.device)) as (pooled, norms):
+        try:
+            loaded.model(input_ids=ids, attention_mask=mask, use_cache=False)
+        except _StopForward:
+            pass
+    return pooled, norms
 
 
 @torch.inference_mode()
 def pool(loaded: LoadedModel, sides: Sequence[Encoded], layers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Locus-pooled residual activations ``[len(sides), len(layers), d_model]`` and the mean per-token
     norms at the locus ``[len(sides), len(layers)]`` (float32, CPU), from one forward pass."""
-    ids, mask, weights = pad_batch(sides, loaded.tokenizer.pad_token_id, loaded.device)
-    with pooling_hooks(loaded.blocks, layers, weights) as (pooled, norms):
-        try:
-            loaded.model(input_ids=ids, attention_mask=mask, use_cache=False)
-        except _StopForward:
-            pass
+    pooled, norms = _forward_pooled(loaded, sides, layers)
     return torch.stack([p.cpu() for p in pooled], dim=1), torch.stack([n.cpu() for n in norms], dim=1)
+
+
+@dataclass
+class HostBlock:
+    """Per-layer results stacked on the host, ``[n_layers, *part]``, possibly still in flight from a
+    CUDA device: :meth:`ready` waits for the copies before the data may be read."""
+
+    data: torch.Tensor
+    events: list[Any]  # torch.cuda.Event, one per CUDA device the parts came from
+
+    def ready(self) -> torch.Tensor:
+        for event in self.events:
+            event.synchronize()
+        return self.data
+
+
+@torch.inference_mode()
+def to_host(parts: Sequence[torch.Tensor]) -> HostBlock:
+    """Stack ``parts`` (same shape and dtype, any devices) into one host tensor ``[len(parts), *shape]``.
+
+    CUDA parts are copied asynchronously into pinned memory (``non_blocking``), with an event recorded
+    on each source device's current stream after its copies; parts already on the CPU are stacked,
+    which is the one copy they need. Nothing here waits for the device.
+    """
+    cuda = list(dict.fromkeys(p.device for p in parts if p.device.type == "cuda"))
+    if not cuda:
+        return HostBlock(torch.stack([p.cpu() for p in parts]), [])
+    host = torch.empty((len(parts), *parts[0].shape), dtype=parts[0].dtype, pin_memory=True)
+    for row, part in zip(host, parts, strict=True):
+        row.copy_(part, non_blocking=part.device.type == "cuda")  # each row is contiguous: a true async copy
+    events = []
+    for device in cuda:
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(device))
+        events.append(event)
+    return HostBlock(host, events)
+
+
+class BlockWriter:
+    """One background thread that runs ``write(item)`` for queued items, in order.
+
+    ``put`` blocks while ``depth`` items wait. The first exception ``write`` raises is kept; later
+    items are then dropped unwritten, and :meth:`raise_error` re-raises it (the same object) in the
+    caller's thread. :meth:`close` lets the thread finish the queued items and waits for it to stop;
+    an interrupt (Ctrl-C) while it waits makes the thread drop the items it has not begun, and is
+    re-raised once the thread has stopped, so nothing runs ``write`` after :meth:`close` returns.
+    """
+
+    def __init__(self, write: Callable[[Any], None], depth: int = 2, name: str = "steerlab-cache-writer"):
+        self._write = write
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._abandon = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._abandon:
+            try:
+                item = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                if self._stop.is_set() and self._queue.empty():  # nothing is put after stop
+                    return
+                continue
+            if self.error is None and not self._abandon:
+                try:
+                    self._write(item)
+                except BaseException as exc:  # surfaced in the caller's thread by raise_error()
+                    self.error = exc
+            del item  # let the block's buffers go now, not when the next one arrives
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def put(self, item: Any) -> None:
+        """Queue ``item`` (waiting while the queue is full); first re-raises a failed write."""
+        self.raise_error()
+        if self._stop.is_set():
+            raise RuntimeError("put() after close()")
+        self._queue.put(item)
+
+    def close(self) -> None:
+        """Finish the queued items and stop the thread (see the class docstring); idempotent."""
+        self._stop.set()
+        interrupt: BaseException | None = None
+        while self._thread.is_alive():
+            try:
+                self._thread.join()
+            except BaseException as exc:  # Ctrl-C while draining: drop what has not begun, still wait
+                self._abandon = True
+                interrupt = interrupt or exc
+        if interrupt is not None:
+            raise interrupt
 
 
 def pooled_activations(loaded: LoadedModel, sides: Sequence[Encoded], layers: list[int]) -> torch.Tensor:
@@ -344,13 +476,26 @@ def extract(
         start = writer.open(resume=resume and not overwrite)
         try:
             bar = tqdm(total=len(pairs), initial=start, unit="pair", desc="extract", disable=not progress)
-            for lo in range(start, len(pairs), batch_size):
-                chunk = encoded[lo : lo + batch_size]
-                sides = [side for pair_sides in chunk for side in pair_sides]  # pos0, neg0, pos1, neg1, ...
-                acts, norms = pool(loaded, sides, layers)  # [2 * b, n_layers, d_model], [2 * b, n_layers]
-                block = acts.reshape(len(chunk), 2, len(layers), loaded.d_model).numpy().astype(dtype, copy=False)
-                writer.write(lo, block, norms.reshape(len(chunk), 2, len(layers)).numpy())
-                bar.update(len(chunk))
+
+            def write_block(item: tuple[int, int, HostBlock, HostBlock]) -> None:  # on the writer thread
+                lo, n, acts, norms = item
+                # [n_layers, 2 * n, d_model] -> [n, 2, n_layers, d_model]; [n_layers, 2 * n] -> [n, 2, n_layers]
+                block = acts.ready().transpose(0, 1).reshape(n, 2, len(layers), loaded.d_model)
+                norms_block = norms.ready().transpose(0, 1).reshape(n, 2, len(layers))
+                writer.write(lo, block.numpy().astype(dtype, copy=False), norms_block.numpy())
+                bar.update(n)
+
+            blocks = BlockWriter(write_block)  # from here until blocks.close() only its thread uses `writer`
+            try:
+                for lo in range(start, len(pairs), batch_size):
+                    blocks.raise_error()  # a failed write stops the run before the next forward pass
+                    chunk = encoded[lo : lo + batch_size]
+                    sides = [side for pair_sides in chunk for side in pair_sides]  # pos0, neg0, pos1, neg1, ...
+                    pooled, norms = _forward_pooled(loaded, sides, layers)
+                    blocks.put((lo, len(chunk), to_host(pooled), to_host(norms)))
+            finally:
+                blocks.close()  # the queued blocks are written (or dropped after a failed write)
+            blocks.raise_error()
             bar.close()
         except BaseException:
             writer.close()
