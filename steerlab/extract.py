@@ -188,7 +188,7 @@ def _forward_pooled(
     """One forward pass; per selected layer, the pooled activations ``[len(sides), d_model]`` and norms
     ``[len(sides)]`` (float32), each on the device its block ran on (possibly still being computed)."""
     ids, mask, weights = pad_batch(sides, loaded.tokenizer.pad_token_id, loaded.device)
-    with pooling_hooks(loaded.blocks, layers, to_device(weights, loaded.device)) as (pooled, norms):
+    with pooling_hooks(loaded.blocks, layers, weights) as (pooled, norms):
         try:
             loaded.model(input_ids=ids, attention_mask=mask, use_cache=False)
         except _StopForward:
@@ -234,7 +234,7 @@ def to_host(parts: Sequence[torch.Tensor]) -> HostBlock:
         row.copy_(part, non_blocking=part.device.type == "cuda")  # each row is contiguous: a true async copy
     events = []
     for device in cuda:
-        event = torch.cuda.Event()
+        event = torch.cuda.Event(blocking=True)  # the writer thread sleeps on it instead of spinning
         event.record(torch.cuda.current_stream(device))
         events.append(event)
     return HostBlock(host, events)

@@ -9,11 +9,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 from conftest import make_pair
 
 from steerlab.cache import CacheWriter, partial_path, progress_path
-from steerlab.extract import BlockWriter, cache_meta, encode_pairs, extract, lock_holder, pool
+from steerlab.extract import BlockWriter, cache_meta, encode_pairs, extract, lock_holder, pool, to_host
 from steerlab.loci import Locus
+from steerlab.testing import tiny_model
 
 WAIT_S = 20  # a gate that is never opened fails the test after this long instead of hanging it
 
@@ -229,3 +231,31 @@ def test_a_write_error_is_reraised_at_the_next_put():
         blocks.raise_error()
     with pytest.raises(OSError, match="at 0$"):
         blocks.put(1)
+
+
+def test_to_host_on_cpu_stacks_without_events():
+    parts = [torch.arange(6, dtype=torch.float32).reshape(2, 3) + k for k in range(4)]
+    host = to_host(parts)
+    assert host.events == [] and host.data.shape == (4, 2, 3)
+    assert torch.equal(host.ready(), torch.stack(parts))
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+def test_to_host_copies_cuda_parts_into_pinned_memory_behind_an_event():
+    parts = [torch.randn(16, 4096, device="cuda") for _ in range(8)]
+    host = to_host(parts)
+    assert host.data.is_pinned() and len(host.events) == 1
+    assert torch.equal(host.ready(), torch.stack([p.cpu() for p in parts]))
+
+
+@cuda
+def test_overlapped_cache_on_cuda_equals_sequential(tmp_path):
+    loaded = tiny_model()
+    loaded.model.to("cuda")
+    pairs = varied_pairs(11)
+    seq = sequential_extract(loaded, pairs, tmp_path / "seq.h5", batch_size=3)
+    ovl = extract(loaded, pairs, tmp_path / "ovl.h5", batch_size=3, progress=False)
+    assert_same_cache(ovl, seq)
