@@ -102,7 +102,9 @@ class CompiledDecoder:
             for buffer in self.steerer._per_row:
                 torch._dynamo.mark_static_address(buffer)
         mode = "reduce-overhead" if self.cuda and compiler is None else None
-        self._compiled = torch.compile(self._forward, backend=compiler or "inductor", mode=mode)
+        # dynamic=False: every shape gets its own static graph (a second batch size or cache length must not turn
+        # the step into a dynamic-shape graph, which inductor runs far slower on CPU)
+        self._compiled = torch.compile(self._forward, backend=compiler or "inductor", mode=mode, dynamic=False)
         self.failed: str | None = None  # why compiling failed, once it has (decoding goes on eagerly)
 
     def load(self, settings: list[SteeringSetting]) -> None:
