@@ -5,9 +5,13 @@ messages; rows run through a backend in full batches with per-row steering (a tu
 continuing, as in the alignment-faking protocol, is sent again with the next batch of turns), and
 each finished row is one *sample*, a JSON line of ``RUN_DIR/samples.jsonl`` (see
 :mod:`steerlab.harness.records`). A killed run resumes: finished samples are read back and
-skipped, and a torn last line is dropped. Every option is checked before the run directory is
-made (:func:`check_config`), and one process writes a run at a time (the directory's lock,
-:func:`steerlab.harness.records.hold_run`), ``then=`` callbacks (judging, summaries) included.
+skipped, and a torn last line is dropped. With a backend that reports errors per request
+(``generate_each``, the API backend), a request that still fails after the backend's retries
+stops only its own job: the chunk's finished jobs are written, then one
+:class:`ChunkGenerationError` says how many failed (a rerun sends only those again). Every
+option is checked before the run directory is made (:func:`check_config`), and one process writes
+a run at a time (the directory's lock, :func:`steerlab.harness.records.hold_run`), ``then=``
+callbacks (judging, summaries) included.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from steerlab import prompts
+from steerlab.backends.anthropic import GenerationError
 from steerlab.backends.base import Backend, Request, Sampling, derive_seed
 from steerlab.errors import ConfigError
 from steerlab.fileio import open_append
@@ -57,6 +62,25 @@ def sample_seed(run_seed: int, item: str, seed: int) -> int:
     they differ only in the intervention, a paired design.
     """
     return derive_seed(run_seed, item, seed)
+
+
+class ChunkGenerationError(GenerationError):
+    """Generations of one chunk that failed after the backend's retries, raised once the chunk's
+    finished jobs are written. ``failures``: each failed job's key and its error (the first first)."""
+
+    def __init__(self, failures: dict[str, Exception], n_jobs: int):
+        key, first = next(iter(failures.items()))
+        reason = " ".join(str(first).split())  # one line, whatever the API's message holds
+        n = len(failures)
+        written = f"the {n_jobs - n} finished were written; " if n < n_jobs else ""
+        super().__init__(
+            f"{n} of {n_jobs} generation{'s' if n_jobs != 1 else ''} in a chunk failed (the first: {reason}); "
+            f"{written}rerun the same command to resume: finished samples are kept, only the failed generations "
+            "are sent again",
+            getattr(first, "request_id", key),
+            all(getattr(e, "retryable", True) for e in failures.values()),
+        )
+        self.failures = failures
 
 
 def turn_seed(seed: int, turn: int) -> int:
@@ -179,10 +203,13 @@ def _generate(
         for lo in range(0, len(queue), chunk):
             part = queue[lo : lo + chunk]
             started = time.perf_counter()
-            turns = converse(scenario, backend, part)
+            failures: dict[str, Exception] = {}
+            turns = converse(scenario, backend, part, failures)
             seconds = round((time.perf_counter() - started) / len(part), 4)
             written = 0
             for job in part:
+                if job.key in failures:  # nothing of it is written: a sample is a whole conversation
+                    continue
                 sample_turns = turns[job.key]
                 shared = {
                     "messages": job.messages,
@@ -207,6 +234,9 @@ def _generate(
                     written += 1
             fh.flush()
             bar.update(written)
+            if failures:
+                bar.close()
+                raise ChunkGenerationError(failures, len(part))
     bar.close()
 
 
@@ -222,8 +252,16 @@ class Job:
     condition: str = ""
 
 
-def converse(scenario: Scenario, backend: Backend, jobs: Sequence[Job]) -> dict[str, list[Turn]]:
-    """Run each job's turns: all first turns in one backend call, then every continuation together."""
+def converse(
+    scenario: Scenario, backend: Backend, jobs: Sequence[Job], failures: dict[str, Exception] | None = None
+) -> dict[str, list[Turn]]:
+    """Run each job's turns: all first turns in one backend call, then every continuation together.
+
+    With ``failures`` given and a backend that reports errors per request (``generate_each``), a job
+    whose request fails (at any turn) stops there: it maps to its error in ``failures`` and is left
+    out of the result, and the other jobs go on. Otherwise the backend's ``generate`` raises as is.
+    """
+    each = getattr(backend, "generate_each", None) if failures is not None else None
     convo = {j.key: list(j.messages) for j in jobs}
     turns: dict[str, list[Turn]] = {j.key: [] for j in jobs}
     active = list(jobs)
@@ -236,9 +274,13 @@ def converse(scenario: Scenario, backend: Backend, jobs: Sequence[Job]) -> dict[
             )
             for j in active
         ]  # fmt: skip
-        results = backend.generate(requests)
+        results = each(requests) if callable(each) else backend.generate(requests)
         following = []
         for job, res in zip(active, results, strict=True):
+            if isinstance(res, Exception):  # failed after the backend's retries: the job ends here
+                failures[job.key] = res  # type: ignore[index]
+                del turns[job.key]
+                continue
             text = res.lead + (job.prefill if t == 0 else "") + res.text
             turns[job.key].append(Turn(text, res.finish_reason, res.n_new_tokens))
             so_far = transcript([turn.text for turn in turns[job.key]])
