@@ -67,16 +67,18 @@ def timed_generate(backend: HFBackend, requests: list[Request]) -> float:
 def alternate(
     modes: dict, repeats: int, baseline: str, warmup: bool = True
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Run each mode once per repeat, alternating. Returns the median seconds per mode and, per
+    """Run each mode once per repeat, in an order rotated from repeat to repeat. Returns the median seconds per
+    mode and, per
     mode, the median over repeats of (baseline time / mode time) - 1 as a loss in percent (each
     repeat's modes run back to back, so this paired ratio cancels the machine's slow drift)."""
     times: dict[str, list[float]] = {m: [] for m in modes}
     if warmup:
         for fn in modes.values():
             fn()
-    for _ in range(repeats):
-        for name, fn in modes.items():
-            times[name].append(fn())
+    names = list(modes)
+    for r in range(repeats):  # each repeat starts at another mode, so no mode always runs first (or last)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            times[name].append(modes[name]())
     med = {m: statistics.median(v) for m, v in times.items()}
     paired = {
         m: round(100 * (1 - statistics.median(b / t for b, t in zip(times[baseline], v, strict=True))), 2)
@@ -125,7 +127,7 @@ def hook_cost(loaded, args) -> list[dict]:
 
 
 def overhead(loaded, args, prompts) -> list[dict]:
-    backend = HFBackend(loaded, batch_size=32)
+    backend = HFBackend(loaded, batch_size=32, compile=args.compile)
     backend.eos_ids = set()
     sampling = Sampling(max_new_tokens=args.new_tokens)
     out = []
@@ -151,19 +153,39 @@ def overhead(loaded, args, prompts) -> list[dict]:
     return out
 
 
+def table_ms(loaded, settings, repeats: int = 20) -> float:
+    """Milliseconds to build a call's steering table for ``settings`` and load one batch's rows: the only work in
+    HFBackend.generate whose size grows with the number K of distinct settings (each decode step adds one gathered
+    [batch, d_model] buffer per layer, whatever K is)."""
+    from steerlab.steer import steerer_for
+
+    times = []
+    for _ in range(repeats):
+        if loaded.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        steerer = steerer_for(loaded.blocks, settings, loaded.d_model, max_batch=32)
+        steerer.set_rows([1 + i % len(settings) for i in range(32)])
+        if loaded.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return round(1e3 * statistics.median(times), 3)
+
+
 def hetero(loaded, args, prompts) -> list[dict]:
-    backend = HFBackend(loaded, batch_size=32)
+    backend = HFBackend(loaded, batch_size=32, compile=args.compile)
     backend.eos_ids = set()
     sampling = Sampling(max_new_tokens=args.new_tokens)
     layers = middle_layers(loaded.n_layers, 8)
     chats = [prompts[i % len(prompts)] for i in range(32)]
     vectors = [random_vector(loaded, layers, seed) for seed in range(4)]
-    modes = {}
+    modes, tables = {}, {}
     for k in (1, 8, 32):
         settings = [SteeringSetting(vectors[i % 4], (-1.0) ** i * (1 + i // 4) / 8) for i in range(k)]
         modes[f"K={k}"] = lambda s=settings: timed_generate(
             backend, [Request(c, sampling, s[i % len(s)]) for i, c in enumerate(chats)]
         )
+        tables[f"K={k}"] = table_ms(loaded, settings)
     med, paired = alternate(modes, args.repeats, "K=1")
     tokens = 32 * args.new_tokens
     return [
@@ -173,6 +195,8 @@ def hetero(loaded, args, prompts) -> list[dict]:
             "tokens_per_s": {m: round(tokens / t, 1) for m, t in med.items()},
             "loss_vs_K1_pct": {m: round(100 * (1 - med["K=1"] / t), 2) for m, t in med.items() if m != "K=1"},
             "loss_vs_K1_pct_paired_median": paired,
+            "table_ms": tables,
+            "compiled": backend.compiled,
         }
     ]
 
@@ -193,7 +217,7 @@ def sweep_vs_loop(loaded, args, prompts) -> dict:
         settings = [SteeringSetting(v, 10 * m) for v in vectors for m in multipliers]
     chats = prompts[:4]
     sampling = Sampling(max_new_tokens=args.new_tokens)
-    backend = HFBackend(loaded, batch_size=32)
+    backend = HFBackend(loaded, batch_size=32, compile=args.compile)
     backend.eos_ids = set()
     tok = loaded.tokenizer
 
@@ -226,6 +250,7 @@ def sweep_vs_loop(loaded, args, prompts) -> dict:
         "new_tokens": args.new_tokens,
         "seconds": {k: round(v, 2) for k, v in med.items()},
         "speedup": round(med["per_setting_loop"] / med["steerlab_sweep"], 2),
+        "compiled": backend.compiled,
     }
 
 
@@ -237,6 +262,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="the HF backend's compiled decode path (default: on for a CUDA device)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/steer_cpu.json")
     args = parser.parse_args()
     prompts = load_prompts(PROMPTS)

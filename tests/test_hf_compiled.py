@@ -152,6 +152,24 @@ def test_compile_is_off_by_default_on_cpu_and_refused_where_the_model_cannot_tak
     assert not HFBackend(scripted).compiled
 
 
+def test_sliding_window_models_stay_eager():
+    """transformers' static sliding-window layer keeps its length as a Python int, so a compiled step would recompile
+    every step (and fall back to eager after 8): such a model is refused under --compile and left eager by default."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from steerlab.models import prepare
+    from steerlab.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    config = MistralConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=16,
+                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
+    loaded = prepare(MistralForCausalLM(config).eval(), tok, "tiny-sliding")
+    assert "StaticSlidingWindowLayer layers (sliding-window attention)" in compile_blocker(loaded)
+    with pytest.raises(ConfigError, match="--compile: its static cache has StaticSlidingWindowLayer"):
+        HFBackend(loaded, compile=True)
+
+
 def test_steer_compile_prints_what_eager_prints(tiny_dir, tiny_vector, capsys):
     args = ["steer", "--model", tiny_dir, "--vector", tiny_vector, "--alpha", "0,4", "--prompt", "Spell garden",
             "--prompt", "Sort these words", "--compare", "--max-new-tokens", "6", "--device", "cpu"]  # fmt: skip

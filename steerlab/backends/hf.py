@@ -227,24 +227,23 @@ class HFBackend:
         """
         model, tok, device = self.loaded.model, self.loaded.tokenizer, self.loaded.device
         static = self._static
-        real = len(seqs)
+        real, width = len(seqs), max(len(s) for s in seqs)
         pad = tok.pad_token_id
-        if static is not None and real < static.batch_size:
-            # Fill the batch up to its static shape with one-token rows that never decode (done from the start).
-            fill = static.batch_size - real
-            seqs = [*seqs, *[[pad]] * fill]
-            samplings = [*samplings, *[Sampling(max_new_tokens=1)] * fill]
-            heads = [*heads, *[""] * fill]
-            if labels is not None:
-                labels = [*labels, *[None] * fill]
-        batch, width = len(seqs), max(len(s) for s in seqs)
-        input_ids = torch.full((batch, width), pad, dtype=torch.long)
-        mask = torch.zeros((batch, width), dtype=torch.long)
+        input_ids = torch.full((real, width), pad, dtype=torch.long)
+        mask = torch.zeros((real, width), dtype=torch.long)
         for b, s in enumerate(seqs):
             input_ids[b, width - len(s) :] = torch.tensor(s)
             mask[b, width - len(s) :] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        batch = real
+        if static is not None and real < static.batch_size:
+            # Decode steps keep the static batch shape: filler rows that are done from the start.
+            fill, batch = static.batch_size - real, static.batch_size
+            samplings = [*samplings, *[Sampling(max_new_tokens=1)] * fill]
+            heads = [*heads, *[""] * fill]
+            if labels is not None:
+                labels = [*labels, *[None] * fill]
         generators = [torch.Generator(device=device).manual_seed(s.seed) for s in samplings]
         limit = max(s.max_new_tokens for s in samplings)
         new: list[list[int]] = [[] for _ in range(batch)]
@@ -259,9 +258,8 @@ class HFBackend:
         # Logits at the last position only (every row ends there: left padding); the full
         # [batch, seq, vocab] is never made where the model can skip it (transformers CausalLMs can).
         keep = {self._keep_kw: 1} if self._keep_kw else {}
-        if static is not None:  # prefill eagerly into the static cache, under the static mask
-            mask = static.start([len(s) for s in seqs], width)
-            logits = static.forward(input_ids, positions, eager=True)
+        if static is not None:  # prefill eagerly, into the static cache
+            logits, positions = static.prefill(input_ids, mask, positions)
         else:
             out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
             logits = out.logits[:, -1, :].float()  # [batch, vocab]

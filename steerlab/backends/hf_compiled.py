@@ -59,11 +59,16 @@ def compile_blocker(loaded: Any) -> str | None:
     if len(devices) > 1:
         return f"the model is sharded over {len(devices)} devices"
     try:
+        from transformers import StaticCache
         from transformers.cache_utils import StaticLayer
     except ImportError:  # pragma: no cover - transformers < 4.56
         return "the installed transformers has no StaticLayer"
-    if not hasattr(StaticLayer(8), "cumulative_length"):
+    if not isinstance(getattr(StaticLayer(8), "cumulative_length", None), torch.Tensor):
         return "the installed transformers' static cache needs cache positions (use transformers >= 5.0)"
+    kinds = {type(layer).__name__ for layer in StaticCache(config=model.config, max_cache_len=8).layers}
+    if kinds != {"StaticLayer"}:
+        # transformers' static sliding-window layer keeps its length as a Python int, so the step recompiles each time
+        return f"its static cache has {', '.join(sorted(kinds - {'StaticLayer'}))} layers (sliding-window attention)"
     return None
 
 
@@ -128,15 +133,40 @@ class CompiledDecoder:
         if self.cuda:
             torch._dynamo.mark_static_address(self.mask)
 
-    def start(self, lengths: list[int], width: int) -> torch.Tensor:
-        """Reset the cache and write the batch's mask (row b's prompt of ``lengths[b]`` tokens ends at ``width``);
-        returns the mask. Call under inference mode (the cache's tensors are inference tensors)."""
+    def prefill(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The eager prefill of a batch's real rows (``ids``, ``mask``, ``positions``: ``[rows, width]``, left padded),
+        into the static cache; returns (logits ``[batch_size, vocab]``, float32, and each row's last position
+        ``[batch_size, 1]``), the rows past the real ones filled in (their logits zero: they are never decoded).
+
+        The real rows are prefilled as the eager path does (the same mask, the same numbers, no compute spent on
+        filler rows) and their keys and values copied into the static cache (every layer of which is a
+        full-attention ``StaticLayer``: :func:`compile_blocker` sees to that).
+        Call under inference mode (the cache's tensors are inference tensors)."""
         assert self.mask is not None
+        rows, width = ids.shape
+        batch, fill = self.batch_size, self.batch_size - rows
         self.cache.reset()
         self.mask.zero_()
-        for b, n in enumerate(lengths):
-            self.mask[b, width - n :] = 1
-        return self.mask
+        self.mask[:rows, :width] = mask
+        self.mask[:, width:] = 1
+        self.mask[rows:, width - 1] = 1  # a filler row sees one (zero) key: no row is fully masked
+        last = torch.cat([positions[:, -1:], positions.new_zeros(fill, 1)])  # [batch, 1]
+        keep = {self.keep_kw: 1} if self.keep_kw else {}
+        out = self.loaded.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
+        prompt = getattr(out, "cache", None)  # the prompt's KV cache (transformers 5's name, then 4.57's)
+        prompt = out.past_key_values if prompt is None else prompt
+        for layer, done in zip(self.cache.layers, prompt.layers, strict=True):  # done.keys: [rows, heads, width, dim]
+            if not layer.is_initialized:
+                shape = (batch, done.keys.shape[1], 0)
+                layer.lazy_initialization(done.keys.new_empty(*shape, done.keys.shape[-1]),
+                                          done.values.new_empty(*shape, done.values.shape[-1]))  # fmt: skip
+            layer.keys[:rows, :, :width] = done.keys
+            layer.values[:rows, :, :width] = done.values
+            layer.cumulative_length.fill_(width)
+        logits = out.logits[:, -1, :].float()  # [rows, vocab]
+        return torch.cat([logits, logits.new_zeros(fill, logits.shape[-1])]), last
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         keep = {self.keep_kw: 1} if self.keep_kw else {}
