@@ -13,7 +13,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from steerlab.cli.options import CompileOpt, DeviceMap, MaxMemory, engine_options
+from steerlab.cli.options import (
+    CompileOpt,
+    DeviceMap,
+    GpuMemoryUtilization,
+    MaxMemory,
+    MaxModelLen,
+    PrefixCaching,
+    TensorParallel,
+    VllmArgs,
+    engine_options,
+)
 from steerlab.errors import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -21,8 +31,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 out = Console(soft_wrap=True, highlight=False)
 
 
+GENERATORS = ("anthropic", "hf", "vllm")
+
+
 def _generator(kind: str, model: str | None, batch: bool, concurrency: int, max_tokens: int, temperature: float,
-               out_dir: Path):  # fmt: skip
+               out_dir: Path, engine: dict | None = None, tensor_parallel_size: int = 1):  # fmt: skip
+    """The document generator (or grader); ``engine``: :func:`steerlab.cli.options.engine_options`
+    for a local model's backend (checked by :func:`_check_generator` before this is called)."""
     from steerlab.backends.text import LocalText
     from steerlab.clients.anthropic import AnthropicText
 
@@ -33,9 +48,28 @@ def _generator(kind: str, model: str | None, batch: bool, concurrency: int, max_
     if kind in ("hf", "vllm"):
         from steerlab.backends import make_backend
 
-        backend, _, _ = make_backend(kind, model or "smollm2", batch_size=16)
+        backend, _, _ = make_backend(
+            kind, model or "smollm2", batch_size=16, tensor_parallel_size=tensor_parallel_size, **(engine or {})
+        )
         return LocalText(backend, model or "smollm2", max_tokens=max_tokens, temperature=temperature)
     raise ConfigError(f"--generator {kind!r}: use anthropic, hf or vllm")
+
+
+def _check_generator(kind: str, engine: dict, tensor_parallel_size: int) -> None:
+    """Refuse (one line, before any model loads) a generator that does not exist, or a sharding or
+    engine option that ``kind`` does not take."""
+    from steerlab.backends import check_backend_options
+
+    if kind not in GENERATORS:
+        raise ConfigError(f"--generator {kind!r}: use anthropic, hf or vllm")
+    if tensor_parallel_size < 1:
+        raise ConfigError(f"--tensor-parallel-size {tensor_parallel_size}: give at least 1")
+    if tensor_parallel_size != 1 and kind != "vllm":
+        raise ConfigError(f"--tensor-parallel-size shards a model of --generator vllm, not --generator {kind}")
+    try:
+        check_backend_options(kind, **engine)
+    except ConfigError as exc:  # the backend's message, in this command's words
+        raise ConfigError(str(exc).replace("--backend", "--generator")) from None
 
 
 def _token_counter(tokenizer: str):
@@ -67,13 +101,26 @@ def gen(
     duplicate_threshold: float = typer.Option(0.8, help="Drop documents this similar (3-gram cosine) to one kept."),
     cache: Path | None = typer.Option(None, help="Reply cache (default $STEERLAB_CACHE_DIR/docgen.sqlite)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the calls and a cost bound; run nothing."),
+    tensor_parallel_size: TensorParallel = 1,
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
+    compile: CompileOpt = None,
+    max_model_len: MaxModelLen = None,
+    gpu_memory_utilization: GpuMemoryUtilization = None,
+    enable_prefix_caching: PrefixCaching = None,
+    vllm_arg: VllmArgs = None,
 ) -> None:
-    """Generate, revise and filter documents about a universe (resumable), then report on the corpus."""
+    """Generate, revise and filter documents about a universe (resumable), then report on the corpus.
+    A local generator (hf, vllm) takes the sharding and engine options of `steerlab eval`."""
     from sdf_addon.docgen import DocgenConfig, estimate, generate, generate_questions, hold_corpus, write_corpus
     from sdf_addon.universe import load_universe
     from steerlab.clients.cache import ReplyCache
     from steerlab.models import cache_dir
 
+    engine = engine_options(
+        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg, compile
+    )
+    _check_generator(generator, engine, tensor_parallel_size)
     u = load_universe(universe)
     from steerlab.cli.common import validated as _validated
 
@@ -86,7 +133,9 @@ def gen(
         usd = "unknown price for this model" if est["usd"] is None else f"at most ${est['usd']:.2f}"
         out.print(f"dry run: {est['calls']} generator calls over 5 stages: {usd}" + (" (batch price)" if batch else ""))
         return
-    gen_backend = _generator(generator, model, batch, concurrency, max_tokens, temperature, out_dir)
+    gen_backend = _generator(
+        generator, model, batch, concurrency, max_tokens, temperature, out_dir, engine, tensor_parallel_size
+    )
     count = _token_counter(tokenizer)
     store = ReplyCache(cache or cache_dir() / "docgen.sqlite")
     with hold_corpus(out_dir):  # one lock for every stage, the questions and the corpus
