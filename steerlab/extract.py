@@ -240,6 +240,9 @@ def to_host(parts: Sequence[torch.Tensor]) -> HostBlock:
     return HostBlock(host, events)
 
 
+_STOP = object()  # BlockWriter's end-of-queue marker
+
+
 class BlockWriter:
     """One background thread that runs ``write(item)`` for queued items, in order.
 
@@ -253,20 +256,17 @@ class BlockWriter:
     def __init__(self, write: Callable[[Any], None], depth: int = 2, name: str = "steerlab-cache-writer"):
         self._write = write
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
+        self._closing = False
         self._abandon = False
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._abandon:
-            try:
-                item = self._queue.get(timeout=0.05)
-            except queue.Empty:
-                if self._stop.is_set() and self._queue.empty():  # nothing is put after stop
-                    return
-                continue
+        while True:
+            item = self._queue.get()  # the thread takes every item up to _STOP, so a put() never waits forever
+            if item is _STOP:
+                return
             if self.error is None and not self._abandon:
                 try:
                     self._write(item)
@@ -281,16 +281,19 @@ class BlockWriter:
     def put(self, item: Any) -> None:
         """Queue ``item`` (waiting while the queue is full); first re-raises a failed write."""
         self.raise_error()
-        if self._stop.is_set():
+        if self._closing:
             raise RuntimeError("put() after close()")
         self._queue.put(item)
 
     def close(self) -> None:
         """Finish the queued items and stop the thread (see the class docstring); idempotent."""
-        self._stop.set()
+        stop_sent, self._closing = self._closing, True
         interrupt: BaseException | None = None
         while self._thread.is_alive():
             try:
+                if not stop_sent:
+                    self._queue.put(_STOP)  # waits for room behind the queued items
+                    stop_sent = True
                 self._thread.join()
             except BaseException as exc:  # Ctrl-C while draining: drop what has not begun, still wait
                 self._abandon = True

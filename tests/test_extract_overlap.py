@@ -200,7 +200,7 @@ def test_an_interrupt_while_draining_drops_the_blocks_not_begun():
         assert release.wait(WAIT_S)
         written.append(item)
 
-    blocks = BlockWriter(write)
+    blocks = BlockWriter(write, depth=3)  # room for the end marker behind blocks 1 and 2
     blocks.put(0)
     started.wait(WAIT_S)
     blocks.put(1)
