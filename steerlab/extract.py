@@ -158,7 +158,7 @@ def pooling_hooks(
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``tensor`` on ``device``; a host tensor bound for CUDA goes through pinned memory without
-    blocking the host (a plain ``.to()`` from pageable memory waits for the device to go idle)."""
+    blocking the host (a plain ``.to()`` makes the host wait for the work already queued there)."""
     device = torch.device(device)
     if device.type == "cuda" and tensor.device.type == "cpu":
         return tensor.pin_memory().to(device, non_blocking=True)
