@@ -126,11 +126,14 @@ class HFBackend:
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
             "device": str(self.loaded.device), "device_type": self.loaded.device.type,
             "device_map": {str(k): str(v) for k, v in device_map.items()} if device_map else None,
-            "tensor_parallel_size": 1, "engine": {}, "chat_date": self.chat_date,
+            "tensor_parallel_size": 1, "chat_date": self.chat_date,
             "position": self.position,
             "template_system": template_system_prompt(self.loaded.tokenizer, self.loaded.chat_template, self.chat_date),
             "system_folded": folds_system(self.loaded.tokenizer, self.loaded.chat_template, self.chat_date),
-            "compiled": self.compiled,  # recorded, not part of the identity: tokens equal the eager path's
+            # The decode path is part of the identity (a resumed run keeps it): compiled bf16/fp16 steps round as
+            # eager does (emulate_precision_casts), but their reductions may sum in another order.
+            "engine": {"compiled": True} if self._static is not None else {},  # an eager run's identity as before
+            "compiled": self.compiled,  # False from the moment compiling failed (decoding went on eagerly)
         }  # fmt: skip
 
     def check_fits(self, requests: Sequence[Request]) -> None:
@@ -182,8 +185,12 @@ class HFBackend:
         steerer = None
         static = self._static
         if static is not None and order:
-            # One static cache for the whole call: its longest prompt plus its largest budget.
-            static.prepare(max(len(ids[i]) + samplings[i].max_new_tokens for i in order), context)
+            # One static cache for the whole call. Every row of a batch writes at (the batch's widest prompt + step),
+            # for as many steps as the batch's largest budget: the cache must hold that, for the worst batch.
+            batches = [order[lo : lo + self.batch_size] for lo in range(0, len(order), self.batch_size)]
+            static.prepare(
+                max(max(len(ids[i]) for i in b) + max(samplings[i].max_new_tokens for i in b) for b in batches), context
+            )
             static.load(settings)
             steerer = static.steerer.install()
         elif settings:
@@ -207,6 +214,7 @@ class HFBackend:
         finally:
             if steerer is not None:
                 steerer.remove()
+                steerer.unwatch()  # an error between the checks left it armed (the static steerer outlives the call)
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import types
 from typing import Any
 
 import torch
@@ -83,6 +84,17 @@ def resolve_compile(loaded: Any, compile: bool | None) -> bool:
     return compile
 
 
+def _own_code(method: Any) -> Any:
+    """``method`` rebuilt on its own copy of its code object. Dynamo counts compiled graphs per code object, at
+    most ``recompile_limit`` (8) of them (those of deleted backends included), and past it runs that code eagerly
+    without a word: every decoder's step would otherwise share one code object, so a process that made a few
+    backends (a model and a local judge, a notebook, a test session) would end up decoding eagerly."""
+    fn = method.__func__
+    code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{id(method.__self__):x}")
+    own = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+    return types.MethodType(own, method.__self__)
+
+
 class CompiledDecoder:
     """Static cache, mask and steering buffers of one :class:`~steerlab.backends.hf.HFBackend`, and its compiled
     decode step. ``compiler``: a ``torch.compile`` backend (default inductor; tests pass a counting one)."""
@@ -109,7 +121,9 @@ class CompiledDecoder:
         mode = "reduce-overhead" if self.cuda and compiler is None else None
         # dynamic=False: every shape gets its own static graph (a second batch size or cache length must not turn
         # the step into a dynamic-shape graph, which inductor runs far slower on CPU)
-        self._compiled = torch.compile(self._forward, backend=compiler or "inductor", mode=mode, dynamic=False)
+        self._compiled = torch.compile(
+            _own_code(self._forward), backend=compiler or "inductor", mode=mode, dynamic=False
+        )
         self.failed: str | None = None  # why compiling failed, once it has (decoding goes on eagerly)
 
     def load(self, settings: list[SteeringSetting]) -> None:
@@ -118,6 +132,8 @@ class CompiledDecoder:
         full = torch.zeros(1 + len(settings), n_layers, d_model)  # [rows, all layers, d_model]
         if settings:
             table, layers = build_table(settings, d_model)
+            if not layers:  # as steerer_for refuses it on the eager path
+                raise ConfigError("no layer to steer: every setting has an empty layer list")
             full[:, layers] = table
         self.steerer.retable(full, [s.describe() for s in settings])
 
@@ -184,8 +200,11 @@ class CompiledDecoder:
         try:
             if self.cuda:
                 torch.compiler.cudagraph_mark_step_begin()
-            # a copy: a CUDA-graph replay overwrites its outputs
-            return self._compiled(ids, self.mask, positions).to(torch.float32, copy=True)
+            # Compiled (or recompiled) with eager's rounding: inductor would otherwise keep a fused chain of bf16/fp16
+            # ops in float32 and round once, which changes greedy tokens. The copy: a CUDA-graph replay overwrites
+            # its outputs.
+            with torch._inductor.config.patch(emulate_precision_casts=True):
+                return self._compiled(ids, self.mask, positions).to(torch.float32, copy=True)
         except Exception as exc:  # noqa: BLE001 - any compiler failure: decode on, eagerly, and say so once
             self.failed = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
             log.warning("compiled decoding failed, decoding eagerly from here: %s", self.failed)

@@ -110,9 +110,16 @@ def check_run(run_dir: Path, header: dict[str, Any], keys: Sequence[str]) -> Non
         old = read_header(run_dir)
         for key in keys:
             if old.get(key) != header.get(key):
+                was, now = old.get(key), header.get(key)
+                parts = (
+                    [f"{k}: {was.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(was) | set(now))
+                     if was.get(k) != now.get(k)]
+                    if isinstance(was, dict) and isinstance(now, dict) else []
+                )  # fmt: skip
                 raise ConfigError(
-                    f"{run_dir} holds a run with another {key.replace('_', ' ')}; choose a new --out "
-                    "or delete the directory"
+                    f"{run_dir} holds a run with another {key.replace('_', ' ')}"
+                    + (f" ({'; '.join(parts)})" if parts else "")
+                    + "; choose a new --out or delete the directory"
                 )
         return
     if any(p.name != LOCK for p in run_dir.iterdir()):
