@@ -89,11 +89,13 @@ class SteeringSetting:
             raise ConfigError(f"unknown scale {self.scale!r}; use absolute or relative")
         mine = set(self.steered_layers())
         out = torch.zeros(len(layers), self.vector.d_model, dtype=torch.float32)
-        for j, layer in enumerate(layers):
-            if layer not in mine:
-                continue
-            v = self.vector.at(layer).float()
-            if self.scale == "relative":
+        rows = [j for j, layer in enumerate(layers) if layer in mine]
+        if not rows:
+            return out
+        v = [self.vector.at(layers[j]).float() for j in rows]
+        if self.scale == "relative":
+            for i, j in enumerate(rows):
+                layer = layers[j]
                 if not self.token_norms or layer not in self.token_norms:
                     raise VectorError(f"relative scale needs the mean per-token norm of layer {layer}")
                 norm = self.token_norms[layer]
@@ -102,15 +104,18 @@ class SteeringSetting:
                         f"{self.vector.name}: the recorded token_norm of layer {layer} is {norm}, so --scale relative "
                         "cannot scale by it; refit the vector or use --scale absolute"
                     )
-                v = v / v.norm().clamp_min(1e-30) * norm
-            out[j] = self.multiplier * v
-            # The added vector must survive float32 and the next RMS norm (a sum of squares in float32).
-            size = abs(self.multiplier) * float(v.double().norm())
-            if not torch.isfinite(out[j]).all() or not size < MAX_NORM:
-                raise ConfigError(
-                    f"{self.describe()}: the added vector at layer {layer} has norm {size:.3g}, which overflows "
-                    "float32; use a smaller multiplier"
-                )
+                v[i] = v[i] / v[i].norm().clamp_min(1e-30) * norm  # row by row, as the table has always been made
+        v = torch.stack(v)  # [n_rows, d_model]
+        out[rows] = self.multiplier * v
+        # The added vector must survive float32 and the next RMS norm (a sum of squares in float32).
+        sizes = abs(self.multiplier) * v.double().norm(dim=-1)  # [n_rows]
+        bad = (~torch.isfinite(out[rows]).all(-1)) | ~(sizes < MAX_NORM)
+        if bad.any():
+            k = int(bad.nonzero()[0])
+            raise ConfigError(
+                f"{self.describe()}: the added vector at layer {layers[rows[k]]} has norm {float(sizes[k]):.3g}, "
+                "which overflows float32; use a smaller multiplier"
+            )
         return out
 
 
