@@ -87,6 +87,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_fit.py
 	$(BIN)/python benchmarks/bench_steer.py
 	$(BIN)/python benchmarks/bench_harness.py
+	$(BIN)/python benchmarks/bench_decode.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check steerlab sdf_addon tests benchmarks configs
