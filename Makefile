@@ -61,6 +61,10 @@ demo: $(STAMP)
 	$(BIN)/steerlab prompt-eval --model smollm2 --dataset configs/requests/benign.jsonl --limit 2 --max-turns 1 \
 		--max-new-tokens 48 --temperature 0 --prefill "<SCRATCHPAD_REASONING>" --out $(DEMO_OUT)/prompt_eval
 	$(BIN)/steerlab profile $(DEMO_OUT)/prompt_eval --out $(DEMO_OUT)/profiles
+	# per-token cosines of two demo samples (one per condition) with both demo vectors and 2 controls each
+	$(BIN)/steerlab heatmap $(DEMO_OUT)/af_sweep --vector $(DEMO_OUT)/vectors/researcher_expectations/smollm2.safetensors \
+		--vector $(DEMO_OUT)/vectors/retraining_consequences/smollm2.safetensors --controls 2 --per-condition 1 \
+		--out $(DEMO_OUT)/heatmap --overwrite
 
 # Regenerate the vectors shipped in vectors/ (same settings as the demo).
 vectors: $(STAMP)
