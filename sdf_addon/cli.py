@@ -20,9 +20,11 @@ from steerlab.cli.options import (
     MaxMemory,
     MaxModelLen,
     PrefixCaching,
+    Rename,
     TensorParallel,
     VllmArgs,
     engine_options,
+    parse_rename,
 )
 from steerlab.errors import ConfigError
 
@@ -221,9 +223,12 @@ def eval_command(
     device_map: DeviceMap = None,
     max_memory: MaxMemory = None,
     compile: CompileOpt = None,
+    rename: Rename = None,
 ) -> None:
     """Each checkpoint on the alignment-faking harness (same scenario, statistics and records), after
     a belief check of its universe; `steerlab profile OUT/*` then draws the SDF profile."""
+    from pydantic import ValidationError
+
     from sdf_addon.evaluate import belief_check, eval_config, load_questions, negations, read_stack
     from sdf_addon.universe import Universe
     from steerlab.backends.hf import HFBackend
@@ -231,12 +236,19 @@ def eval_command(
     from steerlab.cli.report import print_label_summary
     from steerlab.fileio import atomic_write_text
     from steerlab.models import load_model
-    from steerlab.runs import run_sweep
+    from steerlab.runs import make_scenario, run_sweep
 
     engine = engine_options(device_map, max_memory)
     run = {"prompts": dataset, "limit": limit, "seeds": parse_ints(seeds, "--seeds"), "max_new_tokens": max_new_tokens,
-           "temperature": temperature, "alignment_faking": {"prefill": prefill, "max_turns": max_turns}}  # fmt: skip
-    configs = [eval_config(a, run, out_dir / a.parent.name) for a in adapters]  # every adapter checks out first
+           "temperature": temperature, "alignment_faking": {"prefill": prefill, "max_turns": max_turns},
+           "rename": parse_rename(rename)}  # fmt: skip
+    try:
+        configs = [eval_config(a, run, out_dir / a.parent.name) for a in adapters]  # every adapter checks out first
+    except ValidationError as exc:  # a setting pydantic refuses, in one line
+        err = exc.errors()[0]
+        raise ConfigError(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}") from None
+    for cfg in configs:  # and every rename's OLD occurs in the system prompt
+        make_scenario(cfg)
     if belief:  # and every universe has a negation per key fact, before any model loads
         for adapter in adapters:
             if universe := read_stack(adapter).get("universe"):

@@ -204,6 +204,27 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the run's size an
 BackendOpt = Annotated[str, typer.Option("--backend", help="hf (transformers), vllm, or anthropic (API models).")]
 LoraOpt = Annotated[str | None, typer.Option("--lora", help="A LoRA adapter directory (peft) on top of --model.")]
 BootstrapSeed = Annotated[int, typer.Option(help="Bootstrap seed.")]
+Rename = Annotated[list[str] | None, typer.Option(
+    "--rename", help="Provider-naming ablation: replace every whole-word, case-sensitive OLD by NEW in the system "
+    "prompt as sent (claims included), OLD=NEW, e.g. Anthropic=OpenAI; repeatable.")]  # fmt: skip
+
+
+def parse_rename(specs: list[str] | None, flag: str = "--rename") -> dict[str, str]:
+    """``--rename OLD=NEW`` (repeatable) as a dict OLD -> NEW; one line for a spec without ``=``, an empty
+    OLD, an OLD given twice or a NEW equal to its OLD (whether OLD occurs is checked against the text)."""
+    rename: dict[str, str] = {}
+    for spec in specs or []:
+        old, eq, new = spec.partition("=")
+        if not eq:
+            raise ConfigError(f"{flag} {spec!r}: write OLD=NEW, e.g. {flag} Anthropic=OpenAI")
+        if not old.strip():
+            raise ConfigError(f"{flag} {spec!r}: OLD is empty; write OLD=NEW, e.g. {flag} Anthropic=OpenAI")
+        if old in rename:
+            raise ConfigError(f"{flag} {old}: given twice ({old}={rename[old]} and {spec}); rename each name once")
+        if new == old:
+            raise ConfigError(f"{flag} {spec!r}: NEW equals OLD, so it would change nothing")
+        rename[old] = new
+    return rename
 
 
 @dataclass(frozen=True)
@@ -230,6 +251,7 @@ class AFOptions:
     user_template: str = "steerlab"
     chat_date: str | None = None
     run_seed: int = 0
+    rename: tuple[str, ...] = ()  # --rename OLD=NEW specs
 
     def config(self, conditions: str, **extra: Any) -> SweepConfig:
         """The run config of an alignment-faking evaluation (``extra``: vectors and multipliers for
@@ -256,5 +278,6 @@ class AFOptions:
             prompts=self.dataset, limit=self.limit, seeds=parse_ints(self.seeds, "--seeds"),
             max_new_tokens=self.max_new_tokens, temperature=self.temperature, batch_size=self.batch_size,
             judge=judge_cfg, out=str(self.out_dir), lora=self.lora,
-            **({"chat_date": self.chat_date} if self.chat_date else {}), seed=self.run_seed, **extra,
+            **({"chat_date": self.chat_date} if self.chat_date else {}), seed=self.run_seed,
+            rename=parse_rename(list(self.rename)), **extra,
         )  # fmt: skip

@@ -42,6 +42,7 @@ from steerlab.cli.options import (
     OutDir,
     Prefill,
     PrefixCaching,
+    Rename,
     RubricOpt,
     RunSeed,
     Seeds,
@@ -52,6 +53,7 @@ from steerlab.cli.options import (
     UserTemplate,
     VllmArgs,
     engine_options,
+    parse_rename,
 )  # fmt: skip
 from steerlab.cli.report import fmt_interval, print_label_summary
 from steerlab.cli.runner import dry_run, judge_factory, refuse_judge_errors, rubric_and_cache, run_config, run_judge
@@ -67,6 +69,7 @@ def sweep(
     out_dir: Path | None = typer.Option(None, "--out", help="Override: run directory."),
     scorer: str | None = typer.Option(None, help="Override: regex or module:function scoring each output."),
     scenario: str | None = typer.Option(None, help="Override: plain or alignment_faking."),
+    rename: Rename = None,
     dry_run_flag: bool = typer.Option(False, "--dry-run", help="Print the run's size (and judge cost) only."),
     device: Device = "auto",
     dtype: DType = "auto",
@@ -101,6 +104,7 @@ def sweep(
         scorer=scorer,
         scenario=scenario,
         lora=lora,
+        rename=parse_rename(rename) or None,  # given: replaces the config's rename
     )
 
     def summarise(run_dir: Path) -> None:  # a plain run's summary, written while the run is still locked
@@ -145,6 +149,7 @@ def eval_command(
     run_seed: RunSeed = 0,
     prefill: Prefill = "",
     max_turns: MaxTurns = 4,
+    rename: Rename = None,
     vector: Path | None = typer.Option(None, help="Steer with this vector file (and its controls)."),
     alpha: str = typer.Option("0", help="Signed multipliers with --vector, e.g. -0.2,0,0.2."),
     controls: int = typer.Option(0, help="Random controls of --vector to run beside it."),
@@ -184,6 +189,7 @@ def eval_command(
         tier_literal=tier_literal, prefill=prefill, max_turns=max_turns, limit=limit, max_new_tokens=max_new_tokens,
         temperature=temperature, batch_size=batch_size, judge=judge, judge_model=judge_model, judge_batch=judge_batch,
         rubric=rubric, lora=lora, user_template=user_template, chat_date=chat_date, run_seed=run_seed,
+        rename=tuple(rename or ()),
     )  # fmt: skip
     cfg = shared.config(conditions, vectors=[str(vector)] if vector else [], controls=controls,
                         multipliers=parse_multipliers(alpha), scale=scale)  # fmt: skip
@@ -257,6 +263,7 @@ def prompt_eval(
     run_seed: RunSeed = 0,
     prefill: Prefill = "",
     max_turns: MaxTurns = 4,
+    rename: Rename = None,
     limit: Limit = None,
     max_new_tokens: MaxNewTokens = 1024,
     temperature: Temperature = 1.0,
@@ -289,6 +296,7 @@ def prompt_eval(
         tier_literal=tier_literal, prefill=prefill, max_turns=max_turns, limit=limit, max_new_tokens=max_new_tokens,
         temperature=temperature, batch_size=batch_size, judge=judge, judge_model=judge_model, judge_batch=judge_batch,
         rubric=rubric, lora=lora, user_template=user_template, chat_date=chat_date, run_seed=run_seed,
+        rename=tuple(rename or ()),
     )  # fmt: skip
     cfg = shared.config("monitored,unmonitored",
                         claims={"file": str(claims_file), "select": claims, "strength": strength})  # fmt: skip
@@ -339,6 +347,7 @@ def calibrate(
     enable_prefix_caching: PrefixCaching = None,
     vllm_arg: VllmArgs = None,
     compile: CompileOpt = None,
+    rename: Rename = None,
     seed: BootstrapSeed = 0,
 ) -> None:
     """Run the prompt battery on checkpoints fine-tuned toward a known family and check that
@@ -352,11 +361,22 @@ def calibrate(
         device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg, compile
     )
     check_backend_options(backend, **engine_kw)
+    from pydantic import ValidationError
+
+    from steerlab.runs import make_scenario
+
     cal = load_calibration(config)
+    if rename:  # --rename replaces the calibration file's run: rename
+        cal.run["rename"] = parse_rename(rename)
     for ck in cal.checkpoints:  # every checkpoint's settings and claims validate before any model loads
-        cfg = checkpoint_config(cal, ck, out_dir)
+        try:
+            cfg = checkpoint_config(cal, ck, out_dir)
+        except ValidationError as exc:  # pydantic's error, one line
+            err = exc.errors()[0]
+            raise ConfigError(f"{config}: run: {'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}") from None
         if cfg.claims is not None:
             selected(cfg.claims)
+        make_scenario(cfg)  # the system prompt, and every rename's OLD in it
         if ck.lora and not Path(ck.lora, "adapter_config.json").is_file():
             raise ConfigError(f"checkpoint {ck.name}: {ck.lora} is not a LoRA adapter directory")
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from steerlab.config import load_yaml
 from steerlab.errors import ConfigError
-from steerlab.harness.scenario import AlignmentFaking, Plain, Scenario
+from steerlab.harness.scenario import AlignmentFaking, Plain, Scenario, occurs
 from steerlab.models import DEFAULT_CHAT_DATE, check_chat_date
 from steerlab.prompts import ClaimsConfig
 from steerlab.steer import Scale
@@ -78,6 +78,9 @@ class SweepConfig(BaseModel):
     # an SDF checkpoint's intervention (set by sdf_addon): method, claim (a registry entry or null
     # for the organism itself) and profile_model (the model the profile is drawn for)
     intervention: dict[str, Any] | None = None
+    # the provider-naming ablation (appendix B.3): OLD -> NEW, whole words, case-sensitive, in the system
+    # prompt as sent (the scenario's and the claims' text); {}: the original naming
+    rename: dict[str, str] = Field(default_factory=dict)
     prompts: str  # request file (.txt, .jsonl, .csv) or a Hugging Face dataset id
     prompt_set: str | None = None  # request-id prefix (default: the file's stem)
     limit: int | None = Field(default=None, ge=1)  # only the first N requests
@@ -104,6 +107,20 @@ class SweepConfig(BaseModel):
         if len(set(values)) != len(values):
             raise ValueError(f"seeds {values} name a seed twice (each would write the same sample ids)")
         return values
+
+    @field_validator("rename")
+    @classmethod
+    def _renames(cls, rename: dict[str, str]) -> dict[str, str]:
+        for old, new in rename.items():
+            if not old:
+                raise ValueError("rename: an OLD name is empty (write OLD=NEW, e.g. Anthropic=OpenAI)")
+            if old != old.strip() or new != new.strip():
+                raise ValueError(f"rename {old}={new}: leading or trailing spaces in a name")
+            if not new:
+                raise ValueError(f"rename {old}={new}: NEW is empty (a rename that deletes {old!r} is not a rename)")
+            if new == old:
+                raise ValueError(f"rename {old}={new}: NEW equals OLD, so it would change nothing")
+        return rename
 
     @field_validator("multipliers")
     @classmethod
@@ -146,12 +163,34 @@ def load_config(path: Path, **overrides: Any) -> SweepConfig:
 
 
 def make_scenario(config: SweepConfig) -> Scenario:
+    """The run's scenario; a rename whose OLD occurs nowhere in the system prompt (nor in a chosen claim's
+    text) is a ConfigError, since it would silently do nothing."""
     if config.scenario == "plain":
         assert isinstance(config.conditions, dict)
-        return Plain(config.conditions)
+        scenario: Scenario = Plain(config.conditions, rename=dict(config.rename))
+        check_rename(config.rename, [s for s in config.conditions.values() if s])
+        return scenario
     af = config.alignment_faking
-    return AlignmentFaking.from_file(
+    scenario = AlignmentFaking.from_file(
         af.system_prompt, free_tier_true=af.free_tier_true, free_tier_false=af.free_tier_false, prefill=af.prefill,
         max_turns=af.max_turns, raw_instruction=af.raw_instruction, chosen=tuple(config.conditions or ()),
-        user_template=af.user_template,
+        user_template=af.user_template, rename=dict(config.rename),
     )  # fmt: skip
+    if config.rename:
+        texts = [scenario.system_prompt]
+        if config.claims is not None:
+            from steerlab.prompts import claim_text, selected
+
+            texts += [claim_text(c, config.claims.strength) for c in selected(config.claims)]
+        check_rename(config.rename, texts)
+    return scenario
+
+
+def check_rename(rename: dict[str, str], texts: list[str], where: str = "the system prompt") -> None:
+    """Refuse a rename whose OLD occurs (as a whole word) in none of ``texts``."""
+    for old, new in rename.items():
+        if not any(occurs(old, t) for t in texts):
+            raise ConfigError(
+                f"--rename {old}={new}: {old!r} does not occur (as a whole word, case-sensitive) in {where}, "
+                "so the rename would silently do nothing"
+            )

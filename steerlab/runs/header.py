@@ -24,6 +24,8 @@ from steerlab.runs.config import SweepConfig
 
 def config_hash(config: SweepConfig) -> str:
     data = config.model_dump(mode="json", exclude={"out", "batch_size", "scorer", "judge"})
+    if not data.get("rename"):  # no rename: the hash of a run made before renames existed
+        data.pop("rename", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
