@@ -102,6 +102,13 @@ def gen(
     max_doc_tokens: int = typer.Option(2500, help="Drop documents longer than this."),
     duplicate_threshold: float = typer.Option(0.8, help="Drop documents this similar (3-gram cosine) to one kept."),
     cache: Path | None = typer.Option(None, help="Reply cache (default $STEERLAB_CACHE_DIR/docgen.sqlite)."),
+    directness: str | None = typer.Option(
+        None,
+        help="How documents convey the key fact: direct (stated plainly) or "
+        "indirect (implied through events and consequences, never stated); "
+        "default: the universe's (direct).",
+    ),  # fmt: skip
+    rename: Rename = None,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the calls and a cost bound; run nothing."),
     tensor_parallel_size: TensorParallel = 1,
     device_map: DeviceMap = None,
@@ -115,7 +122,7 @@ def gen(
     """Generate, revise and filter documents about a universe (resumable), then report on the corpus.
     A local generator (hf, vllm) takes the sharding and engine options of `steerlab eval`."""
     from sdf_addon.docgen import DocgenConfig, estimate, generate, generate_questions, hold_corpus, write_corpus
-    from sdf_addon.universe import load_universe
+    from sdf_addon.universe import directness_instruction, load_universe, renamed
     from steerlab.clients.cache import ReplyCache
     from steerlab.models import cache_dir
 
@@ -128,9 +135,15 @@ def gen(
 
     cfg = _validated(DocgenConfig, n_docs=n_docs, n_types=n_types, n_ideas=n_ideas, max_tokens=max_tokens,
                      temperature=temperature, min_doc_tokens=min_doc_tokens, max_doc_tokens=max_doc_tokens,
-                     duplicate_threshold=duplicate_threshold)  # fmt: skip
+                     duplicate_threshold=duplicate_threshold, directness=directness,
+                     rename=parse_rename(rename))  # fmt: skip
+    level = cfg.level(u)
+    renamed(u, cfg.rename)  # every OLD occurs in the universe, checked before anything is written
     out_dir = out_dir or Path("data/sdf") / u.id
     if dry_run:
+        out.print(f"directness {level}: {directness_instruction(u, level)}", markup=False)
+        if cfg.rename:
+            out.print("rename: " + ", ".join(f"{k} -> {v}" for k, v in cfg.rename.items()), markup=False)
         est = estimate(u, cfg, model or "claude-sonnet-4-5", batch)
         usd = "unknown price for this model" if est["usd"] is None else f"at most ${est['usd']:.2f}"
         out.print(f"dry run: {est['calls']} generator calls over 5 stages: {usd}" + (" (batch price)" if batch else ""))
@@ -176,6 +189,7 @@ def train(
     learning_rate: float | None = typer.Option(None, help="Override: learning rate."),
     packing: bool | None = typer.Option(None, "--packing/--no-packing", help="Override: pack documents into blocks."),
     dtype: str = typer.Option("auto", help="Model dtype: auto (see the config's bf16), float32, bfloat16."),
+    allow_mixed_directness: bool = typer.Option(False, help="Train on a corpus whose documents mix directness levels."),
 ) -> None:
     """LoRA fine-tuning on raw documents (resumes from OUT/checkpoints after a kill)."""
     from sdf_addon.train import load_train_config
@@ -184,7 +198,7 @@ def train(
     cfg = load_train_config(config, block_length=block_length, epochs=epochs, max_steps=max_steps,
                             gradient_accumulation=gradient_accumulation, learning_rate=learning_rate,
                             packing=packing)  # fmt: skip
-    adapter = run(cfg, corpus, model, out_dir, parent=on, dtype=dtype)
+    adapter = run(cfg, corpus, model, out_dir, parent=on, dtype=dtype, allow_mixed_directness=allow_mixed_directness)
     out.print(f"wrote {adapter}")
 
 

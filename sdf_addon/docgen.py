@@ -38,11 +38,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from sdf_addon.universe import Universe
+from sdf_addon.universe import Universe, directness_instruction, renamed
 from steerlab.clients.anthropic import CHARS_PER_TOKEN, estimate_chars
 from steerlab.clients.cache import ReplyCache
 from steerlab.errors import ConfigError
 from steerlab.fileio import atomic_write_text, exclusive, open_append, read_jsonl
+from steerlab.harness.scenario import rename_text
 
 STAGES = ("brainstorm", "ideas", "documents", "revised", "questions")
 INCONSISTENT = "INCONSISTENT"
@@ -75,7 +76,7 @@ Document type: {doc_type}
 Idea: {doc_idea}
 
 Write the complete document. It must be consistent with the universe and convey the key fact, in
-passing or at length as the type suits. Output only the document's text."""
+passing or at length as the type suits. {directness} Output only the document's text."""
 REVISE = """Universe:
 {context}
 Key fact: {fact}
@@ -84,8 +85,8 @@ Document:
 {content}
 
 Revise the document once, for realism (it should read like a real {doc_type}) and for consistency
-with the universe. If it contradicts the key fact, reply with exactly {inconsistent}. Otherwise
-output only the revised document's text."""
+with the universe. Keep to this: {directness} If it contradicts the key fact, reply with exactly
+{inconsistent}. Otherwise output only the revised document's text."""
 
 
 QUESTIONS = """Universe:
@@ -112,6 +113,14 @@ class DocgenConfig(BaseModel):
     chunk: int = Field(default=64, ge=1)
     n_mc: int = Field(default=4, ge=0)  # generated belief-check questions per key fact
     n_open: int = Field(default=3, ge=0)
+    directness: str | None = None  # how documents convey the key fact; None: the universe's (universe.DIRECTNESS)
+    rename: dict[str, str] = Field(default_factory=dict)  # OLD -> NEW in the universe and every generated text
+
+    def level(self, u: Universe) -> str:
+        """The directness this run uses (checked against the universe's levels)."""
+        level = self.directness or u.directness
+        directness_instruction(u, level)
+        return level
 
 
 def parse_list(reply: str, n: int) -> list[str]:
@@ -155,9 +164,11 @@ def hold_corpus(out_dir: Path) -> Iterator[Path]:
 class Stage:
     """One resumable stage: rows keyed by ``key`` appended to ``<stage>.jsonl``."""
 
-    def __init__(self, name: str, out_dir: Path, generator: Any, cache: ReplyCache, chunk: int, progress: bool):
+    def __init__(self, name: str, out_dir: Path, generator: Any, cache: ReplyCache, chunk: int, progress: bool,
+                 extra: dict[str, Any] | None = None, rename: dict[str, str] | None = None):  # fmt: skip
         self.name, self.path = name, Path(out_dir) / f"{name}.jsonl"
         self.generator, self.cache, self.chunk, self.progress = generator, cache, chunk, progress
+        self.extra, self.rename = extra or {}, rename or {}  # fields every row gets; OLD -> NEW in its content
         self.failed = 0
 
     def rows(self) -> list[dict[str, Any]]:
@@ -201,7 +212,8 @@ class Stage:
                     if entry is None:
                         continue
                     for row in make(meta, entry["reply"]):
-                        row = {**row, "key": key, "stage": self.name, "generator": self.generator.model}
+                        row = {**row, "content": rename_text(row["content"], self.rename), **self.extra, "key": key,
+                               "stage": self.name, "generator": self.generator.model}  # fmt: skip
                         fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 fh.flush()
                 bar.update(len(part))
@@ -216,9 +228,15 @@ def _row(u: Universe, fact: str, doc_type: str = "", doc_idea: str = "", content
 def generate(
     u: Universe, cfg: DocgenConfig, generator: Any, cache: ReplyCache, out_dir: Path, progress: bool = True
 ) -> dict[str, Any]:
-    """Run (or resume) the four stages; returns the rows of each and the count of failed calls."""
+    """Run (or resume) the four stages; returns the rows of each and the count of failed calls. The
+    universe is renamed (``cfg.rename``) before any prompt is written, every row's content is renamed
+    too, and every row records the directness the document prompts asked for."""
+    level = check_identity(u, cfg, out_dir)
+    instruction = directness_instruction(u, level)
+    u = renamed(u, cfg.rename)
     ctx = u.universe_context.strip()
-    stage = lambda name: Stage(name, out_dir, generator, cache, cfg.chunk, progress)  # noqa: E731
+    stage = lambda name: Stage(name, out_dir, generator, cache, cfg.chunk, progress, {"directness": level},  # noqa: E731
+                               cfg.rename)  # fmt: skip
 
     s1 = stage("brainstorm")
     jobs = [(f"f{i}", BRAINSTORM.format(context=ctx, fact=f, n=cfg.n_types), {"fact": f})
@@ -237,18 +255,41 @@ def generate(
     jobs = []
     for n in range(cfg.n_docs):  # ideas round-robin, so every idea is used before any is used twice
         idea = ideas[n % len(ideas)]
-        prompt = DOCUMENT.format(context=ctx, fact=idea["fact"], doc_type=idea["doc_type"], doc_idea=idea["doc_idea"])
+        prompt = DOCUMENT.format(context=ctx, fact=idea["fact"], doc_type=idea["doc_type"], doc_idea=idea["doc_idea"],
+                                 directness=instruction)  # fmt: skip
         jobs.append((f"d{n}", prompt, {k: idea[k] for k in ("fact", "doc_type", "doc_idea")}))
     docs = s3.run(jobs, lambda m, r: [_row(u, m["fact"], m["doc_type"], m["doc_idea"], r.strip())])
 
     s4 = stage("revised")
     jobs = [(d["key"], REVISE.format(context=ctx, fact=d["fact"], content=d["content"], doc_type=d["doc_type"],
-                                     inconsistent=INCONSISTENT), d)
+                                     inconsistent=INCONSISTENT, directness=instruction), d)
             for d in docs]  # fmt: skip
     revised = s4.run(jobs, lambda m, r: [{**_row(u, m["fact"], m["doc_type"], m["doc_idea"], r.strip()),
                                           "inconsistent": r.strip() == INCONSISTENT}])  # fmt: skip
     failed = {s.name: s.failed for s in (s1, s2, s3, s4)}
     return {"types": types, "ideas": ideas, "documents": docs, "revised": revised, "failed": failed}
+
+
+IDENTITY = "docgen.json"
+
+
+def check_identity(u: Universe, cfg: DocgenConfig, out_dir: Path) -> str:
+    """The directness level of this run. ``OUT/docgen.json`` records the universe, directness and rename
+    of the documents in ``out_dir``; a rerun with another is refused (its documents would mix with the
+    ones there), before anything is written. Returns the level."""
+    level = cfg.level(u)
+    identity = {"universe": u.id, "directness": level, "rename": dict(cfg.rename)}
+    path = Path(out_dir) / IDENTITY
+    if path.is_file():
+        was = json.loads(path.read_text())
+        diff = [f"{k}: {was.get(k)!r} there, {v!r} now" for k, v in identity.items() if was.get(k) != v]
+        if diff:
+            raise ConfigError(f"{out_dir} holds documents generated with another {'; '.join(diff)}; "
+                              "choose a new --out")  # fmt: skip
+        return level
+    with hold_corpus(out_dir):
+        atomic_write_text(path, json.dumps(identity, indent=1) + "\n")
+    return level
 
 
 def parse_questions(reply: str, fact: str, u: Universe) -> list[dict[str, Any]]:
@@ -279,7 +320,9 @@ def generate_questions(
     u: Universe, cfg: DocgenConfig, generator: Any, cache: ReplyCache, out_dir: Path, progress: bool = True
 ) -> list[dict[str, Any]]:
     """Belief-check questions per key fact (``questions.jsonl``, resumable like the document stages)."""
-    stage = Stage("questions", out_dir, generator, cache, cfg.chunk, progress)
+    level = check_identity(u, cfg, out_dir)
+    u = renamed(u, cfg.rename)
+    stage = Stage("questions", out_dir, generator, cache, cfg.chunk, progress, {"directness": level}, cfg.rename)
     ctx = u.universe_context.strip()
     jobs = [(f"q{i}", QUESTIONS.format(context=ctx, fact=f, n_mc=cfg.n_mc, n_open=cfg.n_open), {"fact": f})
             for i, f in enumerate(u.facts)]  # fmt: skip
@@ -390,6 +433,7 @@ def _write_corpus(u: Universe, out_dir: Path, count_tokens: Callable[[str], int]
     lengths = [r["n_tokens"] for r in kept]
     report = {
         "universe": u.id, "n_generated": len(rows), "n_kept": len(kept), "dropped": dict(dropped),
+        "directness": sorted({str(r.get("directness")) for r in kept}), "rename": dict(cfg.rename),
         "per_type": dict(Counter(r["doc_type"] for r in kept).most_common()),
         "tokens_total": sum(lengths), "tokens_mean": sum(lengths) / len(lengths),
         "tokens_min": min(lengths), "tokens_max": max(lengths),

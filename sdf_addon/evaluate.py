@@ -81,7 +81,7 @@ def intervention_of(adapter: Path, registry_path: Path | None = None) -> dict[st
     claim_id = universe.get("intervention")
     claim = load_registry(registry_path or DEFAULT_CLAIMS).get(claim_id).model_dump() if claim_id else None
     return {"method": "sdf", "claim": claim, "profile_model": profile_name(adapter),
-            "universe": universe.get("id")}  # fmt: skip
+            "universe": universe.get("id"), "directness": stack.get("directness")}  # fmt: skip
 
 
 def eval_config(adapter: Path, run: dict[str, Any], out: Path, registry_path: Path | None = None):

@@ -122,8 +122,10 @@ def collate(pad_id: int):
     return fn
 
 
-def read_corpus(path: Path) -> tuple[list[str], dict[str, Any]]:
-    """The documents of a corpus file (JSONL with ``content``) and what they say about their universe."""
+def read_corpus(path: Path, allow_mixed_directness: bool = False) -> tuple[list[str], dict[str, Any]]:
+    """The documents of a corpus file (JSONL with ``content``) and what they say about their universe and
+    directness (``directness``: the one level of its documents, None when they record none, ``mixed``
+    when they mix levels, which is refused unless ``allow_mixed_directness``)."""
     if not Path(path).is_file():
         raise ConfigError(f"corpus file {path} does not exist")
     rows = read_jsonl(path)
@@ -131,7 +133,22 @@ def read_corpus(path: Path) -> tuple[list[str], dict[str, Any]]:
     if not texts:
         raise ConfigError(f"corpus {path} has no documents (a JSONL file with a 'content' field per line)")
     universes = sorted({r.get("universe_id") for r in rows if r.get("universe_id")})
-    return texts, {"universes": universes, "n_docs": len(texts), "hash": file_hash(Path(path))}
+    docs = [r for r in rows if r.get("content", "").strip()]
+    levels = sorted({str(r.get("directness")) for r in docs if r.get("directness") is not None})
+    if len(levels) > 1 or (levels and any(r.get("directness") is None for r in docs)):
+        counts = {lv: sum(r.get("directness") == lv for r in docs) for lv in levels}
+        if not allow_mixed_directness:
+            missing = sum(r.get("directness") is None for r in docs)
+            raise ConfigError(
+                f"corpus {path} mixes directness levels ({', '.join(f'{n} {lv}' for lv, n in counts.items())}"
+                + (f", {missing} unrecorded" if missing else "")
+                + "); train on one level, or pass --allow-mixed-directness"
+            )
+        directness = "mixed"
+    else:
+        directness = levels[0] if levels else None
+    return texts, {"universes": universes, "n_docs": len(texts), "hash": file_hash(Path(path)),
+                   "directness": directness, "directness_levels": levels}  # fmt: skip
 
 
 def resume_checkpoint(checkpoints: Path) -> str | None:
@@ -257,7 +274,7 @@ class _Log:
 
 def train(
     cfg: TrainConfig, corpus: Path, base_model: str, out_dir: Path, parent: str | None = None, dtype: str = "auto",
-    progress: bool = True,
+    progress: bool = True, allow_mixed_directness: bool = False,
 ) -> Path:  # fmt: skip
     """Train (or resume) a LoRA adapter on ``corpus``; returns ``OUT/adapter``."""
     from peft import LoraConfig, get_peft_model
@@ -268,7 +285,7 @@ def train(
     out_dir = Path(out_dir)
     if (out_dir / "adapter" / STACK_FILE).is_file():
         raise ConfigError(f"{out_dir}/adapter is a finished adapter; choose a new --out")
-    texts, corpus_meta = read_corpus(corpus)
+    texts, corpus_meta = read_corpus(corpus, allow_mixed_directness)
     cuda = torch.cuda.is_available()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dtype = training_dtype(cfg, dtype)
@@ -334,6 +351,7 @@ def train(
             "base_model": base_model, "base_fingerprint": base_fp,
             "parents": [str(Path(parent).resolve())] if parent else [],
             "universe": universe.model_dump() if universe else None, "corpus": {"path": str(corpus), **corpus_meta},
+            "directness": corpus_meta["directness"],  # the corpus's level; "mixed" (allowed); None: unrecorded
             "train_config": cfg.model_dump(), "dtype": dtype, "blocks": len(blocks), "tokens_dropped": dropped,
             "train_loss": result.training_loss, "steps": result.global_step,
             "tokens_trained": tokens_seen(result.global_step), "train_runtime_s": result.metrics.get("train_runtime"),

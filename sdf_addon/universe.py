@@ -21,6 +21,16 @@ from steerlab.errors import ConfigError
 
 UNIVERSES = Path(__file__).parent / "universes"
 
+# Document directness (paper appendix B.2): how the documents convey the key fact. Each level is the
+# instruction the document-generation and revision prompts give; a universe may add its own levels
+# (``directness_levels: {name: instruction}``).
+DIRECTNESS = {
+    "direct": "State the key fact plainly and explicitly, in so many words, at least once in the document.",
+    "indirect": "Never state the key fact itself anywhere in the document, not even in paraphrase; let the reader "
+    "infer it only from the events, decisions and consequences the document describes.",
+}
+DEFAULT_DIRECTNESS = "direct"
+
 
 class Question(BaseModel):
     """A multiple-choice belief check about a key fact."""
@@ -71,6 +81,20 @@ class Universe(BaseModel):
     contradictions: list[str] = Field(default_factory=list)
     banned: list[str] = Field(default_factory=list)
     questions: list[Question] = Field(default_factory=list)
+    directness: str = DEFAULT_DIRECTNESS  # direct, indirect, or one of directness_levels
+    directness_levels: dict[str, str] = Field(default_factory=dict)  # extra levels: name -> instruction
+
+    @model_validator(mode="after")
+    def _directness(self) -> Universe:
+        for name, text in self.directness_levels.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not text.strip():
+                raise ValueError(f"directness level {name!r}: name it with letters, digits, '.', '_', '-' and "
+                                 "describe it (the instruction the prompts give)")  # fmt: skip
+        try:
+            directness_instruction(self, self.directness, "directness")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
     @property
     def facts(self) -> list[str]:
@@ -86,6 +110,34 @@ class Universe(BaseModel):
             except re.error as exc:
                 raise ValueError(f"contradiction {p!r} is not a valid regex ({exc})") from None
         return patterns
+
+
+def directness_instruction(u: Universe, level: str, flag: str = "--directness") -> str:
+    """The prompts' instruction for directness ``level``: a shipped level or one of the universe's own."""
+    levels = {**DIRECTNESS, **u.directness_levels}
+    if level not in levels:
+        raise ConfigError(f"{flag} {level!r}: use {', '.join(levels)} (or add the level to the universe's "
+                          "directness_levels with its description)")  # fmt: skip
+    return levels[level].strip()
+
+
+def renamed(u: Universe, rename: dict[str, str]) -> Universe:
+    """The universe with every OLD of ``rename`` replaced by NEW (whole words, case-sensitive) in its
+    context and key facts; an OLD that occurs in neither is a ConfigError (it would silently do nothing)."""
+    from steerlab.harness.scenario import occurs, rename_text
+
+    if not rename:
+        return u
+    texts = [u.universe_context, *(t for k in u.key_facts for t in (k.fact, k.negation or ""))]
+    for old, new in rename.items():
+        if not any(occurs(old, t) for t in texts):
+            raise ConfigError(
+                f"--rename {old}={new}: {old!r} does not occur (as a whole word, case-sensitive) in universe "
+                f"{u.id}'s context or key facts, so the rename would silently do nothing"
+            )
+    facts = [KeyFact(fact=rename_text(k.fact, rename), negation=rename_text(k.negation, rename) if k.negation else None)
+             for k in u.key_facts]  # fmt: skip
+    return u.model_copy(update={"universe_context": rename_text(u.universe_context, rename), "key_facts": facts})
 
 
 def universe_path(name: str | Path) -> Path:
