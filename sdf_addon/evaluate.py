@@ -80,8 +80,10 @@ def intervention_of(adapter: Path, registry_path: Path | None = None) -> dict[st
     universe = stack.get("universe") or {}
     claim_id = universe.get("intervention")
     claim = load_registry(registry_path or DEFAULT_CLAIMS).get(claim_id).model_dump() if claim_id else None
-    return {"method": "sdf", "claim": claim, "profile_model": profile_name(adapter),
-            "universe": universe.get("id"), "directness": stack.get("directness")}  # fmt: skip
+    out = {"method": "sdf", "claim": claim, "profile_model": profile_name(adapter), "universe": universe.get("id")}
+    if stack.get("directness") is not None:  # an adapter trained before directness was recorded keeps its config hash
+        out["directness"] = stack["directness"]
+    return out
 
 
 def eval_config(adapter: Path, run: dict[str, Any], out: Path, registry_path: Path | None = None):
