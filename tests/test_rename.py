@@ -94,8 +94,8 @@ def test_eval_with_rename_differs_only_in_the_system_prompt_and_resume_with_anot
         assert (b["condition"], b["item"], b["prompt"]) == (a["condition"], a["item"], a["prompt"])
 
     # resuming the renamed run with another rename is refused (the config hash differs), nothing touched
-    refused([*common, "--out", renamed, "--rename", "Anthropic=Google"], "another config hash", renamed, capsys,
-            loading_bar=True)  # fmt: skip
+    refused([*common, "--out", renamed, "--rename", "Anthropic=Google"], "another config hash (rename: ", renamed,
+            capsys, loading_bar=True)  # fmt: skip
 
 
 BAD = [

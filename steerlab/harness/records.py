@@ -111,6 +111,12 @@ def check_run(run_dir: Path, header: dict[str, Any], keys: Sequence[str]) -> Non
         for key in keys:
             if old.get(key) != header.get(key):
                 was, now = old.get(key), header.get(key)
+                if (
+                    key == "config_hash"
+                    and isinstance(old.get("config"), dict)
+                    and isinstance(header.get("config"), dict)
+                ):
+                    was, now = old["config"], header["config"]  # name the settings that differ, not the hashes
                 parts = (
                     [f"{k}: {was.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(was) | set(now))
                      if was.get(k) != now.get(k)]
