@@ -94,7 +94,10 @@ def draw_screening(data: dict[str, Any]):
         ax.scatter(sx, sy, color="black", s=12, zorder=3, gid=f"seeds:{cond}")
     for i, m in enumerate(models):
         g = m["gap"]
-        top = max(m[c]["ci_high"] for c in AF_CONDITIONS if m[c]["ci_high"] == m[c]["ci_high"]) if models else 0
+        top = max(
+            [m[c]["ci_high"] for c in AF_CONDITIONS if m[c]["ci_high"] == m[c]["ci_high"]]
+            or [m[c]["rate"] for c in AF_CONDITIONS]
+        )
         ax.text(
             i,
             min(1.0, top) + 0.04,
