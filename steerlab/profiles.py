@@ -104,11 +104,11 @@ class Profile:
                 "point": self.point(), "net": self.net}  # fmt: skip
 
 
-def _model_id(header: dict[str, Any]) -> str:
+def model_id(header: dict[str, Any]) -> str:
     fp = header.get("model")
     if fp:
         return json.dumps(fp, sort_keys=True)
-    return f"api:{_model_name(header)}"
+    return f"api:{model_name(header)}"
 
 
 def adapter_name(path: str | Path) -> str:
@@ -119,7 +119,7 @@ def adapter_name(path: str | Path) -> str:
     return p.parent.name if p.name == "adapter" and p.parent.name else p.name
 
 
-def _model_name(header: dict[str, Any]) -> str:
+def model_name(header: dict[str, Any]) -> str:
     cfg = header["config"]
     name = (header.get("intervention") or {}).get("profile_model") or cfg["model"]
     lora = cfg.get("lora")
@@ -177,14 +177,14 @@ def read_source(run_dir: Path, families: dict[str, str] | None = None) -> Source
             f"{run_dir} is an evaluation without interventions (no claims, vectors or SDF checkpoint); "
             "a profile needs prompt-eval, steered-sweep or SDF runs"
         )
-    return Source(str(run_dir), _model_name(header), _model_id(header), method, variant, rows, claims)
+    return Source(str(run_dir), model_name(header), model_id(header), method, variant, rows, claims)
 
 
 def run_profile(run_dir: Path, net: dict[str, Any]) -> Profile:
     """The profile of one prompt-eval run from the net scores its summary already holds."""
     header = read_header(run_dir)
-    return Profile(_model_name(header), "prompt", header["claims"]["strength"], [str(run_dir)],
-                   claims_of(header["claims"]), net, [_model_id(header)])  # fmt: skip
+    return Profile(model_name(header), "prompt", header["claims"]["strength"], [str(run_dir)],
+                   claims_of(header["claims"]), net, [model_id(header)])  # fmt: skip
 
 
 def build_profiles(

@@ -30,7 +30,7 @@ def heatmap(
 ) -> None:
     """Colour every token of chosen samples by its residual activation's cosine with steering vectors
     (averaged over each vector's layers), beside its random controls."""
-    from steerlab.analysis.heatmap import run_heatmap
+    from steerlab.analysis.heatmap_run import run_heatmap
 
     ids = [s.strip() for s in samples.split(",") if s.strip()] if samples is not None else None
     maps = run_heatmap(

@@ -18,7 +18,8 @@ from typing import Any
 from steerlab.errors import ConfigError, SteerlabError
 from steerlab.fileio import atomic_write_text
 from steerlab.harness.records import check_unique, read_header, read_samples
-from steerlab.profiles import _model_id, _model_name
+from steerlab.profiles import model_id as header_model_id
+from steerlab.profiles import model_name as header_model_name
 from steerlab.prompts import BASELINE
 
 AF_CONDITIONS = ("monitored", "unmonitored")
@@ -39,12 +40,12 @@ class Run:
     @property
     def model_id(self) -> str:
         """The model's identity: its fingerprint (or the API model name), as profiles pool by."""
-        return _model_id(self.header)
+        return header_model_id(self.header)
 
     @property
     def model(self) -> str:
         """The model's display name (an SDF checkpoint's profile model: its organism's name)."""
-        return _model_name(self.header)
+        return header_model_name(self.header)
 
     @property
     def intervention(self) -> dict[str, Any] | None:
