@@ -65,6 +65,8 @@ demo: $(STAMP)
 	$(BIN)/steerlab heatmap $(DEMO_OUT)/af_sweep --vector $(DEMO_OUT)/vectors/researcher_expectations/smollm2.safetensors \
 		--vector $(DEMO_OUT)/vectors/retraining_consequences/smollm2.safetensors --controls 2 --per-condition 1 \
 		--out $(DEMO_OUT)/heatmap --overwrite
+	# every paper figure the demo runs support (the rest are listed as skipped, with the reason)
+	$(BIN)/steerlab figure all $(DEMO_OUT)/af_sweep $(DEMO_OUT)/prompt_eval --out $(DEMO_OUT)/figures
 
 # Regenerate the vectors shipped in vectors/ (same settings as the demo).
 vectors: $(STAMP)

@@ -359,7 +359,7 @@ def test_all_draws_what_the_runs_support_and_says_what_it_skipped(requests_file,
     assert sorted(p.name for p in out.iterdir()) == ["screening.json", "screening.png", "sdf.json", "sdf.png"]
     skipped = {line.split(":")[0]: line for line in stdout.splitlines() if line.startswith("skipped ")}
     assert set(skipped) == {f"skipped {k}" for k in ("controls", "raw", "strength", "directness", "naming")}
-    assert "is a sdf run; the controls figure needs steered sweep runs" in skipped["skipped controls"]
+    assert "no steering run among the 5 given" in skipped["skipped controls"]  # each kind reads its own runs
     assert "no run records a document directness" in skipped["skipped directness"]
     # screening of SDF runs: one bar per checkpoint, each the same gap the sdf figure draws
     scr, sdf = json.loads((out / "screening.json").read_text()), json.loads((out / "sdf.json").read_text())

@@ -28,6 +28,10 @@ KINDS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[dict[str, Any]],
     "naming": (interventions.naming_data, interventions.draw_naming),
 }
 
+# The run kinds (Run.kind) a figure reads; absent: any run.
+RUN_KINDS = {"controls": ("steering",), "raw": ("steering",), "strength": ("prompt",), "sdf": ("sdf",),
+             "directness": ("sdf",)}  # fmt: skip
+
 
 def prepare(kind: str, runs: Sequence[Run], seed: int = 0) -> dict[str, Any]:
     if kind not in KINDS:
@@ -48,8 +52,13 @@ def make_all(run_dirs: Sequence[Path], out_dir: Path, seed: int = 0) -> tuple[li
     runs = load_runs(run_dirs)
     ready, skipped = {}, {}
     for kind in KINDS:
+        # Each kind draws from the runs of the kind it reads (a steered sweep's controls beside a prompt-eval run).
+        usable = [r for r in runs if RUN_KINDS.get(kind) is None or r.kind in RUN_KINDS[kind]]
+        if not usable:
+            skipped[kind] = f"no {' or '.join(RUN_KINDS[kind])} run among the {len(runs)} given"
+            continue
         try:
-            ready[kind] = prepare(kind, runs, seed=seed)
+            ready[kind] = prepare(kind, usable, seed=seed)
         except SteerlabError as exc:
             skipped[kind] = str(exc)
     if not ready:
