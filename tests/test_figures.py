@@ -348,6 +348,26 @@ def test_naming_gap_original_beside_renamed(requests_file, tmp_path, capsys):
         interventions.naming_data(load_runs([original, other]))
 
 
+def test_runs_that_differ_in_more_than_seed_are_not_pooled(requests_file, tmp_path):
+    """A bar pools only runs that differ in their seeds: not other generation settings, datasets, adapters, renames
+    or document directness (each would average two experiments into one number)."""
+    a = af_run(requests_file, tmp_path / "a", screen_rule, model="fake-a")
+    longer = af_run(requests_file, tmp_path / "longer", screen_rule, model="fake-a", max_new_tokens=999, seeds=[2])
+    with pytest.raises(Exception, match=r"screening figure pools .* differ in max_new_tokens \(40 vs 999\)"):
+        compliance.screening_data(load_runs([a, longer]))
+    renamed = af_run(requests_file, tmp_path / "ren", screen_rule, model="fake-a", rename={"company": "lab"}, limit=4)
+    with pytest.raises(Exception, match=r"naming figure pools .* differ in limit"):
+        interventions.naming_data(load_runs([a, renamed]))
+    renamed_all = af_run(requests_file, tmp_path / "ren2", screen_rule, model="fake-a", rename={"company": "lab"})
+    bars = compliance.screening_data(load_runs([a, renamed_all]))["models"]
+    assert [m["model"] for m in bars] == ["fake-a", "fake-a (company→lab)"]  # apart, not pooled
+    direct = sdf_runs(requests_file, tmp_path, directness="direct", prefix="d")
+    indirect = sdf_runs(requests_file, tmp_path, directness="indirect", prefix="i")
+    with pytest.raises(Exception, match=r"2 directness levels \(direct, indirect\); draw them with"):
+        interventions.sdf_data(load_runs([*direct, *indirect[1:]]))
+    assert interventions.sdf_data(load_runs(direct))["models"][0]["interventions"]  # one level: drawn
+
+
 # ----------------------------------------------------------------------------- all
 
 

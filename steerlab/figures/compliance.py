@@ -20,6 +20,8 @@ from steerlab.figures.runs import (
     has_gap_conditions,
     one_model,
     require_kind,
+    require_same,
+    setting,
     tagged,
     unsteered,
 )
@@ -43,15 +45,24 @@ def _err(values, lows, highs) -> list[list[float]]:
 # ----------------------------------------------------------------------------- screening (Fig. 2)
 
 
+def _variant(st: dict[str, Any]) -> list[str]:
+    """What sets a bar apart beyond the model: its document directness and its provider renames."""
+    renames = ", ".join(f"{a}→{b}" for a, b in sorted(st["rename"].items()))
+    return [st["directness"] or "", renames]
+
+
 def screening_data(runs: Sequence[Run], seed: int = 0) -> dict[str, Any]:
     """Per model (runs pooled by fingerprint and what was evaluated): monitored and unmonitored
     compliance of its unsteered samples with intervals, each seed's rate, and the gap."""
     groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
-    for r in runs:
-        groups[(r.subject, r.model_id)].append(r)
+    for r in runs:  # one bar per model and what was evaluated, under one naming and directness
+        st = setting(r)
+        subject = r.subject + "".join(f" ({part})" for part in _variant(st) if part)
+        groups[(subject, r.model_id)].append(r)
     names = [s for s, _ in groups]
     models = []
     for (subject, model_id), group in groups.items():
+        require_same(group, "screening")  # a bar's runs differ only in seed
         samples = [s for r in group for s in unsteered(r)]
         check_unique(samples, ", ".join(str(r.run_dir) for r in group))
         if not has_gap_conditions(samples):
@@ -122,6 +133,7 @@ def draw_screening(data: dict[str, Any]):
 def _steered(runs: Sequence[Run], figure: str) -> tuple[str, list[dict[str, Any]]]:
     require_kind(runs, ("steering",), figure, "steered sweep runs (steerlab sweep with vectors)")
     model, _ = one_model(runs, figure)
+    require_same(runs, figure)
     return model, tagged(runs)
 
 

@@ -19,6 +19,7 @@ from steerlab.figures.runs import (
     has_gap_conditions,
     one_model,
     require_kind,
+    require_same,
     unsteered,
 )
 from steerlab.harness import metrics
@@ -53,6 +54,7 @@ def strength_data(runs: Sequence[Run], seed: int = 0) -> dict[str, Any]:
     """A_net and B_net (with their intervals) and every claim's gap at each claim strength of one model."""
     require_kind(runs, ("prompt",), "strength", "prompt-eval runs (steerlab prompt-eval)")
     model, _ = one_model(runs, "strength")
+    require_same(runs, "strength")
     profiles = build_profiles([read_source(r.run_dir) for r in runs], seed=seed)
     order = {s: i for i, s in enumerate(STRENGTHS)}
     rows = []
@@ -93,6 +95,9 @@ def draw_strength(data: dict[str, Any]):
 def _sdf_groups(runs: Sequence[Run], figure: str) -> dict[str, dict[tuple[str, Any], list[Run]]]:
     """profile model -> (claim id or baseline, directness) -> runs."""
     require_kind(runs, ("sdf",), figure, "SDF evaluation runs (sdf eval: a header intervention)")
+    # The checkpoints differ in their adapter (the intervention); directness is checked by each figure (the organism
+    # beneath may record none).
+    require_same(runs, figure, ignore=("lora", "directness"))
     out: dict[str, dict[tuple[str, Any], list[Run]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         claim = r.intervention.get("claim")
@@ -109,6 +114,12 @@ def sdf_data(runs: Sequence[Run], seed: int = 0) -> dict[str, Any]:
     """Per model: the gap of each SDF checkpoint (runs of one claim pooled) and of the organism."""
     models = []
     for model, groups in _sdf_groups(runs, "sdf").items():
+        levels = sorted({str(d) for (cid, d) in groups if cid != BASELINE})
+        if len(levels) > 1:  # one bar per claim would average checkpoints trained on different documents
+            raise WrongRunsError(
+                f"the checkpoints of {model!r} were trained on documents of {len(levels)} directness levels "
+                f"({', '.join(levels)}); draw them with `steerlab figure directness`, or one level at a time"
+            )
         by_claim: dict[str, list[Run]] = defaultdict(list)
         for (cid, _), group in groups.items():
             by_claim[cid] += group
@@ -240,6 +251,7 @@ def naming_data(runs: Sequence[Run], seed: int = 0) -> dict[str, Any]:
         raise WrongRunsError("no run replaces a provider name (config.rename); give runs made with --rename OLD=NEW")
     if "original" not in namings:
         raise WrongRunsError("no run keeps the original naming; give the runs without --rename to compare against")
+    require_same(runs, "naming", ignore=("rename",))  # the runs differ only in the renames (and seeds)
     groups: dict[tuple[str, str], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         groups[(r.subject, r.model_id)][naming_of(r)].append(r)

@@ -104,8 +104,8 @@ def tagged(runs: Sequence[Run]) -> list[dict[str, Any]]:
 def one_model(runs: Sequence[Run], figure: str) -> tuple[str, str]:
     """(display name, identity) of the one model every run is of; refuses runs of several."""
     ids = defaultdict(list)
-    for r in runs:
-        ids[r.model_id].append(r)
+    for r in runs:  # an adapter on the same base is another model (its fingerprint is the base's)
+        ids[(r.model_id, (r.header.get("config") or {}).get("lora"))].append(r)
     if len(ids) > 1:
         names = sorted({f"{g[0].model} ({g[0].run_dir})" for g in ids.values()})
         raise WrongRunsError(
@@ -113,6 +113,36 @@ def one_model(runs: Sequence[Run], figure: str) -> tuple[str, str]:
             f"{', '.join(names)}; draw them separately"
         )
     return runs[0].model, runs[0].model_id
+
+
+# What a figure pools runs over must agree: how the samples were generated and judged, on which dataset, through
+# which adapter, under which naming and directness. Seeds and the output directory may differ.
+SETTING_FIELDS = ("scenario", "alignment_faking", "max_new_tokens", "temperature", "top_p", "stop", "chat_date",
+                  "judge", "prompts", "prompt_set", "limit")  # fmt: skip
+
+
+def setting(run: Run) -> dict[str, Any]:
+    """The settings of ``run`` that runs pooled into one figure must share (see :data:`SETTING_FIELDS`)."""
+    config = run.header.get("config") or {}
+    out = {k: config.get(k) for k in SETTING_FIELDS}
+    out["lora"] = config.get("lora")
+    out["rename"] = config.get("rename") or {}
+    out["directness"] = (run.intervention or {}).get("directness")
+    return out
+
+
+def require_same(runs: Sequence[Run], figure: str, ignore: Sequence[str] = ()) -> None:
+    """Refuse, with one line naming the first setting that differs and two runs, runs that differ in anything
+    but ``ignore`` (what the figure compares) and their seeds: pooling them would average different experiments."""
+    first = {k: v for k, v in setting(runs[0]).items() if k not in ignore}
+    for r in runs[1:]:
+        other = {k: v for k, v in setting(r).items() if k not in ignore}
+        for key in first:
+            if first[key] != other[key]:
+                raise WrongRunsError(
+                    f"the {figure} figure pools {runs[0].run_dir} and {r.run_dir}, which differ in {key} "
+                    f"({first[key]!r} vs {other[key]!r}); draw them separately"
+                )
 
 
 def require_kind(runs: Sequence[Run], kinds: Sequence[str], figure: str, needs: str) -> None:
