@@ -139,9 +139,13 @@ def require_same(runs: Sequence[Run], figure: str, ignore: Sequence[str] = ()) -
         other = {k: v for k, v in setting(r).items() if k not in ignore}
         for key in first:
             if first[key] != other[key]:
+                name, was, now = key, first[key], other[key]
+                if isinstance(was, dict) and isinstance(now, dict):  # name the inner setting, e.g. max_turns
+                    inner = next(k for k in sorted(set(was) | set(now), key=str) if was.get(k) != now.get(k))
+                    name, was, now = f"{key}.{inner}", was.get(inner), now.get(inner)
                 raise WrongRunsError(
-                    f"the {figure} figure pools {runs[0].run_dir} and {r.run_dir}, which differ in {key} "
-                    f"({first[key]!r} vs {other[key]!r}); draw them separately"
+                    f"the {figure} figure pools {runs[0].run_dir} and {r.run_dir}, which differ in {name} "
+                    f"({was!r} vs {now!r}); draw them separately"
                 )
 
 
