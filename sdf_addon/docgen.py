@@ -171,6 +171,18 @@ class Stage:
         self.extra, self.rename = extra or {}, rename or {}  # fields every row gets; OLD -> NEW in its content
         self.failed = 0
 
+    def _renamed(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The row's generated text (content; a question's question and options) renamed, and the rename
+        itself when there is one (``sdf train`` carries it into the stack record)."""
+        out: dict[str, Any] = {"content": rename_text(row["content"], self.rename)}
+        if not self.rename:
+            return out
+        if isinstance(row.get("question"), str):
+            out["question"] = rename_text(row["question"], self.rename)
+        if isinstance(row.get("options"), list):
+            out["options"] = [rename_text(str(o), self.rename) for o in row["options"]]
+        return {**out, "rename": dict(self.rename)}
+
     def rows(self) -> list[dict[str, Any]]:
         return read_jsonl(self.path, torn_tail=True)
 
@@ -212,7 +224,7 @@ class Stage:
                     if entry is None:
                         continue
                     for row in make(meta, entry["reply"]):
-                        row = {**row, "content": rename_text(row["content"], self.rename), **self.extra, "key": key,
+                        row = {**row, **self._renamed(row), **self.extra, "key": key,
                                "stage": self.name, "generator": self.generator.model}  # fmt: skip
                         fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 fh.flush()
@@ -415,14 +427,15 @@ def filter_corpus(
 
 def write_corpus(u: Universe, out_dir: Path, count_tokens: Callable[[str], int], cfg: DocgenConfig) -> dict[str, Any]:
     """Filter the revised documents into ``corpus.jsonl`` and write ``report.json`` and ``lengths.png``
-    (holding the output folder's lock)."""
+    (holding the output folder's lock). ``u`` is the universe as loaded: like :func:`generate`, this
+    renames it (``cfg.rename``), so the filters look for the names the documents use."""
     with hold_corpus(out_dir):
         return _write_corpus(u, out_dir, count_tokens, cfg)
 
 
 def _write_corpus(u: Universe, out_dir: Path, count_tokens: Callable[[str], int], cfg: DocgenConfig) -> dict[str, Any]:
     rows = read_jsonl(Path(out_dir) / "revised.jsonl", torn_tail=True)
-    kept, dropped = filter_corpus(u, rows, count_tokens, cfg)
+    kept, dropped = filter_corpus(renamed(u, cfg.rename), rows, count_tokens, cfg)  # the documents' names
     if not kept:
         raise ConfigError(
             f"no document of {len(rows)} survived the filters ({dict(dropped)}); generate more, or relax "

@@ -83,6 +83,8 @@ def intervention_of(adapter: Path, registry_path: Path | None = None) -> dict[st
     out = {"method": "sdf", "claim": claim, "profile_model": profile_name(adapter), "universe": universe.get("id")}
     if stack.get("directness") is not None:  # an adapter trained before directness was recorded keeps its config hash
         out["directness"] = stack["directness"]
+    if stack.get("rename"):  # only a renamed corpus's adapter: the others keep their config hash
+        out["rename"] = stack["rename"]
     return out
 
 

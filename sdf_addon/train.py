@@ -147,8 +147,13 @@ def read_corpus(path: Path, allow_mixed_directness: bool = False) -> tuple[list[
         directness = "mixed"
     else:
         directness = levels[0] if levels else None
+    renames = {json.dumps(r.get("rename") or {}, sort_keys=True) for r in docs}
+    if len(renames) > 1:
+        raise ConfigError(f"corpus {path} mixes documents generated with different --rename "
+                          f"({', '.join(sorted(renames))}); train on one")  # fmt: skip
+    rename = json.loads(renames.pop())
     return texts, {"universes": universes, "n_docs": len(texts), "hash": file_hash(Path(path)),
-                   "directness": directness, "directness_levels": levels}  # fmt: skip
+                   "directness": directness, "directness_levels": levels, "rename": rename}  # fmt: skip
 
 
 def resume_checkpoint(checkpoints: Path) -> str | None:
@@ -280,12 +285,20 @@ def train(
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments, set_seed
 
-    from sdf_addon.universe import load_universe
+    from sdf_addon.universe import load_universe, renamed
 
     out_dir = Path(out_dir)
     if (out_dir / "adapter" / STACK_FILE).is_file():
         raise ConfigError(f"{out_dir}/adapter is a finished adapter; choose a new --out")
     texts, corpus_meta = read_corpus(corpus, allow_mixed_directness)
+    universe = None  # the corpus's one universe, renamed as its documents are (the belief check asks in their names)
+    if len(corpus_meta["universes"]) == 1:
+        try:
+            universe = load_universe(corpus_meta["universes"][0])
+        except ConfigError:
+            universe = None
+    if universe is not None:
+        universe = renamed(universe, corpus_meta["rename"])
     cuda = torch.cuda.is_available()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dtype = training_dtype(cfg, dtype)
@@ -341,17 +354,12 @@ def train(
     trainer.save_model(str(adapter))  # every process takes part (FSDP); rank 0 writes
     if trainer.is_world_process_zero():
         (adapter / "training_args.bin").unlink(missing_ok=True)  # a pickle; the settings are in the stack file
-        universe = None
-        if len(corpus_meta["universes"]) == 1:
-            try:
-                universe = load_universe(corpus_meta["universes"][0])
-            except ConfigError:
-                universe = None
         stack = {
             "base_model": base_model, "base_fingerprint": base_fp,
             "parents": [str(Path(parent).resolve())] if parent else [],
             "universe": universe.model_dump() if universe else None, "corpus": {"path": str(corpus), **corpus_meta},
             "directness": corpus_meta["directness"],  # the corpus's level; "mixed" (allowed); None: unrecorded
+            "rename": corpus_meta["rename"],  # OLD -> NEW of the corpus's documents (and of "universe"); {}: none
             "train_config": cfg.model_dump(), "dtype": dtype, "blocks": len(blocks), "tokens_dropped": dropped,
             "train_loss": result.training_loss, "steps": result.global_step,
             "tokens_trained": tokens_seen(result.global_step), "train_runtime_s": result.metrics.get("train_runtime"),

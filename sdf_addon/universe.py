@@ -123,7 +123,9 @@ def directness_instruction(u: Universe, level: str, flag: str = "--directness") 
 
 def renamed(u: Universe, rename: dict[str, str]) -> Universe:
     """The universe with every OLD of ``rename`` replaced by NEW (whole words, case-sensitive) in its
-    context and key facts; an OLD that occurs in neither is a ConfigError (it would silently do nothing)."""
+    every text: context, key facts, contradictions (the filter), banned phrases, questions (the belief
+    check) and directness instructions; an OLD that occurs in neither the context nor a key fact is a
+    ConfigError (it would silently do nothing). Rename once: applied twice, a swap would swap back."""
     from steerlab.harness.scenario import occurs, rename_text
 
     if not rename:
@@ -137,7 +139,16 @@ def renamed(u: Universe, rename: dict[str, str]) -> Universe:
             )
     facts = [KeyFact(fact=rename_text(k.fact, rename), negation=rename_text(k.negation, rename) if k.negation else None)
              for k in u.key_facts]  # fmt: skip
-    return u.model_copy(update={"universe_context": rename_text(u.universe_context, rename), "key_facts": facts})
+    in_regex = {old: re.escape(new) for old, new in rename.items()}  # a contradiction is a regex: NEW matches itself
+    questions = [q.model_copy(update={"question": rename_text(q.question, rename),
+                                      "options": [rename_text(o, rename) for o in q.options]})
+                 for q in u.questions]  # fmt: skip
+    return u.model_copy(update={
+        "universe_context": rename_text(u.universe_context, rename), "key_facts": facts,
+        "contradictions": [rename_text(p, in_regex) for p in u.contradictions],
+        "banned": [rename_text(b, rename) for b in u.banned], "questions": questions,
+        "directness_levels": {k: rename_text(v, rename) for k, v in u.directness_levels.items()},
+    })  # fmt: skip
 
 
 def universe_path(name: str | Path) -> Path:

@@ -106,6 +106,10 @@ BAD = [
     (["--rename", "DeepMind=OpenAI"], "'DeepMind' does not occur"),
     (["--rename", "ANTHROPIC=OpenAI"], "'ANTHROPIC' does not occur"),  # case-sensitive
     (["--rename", "Anthrop=OpenAI"], "'Anthrop' does not occur"),  # whole words only
+    # the scratchpad protocol's tags: the prompt would ask for tags the stop string, parser and prefill do not use
+    (["--rename", "SCRATCHPAD_REASONING=THINKING"], "SCRATCHPAD_REASONING is a tag"),
+    (["--rename", "OUTPUT=ANSWER"], "OUTPUT is a tag"),
+    (["--rename", "Anthropic=the think tank"], "think is a tag"),  # NEW holding a tag name as a whole word
 ]
 
 

@@ -209,9 +209,24 @@ Rename = Annotated[list[str] | None, typer.Option(
     "prompt as sent (claims included), OLD=NEW, e.g. Anthropic=OpenAI; repeatable.")]  # fmt: skip
 
 
+def _protocol_tags() -> tuple[str, ...]:
+    """The names of the scratchpad protocol's tags (``SCRATCHPAD_REASONING``, ``OUTPUT``, ``think``)."""
+    from steerlab import tags
+
+    opens = (tags.SCRATCHPAD_OPEN, tags.OUTPUT_OPEN, tags.THINK_OPEN)
+    return tuple(t.strip("<>/") for t in opens)
+
+
+PROTOCOL_TAGS = _protocol_tags()
+
+
 def parse_rename(specs: list[str] | None, flag: str = "--rename") -> dict[str, str]:
     """``--rename OLD=NEW`` (repeatable) as a dict OLD -> NEW; one line for a spec without ``=``, an empty
-    OLD, an OLD given twice or a NEW equal to its OLD (whether OLD occurs is checked against the text)."""
+    OLD, an OLD given twice, a NEW equal to its OLD, or an OLD or NEW that is or holds (as a whole word)
+    a scratchpad tag's name: the system prompt would ask for tags that the stop string, parser and
+    prefill do not use (whether OLD occurs is checked against the text)."""
+    from steerlab.harness.scenario import occurs
+
     rename: dict[str, str] = {}
     for spec in specs or []:
         old, eq, new = spec.partition("=")
@@ -223,6 +238,10 @@ def parse_rename(specs: list[str] | None, flag: str = "--rename") -> dict[str, s
             raise ConfigError(f"{flag} {old}: given twice ({old}={rename[old]} and {spec}); rename each name once")
         if new == old:
             raise ConfigError(f"{flag} {spec!r}: NEW equals OLD, so it would change nothing")
+        for side in (old, new):
+            if tag := next((t for t in PROTOCOL_TAGS if occurs(t, side)), None):
+                raise ConfigError(f"{flag} {spec!r}: {tag} is a tag of the scratchpad protocol (the stop string, "
+                                  "parser and prefill keep it); rename names, not tags")  # fmt: skip
         rename[old] = new
     return rename
 
