@@ -141,6 +141,14 @@ def test_top_k_layers_by_validation_diagnostic_png_and_self_contained_html(run_d
         assert json.loads(f.attrs["model"]) == loaded.fingerprint.to_dict() and f.attrs["mode"] == "cosine"
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == 2 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    # --overwrite with fewer samples: the other sample's PNG goes too (it would stand beside a heatmap without it)
+    code, _, err = run_cli(["heatmap", run_dir, "--vector", path, "--samples", maps.samples[0].id, "--overwrite",
+                            "--layers", "top2", "--out", out, "--device", "cpu"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert [p.name for p in out.glob("*.png")] == [pngs[0].name]
+    code, _, err = run_cli(["heatmap", run_dir, "--vector", path, "--controls", "1", "--per-condition", "1",
+                            "--layers", "top2", "--out", out, "--device", "cpu", "--overwrite"], capsys)  # fmt: skip
+    assert code == 0, err
     html = (out / "heatmap.html").read_text()
     assert "http://" not in html and "https://" not in html
     assert not re.search(r"<script[^>]*\bsrc\s*=", html, re.I) and not re.search(r"<link[^>]*\bhref", html, re.I)
@@ -202,6 +210,7 @@ BAD = [
     ([*BASE, "--layers", "topx"], "write topK"),
     ([*BASE, "--controls", "4"], "has only 3 random controls"),
     (["heatmap", "run", "--vector", "v.safetensors", "--out", "full"], "not empty"),
+    ([*BASE, "--batch-size", "0"], "--batch-size 0: give at least 1"),  # before the model loads: no loading bar
 ]
 
 

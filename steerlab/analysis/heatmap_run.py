@@ -50,6 +50,8 @@ def run_heatmap(
         raise ConfigError("give at least one --vector FILE")
     if n_controls < 0:
         raise ConfigError(f"--controls {n_controls}: give 0 or more")
+    if batch_size < 1:  # here, before the model loads
+        raise ConfigError(f"--batch-size {batch_size}: give at least 1")
     header = read_header(run_dir)
     if not isinstance(header.get("model"), dict):
         raise ConfigError(f"{run_dir} records no model fingerprint (an API model?); heatmaps need a local model")
@@ -70,6 +72,9 @@ def run_heatmap(
     maps = compute(loaded, run_dir, header, chosen, bundles, n_controls, choice, projection, batch_size, progress)
     out.mkdir(parents=True, exist_ok=True)
     write_h5(out / "heatmap.h5", maps)
-    write_pngs(out, maps)
+    kept = set(write_pngs(out, maps))
+    for stale in out.glob("[0-9][0-9][0-9][0-9]_*.png"):  # an earlier --overwrite run's PNGs of other samples
+        if stale not in kept:
+            stale.unlink()
     write_html(out / "heatmap.html", maps)
     return maps
