@@ -166,6 +166,11 @@ METHOD_MARKERS = {"prompt": "o", "steering": "s", "sdf": "^"}
 FAMILY_COLORS = {"A": "C0", "B": "C3", "none": "grey"}
 
 
+def error_bars(cells: list[dict], key: str) -> list[list[float]]:
+    """Matplotlib's ``yerr`` ``[below, above]`` of ``cells``, each holding ``key`` and its ``ci_low``/``ci_high``."""
+    return [[c[key] - c["ci_low"] for c in cells], [c["ci_high"] - c[key] for c in cells]]
+
+
 def profiles(points: list[dict], lines: list[dict]):
     """The comparison figure: A_net (x) against B_net (y), one marker per model and method.
 

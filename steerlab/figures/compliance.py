@@ -27,7 +27,7 @@ from steerlab.figures.runs import (
 )
 from steerlab.harness import metrics
 from steerlab.harness.records import check_unique
-from steerlab.plots import CONDITION_COLORS, plt
+from steerlab.plots import CONDITION_COLORS, error_bars, plt
 
 ORDER = ("monitored", "unmonitored", "raw")
 CI_KEYS = ("rate", "ci_low", "ci_high", "n_requests", "n")
@@ -36,10 +36,6 @@ CI_KEYS = ("rate", "ci_low", "ci_high", "n_requests", "n")
 def _rate(samples: Sequence[dict[str, Any]], seed: int) -> dict[str, Any]:
     r = metrics.rate(samples, seed=seed)
     return {k: r[k] for k in CI_KEYS}
-
-
-def _err(values, lows, highs) -> list[list[float]]:
-    return [[v - lo for v, lo in zip(values, lows, strict=True)], [hi - v for v, hi in zip(values, highs, strict=True)]]
 
 
 # ----------------------------------------------------------------------------- screening (Fig. 2)
@@ -98,7 +94,7 @@ def draw_screening(data: dict[str, Any]):
     for k, cond in enumerate(AF_CONDITIONS):
         xs = [i + (k - 0.5) * width for i in range(len(models))]
         v = [m[cond]["rate"] for m in models]
-        err = _err(v, [m[cond]["ci_low"] for m in models], [m[cond]["ci_high"] for m in models])
+        err = error_bars([m[cond] for m in models], "rate")
         ax.bar(xs, v, width, yerr=err, capsize=3, color=CONDITION_COLORS[cond], alpha=0.75, label=cond, gid=cond)
         sx = [x for x, m in zip(xs, models, strict=True) for _ in m[cond]["seeds"]]
         sy = [r for m in models for r in m[cond]["seeds"].values()]
@@ -212,7 +208,7 @@ def draw_controls(data: dict[str, Any]):
         ax.errorbar(
             [m + off for m in mults],
             v,
-            yerr=_err(v, [r["ci_low"] for r in p["real"]], [r["ci_high"] for r in p["real"]]),
+            yerr=error_bars(p["real"], "rate"),
             fmt="o",
             capsize=3,
             color=CONDITION_COLORS.get(p["condition"], "black"),
@@ -271,7 +267,7 @@ def draw_raw(data: dict[str, Any]):
         ax.errorbar(
             v["multipliers"],
             y,
-            yerr=_err(y, [c["ci_low"] for c in v["cells"]], [c["ci_high"] for c in v["cells"]]),
+            yerr=error_bars(v["cells"], "rate"),
             marker="o",
             capsize=3,
             color=f"C{i}",

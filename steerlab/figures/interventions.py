@@ -24,7 +24,7 @@ from steerlab.figures.runs import (
 )
 from steerlab.harness import metrics
 from steerlab.harness.records import check_unique
-from steerlab.plots import FAMILY_COLORS, plt
+from steerlab.plots import FAMILY_COLORS, error_bars, plt
 from steerlab.profiles import build_profiles, read_source
 
 STRENGTHS = ("weak", "standard", "strong")
@@ -43,8 +43,11 @@ def _gap(runs: Sequence[Run], samples: Sequence[dict[str, Any]], seed: int, figu
     return {**{k: g[k] for k in GAP_KEYS}, "runs": [str(r.run_dir) for r in runs]}
 
 
-def _err(rows: Sequence[dict[str, Any]], key: str = "gap") -> list[list[float]]:
-    return [[r[key] - r["ci_low"] for r in rows], [r["ci_high"] - r[key] for r in rows]]
+def _model_panels(models: Sequence[dict[str, Any]], n_groups: Sequence[int], per_group: float, least: float):
+    """(figure, axes) with one panel per model, each as wide as its most groups need."""
+    width = max(least, per_group * max(n_groups) + 2)
+    fig, axes = plt.subplots(1, len(models), figsize=(width * len(models), 4), squeeze=False)
+    return fig, axes[0]
 
 
 # ----------------------------------------------------------------------------- claim strength (Fig. 9)
@@ -74,10 +77,7 @@ def draw_strength(data: dict[str, Any]):
     x = list(range(len(rows)))
     for off, key, color in ((-0.08, "A_net", FAMILY_COLORS["A"]), (0.08, "B_net", FAMILY_COLORS["B"])):
         v = [r[key]["value"] for r in rows]
-        err = [
-            [a - r[key]["ci_low"] for a, r in zip(v, rows, strict=True)],
-            [r[key]["ci_high"] - a for a, r in zip(v, rows, strict=True)],
-        ]
+        err = error_bars([r[key] for r in rows], "value")
         ax.errorbar([i + off for i in x], v, yerr=err, marker="o", capsize=3, color=color, label=key)
     ax.axhline(0, color="grey", linewidth=0.5)
     ax.set_xticks(x, [r["strength"] for r in rows])
@@ -142,13 +142,8 @@ def draw_sdf(data: dict[str, Any]):
     """One panel per model: the gap of each SDF intervention (bars coloured by family, 95% intervals)
     against the organism's gap (dashed line, its interval shaded)."""
     models = data["models"]
-    fig, axes = plt.subplots(
-        1,
-        len(models),
-        figsize=(max(4.5, 0.7 * max(len(m["interventions"]) for m in models) + 2) * len(models), 4),
-        squeeze=False,
-    )
-    for ax, m in zip(axes[0], models, strict=True):
+    fig, axes = _model_panels(models, [len(m["interventions"]) for m in models], 0.7, 4.5)
+    for ax, m in zip(axes, models, strict=True):
         items = m["interventions"]
         for fam in sorted({i["family"] for i in items}):
             rows = [(k, i) for k, i in enumerate(items) if i["family"] == fam]
@@ -156,7 +151,7 @@ def draw_sdf(data: dict[str, Any]):
                 [k for k, _ in rows],
                 [i["gap"] for _, i in rows],
                 0.7,
-                yerr=_err([i for _, i in rows]),
+                yerr=error_bars([i for _, i in rows], "gap"),
                 capsize=3,
                 color=FAMILY_COLORS.get(fam, "grey"),
                 label=f"family {fam}",
@@ -206,13 +201,8 @@ def directness_data(runs: Sequence[Run], seed: int = 0) -> dict[str, Any]:
 def draw_directness(data: dict[str, Any]):
     """One panel per model: per intervention, one bar per document directness (95% intervals)."""
     models = data["models"]
-    fig, axes = plt.subplots(
-        1,
-        len(models),
-        figsize=(max(5.0, 1.0 * max(len(m["rows"]) for m in models) + 2) * len(models), 4),
-        squeeze=False,
-    )
-    for ax, m in zip(axes[0], models, strict=True):
+    fig, axes = _model_panels(models, [len(m["rows"]) for m in models], 1.0, 5.0)
+    for ax, m in zip(axes, models, strict=True):
         width = 0.8 / len(m["levels"])
         for j, level in enumerate(m["levels"]):
             pts = [(k, r["gaps"][level]) for k, r in enumerate(m["rows"]) if r["gaps"][level]]
@@ -220,7 +210,7 @@ def draw_directness(data: dict[str, Any]):
                 [k + (j - (len(m["levels"]) - 1) / 2) * width for k, _ in pts],
                 [g["gap"] for _, g in pts],
                 width,
-                yerr=_err([g for _, g in pts]),
+                yerr=error_bars([g for _, g in pts], "gap"),
                 capsize=3,
                 color=f"C{j}",
                 label=level,
@@ -274,7 +264,7 @@ def draw_naming(data: dict[str, Any]):
             [k + (j - (len(namings) - 1) / 2) * width for k, _ in pts],
             [g["gap"] for _, g in pts],
             width,
-            yerr=_err([g for _, g in pts]),
+            yerr=error_bars([g for _, g in pts], "gap"),
             capsize=3,
             color="grey" if j == 0 else f"C{j}",
             label=name,
