@@ -184,9 +184,7 @@ class Steerer:
         self._source = table  # [n_rows, len(layers), d_model] as given, what a later cast starts from
         for j, layer in enumerate(self.layers):
             device, dtype = block_device_dtype(blocks[layer])
-            cast = table[:, j].to(device=device, dtype=dtype).contiguous()  # [n_rows, d_model]
-            self._check_finite(cast, layer)  # once per layer, at setup
-            self._tables.append(cast)
+            self._tables.append(self._layer_table(table, j, device, dtype))  # once per layer, at setup
             self._per_row.append(torch.zeros(max_batch, table.shape[-1], device=device, dtype=dtype))
         self.max_batch = max_batch
         self._handles: list[Any] = []
@@ -206,11 +204,17 @@ class Steerer:
                 "use a smaller multiplier (or a wider --dtype)"
             )
 
+    def _layer_table(self, table: torch.Tensor, j: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Layer ``j``'s rows of ``table`` ``[n_rows, d_model]`` on ``device`` in ``dtype``, refused (one line naming
+        the setting) where a row is not finite there."""
+        cast = table[:, j].to(device=device, dtype=dtype).contiguous()
+        self._check_finite(cast, self.layers[j])
+        return cast
+
     def _adopt(self, j: int, dtype: torch.dtype) -> torch.Tensor:
         """Layer ``j``'s table and buffer cast to the hidden states' ``dtype``, once, when a pass first shows it
         differs from the dtype guessed at setup; later passes and :meth:`set_rows` use the cast copies."""
-        table = self._source[:, j].to(device=self._tables[j].device, dtype=dtype).contiguous()  # [n_rows, d_model]
-        self._check_finite(table, self.layers[j])
+        table = self._layer_table(self._source, j, self._tables[j].device, dtype)
         self._tables[j] = table
         buffer = torch.zeros_like(self._per_row[j], dtype=dtype)  # [max_batch, d_model]
         rows = torch.as_tensor(self._rows, dtype=torch.long, device=table.device)
@@ -227,11 +231,7 @@ class Steerer:
                 f"table shape {tuple(table.shape)} does not match {len(self.layers)} layers of {self._source.shape[2]}"
             )
         self._labels = list(labels) if labels else []
-        tables = []
-        for j, buffer in enumerate(self._per_row):
-            cast = table[:, j].to(device=buffer.device, dtype=buffer.dtype).contiguous()  # [n_rows, d_model]
-            self._check_finite(cast, self.layers[j])
-            tables.append(cast)
+        tables = [self._layer_table(table, j, b.device, b.dtype) for j, b in enumerate(self._per_row)]
         self._source, self._tables = table, tables
         self.set_rows([])
 
