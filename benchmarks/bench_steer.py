@@ -94,7 +94,7 @@ def hook_cost(loaded, args) -> list[dict]:
 
     layers = middle_layers(loaded.n_layers, 8)
     steer = steerer_for(loaded.blocks, [SteeringSetting(random_vector(loaded, layers, 0), 1.0)], loaded.d_model)
-    from steerlab.backends.hf import _cache_of, forward_kwargs
+    from steerlab.backends.hf import cache_of, forward_kwargs
 
     cache_name, _ = forward_kwargs(loaded.model)
     out = []
@@ -105,11 +105,11 @@ def hook_cost(loaded, args) -> list[dict]:
         @torch.inference_mode()
         def steps(n: int = 16, ids: torch.Tensor = ids) -> float:
             res = loaded.model(input_ids=ids, use_cache=True)
-            past, tok = _cache_of(res), res.logits[:, -1:].argmax(-1)
+            past, tok = cache_of(res), res.logits[:, -1:].argmax(-1)
             t0 = time.perf_counter()
             for _ in range(n):  # the KV cache under the name this transformers takes (as the HF backend does)
                 res = loaded.model(input_ids=tok, use_cache=True, **{cache_name: past})
-                past, tok = _cache_of(res), res.logits[:, -1:].argmax(-1)
+                past, tok = cache_of(res), res.logits[:, -1:].argmax(-1)
             if loaded.device.type == "cuda":
                 torch.cuda.synchronize()
             return (time.perf_counter() - t0) / n

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from steerlab.backends.base import Request, Result, Sampling, check_requests, package_version, render_prompts
-from steerlab.backends.hf_compiled import CompiledDecoder, resolve_compile
+from steerlab.backends.hf_compiled import CompiledDecoder, cache_of, resolve_compile
 from steerlab.chat import folds_system
 from steerlab.errors import ConfigError
 from steerlab.loci import Position
@@ -76,12 +76,6 @@ def _library_cache_name() -> str:
     from transformers import LlamaForCausalLM
 
     return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
-
-
-def _cache_of(out: Any) -> Any:
-    """The KV cache a forward returned, read under the current name (the old one warns in transformers 5)."""
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
 
 
 class HFBackend:
@@ -306,7 +300,7 @@ class HFBackend:
             mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
             out = model(
                 input_ids=feed[:, None], attention_mask=mask, position_ids=positions,
-                use_cache=True, **{self._cache_kw: _cache_of(out)},
+                use_cache=True, **{self._cache_kw: cache_of(out)},
             )  # fmt: skip
             logits = out.logits[:, -1, :].float()  # [batch, vocab]
         if check:

@@ -6,8 +6,8 @@ address from one batch to the next, so the step compiles once and (``mode="reduc
 replays as a CUDA graph:
 
 - the KV cache is a transformers ``StaticCache`` of ``[batch_size, length]`` for every batch of a call
-  (``length``: the call's longest prompt plus its token budget, rounded up to a power of two; a later call
-  that needs more allocates a longer one, which compiles once more);
+  (``length``: the worst batch's widest prompt plus its largest token budget, rounded up to a power of two;
+  a later call that needs more allocates a longer one, which compiles once more);
 - the attention mask is one ``[batch_size, length]`` buffer, rewritten in place per batch: 0 on a row's
   left padding, 1 elsewhere (positions not yet written are hidden by the causal mask);
 - a batch smaller than ``batch_size`` (the last one of a call) is filled up with one-token rows that are
@@ -17,10 +17,11 @@ replays as a CUDA graph:
   (:meth:`~steerlab.steer.Steerer.retable`) and each batch its rows (``set_rows``), so neither a new setting
   nor a new batch recompiles or re-captures (an unsteered call adds row 0, exact zeros).
 
-The prefill pass (whose length varies) and the first decode step (whose hidden states are checked after
-steering, see :meth:`steerlab.backends.hf.HFBackend._decode`) run eagerly, into the same static cache.
-Greedy tokens equal the eager path's (tested on CPU); the numbers differ from it only by the compiler's
-reordering of floating-point sums.
+The prefill pass (whose length varies) runs eagerly on a batch's real rows, exactly as the eager path does,
+and its keys and values are copied into the static cache; the first decode step (whose hidden states are
+checked after steering, see :meth:`steerlab.backends.hf.HFBackend._decode`) runs eagerly too. Greedy tokens
+equal the eager path's (tested on CPU, float32 and bfloat16: inductor rounds bf16/fp16 as eager does); the
+numbers can differ from it only by the compiler's order of floating-point sums.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ def cache_length(needed: int, context: int | None) -> int:
     if context is not None:
         length = min(length, max(context, needed))
     return length
+
+
+def cache_of(out: Any) -> Any:
+    """The KV cache a forward returned, read under the current name (the old one warns in transformers 5)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def compile_blocker(loaded: Any) -> str | None:
@@ -76,10 +83,9 @@ def compile_blocker(loaded: Any) -> str | None:
 def resolve_compile(loaded: Any, compile: bool | None) -> bool:
     """``compile=None`` (auto): on for a model on a CUDA device that can take it; ``True`` refuses, with one
     line, a model that cannot."""
-    blocker = compile_blocker(loaded)
     if compile is None:
-        return loaded.device.type == "cuda" and blocker is None
-    if compile and blocker is not None:
+        return loaded.device.type == "cuda" and compile_blocker(loaded) is None
+    if compile and (blocker := compile_blocker(loaded)) is not None:
         raise ConfigError(f"--compile: {blocker}; use --no-compile")
     return compile
 
@@ -171,9 +177,8 @@ class CompiledDecoder:
         last = torch.cat([positions[:, -1:], positions.new_zeros(fill, 1)])  # [batch, 1]
         keep = {self.keep_kw: 1} if self.keep_kw else {}
         out = self.loaded.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
-        prompt = getattr(out, "cache", None)  # the prompt's KV cache (transformers 5's name, then 4.57's)
-        prompt = out.past_key_values if prompt is None else prompt
-        for layer, done in zip(self.cache.layers, prompt.layers, strict=True):  # done.keys: [rows, heads, width, dim]
+        # done.keys: [rows, heads, width, dim], the prompt's keys as the eager path would keep them
+        for layer, done in zip(self.cache.layers, cache_of(out).layers, strict=True):
             if not layer.is_initialized:
                 shape = (batch, done.keys.shape[1], 0)
                 layer.lazy_initialization(done.keys.new_empty(*shape, done.keys.shape[-1]),
