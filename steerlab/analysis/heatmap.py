@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from steerlab.backends.hf import left_pad
 from steerlab.errors import ConfigError
 from steerlab.models import LoadedModel
 from steerlab.vectors import VectorBundle
@@ -241,13 +242,8 @@ def token_values(
     bar = tqdm(total=len(seqs), unit="sample", desc="heatmap", disable=not progress)
     for lo in range(0, len(order), batch_size):
         batch = order[lo : lo + batch_size]
-        width = max(len(seqs[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for b, i in enumerate(batch):
-            ids[b, width - len(seqs[i]) :] = torch.tensor(list(seqs[i]))
-            mask[b, width - len(seqs[i]) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        ids, mask, positions = left_pad([seqs[i] for i in batch], pad)  # as the HF backend lays out its batches
+        width = ids.shape[1]
         got: dict[int, torch.Tensor] = {}
 
         def make_hook(li: int, last: bool, got: dict[int, torch.Tensor] = got):

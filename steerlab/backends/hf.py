@@ -78,6 +78,18 @@ def _library_cache_name() -> str:
     return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 
 
+def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask, position_ids)`` ``[batch, width]`` (CPU) of ``seqs`` left-padded with ``pad``:
+    every row ends at the last column, and positions count from each row's first real token."""
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        input_ids[b, width - len(s) :] = torch.tensor(list(s))
+        mask[b, width - len(s) :] = 1
+    return input_ids, mask, (mask.cumsum(-1) - 1).clamp_min(0)
+
+
 class HFBackend:
     def __init__(
         self,
@@ -229,15 +241,9 @@ class HFBackend:
         """
         model, tok, device = self.loaded.model, self.loaded.tokenizer, self.loaded.device
         static = self._static
-        real, width = len(seqs), max(len(s) for s in seqs)
+        real = len(seqs)
         pad = tok.pad_token_id
-        input_ids = torch.full((real, width), pad, dtype=torch.long)
-        mask = torch.zeros((real, width), dtype=torch.long)
-        for b, s in enumerate(seqs):
-            input_ids[b, width - len(s) :] = torch.tensor(s)
-            mask[b, width - len(s) :] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        input_ids, mask, positions = (t.to(device) for t in left_pad(seqs, pad))
         batch = real
         if static is not None and real < static.batch_size:
             # Decode steps keep the static batch shape: filler rows that are done from the start.
