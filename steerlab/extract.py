@@ -196,6 +196,18 @@ def _forward_pooled(
     return pooled, norms
 
 
+def _nnsight_forward(model: Any) -> Callable[..., tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    """:func:`_forward_pooled` through ``model``'s nnsight traces: the same right-padded batch and weights."""
+    from steerlab.nnsight_model import pool_trace
+
+    def forward(loaded: LoadedModel, sides: Sequence[Encoded], layers: list[int]):
+        ids, mask, weights = pad_batch(sides, loaded.tokenizer.pad_token_id, model.input_device)
+        pooled, norms = pool_trace(model, ids, mask, weights, layers)  # [batch, L, D], [batch, L]
+        return list(pooled.unbind(1)), list(norms.unbind(1))
+
+    return forward
+
+
 @torch.inference_mode()
 def pool(loaded: LoadedModel, sides: Sequence[Encoded], layers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Locus-pooled residual activations ``[len(sides), len(layers), d_model]`` and the mean per-token
@@ -316,6 +328,7 @@ def cache_meta(
     layers: list[int],
     pair_file: Path,
     pair_file_hash: str,
+    engine: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     splits: dict[str, int] = {}
     for p in pairs:
@@ -335,6 +348,10 @@ def cache_meta(
         "pair_file_hash": pair_file_hash,
         "concepts": sorted({p.concept for p in pairs}),
         "split_counts": splits,
+        # how the activations were computed: {"engine": "hf"} or the nnsight engine's record (remote runs: the NDIF
+        # model id). Recorded, not part of the identity: engines agree to float32 rounding (tested), and whether a
+        # remote and a local model are the same is the fingerprint's to say.
+        "engine": engine or {"engine": "hf"},
     }
 
 
@@ -448,13 +465,16 @@ def extract(
     pair_file: Path = Path("<memory>"),
     pair_file_hash: str = "",
     progress: bool = True,
+    nnsight: Any = None,
 ) -> Path:
     """Write the activation cache for ``pairs`` at ``out``, or reuse or resume one.
 
     A finished cache at ``out`` written with the same settings and model is reused as it is; one
     written otherwise is refused unless ``overwrite`` (which replaces it only once the new one is
     complete). An interrupted run's partial cache continues with ``resume``. ``batch_size``
-    counts pairs; each batch runs ``2 * batch_size`` sequences.
+    counts pairs; each batch runs ``2 * batch_size`` sequences. ``nnsight``: a
+    :class:`steerlab.nnsight_model.NNsightModel` wrapping ``loaded`` (locally or on NDIF), whose traces then compute
+    the pooled activations (:func:`steerlab.nnsight_model.pool_trace`) instead of steerlab's own hooks.
     """
     out = Path(out)
     locus = Locus(locus)
@@ -464,8 +484,10 @@ def extract(
         raise CacheError("--batch-size must be at least 1")
     layers = check_layers(layers, loaded.n_layers)
     meta = cache_meta(
-        loaded, pairs, locus=locus, dtype=dtype, layers=layers, pair_file=pair_file, pair_file_hash=pair_file_hash
-    )
+        loaded, pairs, locus=locus, dtype=dtype, layers=layers, pair_file=pair_file, pair_file_hash=pair_file_hash,
+        engine=nnsight.engine_meta() if nnsight is not None else None,
+    )  # fmt: skip
+    forward = _forward_pooled if nnsight is None else _nnsight_forward(nnsight)
 
     preflight(out, resume=resume, overwrite=overwrite)
     if out.exists() and not overwrite:
@@ -494,7 +516,7 @@ def extract(
                     blocks.raise_error()  # a failed write stops the run before the next forward pass
                     chunk = encoded[lo : lo + batch_size]
                     sides = [side for pair_sides in chunk for side in pair_sides]  # pos0, neg0, pos1, neg1, ...
-                    pooled, norms = _forward_pooled(loaded, sides, layers)
+                    pooled, norms = forward(loaded, sides, layers)
                     blocks.put((lo, len(chunk), to_host(pooled), to_host(norms)))
             finally:
                 blocks.close()  # the queued blocks are written (or dropped after a failed write)

@@ -157,6 +157,41 @@ def scripted_model(scripts: dict[str, list[str]], n_layers: int = 2, d_model: in
     return prepare(ScriptedLM(base.model, base.tokenizer, scripts), base.tokenizer, source="scripted")
 
 
+def scripted_llama(scripts: dict[str, list[str]], n_layers: int = 2, d_model: int = 32) -> LoadedModel:
+    """A tiny random Llama that writes scripts as :class:`ScriptedLM` does, but is itself a transformers
+    ``LlamaForCausalLM``: its own ``generate`` (which nnsight traces) and the HF backend's loop both decode it.
+
+    Its forward runs the real model (blocks, KV cache, steering) and then replaces the logits at the last position;
+    a pass over more than one token is a prefill and starts a new batch (every prompt is longer than one token).
+    """
+    import inspect
+
+    from transformers import LlamaForCausalLM
+
+    base = tiny_model(n_layers=n_layers, d_model=d_model)
+
+    class ScriptedLlama(LlamaForCausalLM):
+        def forward(self, input_ids=None, attention_mask=None, *args, **kwargs):
+            out = super().forward(input_ids, attention_mask, *args, **kwargs)
+            if input_ids.shape[1] > 1:
+                rows = input_ids.tolist() if attention_mask is None else [
+                    [t for t, m in zip(r, mk, strict=True) if m]
+                    for r, mk in zip(input_ids.tolist(), attention_mask.tolist(), strict=True)
+                ]  # fmt: skip
+                self._script._rows = [self._script._script_for(r) for r in rows]
+                self._script._step = 0
+            out.logits = self._script.next_logits(out.logits[:, -1:, :])
+            self._script._step += 1
+            return out
+
+    ScriptedLlama.forward.__signature__ = inspect.signature(LlamaForCausalLM.forward)  # the backends read its names
+    model = ScriptedLlama(base.model.config).eval()
+    model.load_state_dict(base.model.state_dict())
+    model.generation_config = base.model.generation_config
+    model._script = ScriptedLM(base.model, base.tokenizer, scripts)  # the script bookkeeping only
+    return prepare(model, base.tokenizer, source="scripted-llama")
+
+
 # Texts a model might write under the scratchpad protocol, shared by the HF and vLLM protocol tests
 # (marker in the user turn -> the texts of successive turns; see ScriptedLM).
 _SPC = "</SCRATCHPAD_REASONING>"

@@ -1,9 +1,10 @@
 """Generation backends behind one small interface (:class:`steerlab.backends.base.Backend`).
 
 A backend takes a list of requests (messages, sampling parameters, an optional steering
-setting) and returns one result per request, in order: ``hf`` (transformers, :mod:`.hf`) and
-``vllm`` (stock vLLM with steerlab's per-request steering, :mod:`.vllm`) and ``anthropic`` (the
-Messages API, :mod:`.anthropic`: closed models, no steering). :func:`make_backend` builds any of
+setting) and returns one result per request, in order: ``hf`` (transformers, :mod:`.hf`),
+``vllm`` (stock vLLM with steerlab's per-request steering, :mod:`.vllm`), ``nnsight`` (steering as nnsight
+interventions, here or on NDIF: :mod:`.nnsight`) and ``anthropic`` (the Messages API, :mod:`.anthropic`:
+closed models, no steering). :func:`make_backend` builds any of
 them from command-line settings.
 """
 
@@ -17,7 +18,7 @@ from steerlab.errors import ConfigError
 if TYPE_CHECKING:
     from steerlab.models import Fingerprint, LoadedModel
 
-BACKENDS = ("hf", "vllm", "anthropic")
+BACKENDS = ("hf", "vllm", "nnsight", "anthropic")
 
 
 def make_backend(
@@ -38,31 +39,47 @@ def make_backend(
     enable_prefix_caching: bool | None = None,
     vllm_args: dict[str, Any] | None = None,
     compile: bool | None = None,
+    remote: bool | None = None,
     **vllm_kwargs: Any,
 ) -> tuple[Backend, Fingerprint | None, LoadedModel | None]:
-    """(backend, the model's fingerprint (None for an API model), the HF model when ``kind == "hf"``).
+    """(backend, the model's fingerprint (None for an API model), the HF model when it is loaded here (``hf``, local
+    ``nnsight``)).
 
     ``device_map``/``max_memory`` shard an HF model with accelerate (see :func:`steerlab.models.load_model`);
     ``max_model_len`` (default 4096), ``gpu_memory_utilization``, ``enable_prefix_caching`` (default:
     vLLM's) and ``vllm_args`` (any further ``vllm.LLM`` keyword) configure the vLLM engine; ``compile`` turns the HF
-    backend's compiled decode path on or off (default: on for a model on one CUDA device).
+    backend's compiled decode path on or off (default: on for a model on one CUDA device); ``remote`` runs the
+    ``nnsight`` backend on NDIF.
     """
     if kind not in BACKENDS:
-        raise ConfigError(f"--backend {kind!r}: use hf, vllm or anthropic")
+        raise ConfigError(f"--backend {kind!r}: use hf, vllm, nnsight or anthropic")
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: give at least 1")
     engine = {"max_model_len": max_model_len, "gpu_memory_utilization": gpu_memory_utilization,
               "enable_prefix_caching": enable_prefix_caching}  # fmt: skip
     engine = {k: v for k, v in engine.items() if v is not None}
     check_backend_options(
-        kind, device_map=device_map, max_memory=max_memory, vllm_args=vllm_args, compile=compile, **engine
-    )
+        kind, device_map=device_map, max_memory=max_memory, vllm_args=vllm_args, compile=compile, remote=remote,
+        lora=lora, **engine,
+    )  # fmt: skip
     if kind == "anthropic":
         if lora is not None or tensor_parallel_size != 1 or position != "all":
             raise ConfigError("--lora, --tensor-parallel-size and --position do not apply to --backend anthropic")
         from steerlab.backends.anthropic import AnthropicBackend
 
         return AnthropicBackend(model), None, None
+    if kind == "nnsight":
+        if tensor_parallel_size != 1:
+            raise ConfigError("--tensor-parallel-size needs --backend vllm (on NDIF the service shards the model)")
+        from steerlab.backends.nnsight import NNsightBackend
+        from steerlab.nnsight_model import open_model
+
+        nn = open_model(model, remote=bool(remote), dtype=dtype, device=device, device_map=device_map,
+                        max_memory=max_memory, lora=lora)  # fmt: skip
+        backend = NNsightBackend(
+            nn, batch_size=batch_size, position=position, **({"chat_date": chat_date} if chat_date else {})
+        )
+        return backend, nn.loaded.fingerprint, (None if nn.remote else nn.loaded)  # type: ignore[return-value]
     if kind == "hf":
         if tensor_parallel_size != 1:
             raise ConfigError("--tensor-parallel-size needs --backend vllm")
@@ -95,9 +112,15 @@ def check_backend_options(kind: str, **given: Any) -> None:
     """Refuse (one line) sharding and engine options (make_backend's keywords) that ``kind`` does not take."""
     given = {k: v for k, v in given.items() if v is not None and v != {}}
     check_engine_options(given.get("max_model_len"), given.get("gpu_memory_utilization"))
-    if kind != "hf" and ("device_map" in given or "max_memory" in given):
+    if given.get("remote"):
+        if kind != "nnsight":
+            raise ConfigError(f"--remote runs the nnsight backend on NDIF; use --backend nnsight, not {kind}")
+        from steerlab.nnsight_model import check_remote_options
+
+        check_remote_options(**{k: given.get(k) for k in ("lora", "device_map", "max_memory", "compile")})
+    if kind not in ("hf", "nnsight") and ("device_map" in given or "max_memory" in given):
         raise ConfigError(
-            f"--device-map and --max-memory shard a model of --backend hf, not --backend {kind}"
+            f"--device-map and --max-memory shard a model of --backend hf or nnsight, not --backend {kind}"
             + (" (vLLM shards with --tensor-parallel-size)" if kind == "vllm" else "")
         )
     if kind != "hf" and "compile" in given:

@@ -188,21 +188,7 @@ class HFBackend:
                 elif room < r.sampling.max_new_tokens:
                     samplings[i] = replace(r.sampling, max_new_tokens=room)
         order = sorted((i for i in range(len(requests)) if results[i] is None), key=lambda i: len(ids[i]))
-        steerer = None
-        static = self._static
-        if static is not None and order:
-            # One static cache for the whole call. Every row of a batch writes at (the batch's widest prompt + step),
-            # for as many steps as the batch's largest budget: the cache must hold that, for the worst batch.
-            batches = [order[lo : lo + self.batch_size] for lo in range(0, len(order), self.batch_size)]
-            static.prepare(
-                max(max(len(ids[i]) for i in b) + max(samplings[i].max_new_tokens for i in b) for b in batches), context
-            )
-            static.load(settings)
-            steerer = static.steerer.install()
-        elif settings:
-            steerer = steerer_for(
-                self.loaded.blocks, settings, self.loaded.d_model, position=self.position, max_batch=self.batch_size
-            ).install()
+        steerer = self._steering(settings, order, ids, samplings, context)
         try:
             for lo in range(0, len(order), self.batch_size):
                 batch = order[lo : lo + self.batch_size]
@@ -222,6 +208,28 @@ class HFBackend:
                 steerer.remove()
                 steerer.unwatch()  # an error between the checks left it armed (the static steerer outlives the call)
         return results  # type: ignore[return-value]
+
+    def _steering(
+        self, settings: list[SteeringSetting], order: list[int], ids: list[list[int]], samplings: list[Sampling],
+        context: int | None,
+    ) -> Steerer | None:  # fmt: skip
+        """The installed steerer of a call (table row ``i + 1``: ``settings[i]``), or None; ``order`` lists the
+        requests to decode, in decoding order."""
+        static = self._static
+        if static is not None and order:
+            # One static cache for the whole call. Every row of a batch writes at (the batch's widest prompt + step),
+            # for as many steps as the batch's largest budget: the cache must hold that, for the worst batch.
+            batches = [order[lo : lo + self.batch_size] for lo in range(0, len(order), self.batch_size)]
+            static.prepare(
+                max(max(len(ids[i]) for i in b) + max(samplings[i].max_new_tokens for i in b) for b in batches), context
+            )
+            static.load(settings)
+            return static.steerer.install()
+        if settings:
+            return steerer_for(
+                self.loaded.blocks, settings, self.loaded.d_model, position=self.position, max_batch=self.batch_size
+            ).install()
+        return None
 
     @torch.inference_mode()
     def _decode(
@@ -254,11 +262,8 @@ class HFBackend:
                 labels = [*labels, *[None] * fill]
         generators = [torch.Generator(device=device).manual_seed(s.seed) for s in samplings]
         limit = max(s.max_new_tokens for s in samplings)
-        new: list[list[int]] = [[] for _ in range(batch)]
-        reason = ["length"] * batch
-        done = [b >= real for b in range(batch)]
-        scanned = [0] * batch  # characters of each row's text already searched for a stop that counts
-        cut: list[int | None] = [None] * batch  # where a row's text ends (just after its stop string)
+        rows = Transcripts(tok, self.eos_ids, samplings, heads, real)
+        done = rows.done
 
         check = steerer is not None and labels is not None and any(label is not None for label in labels)
         if check:
@@ -280,22 +285,7 @@ class HFBackend:
                     steerer.watch()
             nxt = self._pick(logits, samplings, generators)
             for b, token in enumerate(nxt.tolist()):  # one device sync per step, not one per row
-                if done[b]:
-                    continue
-                if token in self.eos_ids:
-                    done[b], reason[b] = True, "eos"
-                    continue
-                new[b].append(token)
-                if samplings[b].stop and self._stop_in_tail(new[b], samplings[b].stop):
-                    text = tok.decode(new[b], skip_special_tokens=True)
-                    s = samplings[b]
-                    cut[b] = first_stop(text, s.stop, s.stop_rule, heads[b], start=scanned[b])
-                    scanned[b] = len(text)
-                    if cut[b] is not None:
-                        done[b], reason[b] = True, "stop"
-                        continue
-                if len(new[b]) >= samplings[b].max_new_tokens:
-                    done[b] = True
+                rows.push(b, token)
             if all(done):
                 break
             feed = torch.where(torch.tensor(done, device=device), torch.full_like(nxt, pad), nxt)
@@ -311,11 +301,7 @@ class HFBackend:
             logits = out.logits[:, -1, :].float()  # [batch, vocab]
         if check:
             steerer.unwatch()  # a batch that ended after its prefill pass leaves the watch armed
-        texts = []
-        for b in range(real):
-            text = tok.decode(new[b], skip_special_tokens=True)
-            texts.append(text[: cut[b]] if reason[b] == "stop" else text)
-        return list(zip(texts, [len(n) for n in new[:real]], reason[:real], strict=True))
+        return rows.results()
 
     @staticmethod
     def _check_steered(steerer: Steerer, labels: list[str | None], logits: torch.Tensor, where: str) -> None:
@@ -348,7 +334,53 @@ class HFBackend:
             picked[b] = torch.multinomial(probs, 1, generator=generators[b])[0]
         return picked
 
+
+class Transcripts:
+    """What each row of a batch has written, token by token, and where it ends: the end-of-sequence token (not
+    kept), a stop string that counts (:func:`steerlab.tags.first_stop`, the text cut just after it) or its budget.
+
+    ``heads[b]`` is the transcript before row b's new text (for stop rules); rows from ``real`` on are fillers,
+    done from the start. Every local backend feeds its tokens through :meth:`push`, so they end rows alike."""
+
+    def __init__(self, tokenizer: Any, eos_ids: set[int], samplings: Sequence[Sampling], heads: Sequence[str],
+                 real: int | None = None) -> None:  # fmt: skip
+        n = len(samplings)
+        real = n if real is None else real
+        self.tokenizer, self.eos_ids, self.samplings, self.heads, self.real = tokenizer, eos_ids, samplings, heads, real
+        self.new: list[list[int]] = [[] for _ in range(n)]
+        self.reason = ["length"] * n
+        self.done = [b >= real for b in range(n)]
+        self.scanned = [0] * n  # characters of each row's text already searched for a stop that counts
+        self.cut: list[int | None] = [None] * n  # where a row's text ends (just after its stop string)
+
+    def push(self, b: int, token: int) -> None:
+        """Row ``b`` wrote ``token`` (ignored once the row is done)."""
+        if self.done[b]:
+            return
+        if token in self.eos_ids:
+            self.done[b], self.reason[b] = True, "eos"
+            return
+        new, s = self.new[b], self.samplings[b]
+        new.append(token)
+        if s.stop and self._stop_in_tail(new, s.stop):
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            self.cut[b] = first_stop(text, s.stop, s.stop_rule, self.heads[b], start=self.scanned[b])
+            self.scanned[b] = len(text)
+            if self.cut[b] is not None:
+                self.done[b], self.reason[b] = True, "stop"
+                return
+        if len(new) >= s.max_new_tokens:
+            self.done[b] = True
+
+    def results(self) -> list[tuple[str, int, str]]:
+        """(text, new tokens, finish reason) of each real row."""
+        out = []
+        for b in range(self.real):
+            text = self.tokenizer.decode(self.new[b], skip_special_tokens=True)
+            out.append((text[: self.cut[b]] if self.reason[b] == "stop" else text, len(self.new[b]), self.reason[b]))
+        return out
+
     def _stop_in_tail(self, tokens: list[int], stops: tuple[str, ...]) -> bool:
         """A cheap test before the exact one: does a stop string appear in the last few tokens?"""
-        tail = self.loaded.tokenizer.decode(tokens[-_STOP_TAIL_TOKENS:], skip_special_tokens=True)
+        tail = self.tokenizer.decode(tokens[-_STOP_TAIL_TOKENS:], skip_special_tokens=True)
         return any(s in tail for s in stops)

@@ -27,6 +27,7 @@ from steerlab.cli.options import (
     Method,
     OrthogonalizeAgainst,
     RankBy,
+    Remote,
     ReplaceVectors,
     Select,
     SelectLayers,
@@ -36,6 +37,7 @@ from steerlab.cli.options import (
     VectorsDir,
 )
 from steerlab.cli.report import print_diagnostics, print_score, print_selectivity
+from steerlab.errors import ConfigError
 from steerlab.loci import Locus
 
 
@@ -52,6 +54,10 @@ def extract(
     device: DeviceIndexed = "auto",
     device_map: str | None = typer.Option(None, help="'auto' to spread a large model over all GPUs."),
     trust_remote_code: TrustRemoteCode = False,
+    engine: str = typer.Option(
+        "hf", help="hf (steerlab's hooks) or nnsight (an nnsight trace, pooled inside it; on NDIF with --remote)."
+    ),
+    remote: Remote = False,
     resume: bool = typer.Option(False, help="Continue an interrupted run."),
     overwrite: bool = typer.Option(False, help="Replace an existing cache (the old one stays until the new is done)."),
     fit: bool = typer.Option(
@@ -84,6 +90,15 @@ def extract(
     from steerlab.models import load_model
     from steerlab.pairs import load_pairs
 
+    if engine not in ("hf", "nnsight"):
+        raise ConfigError(f"--engine {engine!r}: use hf or nnsight")
+    if remote:
+        from steerlab.nnsight_model import api_key, check_remote_options
+
+        if engine != "nnsight":
+            raise ConfigError("--remote runs the nnsight engine on NDIF; add --engine nnsight")
+        api_key()
+        check_remote_options(device_map=device_map)
     layer_list = parse_layers(layers)
     settings = _fit_settings(
         method=method, c=c, folds=folds, seed=seed, select=select, k=k, select_layers=select_layers,
@@ -97,7 +112,17 @@ def extract(
         expect["layers"] = sorted(layer_list)
     preflight(out_path, resume=resume, overwrite=overwrite, expect=expect)
     started = time.perf_counter()
-    loaded = load_model(model, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code)
+    nn = None
+    if engine == "nnsight":
+        from steerlab.nnsight_model import open_model
+
+        nn = open_model(model, remote=remote, dtype=dtype, device=device, device_map=device_map,
+                        trust_remote_code=trust_remote_code)  # fmt: skip
+        loaded = nn.loaded
+    else:
+        loaded = load_model(
+            model, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code
+        )
     if fit:  # what the fit after caching would refuse, before the caching
         cached = sorted(layer_list) if layer_list is not None else list(range(loaded.n_layers))
         concepts = sorted({p.concept for p in pair_list})
@@ -115,6 +140,7 @@ def extract(
             overwrite=overwrite,
             pair_file=pairs,
             pair_file_hash=pair_hash,
+            nnsight=nn,
         )
     except KeyboardInterrupt:
         err.print(f"interrupted; rerun the same command with --resume to continue {out_path}")
@@ -126,7 +152,7 @@ def extract(
         f"{time.perf_counter() - started:.1f}s"
     )
     if fit:
-        del loaded
+        del loaded, nn
         for concept in sorted(set(cache.concepts)):
             _fit_and_report(path, settings, vectors_dir, name, concept, overwrite_vectors)
 

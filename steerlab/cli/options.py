@@ -64,7 +64,12 @@ ControlSeed = Annotated[int, typer.Option(
     "(concept, model, pair file, locus, method), recorded in the header.")]  # fmt: skip
 
 # ----------------------------------------------------------------------------- generation (steer, sweep)
-BackendKind = Annotated[str, typer.Option("--backend", help="hf (transformers), vllm, or anthropic (no steering).")]
+BackendKind = Annotated[str, typer.Option(
+    "--backend", help="hf (transformers), vllm, nnsight (locally, or on NDIF with --remote), or anthropic "
+    "(no steering).")]  # fmt: skip
+Remote = Annotated[bool, typer.Option(
+    "--remote", help="nnsight: run on NDIF's copy of --model (a hub id NDIF hosts); the API key is read from "
+    "NDIF_API_KEY.")]  # fmt: skip
 DeviceMap = Annotated[str | None, typer.Option(
     "--device-map", help="hf: shard the model with accelerate: auto, balanced, balanced_low_0, sequential, a device "
     "(cpu, cuda:1), or a JSON file mapping module names to devices.")]  # fmt: skip
@@ -160,18 +165,23 @@ def parse_vllm_args(specs: list[str] | None) -> dict[str, Any]:
 def engine_options(
     device_map: str | None = None, max_memory: str | None = None, max_model_len: int | None = None,
     gpu_memory_utilization: float | None = None, enable_prefix_caching: bool | None = None,
-    vllm_arg: list[str] | None = None, compile: bool | None = None,
+    vllm_arg: list[str] | None = None, compile: bool | None = None, remote: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """The sharding and engine options as :func:`steerlab.backends.make_backend` keywords, checked (a
-    bad value is a :class:`ConfigError`) before any model loads; options not given are left out."""
+    bad value is a :class:`ConfigError`) before any model loads; options not given are left out. ``remote``
+    (NDIF) needs the API key in ``NDIF_API_KEY``: checked here, first."""
     from steerlab.backends import check_engine_options
 
+    if remote:
+        from steerlab.nnsight_model import api_key
+
+        api_key()
     check_engine_options(max_model_len, gpu_memory_utilization)
     given = {
         "device_map": parse_device_map(device_map), "max_memory": parse_max_memory(max_memory),
         "max_model_len": max_model_len, "gpu_memory_utilization": gpu_memory_utilization,
         "enable_prefix_caching": enable_prefix_caching, "vllm_args": parse_vllm_args(vllm_arg) or None,
-        "compile": compile,
+        "compile": compile, "remote": remote or None,
     }  # fmt: skip
     return {k: v for k, v in given.items() if v is not None}
 
@@ -201,7 +211,9 @@ JudgeModel = Annotated[str | None, typer.Option(help="Judge model (default claud
 JudgeBatch = Annotated[bool, typer.Option(help="Judge through the Message Batches API.")]
 RubricOpt = Annotated[Path, typer.Option("--rubric", help="Judge rubric (YAML).")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the run's size and judge cost; run nothing.")]
-BackendOpt = Annotated[str, typer.Option("--backend", help="hf (transformers), vllm, or anthropic (API models).")]
+BackendOpt = Annotated[str, typer.Option(
+    "--backend", help="hf (transformers), vllm, nnsight (locally, or on NDIF with --remote), or anthropic "
+    "(API models).")]  # fmt: skip
 LoraOpt = Annotated[str | None, typer.Option("--lora", help="A LoRA adapter directory (peft) on top of --model.")]
 BootstrapSeed = Annotated[int, typer.Option(help="Bootstrap seed.")]
 Rename = Annotated[list[str] | None, typer.Option(

@@ -133,8 +133,8 @@ def run_config(
     from steerlab.runs import check_config, make_scenario, run_sweep
 
     if backend == "anthropic" and cfg.vectors:
-        raise ConfigError("the anthropic backend cannot steer; drop the vectors or use --backend hf or vllm")
-    check_backend_options(backend, **(engine or {}))
+        raise ConfigError("the anthropic backend cannot steer; drop the vectors or use --backend hf, vllm or nnsight")
+    check_backend_options(backend, lora=cfg.lora, **(engine or {}))
     arms = check_config(cfg)  # sampling, scorer, vector files and their layers: before the model loads
     scenario = make_scenario(cfg)
     items = load_requests(cfg.prompts, cfg.prompt_set, cfg.limit)  # a bad request file fails before the model loads

@@ -42,6 +42,7 @@ from steerlab.cli.options import (
     OutDir,
     Prefill,
     PrefixCaching,
+    Remote,
     Rename,
     RubricOpt,
     RunSeed,
@@ -83,6 +84,7 @@ def sweep(
     enable_prefix_caching: PrefixCaching = None,
     vllm_arg: VllmArgs = None,
     compile: CompileOpt = None,
+    remote: Remote = False,
 ) -> None:
     """Run (or resume) a sweep of vectors and their random controls over signed multipliers, then summarise it.
 
@@ -93,7 +95,7 @@ def sweep(
     from steerlab.runs import figure, load_config, write_summary
 
     engine = engine_options(
-        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg, compile
+        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg, compile, remote
     )
     cfg = load_config(
         config,
@@ -175,12 +177,13 @@ def eval_command(
     enable_prefix_caching: PrefixCaching = None,
     vllm_arg: VllmArgs = None,
     compile: CompileOpt = None,
+    remote: Remote = False,
 ) -> None:
     """Run the alignment-faking evaluation (optionally steered), label, judge and summarise it."""
     from steerlab.generate import parse_multipliers
 
     engine = engine_options(
-        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg, compile
+        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg, compile, remote
     )
     if controls and vector is None:
         raise ConfigError(f"--controls {controls} needs --vector (the controls are that file's random directions)")
@@ -285,11 +288,12 @@ def prompt_eval(
     enable_prefix_caching: PrefixCaching = None,
     vllm_arg: VllmArgs = None,
     compile: CompileOpt = None,
+    remote: Remote = False,
 ) -> None:
     """Evaluate the baseline and every claim under monitored and unmonitored (one resumable run),
     then report each claim's gap and the net scores A_net and B_net."""
     engine = engine_options(
-        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg, compile
+        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg, compile, remote
     )
     shared = AFOptions(
         dataset=dataset, out_dir=out_dir, model=model, seeds=seeds, system_prompt=system_prompt,

@@ -20,6 +20,7 @@ from steerlab.cli.options import (
     MaxMemory,
     MaxModelLen,
     PrefixCaching,
+    Remote,
     TensorParallel,
     TopP,
     VllmArgs,
@@ -60,6 +61,7 @@ def steer(
     enable_prefix_caching: PrefixCaching = None,
     vllm_arg: VllmArgs = None,
     compile: CompileOpt = None,
+    remote: Remote = False,
 ) -> None:
     """Generate with a steering vector added to the residual stream (and, with --compare, without)."""
     from steerlab.backends import make_backend
@@ -70,7 +72,7 @@ def steer(
 
     multipliers = parse_multipliers(alpha)
     engine = engine_options(
-        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg, compile
+        device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg, compile, remote
     )
     if [prompt is not None, prompts is not None, chat].count(True) != 1:
         raise ConfigError("give exactly one of --prompt, --prompts or --chat")
