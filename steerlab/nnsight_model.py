@@ -205,7 +205,6 @@ def open_model(
     check_remote_options(lora=lora, device_map=device_map, max_memory=max_memory)
     key = api_key()
     from nnsight.modeling.transformers import TransformersModel
-
     from transformers import AutoTokenizer
 
     try:

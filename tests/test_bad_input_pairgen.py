@@ -54,7 +54,7 @@ TABLE = [
     ({**SPEC, "pairs": {"train": 10**11, "val": 1, "keyword_hard": 1}}, {}, [], "less than or equal to 100000"),
     ({**SPEC, "keywords": []}, {}, [], "keyword_hard pairs need controlled keywords"),
     ({**SPEC, "concept": "Toy Concept"}, {}, [], "concept: String should match pattern"),
-    (None, {}, ["--backend", "openai"], "--backend 'openai': use hf, vllm, anthropic"),
+    (None, {}, ["--backend", "openai"], "--backend 'openai': use hf, vllm, nnsight, anthropic"),
     (None, {}, ["--max-attempts", "3"], "--max-attempts 3 is fewer than the 4 pairs asked for"),
     (None, {}, ["--batch-size", "0"], "--batch-size 0: give at least 1"),
     (None, {}, ["--temperature", "-1"], "temperature must be a finite number >= 0"),

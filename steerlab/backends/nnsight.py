@@ -6,7 +6,9 @@ rows ended by :class:`steerlab.backends.hf.Transcripts` (end of sequence, stop s
 What differs is how a batch is decoded: one nnsight ``generate`` trace per batch (transformers' own decoding
 loop, greedy, with a clean generation config) whose body, at every step, adds to each selected block's output the
 row's own steering vector, ``table[rows]`` ``[batch, d_model]`` per layer: a batched intervention, one per layer and
-step, for all rows at once (benchmarks/bench_nnsight.py measures it against one invoke per row: it is faster).
+step, for all rows at once. benchmarks/bench_nnsight.py measures it against one invoke per row: on a CPU the two cost
+the same (within noise of a plain forward); the batched form makes one intervention per layer instead of one per row
+and layer, which is what a fast forward (a GPU; not measured) pays for, and one request body of fixed size for NDIF.
 The same body runs here and on NDIF (``remote``), where it is the only way to steer: NDIF runs one request per
 batch, with no state between requests, so decoding cannot be driven from here token by token.
 

@@ -64,7 +64,7 @@ def steer(
     remote: Remote = False,
 ) -> None:
     """Generate with a steering vector added to the residual stream (and, with --compare, without)."""
-    from steerlab.backends import make_backend
+    from steerlab.backends import check_backend_options, make_backend
     from steerlab.backends.base import Sampling
     from steerlab.generate import as_chat, completions, load_prompts, parse_multipliers, settings_for
     from steerlab.steer import build_table
@@ -74,6 +74,7 @@ def steer(
     engine = engine_options(
         device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg, compile, remote
     )
+    check_backend_options(backend_kind, lora=lora, **engine)  # an option the backend does not take: before any file
     if [prompt is not None, prompts is not None, chat].count(True) != 1:
         raise ConfigError("give exactly one of --prompt, --prompts or --chat")
     if chat and len(multipliers) != 1:
