@@ -14,8 +14,9 @@ steerlab is not installed.
 
 Remote runs. The API key is read from ``NDIF_API_KEY`` and nowhere else (not nnsight's config files), checked
 before anything loads, handed to nnsight's request object in memory and never written anywhere steerlab writes.
-Each remote request is retried on a connection error (backoff 2, 4, 8, 16 s; :data:`RETRIES` tries in all), then
-one line; a refusal by the service (a model it does not host, a bad key) is one line with the service's own words.
+Each remote request is retried on a connection error or an answer that says to try again (HTTP 408, 429, 5xx;
+backoff 2, 4, 8, 16 s; :data:`RETRIES` tries in all), then one line; any other answer of the service (a model it
+does not host, a bad key, a job that failed on the server) is one line with the service's own words.
 
 Fingerprint of a remote model. Weights are not local, so :func:`remote_fingerprint` covers: ``architecture`` (the
 class the config builds), ``n_layers`` and ``d_model`` (the config's), ``config_hash`` (the config's fields that
@@ -63,35 +64,62 @@ def api_key() -> str:
 
 
 def check_remote_options(*, lora: str | None = None, device_map: Any = None, max_memory: Any = None,
-                         compile: bool | None = None) -> None:  # fmt: skip
-    """Refuse options that place or change the weights: on NDIF the model is NDIF's."""
+                         compile: bool | None = None, dtype: str = "auto", device: str = "auto") -> None:  # fmt: skip
+    """Refuse options that place or change the weights: on NDIF the model, its dtype and its devices are NDIF's."""
     if lora is not None:
         raise ConfigError("--remote with --lora: NDIF serves its own weights; merge the adapter into a checkpoint "
                           "NDIF hosts, or run the adapter locally without --remote")  # fmt: skip
     if device_map is not None or max_memory is not None:
         raise ConfigError("--remote with --device-map/--max-memory: NDIF places the model itself; drop them")
+    if dtype != "auto" or device != "auto":
+        raise ConfigError("--remote with --dtype/--device: NDIF runs the model in its own dtype on its own GPUs; "
+                          "drop them")  # fmt: skip
     if compile is not None:
         raise ConfigError("--compile/--no-compile choose the HF backend's decode path, not the nnsight engine's")
 
 
+RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}  # HTTP answers that say "try again", not "no"
+
+
 def _is_network_error(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it wraps) is a failure to reach the service rather than the service's answer."""
+    """Whether ``exc`` (or what it wraps) is a failure to reach the service, or an answer that says to try again
+    (HTTP 408/429/5xx, also from a proxy during the websocket handshake), rather than the service's refusal."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, (ConnectionError, TimeoutError)):
+        if isinstance(exc, (ConnectionError, TimeoutError)):  # socket errors: refused, reset, timed out
             return True
+        if (
+            isinstance(exc, OSError)
+            and exc.errno is not None
+            and not isinstance(exc, (FileNotFoundError, PermissionError))
+        ):
+            return True  # "network is unreachable", name resolution (socket.gaierror), ...
         module = type(exc).__module__ or ""
-        name = type(exc).__name__
-        if module.startswith("httpx") and name in {"ConnectError", "ConnectTimeout", "ReadTimeout", "ReadError",
-                                                    "WriteError", "RemoteProtocolError", "PoolTimeout",
-                                                    "NetworkError", "TimeoutException"}:  # fmt: skip
-            return True
-        closed = {"WebSocketConnectionClosedException", "WebSocketTimeoutException", "WebSocketAddressException"}
-        if module.startswith("websocket") and name in closed:
-            return True
+        if module.startswith("httpx"):
+            import httpx
+
+            if isinstance(exc, httpx.TransportError):  # connect, read, write, pool, proxy, protocol errors
+                return True
+            if isinstance(exc, httpx.HTTPStatusError):
+                return exc.response.status_code in RETRY_STATUS
+        if module.startswith("websocket"):
+            import websocket
+
+            status = getattr(exc, "status_code", None)
+            if isinstance(exc, websocket.WebSocketBadStatusException):
+                return status in RETRY_STATUS
+            if isinstance(exc, websocket.WebSocketException):  # closed, timed out, address, protocol
+                return True
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return False
+
+
+def _is_service_answer(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from talking to NDIF (nnsight's RemoteError, an HTTP or websocket error), as opposed
+    to a bug here, which keeps its traceback."""
+    module = type(exc).__module__ or ""
+    return type(exc).__name__ == "RemoteError" or module.startswith(("httpx", "websocket"))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -112,6 +140,7 @@ class NNsightModel:
     retries: int | None = None  # default RETRIES
     backoff_s: float | None = None  # default BACKOFF_S
     _key: str | None = field(default=None, repr=False)
+    _model_key: str | None = None  # nnsight's key of the remote model (the hub's canonical repo id, the task)
 
     @property
     def input_device(self) -> torch.device:
@@ -132,7 +161,7 @@ class NNsightModel:
             return None
         from nnsight.intervention.backends.remote import RemoteBackend
 
-        return RemoteBackend(self.envoy.to_model_key(), api_key=self._key, env=self.envoy._remoteable_get_env())
+        return RemoteBackend(self._model_key, api_key=self._key, env=self.envoy._remoteable_get_env())
 
     def run(self, what: str, fn: Callable[[Any], T]) -> T:
         """``fn(backend)``, where ``fn`` opens and runs one trace with that nnsight backend; remote connection
@@ -147,14 +176,18 @@ class NNsightModel:
                 return fn(self.backend())
             except SteerlabError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - sorted into network errors and the service's answers
+            except Exception as exc:  # noqa: BLE001 - network errors are retried, the service's answers one line
                 if not _is_network_error(exc):
-                    raise NDIFError(f"NDIF refused {what} for {self.model_id}: {_first_line(exc)}") from None
+                    if _is_service_answer(exc):
+                        raise NDIFError(f"NDIF answered {what} for {self.model_id} with an error: "
+                                        f"{_first_line(exc)}") from None  # fmt: skip
+                    raise  # a bug here, not the service's answer: keep the traceback
                 if attempt == retries:
                     raise NDIFError(
                         f"NDIF could not be reached for {what} ({retries} tries over "
-                        f"{backoff * (2 ** (retries - 1) - 1):.0f}s: {_first_line(exc)}); check the "
-                        "connection and rerun the same command (finished work is kept)"
+                        f"{backoff * (2 ** (retries - 1) - 1):.0f}s: {_first_line(exc)}); check the connection "
+                        "and rerun (an extraction with --resume keeps the batches already cached; a run directory "
+                        "keeps its finished samples)"
                     ) from None
                 time.sleep(wait)
                 wait *= 2
@@ -202,7 +235,7 @@ def open_model(
     if not remote:
         return wrap_local(load_model(name, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
                                      lora=lora, trust_remote_code=trust_remote_code))  # fmt: skip
-    check_remote_options(lora=lora, device_map=device_map, max_memory=max_memory)
+    check_remote_options(lora=lora, device_map=device_map, max_memory=max_memory, dtype=dtype, device=device)
     key = api_key()
     from nnsight.modeling.transformers import TransformersModel
     from transformers import AutoTokenizer
@@ -219,8 +252,13 @@ def open_model(
         ) from None
     if envoy.tokenizer is None:
         raise ModelLoadError(f"{name!r} has no tokenizer on the hub; steerlab needs one to render prompts")
+    try:
+        model_key = envoy.to_model_key()  # asks the hub for the canonical repo id
+    except Exception as exc:  # noqa: BLE001 - the hub's answer, in one line
+        raise ModelLoadError(f"cannot resolve {name!r} on the hub ({_first_line(exc)}); NDIF models are named by "
+                             "their hub id") from None  # fmt: skip
     loaded = prepare(envoy._module, envoy.tokenizer, source=name)
-    model = NNsightModel(envoy=envoy, loaded=loaded, remote=True, model_id=name, _key=key)
+    model = NNsightModel(envoy=envoy, loaded=loaded, remote=True, model_id=name, _key=key, _model_key=model_key)
     loaded.fingerprint = remote_fingerprint(model)
     return model
 

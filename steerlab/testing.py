@@ -161,8 +161,10 @@ def scripted_llama(scripts: dict[str, list[str]], n_layers: int = 2, d_model: in
     """A tiny random Llama that writes scripts as :class:`ScriptedLM` does, but is itself a transformers
     ``LlamaForCausalLM``: its own ``generate`` (which nnsight traces) and the HF backend's loop both decode it.
 
-    Its forward runs the real model (blocks, KV cache, steering) and then replaces the logits at the last position;
-    a pass over more than one token is a prefill and starts a new batch (every prompt is longer than one token).
+    Its forward runs the real model (blocks, KV cache, steering); its LM head computes the real logits and replaces
+    those at the last position by the script's, so whatever reads the head's output (the nnsight backend) sees the
+    scripted logits. A pass over more than one token is a prefill and starts a new batch (every prompt is longer
+    than one token).
     """
     import inspect
 
@@ -170,25 +172,35 @@ def scripted_llama(scripts: dict[str, list[str]], n_layers: int = 2, d_model: in
 
     base = tiny_model(n_layers=n_layers, d_model=d_model)
 
+    class ScriptHead(torch.nn.Module):  # the LM head: real logits, then the script's at the last position
+        def __init__(self, real: torch.nn.Module, script: ScriptedLM):
+            super().__init__()
+            self.real, self.script = real, script
+
+        def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+            logits = self.real(hidden)  # [batch, seq, vocab]
+            out = logits.clone()
+            out[:, -1:, :] = self.script.next_logits(logits[:, -1:, :])
+            self.script._step += 1
+            return out
+
     class ScriptedLlama(LlamaForCausalLM):
         def forward(self, input_ids=None, attention_mask=None, *args, **kwargs):
-            out = super().forward(input_ids, attention_mask, *args, **kwargs)
-            if input_ids.shape[1] > 1:
+            if input_ids.shape[1] > 1:  # a prefill: a new batch
                 rows = input_ids.tolist() if attention_mask is None else [
                     [t for t, m in zip(r, mk, strict=True) if m]
                     for r, mk in zip(input_ids.tolist(), attention_mask.tolist(), strict=True)
                 ]  # fmt: skip
                 self._script._rows = [self._script._script_for(r) for r in rows]
                 self._script._step = 0
-            out.logits = self._script.next_logits(out.logits[:, -1:, :])
-            self._script._step += 1
-            return out
+            return super().forward(input_ids, attention_mask, *args, **kwargs)
 
     ScriptedLlama.forward.__signature__ = inspect.signature(LlamaForCausalLM.forward)  # the backends read its names
     model = ScriptedLlama(base.model.config).eval()
     model.load_state_dict(base.model.state_dict())
     model.generation_config = base.model.generation_config
     model._script = ScriptedLM(base.model, base.tokenizer, scripts)  # the script bookkeeping only
+    model.lm_head = ScriptHead(model.lm_head, model._script)
     return prepare(model, base.tokenizer, source="scripted-llama")
 
 

@@ -174,6 +174,23 @@ def test_a_steered_row_whose_hidden_state_overflows_is_the_hf_backends_one_line(
                                   "state at layer 2 is non-finite")  # fmt: skip
 
 
+def test_a_vector_that_overflows_the_models_dtype_is_refused_before_the_batch(tiny):
+    """As the HF backend's Steerer refuses it: the same line, before anything is generated."""
+    from test_steer import half_tiny, uniform
+
+    from steerlab.errors import ConfigError
+    from steerlab.generate import as_chat
+
+    half = half_tiny()
+    requests = [Request(as_chat("Hi"), Sampling(max_new_tokens=3), SteeringSetting(uniform(half, 1.0, name="ones"), 1e5))]
+    messages = []
+    for backend in (HFBackend(half), NNsightBackend(wrap_local(half))):
+        with pytest.raises(ConfigError) as info:
+            backend.generate(requests)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1] and "overflows the model's float16" in messages[1]
+
+
 # --------------------------------------------------------------------------------------------- SmolLM2 (integration)
 @pytest.mark.integration
 def test_smollm2_extraction_and_steered_generation_equal_the_hf_path(smollm2, tmp_path):
@@ -213,6 +230,13 @@ class Server:
         record = {"model_key": request.model_key, "api_key": backend.api_key, "env": dict(request.env),
                   "host": backend.host, "payload_bytes": len(blob)}  # fmt: skip
         self.requests.append(record)
+        raw = blob
+        if backend.compress:
+            import zstandard
+
+            raw = zstandard.ZstdDecompressor().decompress(blob)
+        # NDIF rebuilds the body from its source without steerlab installed: nothing may refer to a steerlab module
+        assert not re.search(rb"steerlab\.[A-Za-z_]", raw), "the trace body refers to steerlab"
         if self.fail:
             raise self.fail.pop(0)
         restored = RequestModel.deserialize(
@@ -316,7 +340,9 @@ def test_remote_connection_errors_are_retried_then_one_line(ndif, tiny_dir, tmp_
     extract(model.loaded, pairs, tmp_path / "a.h5", batch_size=2, progress=False, nnsight=model)
     assert len(ndif.requests) == 1 + 3  # fingerprint, then two refused tries and the one that got through
     ndif.fail = [_connection_refused() for _ in range(5)]
-    with pytest.raises(NDIFError, match=r"could not be reached .*5 tries.*Connection refused.*rerun the same command"):
+    with pytest.raises(
+        NDIFError, match=r"could not be reached .*5 tries.*Connection refused.*rerun \(an extraction with --resume"
+    ):
         extract(model.loaded, pairs, tmp_path / "b.h5", batch_size=2, progress=False, nnsight=model)
 
 
@@ -327,7 +353,7 @@ def test_remote_steered_generation_equals_local_hf(ndif, tiny, tiny_dir):
         requests = _mixed_requests(tiny, temperature=temperature)
         _same(HFBackend(tiny, batch_size=4).generate(requests), backend.generate(requests))
     sent = ndif.requests[-1]
-    assert sent["api_key"] == KEY and set(sent["returned"]) == {"generated", "flags"}
+    assert sent["api_key"] == KEY and set(sent["returned"]) == {"picks", "fed", "flags"}  # per-step tokens, checks
     info = backend.describe()
     assert info["engine"] == {"remote": True, "ndif_model": str(tiny_dir)} and info["device_type"] == "ndif"
 
@@ -376,6 +402,9 @@ BAD = [
     ([*STEER, "--backend", "hf", "--remote"], "use --backend nnsight, not hf", True),
     ([*STEER, "--backend", "nnsight", "--remote", "--lora", "adapter"], "NDIF serves its own weights", True),
     ([*STEER, "--backend", "nnsight", "--compile"], "not --backend nnsight's", True),
+    ([*STEER, "--backend", "vllm", "--remote"], "use --backend nnsight, not vllm", False),
+    ([*STEER, "--backend", "nnsight", "--remote", "--max-memory", "0=70GiB"], "NDIF places the model itself", True),
+    ([*EXTRACT, "--engine", "nnsight", "--remote", "--dtype", "float16"], "NDIF runs the model in its own dtype", True),
     (
         [
             "eval",
@@ -417,7 +446,7 @@ def test_a_model_ndif_does_not_host_is_the_services_answer_in_one_line(ndif, tin
     ndif.fail = [RemoteError(f"Failed to send request: Model {REPO_ID} is not deployed on NDIF")]
     line = refused([*EXTRACT[:-1], str(tiny_dir), "--engine", "nnsight", "--remote"], "is not deployed on NDIF",
                    tmp_path, capsys)  # fmt: skip
-    assert "NDIF refused the fingerprint request" in line and len(ndif.requests) == 1
+    assert "NDIF answered the fingerprint request" in line and len(ndif.requests) == 1
 
 
 def test_a_vector_fitted_on_another_model_is_refused_by_the_nnsight_backend(tiny_dir, tmp_path, capsys, monkeypatch):
@@ -450,3 +479,118 @@ def test_cli_local_nnsight_extract_and_steer_equal_hf(tiny_dir, tmp_path, capsys
         outs[backend] = out
     assert outs["hf"] == outs["nnsight"] and outs["hf"].count("---") == 3
     assert re.search(r"alpha=\+2", outs["hf"])
+
+
+def test_a_remote_run_does_not_mix_with_a_cache_of_another_model(ndif, tiny_dir, tmp_path):
+    """Remote and local caches mix only where the fingerprints agree: a local cache of another model (other
+    weights, same config) is neither reused nor resumed by a remote run, which reads the weights' hash remotely."""
+    from steerlab.errors import CacheError
+    from steerlab.testing import tiny_model
+
+    pairs = [make_pair(i) for i in range(4)]
+    other = tiny_model(seed=5)
+    extract(other, pairs, tmp_path / "c.h5", batch_size=2, progress=False)
+    model = open_model(str(tiny_dir), remote=True)
+    assert model.loaded.fingerprint.config_hash == other.fingerprint.config_hash  # only the weights differ
+    with pytest.raises(CacheError, match="was written for"):
+        extract(model.loaded, pairs, tmp_path / "c.h5", batch_size=2, progress=False, nnsight=model)
+    assert len(ndif.requests) == 1  # the fingerprint request; no extraction batch was sent
+
+
+def _http_error(status: int, detail: str) -> BaseException:
+    import httpx
+    from nnsight.intervention.backends.remote import RemoteError
+
+    request = httpx.Request("POST", "https://api.ndif.us/request")
+    response = httpx.Response(status, json={"detail": detail}, request=request)
+    try:
+        try:
+            raise httpx.HTTPStatusError(f"{status}", request=request, response=response)
+        except httpx.HTTPStatusError as exc:
+            raise RemoteError(f"Failed to send request: {detail}") from exc
+    except RemoteError as wrapped:
+        return wrapped
+
+
+def test_try_again_answers_are_retried_and_refusals_are_not(ndif, tiny_dir, tmp_path):
+    model = open_model(str(tiny_dir), remote=True)
+    pairs = [make_pair(i) for i in range(2)]
+    ndif.fail = [_http_error(503, "Service Unavailable"), _http_error(429, "Too many requests")]
+    extract(model.loaded, pairs, tmp_path / "a.h5", batch_size=2, progress=False, nnsight=model)
+    assert len(ndif.requests) == 1 + 3
+    ndif.fail = [_http_error(401, "Invalid API key")]
+    with pytest.raises(NDIFError, match=r"NDIF answered an extraction batch .* with an error: .*Invalid API key"):
+        extract(model.loaded, pairs, tmp_path / "b.h5", batch_size=2, progress=False, nnsight=model)
+    assert len(ndif.requests) == 1 + 3 + 1  # a refusal is not retried
+
+
+def test_a_bug_in_a_remote_trace_keeps_its_traceback(ndif, tiny_dir, tmp_path):
+    """Only the service's answers become one line; an error of steerlab's own stays an error with a traceback."""
+    model = open_model(str(tiny_dir), remote=True)
+    ndif.fail = [ValueError("a bug")]
+    with pytest.raises(ValueError, match="a bug"):
+        extract(model.loaded, [make_pair(0)], tmp_path / "a.h5", progress=False, nnsight=model)
+
+
+def _tokens(loaded, requests) -> list[list[int]]:
+    """The tokens each request writes under the HF backend with no end-of-sequence token, in request order (read
+    from its Transcripts, one batch for all)."""
+    from steerlab.backends import hf
+
+    seen: dict[int, list[int]] = {}
+    push = hf.Transcripts.push
+
+    def record(self, b, token):
+        seen.setdefault(b, []).append(token)
+        push(self, b, token)
+
+    backend = HFBackend(loaded, batch_size=len(requests))
+    backend.eos_ids = set()
+    hf.Transcripts.push = record
+    try:
+        backend.generate(requests)
+    finally:
+        hf.Transcripts.push = push
+    ids = backend.prompt_ids(requests)
+    order = sorted(range(len(requests)), key=lambda i: len(ids[i]))  # the backend decodes rows sorted by length
+    return [seen[order.index(i)] for i in range(len(requests))]
+
+
+def _ending_early(loaded, requests) -> set[int]:
+    """End-of-sequence ids that make every row end within its first 3 tokens (a random model never writes its own):
+    the third token each row writes."""
+    return {tokens[2] for tokens in _tokens(loaded, requests)}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_batches_whose_rows_all_end_early_equal_the_hf_backend(ndif, tiny, tiny_dir, temperature):
+    """transformers' loop stops when every row has ended, before the trace's step loop is done: what the trace saved
+    up to there is the result (locally and remotely), steered and sampled rows included."""
+    requests = _mixed_requests(tiny, n=4, temperature=temperature)
+    eos = _ending_early(tiny, requests)
+    hf = HFBackend(tiny, batch_size=4)
+    hf.eos_ids = eos
+    expected = hf.generate(requests)
+    assert all(r.finish_reason == "eos" and r.n_new_tokens <= 2 for r in expected)
+    for model in (wrap_local(tiny), open_model(str(tiny_dir), remote=True)):
+        backend = NNsightBackend(model, batch_size=4)
+        backend.eos_ids = eos
+        _same(expected, backend.generate(requests))
+
+
+def test_the_checkpoints_generation_settings_do_not_change_the_tokens():
+    """A repetition penalty (Qwen2.5 ships 1.05) or a sampling default in generation_config changes what
+    transformers' generate picks; the trace chooses the tokens itself, as the HF backend does. A hard constraint it
+    cannot override (a suppressed token) is refused in one line instead of changing the text."""
+    from steerlab.errors import ConfigError
+    from steerlab.testing import tiny_model
+
+    loaded = tiny_model()
+    requests = _mixed_requests(loaded, n=5)
+    expected = HFBackend(loaded, batch_size=5).generate(requests)
+    config = loaded.model.generation_config
+    config.repetition_penalty, config.top_k, config.temperature = 1.3, 5, 0.7
+    _same(expected, NNsightBackend(wrap_local(loaded), batch_size=5).generate(requests))
+    config.suppress_tokens = [_tokens(loaded, requests)[0][0]]
+    with pytest.raises(ConfigError, match="generate did not take the token .*suppress_tokens"):
+        NNsightBackend(wrap_local(loaded), batch_size=5).generate(requests)

@@ -115,12 +115,13 @@ def check_backend_options(kind: str, **given: Any) -> None:
     if given.get("remote"):
         if kind != "nnsight":
             raise ConfigError(f"--remote runs the nnsight backend on NDIF; use --backend nnsight, not {kind}")
-        from steerlab.nnsight_model import check_remote_options
+        from steerlab.nnsight_model import api_key, check_remote_options
 
         check_remote_options(**{k: given.get(k) for k in ("lora", "device_map", "max_memory", "compile")})
+        api_key()  # before any work: the key is in NDIF_API_KEY
     if kind not in ("hf", "nnsight") and ("device_map" in given or "max_memory" in given):
         raise ConfigError(
-            f"--device-map and --max-memory shard a model of --backend hf or nnsight, not --backend {kind}"
+            f"--device-map and --max-memory shard a model of --backend hf, not --backend {kind}"
             + (" (vLLM shards with --tensor-parallel-size)" if kind == "vllm" else "")
         )
     if kind != "hf" and "compile" in given:

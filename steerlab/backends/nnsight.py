@@ -4,7 +4,7 @@ Everything around decoding is the HF backend's (:class:`steerlab.backends.hf.HFB
 tokenised the same way, sorted by length, cut into batches, left-padded; context limits; results in request order;
 rows ended by :class:`steerlab.backends.hf.Transcripts` (end of sequence, stop strings with their rules, budgets).
 What differs is how a batch is decoded: one nnsight ``generate`` trace per batch (transformers' own decoding
-loop, greedy, with a clean generation config) whose body, at every step, adds to each selected block's output the
+loop, greedy) whose body, at every step, adds to each selected block's output the
 row's own steering vector, ``table[rows]`` ``[batch, d_model]`` per layer: a batched intervention, one per layer and
 step, for all rows at once. benchmarks/bench_nnsight.py measures it against one invoke per row: on a CPU the two cost
 the same (within noise of a plain forward); the batched form makes one intervention per layer instead of one per row
@@ -12,24 +12,30 @@ and layer, which is what a fast forward (a GPU; not measured) pays for, and one 
 The same body runs here and on NDIF (``remote``), where it is the only way to steer: NDIF runs one request per
 batch, with no state between requests, so decoding cannot be driven from here token by token.
 
-Sampling. A sampled row draws its token in the trace body, at every step, from its own ``torch.Generator``
-seeded with the request's seed, exactly as the HF backend does (softmax of the float32 logits over the
-temperature, top-p, ``torch.multinomial``), then the step's logits are replaced by a one-hot choice so that the
-greedy loop takes it. Locally the draws equal the HF backend's token for token. On NDIF they are reproducible for
-a given request and seed, but whether they equal a local run's draws depends on the server's device (a CUDA
-generator draws other numbers than a CPU one for the same seed), so remote samples match local ones only for
-greedy decoding.
+Choosing tokens. The trace body chooses every row's token itself at every step, as the HF backend does: the argmax
+of the float32 logits, or, for a sampled row, a draw from its own ``torch.Generator`` seeded with the request's
+seed (softmax over the temperature, top-p, ``torch.multinomial``); then it replaces the step's logits by a one-hot
+choice, which transformers' greedy loop takes. So the checkpoint's generation settings (temperature, top-k/p, a
+repetition penalty) change nothing; a hard constraint in its generation_config that could (suppressed tokens, bad
+words, forced tokens) is caught: the token fed back at the next step must be the one chosen, else one line. The
+chosen tokens, like everything the body keeps, are saved inside the step loop: when every row has ended before the
+loop's last step, transformers stops and nnsight cuts the loop short, and nothing after the loop would run.
+Locally the sampled draws equal the HF backend's token for token. On NDIF they are reproducible for a given request
+and seed, but whether they equal a local run's draws depends on the server's device (a CUDA generator draws other
+numbers than a CPU one for the same seed), so remote samples match local ones only for greedy decoding.
 
 What it cannot do that the HF backend does: stop a row early. A row's tokens after its stop string, its end of
 sequence or its budget are generated (the trace runs to the batch's largest budget, or until every row has ended
-with an end-of-sequence token) and then dropped; the results are the same, the time is not. Steered hidden states
-that turn non-finite in the prefill or the first decode step are reported as the HF backend reports them (one
-line naming the setting), but after the batch, not during it. ``--position`` works as for the HF backend: the
-prefill is step 0.
+with an end-of-sequence token) and then dropped; the results are the same, the time is not. A steering vector
+that overflows the model's dtype is refused before the batch, in the HF backend's line; steered hidden states that
+turn non-finite in the prefill or the first decode step are reported as the HF backend reports them (one line
+naming the setting), but after the batch, not during it. ``--position`` works as for the HF backend: the prefill
+is step 0.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,7 +46,7 @@ from steerlab.backends.hf import HFBackend, Transcripts, left_pad
 from steerlab.errors import ConfigError
 from steerlab.loci import POSITIONS, Position
 from steerlab.nnsight_model import NNsightModel
-from steerlab.steer import SteeringSetting, build_table
+from steerlab.steer import SteeringSetting, block_device_dtype, build_table
 
 
 class TraceSteering:
@@ -81,6 +87,7 @@ class NNsightBackend(HFBackend):
         self.nn = model
         self._blocks = _module_path(model.loaded.model, model.loaded.blocks)
         self._head = _module_path(model.loaded.model, model.loaded.model.get_output_embeddings())
+        self._embed = _module_path(model.loaded.model, model.loaded.model.get_input_embeddings())
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -94,7 +101,28 @@ class NNsightBackend(HFBackend):
         return info
 
     def _steering(self, settings, order, ids, samplings, context):  # type: ignore[override]
-        return TraceSteering(settings, self.loaded.d_model, self.position) if settings else None
+        if not settings:
+            return None
+        steering = TraceSteering(settings, self.loaded.d_model, self.position)
+        dtype = self._compute_dtype()
+        for j, layer in enumerate(steering.layers):  # refused before the batch runs, as the HF backend's Steerer does
+            bad = (~torch.isfinite(steering.table[:, j].to(dtype)).all(-1)).nonzero().flatten().tolist()
+            if bad:
+                raise ConfigError(
+                    f"{steering.labels[bad[0] - 1]}: the added vector at layer {layer} overflows the model's "
+                    f"{str(dtype).removeprefix('torch.')}; use a smaller multiplier (or a wider --dtype)"
+                )
+        return steering
+
+    def _compute_dtype(self) -> torch.dtype:
+        """The hidden states' dtype: the blocks' (a local model), or the config's (NDIF's copy; float32 unknown)."""
+        if not self.nn.remote:
+            return block_device_dtype(self.loaded.blocks[0])[1]
+        config = self.loaded.model.config
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype, None)
+        return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
 
     @torch.inference_mode()
     def _decode(
@@ -106,36 +134,48 @@ class NNsightBackend(HFBackend):
         labels: list[str | None] | None = None,
     ) -> list[tuple[str, int, str]]:
         tok = self.loaded.tokenizer
-        pad = tok.pad_token_id
-        batch, width = len(seqs), max(len(s) for s in seqs)
-        input_ids, mask, _ = left_pad(seqs, pad)
+        input_ids, mask, _ = left_pad(seqs, tok.pad_token_id)
         device = self.nn.input_device
-        input_ids, mask = input_ids.to(device), mask.to(device)
         limit = max(s.max_new_tokens for s in samplings)
-        steps = self._trace(input_ids, mask, samplings, steerer, limit)
-        generated, flags = steps
+        picks, fed, flags = self._trace(input_ids.to(device), mask.to(device), samplings, steerer, limit)
         if steerer is not None and labels is not None:
             self._report_broken(flags, labels, steerer)
+        chosen = torch.stack(picks, 1).tolist()  # [batch, steps run]: the token the trace chose at each step
         rows = Transcripts(tok, self.eos_ids, samplings, heads)
-        new = generated[:, width:].tolist()  # [batch, <= limit]
-        for b in range(batch):
-            for token in new[b]:
+        for b in range(len(seqs)):
+            for k, token in enumerate(chosen[b]):
                 rows.push(b, token)
                 if rows.done[b]:
                     break
+                # transformers' loop must have fed back the token chosen (read at the next step's embedding input)
+                if k < len(fed) and int(fed[k][b]) != token:
+                    raise ConfigError(
+                        f"transformers' generate did not take the token the nnsight backend chose for row {b} at step "
+                        f"{k} ({int(fed[k][b])} instead of {token}): the checkpoint's generation_config constrains "
+                        "decoding (suppress_tokens, bad_words_ids, forced tokens, ...); clear those fields in its "
+                        "generation_config.json, or use --backend hf"
+                    )
         return rows.results()
 
     def _trace(
         self, input_ids: torch.Tensor, mask: torch.Tensor, samplings: list[Sampling], steerer: TraceSteering | None,
         limit: int,
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:  # fmt: skip
-        """One ``generate`` trace over the batch: (prompt + generated ids ``[batch, width + n]``, per checked step
-        and steered layer a ``[batch]`` flag of usable hidden states, then per checked step the logits' flags)."""
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:  # fmt: skip
+        """One ``generate`` trace over the batch. Returns, per step that ran, the token chosen for every row
+        ``[batch]``; per step after the first, the tokens transformers fed back ``[batch]``; and the checks: per checked
+        step and steered layer a ``[batch]`` flag of usable hidden states, then the step's logits' flags.
+
+        Every value is saved inside the step loop: a generation that ends before ``limit`` steps (every row at an end
+        of sequence) cuts the loop short, and nothing after it would run. The trace chooses every row's token itself
+        (argmax of the float32 logits, or the row's seeded draw) and writes a one-hot choice over the logits, so the
+        checkpoint's own generation settings (temperature, top-k/p, repetition penalty) cannot change it; a hard
+        constraint that could (suppressed tokens, say) is caught by comparing the tokens fed back."""
         from transformers import GenerationConfig
 
         envoy = self.nn.envoy
         blocks = envoy.get(self._blocks)
         head = envoy.get(self._head)
+        embed = envoy.get(self._embed)
         batch = input_ids.shape[0]
         layers = steerer.layers if steerer is not None else []
         add = steerer.per_row(batch) if steerer is not None else None  # [batch, n_layers, d_model] float32
@@ -144,48 +184,49 @@ class NNsightBackend(HFBackend):
         seeds = [s.seed for s in samplings]
         temperatures = [s.temperature for s in samplings]
         top_ps = [s.top_p for s in samplings]
-        config = GenerationConfig(  # a clean config: none of the checkpoint's sampling defaults or logits processors
-            max_new_tokens=limit,
-            do_sample=False,
-            eos_token_id=sorted(self.eos_ids),
-            pad_token_id=self.loaded.tokenizer.pad_token_id,
-        )
+        # Fields left None are filled from the checkpoint's generation_config: set the ones that add processors.
+        config = GenerationConfig(
+            max_new_tokens=limit, min_new_tokens=0, do_sample=False, repetition_penalty=1.0,
+            no_repeat_ngram_size=0, eos_token_id=sorted(self.eos_ids), pad_token_id=self.loaded.tokenizer.pad_token_id,
+        )  # fmt: skip
 
-        def run(backend: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        def run(backend: Any) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
             inputs = {"input_ids": input_ids, "attention_mask": mask}
-            with envoy.generate(inputs, generation_config=config, backend=backend) as tracer:
-                flags = []
-                generators = {}
-                for step in tracer.iter[:limit]:
-                    steer = add is not None and (position == "all" or (position == "prompt") == (step == 0))
-                    for j in range(len(layers)):
-                        out = blocks[layers[j]].output
-                        hidden = out[0] if isinstance(out, tuple) else out  # [batch, seq, d_model]
-                        if steer:
-                            hidden[:] += add[:, j].to(device=hidden.device, dtype=hidden.dtype).unsqueeze(1)
-                        if step < 2:  # the prefill and the first decode step are checked, as the HF backend does
-                            flags.append(torch.isfinite(hidden[:, -1].float().pow(2).mean(-1)).cpu())
-                    if sampled or step < 2:
+            with warnings.catch_warnings():
+                # a batch whose rows all end before `limit` cuts the loop short, by design (everything is saved in it)
+                warnings.filterwarnings("ignore", message=".*was never reached.*")
+                with envoy.generate(inputs, generation_config=config, backend=backend) as tracer:
+                    picks, fed, flags = [].save(), [].save(), [].save()
+                    generators = {}
+                    for step in tracer.iter[:limit]:
+                        if step > 0:
+                            fed.append(embed.input[:, -1].cpu())  # [batch]: the token fed back after the last step
+                        steer = add is not None and (position == "all" or (position == "prompt") == (step == 0))
+                        for j in range(len(layers)):
+                            out = blocks[layers[j]].output
+                            hidden = out[0] if isinstance(out, tuple) else out  # [batch, seq, d_model]
+                            if steer:
+                                hidden[:] += add[:, j].to(device=hidden.device, dtype=hidden.dtype).unsqueeze(1)
+                            if step < 2:  # the prefill and the first decode step are checked, as the HF backend does
+                                flags.append(torch.isfinite(hidden[:, -1].float().pow(2).mean(-1)).cpu())
                         logits = head.output  # [batch, seq, vocab]
                         last = logits[:, -1, :].float()  # [batch, vocab]
                         if step < 2:
                             flags.append(torch.isfinite(last).all(-1).cpu())
-                        if sampled:
-                            picked = last.argmax(-1)
-                            for b in sampled:
-                                if b not in generators:
-                                    generators[b] = torch.Generator(device=last.device).manual_seed(seeds[b])
-                                probs = torch.softmax(last[b] / temperatures[b], dim=-1)
-                                if top_ps[b] < 1:
-                                    sorted_p, idx = probs.sort(descending=True)
-                                    keep = sorted_p.cumsum(0) - sorted_p < top_ps[b]
-                                    probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
-                                picked[b] = torch.multinomial(probs, 1, generator=generators[b])[0]
-                            onehot = torch.full_like(last, float("-inf")).scatter(1, picked[:, None], 0.0)
-                            logits[:, -1, :] = onehot.to(logits.dtype)
-                flags = flags.save()
-                generated = tracer.result.cpu().save()  # [batch, width + n]
-            return generated, flags
+                        picked = last.argmax(-1)  # [batch]
+                        for b in sampled:
+                            if b not in generators:
+                                generators[b] = torch.Generator(device=last.device).manual_seed(seeds[b])
+                            probs = torch.softmax(last[b] / temperatures[b], dim=-1)
+                            if top_ps[b] < 1:
+                                sorted_p, idx = probs.sort(descending=True)
+                                keep = sorted_p.cumsum(0) - sorted_p < top_ps[b]
+                                probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
+                            picked[b] = torch.multinomial(probs, 1, generator=generators[b])[0]
+                        picks.append(picked.cpu())
+                        onehot = torch.full_like(last, float("-inf")).scatter(1, picked[:, None], 0.0)
+                        logits[:, -1, :] = onehot.to(logits.dtype)
+            return picks, fed, flags
 
         return self.nn.run("a generation batch", run)
 

@@ -97,8 +97,8 @@ def extract(
 
         if engine != "nnsight":
             raise ConfigError("--remote runs the nnsight engine on NDIF; add --engine nnsight")
+        check_remote_options(device_map=device_map, dtype=dtype, device=device)
         api_key()
-        check_remote_options(device_map=device_map)
     layer_list = parse_layers(layers)
     settings = _fit_settings(
         method=method, c=c, folds=folds, seed=seed, select=select, k=k, select_layers=select_layers,

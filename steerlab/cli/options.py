@@ -168,14 +168,10 @@ def engine_options(
     vllm_arg: list[str] | None = None, compile: bool | None = None, remote: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """The sharding and engine options as :func:`steerlab.backends.make_backend` keywords, checked (a
-    bad value is a :class:`ConfigError`) before any model loads; options not given are left out. ``remote``
-    (NDIF) needs the API key in ``NDIF_API_KEY``: checked here, first."""
+    bad value is a :class:`ConfigError`) before any model loads; options not given are left out. ``remote`` (NDIF):
+    :func:`steerlab.backends.check_backend_options` checks it with the backend, and the API key."""
     from steerlab.backends import check_engine_options
 
-    if remote:
-        from steerlab.nnsight_model import api_key
-
-        api_key()
     check_engine_options(max_model_len, gpu_memory_utilization)
     given = {
         "device_map": parse_device_map(device_map), "max_memory": parse_max_memory(max_memory),
