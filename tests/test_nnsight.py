@@ -182,7 +182,8 @@ def test_a_vector_that_overflows_the_models_dtype_is_refused_before_the_batch(ti
     from steerlab.generate import as_chat
 
     half = half_tiny()
-    requests = [Request(as_chat("Hi"), Sampling(max_new_tokens=3), SteeringSetting(uniform(half, 1.0, name="ones"), 1e5))]
+    ones = uniform(half, 1.0, name="ones")
+    requests = [Request(as_chat("Hi"), Sampling(max_new_tokens=3), SteeringSetting(ones, 1e5))]
     messages = []
     for backend in (HFBackend(half), NNsightBackend(wrap_local(half))):
         with pytest.raises(ConfigError) as info:
@@ -268,17 +269,20 @@ def ndif(tiny_dir, monkeypatch):
     return server
 
 
-def _connection_refused() -> BaseException:
-    import httpx
+def _remote_error(cause: BaseException, message: str) -> BaseException:
+    """nnsight's RemoteError as RemoteBackend raises it: ``raise RemoteError(...) from cause``."""
     from nnsight.intervention.backends.remote import RemoteError
 
-    try:
-        try:
-            raise httpx.ConnectError("[Errno 111] Connection refused")
-        except httpx.ConnectError as exc:
-            raise RemoteError(f"Failed to send request: {exc}") from exc
-    except RemoteError as wrapped:
-        return wrapped
+    error = RemoteError(message)
+    error.__cause__ = cause
+    return error
+
+
+def _connection_refused() -> BaseException:
+    import httpx
+
+    cause = httpx.ConnectError("[Errno 111] Connection refused")
+    return _remote_error(cause, f"Failed to send request: {cause}")
 
 
 def test_remote_model_holds_no_weights_and_its_fingerprint_matches_the_local_one(ndif, tiny, tiny_dir):
@@ -499,17 +503,11 @@ def test_a_remote_run_does_not_mix_with_a_cache_of_another_model(ndif, tiny_dir,
 
 def _http_error(status: int, detail: str) -> BaseException:
     import httpx
-    from nnsight.intervention.backends.remote import RemoteError
 
     request = httpx.Request("POST", "https://api.ndif.us/request")
     response = httpx.Response(status, json={"detail": detail}, request=request)
-    try:
-        try:
-            raise httpx.HTTPStatusError(f"{status}", request=request, response=response)
-        except httpx.HTTPStatusError as exc:
-            raise RemoteError(f"Failed to send request: {detail}") from exc
-    except RemoteError as wrapped:
-        return wrapped
+    cause = httpx.HTTPStatusError(f"{status}", request=request, response=response)
+    return _remote_error(cause, f"Failed to send request: {detail}")
 
 
 def test_try_again_answers_are_retried_and_refusals_are_not(ndif, tiny_dir, tmp_path):
