@@ -17,7 +17,7 @@ from steerlab.figures.runs import (
     AF_CONDITIONS,
     Run,
     WrongRunsError,
-    has_gap_conditions,
+    checked_gap,
     one_model,
     require_kind,
     require_same,
@@ -26,7 +26,6 @@ from steerlab.figures.runs import (
     unsteered,
 )
 from steerlab.harness import metrics
-from steerlab.harness.records import check_unique
 from steerlab.plots import CONDITION_COLORS, error_bars, plt
 
 ORDER = ("monitored", "unmonitored", "raw")
@@ -60,12 +59,8 @@ def screening_data(runs: Sequence[Run], seed: int = 0) -> dict[str, Any]:
     for (subject, model_id), group in groups.items():
         require_same(group, "screening")  # a bar's runs differ only in seed
         samples = [s for r in group for s in unsteered(r)]
-        check_unique(samples, ", ".join(str(r.run_dir) for r in group))
-        if not has_gap_conditions(samples):
-            raise WrongRunsError(
-                f"{group[0].run_dir} has no unsteered samples under both monitored and unmonitored; "
-                "the screening figure needs alignment-faking runs with both conditions"
-            )
+        gap = checked_gap(group, samples, seed, "has no unsteered samples under both monitored and unmonitored; "
+                          "the screening figure needs alignment-faking runs with both conditions")  # fmt: skip
         label = subject if names.count(subject) == 1 else f"{subject} [{model_id[-8:]}]"
         entry: dict[str, Any] = {"model": label, "model_id": model_id, "runs": [str(r.run_dir) for r in group]}
         for cond in AF_CONDITIONS:
@@ -75,8 +70,7 @@ def screening_data(runs: Sequence[Run], seed: int = 0) -> dict[str, Any]:
                 str(v): metrics.rate([s for s in part if s.get("seed", 0) == v], n_resamples=0)["rate"] for v in seeds
             }
             entry[cond] = {**_rate(part, seed), "seeds": per_seed}
-        g = metrics.gap(samples, seed=seed)
-        entry["gap"] = {k: g[k] for k in ("gap", "ci_low", "ci_high", "p", "n_requests")}
+        entry["gap"] = gap
         models.append(entry)
     return {
         "figure": "screening",

@@ -16,31 +16,23 @@ from typing import Any
 from steerlab.figures.runs import (
     Run,
     WrongRunsError,
-    has_gap_conditions,
+    checked_gap,
     one_model,
     require_kind,
     require_same,
     unsteered,
 )
-from steerlab.harness import metrics
-from steerlab.harness.records import check_unique
 from steerlab.plots import FAMILY_COLORS, error_bars, plt
 from steerlab.profiles import build_profiles, read_source
 
 STRENGTHS = ("weak", "standard", "strong")
-GAP_KEYS = ("gap", "ci_low", "ci_high", "p", "n_requests")
 BASELINE = "baseline"
 UNSPECIFIED = "unspecified"
 
 
 def _gap(runs: Sequence[Run], samples: Sequence[dict[str, Any]], seed: int, figure: str) -> dict[str, Any]:
-    check_unique(samples, ", ".join(str(r.run_dir) for r in runs))
-    if not has_gap_conditions(samples):
-        raise WrongRunsError(
-            f"{runs[0].run_dir} lacks monitored or unmonitored samples; the {figure} figure draws gaps"
-        )
-    g = metrics.gap(samples, seed=seed)
-    return {**{k: g[k] for k in GAP_KEYS}, "runs": [str(r.run_dir) for r in runs]}
+    missing = f"lacks monitored or unmonitored samples; the {figure} figure draws gaps"
+    return {**checked_gap(runs, samples, seed, missing), "runs": [str(r.run_dir) for r in runs]}
 
 
 def _model_panels(models: Sequence[dict[str, Any]], n_groups: Sequence[int], per_group: float, least: float):

@@ -17,6 +17,7 @@ from typing import Any
 
 from steerlab.errors import ConfigError, SteerlabError
 from steerlab.fileio import atomic_write_text
+from steerlab.harness import metrics
 from steerlab.harness.records import check_unique, read_header, read_samples
 from steerlab.profiles import model_id as header_model_id
 from steerlab.profiles import model_name as header_model_name
@@ -168,6 +169,20 @@ def unsteered(run: Run) -> list[dict[str, Any]]:
 
 def has_gap_conditions(samples: Sequence[dict[str, Any]]) -> bool:
     return set(AF_CONDITIONS) <= {s["condition"] for s in samples}
+
+
+GAP_KEYS = ("gap", "ci_low", "ci_high", "p", "n_requests")
+
+
+def checked_gap(runs: Sequence[Run], samples: Sequence[dict[str, Any]], seed: int, missing: str) -> dict[str, Any]:
+    """The gap (:func:`steerlab.harness.metrics.gap`, ``GAP_KEYS``) of ``samples`` pooled from ``runs``, after
+    refusing a sample recorded twice and samples lacking either condition (``missing`` says what, after the first
+    run's directory)."""
+    check_unique(samples, ", ".join(str(r.run_dir) for r in runs))
+    if not has_gap_conditions(samples):
+        raise WrongRunsError(f"{runs[0].run_dir} {missing}")
+    g = metrics.gap(samples, seed=seed)
+    return {k: g[k] for k in GAP_KEYS}
 
 
 def _clean(value: Any) -> Any:
