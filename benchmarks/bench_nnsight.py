@@ -40,7 +40,7 @@ from steerlab.extract import _forward_pooled, encode_pairs, pad_batch
 from steerlab.generate import as_chat, load_prompts
 from steerlab.loci import Locus
 from steerlab.models import load_model
-from steerlab.nnsight_model import _blocks_path, pool_trace, wrap_local
+from steerlab.nnsight_model import module_path, pool_trace, wrap_local
 from steerlab.pairs import load_pairs
 from steerlab.steer import SteeringSetting
 from steerlab.vectors import SteeringVector
@@ -188,7 +188,7 @@ def part_per_row(loaded, nn, args, chats) -> dict:
         table[k] = s.rows(layers)
     rows = torch.tensor([0 if s is None else 1 + [d is s for d in distinct].index(True) for s in settings])
     per_row = table[rows]  # [batch, n_layers, d_model]
-    blocks = envoy.get(_blocks_path(loaded))
+    blocks = envoy.get(module_path(loaded.model, loaded.blocks))
     inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
     row_inputs = [{k: v[b : b + 1] for k, v in inputs.items()} for b in range(batch)]
     steered_rows = [b for b in range(batch) if settings[b] is not None]

@@ -226,11 +226,9 @@ def open_model(
     max_memory: Any = None,
     lora: str | None = None,
     trust_remote_code: bool = False,
-    dispatch: bool = False,
 ) -> NNsightModel:
     """The model ``name`` behind nnsight: loaded here as :func:`steerlab.models.load_model` loads it, or (``remote``)
-    NDIF's copy of the hub repo ``name``, of which only the config and tokenizer are read here. ``dispatch`` loads a
-    remote model's weights here too (the serverless simulation tests use; never needed to run on NDIF)."""
+    NDIF's copy of the hub repo ``name``, of which only the config and tokenizer are read here (on the meta device)."""
     _need_nnsight()
     if not remote:
         return wrap_local(load_model(name, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
@@ -243,7 +241,7 @@ def open_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
         envoy = TransformersModel(
-            name, task="text-generation", tokenizer=tokenizer, dispatch=dispatch, trust_remote_code=trust_remote_code
+            name, task="text-generation", tokenizer=tokenizer, dispatch=False, trust_remote_code=trust_remote_code
         )
     except Exception as exc:  # noqa: BLE001 - the hub's or transformers' answer, in one line
         raise ModelLoadError(
@@ -263,12 +261,12 @@ def open_model(
     return model
 
 
-def _embedding_path(model: torch.nn.Module) -> str:
-    embed = model.get_input_embeddings()
+def module_path(model: torch.nn.Module, target: torch.nn.Module) -> str:
+    """The name of ``target`` in ``model``'s module tree (what nnsight's ``envoy.get`` takes)."""
     for path, module in model.named_modules():
-        if module is embed:
+        if module is target:
             return path
-    raise ModelLoadError("cannot find the model's input embedding module")
+    raise ModelLoadError(f"cannot find {type(target).__name__} in the model's module tree")
 
 
 def remote_fingerprint(model: NNsightModel) -> Fingerprint:
@@ -276,7 +274,7 @@ def remote_fingerprint(model: NNsightModel) -> Fingerprint:
     first embedding rows, which also tells at once whether NDIF serves the model."""
     base = model.loaded.fingerprint
     envoy = model.envoy
-    path = _embedding_path(model.loaded.model)
+    path = module_path(model.loaded.model, model.loaded.model.get_input_embeddings())
     ids = torch.arange(_EMBED_ROWS, dtype=torch.long)[None]  # [1, 8]: token ids 0..7
 
     def read(backend: Any) -> torch.Tensor:
@@ -292,12 +290,6 @@ def remote_fingerprint(model: NNsightModel) -> Fingerprint:
     )  # fmt: skip
 
 
-def block_output(output: Any) -> torch.Tensor:
-    """A decoder block's output hidden state ``[batch, seq, d_model]`` (transformers 5 returns the tensor, 4.x a
-    tuple whose first element it is). Runs here; trace bodies repeat the test inline (they cannot call steerlab)."""
-    return output[0] if isinstance(output, tuple) else output
-
-
 def pool_trace(
     model: NNsightModel, ids: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, layers: Sequence[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,7 +297,7 @@ def pool_trace(
     float32 on the CPU. ``weights`` ``[batch, seq]`` pool each selected block's output inside the trace (as
     :func:`steerlab.extract.pooling_hooks` does), and the pass stops after the deepest selected block."""
     envoy = model.envoy
-    blocks = envoy.get(_blocks_path(model.loaded))
+    blocks = envoy.get(module_path(model.loaded.model, model.loaded.blocks))
     order = list(layers)
 
     def trace(backend: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,10 +318,3 @@ def pool_trace(
     with torch.inference_mode():
         pooled, norms = model.run("an extraction batch", trace)
     return pooled.float(), norms.float()
-
-
-def _blocks_path(loaded: LoadedModel) -> str:
-    for path, module in loaded.model.named_modules():
-        if module is loaded.blocks:
-            return path
-    raise ModelLoadError("cannot find the decoder blocks in the model's module tree")

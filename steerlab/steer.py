@@ -153,6 +153,20 @@ def block_device_dtype(block: nn.Module) -> tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
+def check_finite_rows(table: torch.Tensor, layer: int, labels: Sequence[str]) -> None:
+    """Refuse, with one line naming the setting, a layer's table ``[n_rows, d_model]`` (already in the model's dtype)
+    whose row is not finite there; ``labels[i]`` names row ``i + 1`` (row 0 is unsteered)."""
+    bad = (~torch.isfinite(table).all(-1)).nonzero().flatten().tolist()
+    if bad:
+        row = bad[0]
+        name = labels[row - 1] if 0 < row <= len(labels) else f"table row {row}"
+        dtype = str(table.dtype).removeprefix("torch.")
+        raise ConfigError(
+            f"{name}: the added vector at layer {layer} overflows the model's {dtype}; "
+            "use a smaller multiplier (or a wider --dtype)"
+        )
+
+
 class Steerer:
     """Owns the hooks of all selected layers; install and remove with one call (or ``with``).
 
@@ -191,24 +205,11 @@ class Steerer:
         self._rows: list[int] = []  # the table row of each batch row, as last set
         self._watch: list[tuple[int, torch.Tensor]] | None = None  # (layer, ok [batch]) while watching
 
-    def _check_finite(self, table: torch.Tensor, layer: int) -> None:
-        """Refuse, with one line naming the setting, a table ``[n_rows, d_model]`` whose row is not finite."""
-        bad = (~torch.isfinite(table).all(-1)).nonzero().flatten().tolist()
-        if bad:
-            row = bad[0]
-            labels = self._labels
-            name = labels[row - 1] if 0 < row <= len(labels) else f"table row {row}"
-            dtype = str(table.dtype).removeprefix("torch.")
-            raise ConfigError(
-                f"{name}: the added vector at layer {layer} overflows the model's {dtype}; "
-                "use a smaller multiplier (or a wider --dtype)"
-            )
-
     def _layer_table(self, table: torch.Tensor, j: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """Layer ``j``'s rows of ``table`` ``[n_rows, d_model]`` on ``device`` in ``dtype``, refused (one line naming
         the setting) where a row is not finite there."""
         cast = table[:, j].to(device=device, dtype=dtype).contiguous()
-        self._check_finite(cast, self.layers[j])
+        check_finite_rows(cast, self.layers[j], self._labels)
         return cast
 
     def _adopt(self, j: int, dtype: torch.dtype) -> torch.Tensor:

@@ -45,32 +45,27 @@ from steerlab.backends.base import Sampling
 from steerlab.backends.hf import HFBackend, Transcripts, left_pad
 from steerlab.errors import ConfigError
 from steerlab.loci import POSITIONS, Position
-from steerlab.nnsight_model import NNsightModel
-from steerlab.steer import SteeringSetting, block_device_dtype, build_table
+from steerlab.nnsight_model import NNsightModel, module_path
+from steerlab.steer import SteeringSetting, block_device_dtype, build_table, check_finite_rows
 
 
 class TraceSteering:
     """A call's steering table for trace bodies: the Steerer's ``set_rows`` protocol, no hooks."""
 
-    def __init__(self, settings: Sequence[SteeringSetting], d_model: int, position: Position):
-        table, layers = build_table(settings, d_model)  # [1 + n_settings, n_layers, d_model], row 0 zeros
+    def __init__(self, settings: Sequence[SteeringSetting], d_model: int):
+        table, layers = build_table(settings, d_model)  # [1 + n_settings, n_layers, d_model], row 0 zeros; finite
         if not layers:
             raise ConfigError("no layer to steer: every setting has an empty layer list")
-        bad = ~torch.isfinite(table).all(-1).all(-1)
-        if bad.any():
-            raise ConfigError(f"{settings[int(bad.nonzero()[0]) - 1].describe()}: the added vector is not finite")
-        self.table, self.layers, self.position = table, layers, position
+        self.table, self.layers = table, layers
         self.labels = [s.describe() for s in settings]
         self.rows: list[int] = []
 
     def set_rows(self, rows: Sequence[int]) -> None:
         self.rows = list(rows)
 
-    def per_row(self, n: int) -> torch.Tensor:
-        """The vectors of the current rows, padded with unsteered rows to ``n``: ``[n, n_layers, d_model]``."""
-        rows = torch.zeros(n, dtype=torch.long)
-        rows[: len(self.rows)] = torch.as_tensor(self.rows, dtype=torch.long)
-        return self.table[rows]
+    def per_row(self) -> torch.Tensor:
+        """The vectors of the current rows: ``[batch, n_layers, d_model]``."""
+        return self.table[torch.as_tensor(self.rows, dtype=torch.long)]
 
     def remove(self) -> None:
         pass
@@ -85,9 +80,10 @@ class NNsightBackend(HFBackend):
             raise ConfigError(f"unknown position {position!r}; use one of {', '.join(POSITIONS)}")
         super().__init__(model.loaded, batch_size=batch_size, position=position, compile=False, **kwargs)
         self.nn = model
-        self._blocks = _module_path(model.loaded.model, model.loaded.blocks)
-        self._head = _module_path(model.loaded.model, model.loaded.model.get_output_embeddings())
-        self._embed = _module_path(model.loaded.model, model.loaded.model.get_input_embeddings())
+        lm = model.loaded.model
+        self._blocks = module_path(lm, model.loaded.blocks)
+        self._head = module_path(lm, lm.get_output_embeddings())
+        self._embed = module_path(lm, lm.get_input_embeddings())
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -103,15 +99,10 @@ class NNsightBackend(HFBackend):
     def _steering(self, settings, order, ids, samplings, context):  # type: ignore[override]
         if not settings:
             return None
-        steering = TraceSteering(settings, self.loaded.d_model, self.position)
+        steering = TraceSteering(settings, self.loaded.d_model)
         dtype = self._compute_dtype()
         for j, layer in enumerate(steering.layers):  # refused before the batch runs, as the HF backend's Steerer does
-            bad = (~torch.isfinite(steering.table[:, j].to(dtype)).all(-1)).nonzero().flatten().tolist()
-            if bad:
-                raise ConfigError(
-                    f"{steering.labels[bad[0] - 1]}: the added vector at layer {layer} overflows the model's "
-                    f"{str(dtype).removeprefix('torch.')}; use a smaller multiplier (or a wider --dtype)"
-                )
+            check_finite_rows(steering.table[:, j].to(dtype), layer, steering.labels)
         return steering
 
     def _compute_dtype(self) -> torch.dtype:
@@ -176,9 +167,8 @@ class NNsightBackend(HFBackend):
         blocks = envoy.get(self._blocks)
         head = envoy.get(self._head)
         embed = envoy.get(self._embed)
-        batch = input_ids.shape[0]
         layers = steerer.layers if steerer is not None else []
-        add = steerer.per_row(batch) if steerer is not None else None  # [batch, n_layers, d_model] float32
+        add = steerer.per_row() if steerer is not None else None  # [batch, n_layers, d_model] float32
         position = self.position
         sampled = [b for b, s in enumerate(samplings) if s.temperature > 0]
         seeds = [s.seed for s in samplings]
@@ -247,13 +237,6 @@ class NNsightBackend(HFBackend):
                         f"{labels[b]}: after steering, {what} in {where}; generation stopped. "
                         "Use a smaller multiplier (or --dtype float32)"
                     )
-
-
-def _module_path(model: torch.nn.Module, target: torch.nn.Module) -> str:
-    for path, module in model.named_modules():
-        if module is target:
-            return path
-    raise ConfigError(f"cannot find {type(target).__name__} in the model's module tree")
 
 
 __all__ = ["NNsightBackend", "TraceSteering"]
