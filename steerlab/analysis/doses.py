@@ -18,6 +18,10 @@ one per-row steering table (:func:`steerlab.steer.steerer_for`): row ``(item i, 
 ``i + 1``. The pass is cut into forward batches of ``batch_size`` rows only to bound memory (the logits are
 ``[rows, tokens, vocab]``); a row's value does not depend on its batch. The unsteered log-probabilities are
 computed once, by the same forward with no hook installed.
+
+One calibration may hold several targets (``--target-kl`` given more than once): each is searched on its own,
+and every dose records its ``target_kl`` and the sha256 (first 16 hex digits) of its vector file, so a sweep
+can tell a vector file that changed since (:class:`DoseFile`, what ``--dose-file`` and ``doses:`` read).
 """
 
 from __future__ import annotations
@@ -34,11 +38,11 @@ from tqdm.auto import tqdm
 from steerlab.backends.hf import left_pad
 from steerlab.errors import ConfigError, SteerlabError
 from steerlab.fileio import read_text
-from steerlab.models import LoadedModel
+from steerlab.models import Fingerprint, LoadedModel
 from steerlab.steer import SteeringSetting, steerer_for
 from steerlab.vectors import SteeringVector, VectorBundle
 
-FORMAT = 1
+FORMAT = 2  # 2: several targets per file, a target and a vector-file hash per dose
 STATISTICS = ("mean", "p95")
 
 
@@ -151,12 +155,14 @@ class Dose:
     iterations: int = 0
     converged: bool = False
     history: list[tuple[float, float, float]] = field(default_factory=list)  # (multiplier, mean, p95)
+    target_kl: float = math.nan
+    file_hash: str = ""  # the vector file's sha256 (first 16 hex digits)
 
     def record(self) -> dict[str, Any]:
         return {"name": self.name, "vector": self.vector, "file": self.file, "control": self.control,
                 "sign": "+" if self.sign > 0 else "-", "layers": self.layers, "multiplier": self.multiplier,
                 "kl": self.kl, "kl_mean": self.kl_mean, "kl_p95": self.kl_p95, "iterations": self.iterations,
-                "converged": self.converged,
+                "converged": self.converged, "target_kl": self.target_kl, "file_hash": self.file_hash,
                 "history": [{"multiplier": m, "kl_mean": a, "kl_p95": b} for m, a, b in self.history]}  # fmt: skip
 
 
@@ -189,6 +195,8 @@ def calibrate(
 ) -> list[Dose]:
     """Find every dose (module docstring): one pass over all unfinished items per step."""
     check_settings(target, statistic, max_multiplier, start, rtol, max_iter)
+    for dose, _ in todo:
+        dose.target_kl = target
     state = {i: [0.0, None, min(start, max_multiplier)] for i in range(len(todo))}  # i -> [lo, hi, candidate]
     # on a terminal only (disable=None), and wiped when done or refused, so an error stays one line
     bar = tqdm(total=len(todo), unit="dose", desc="calibrate-dose", disable=None if progress else True, leave=False)
@@ -274,7 +282,7 @@ def calibration_record(doses: Sequence[Dose], loaded: LoadedModel, texts: Path, 
 def run_calibration(
     vector_files: Sequence[Path],
     texts: Path,
-    target: float,
+    target: float | Sequence[float],
     *,
     statistic: str = "mean",
     model: str = "smollm2",
@@ -291,12 +299,19 @@ def run_calibration(
     progress: bool = True,
 ) -> tuple[list[Dose], dict[str, Any]]:
     """The command: check every input, load the model and the vectors (refused if fitted on another model),
-    calibrate, then write ``out`` atomically (if given). Bad input is refused before anything is written."""
-    from steerlab.fileio import atomic_write_text
+    calibrate at each target (``target``: one KL or several), then write ``out`` atomically (if given). Bad
+    input is refused before anything is written."""
+    from steerlab.fileio import atomic_write_text, file_hash
     from steerlab.models import load_model
     from steerlab.vectors import finite_json
 
-    check_settings(target, statistic, max_multiplier, start, rtol, max_iter)
+    targets = [float(target)] if isinstance(target, (int, float)) else [float(t) for t in target]
+    if not targets:
+        raise DoseError("give at least one --target-kl")
+    for t in targets:
+        check_settings(t, statistic, max_multiplier, start, rtol, max_iter)
+    if len(set(targets)) != len(targets):
+        raise DoseError(f"--target-kl {', '.join(f'{t:g}' for t in targets)} names a target twice")
     if not vector_files:
         raise DoseError("give at least one vector file")
     if out is not None and Path(out).is_dir():
@@ -309,10 +324,17 @@ def run_calibration(
     items([(Path(p), VectorBundle.load(Path(p))) for p in vector_files], n_controls)
     loaded = load_model(model, device=device, dtype=dtype)
     bundles = [(Path(p), VectorBundle.load(Path(p), expect=loaded.fingerprint)) for p in vector_files]
-    todo = items(bundles, n_controls)
+    hashes = {str(p): file_hash(Path(p)) for p in vector_files}
     probe = KLProbe(loaded, text_list, max_tokens=max_tokens, batch_size=batch_size)
-    doses = calibrate(probe, todo, target, statistic, max_multiplier, start, rtol, max_iter, progress)
-    settings = {"target_kl": target, "statistic": statistic, "max_multiplier": max_multiplier, "start": start,
+    doses: list[Dose] = []
+    for t in targets:  # each target searched on its own (a fresh item per vector, control and sign)
+        todo = items(bundles, n_controls)
+        for dose, _ in todo:
+            dose.file_hash = hashes[dose.file]
+        doses += calibrate(probe, todo, t, statistic, max_multiplier, start, rtol, max_iter, progress)
+    # ``target_kl`` (one target) as format 1 wrote it; ``targets`` always
+    one = {"target_kl": targets[0]} if len(targets) == 1 else {}
+    settings = {**one, "targets": targets, "statistic": statistic, "max_multiplier": max_multiplier, "start": start,
                 "rtol": rtol, "max_iter": max_iter, "max_tokens": max_tokens}  # fmt: skip
     record = calibration_record(doses, loaded, texts, probe, settings)
     if out is not None:
@@ -320,3 +342,132 @@ def run_calibration(
 
         atomic_write_text(Path(out), json.dumps(finite_json(record), indent=1, allow_nan=False) + "\n")
     return doses, record
+
+
+# ----------------------------------------------------------------------------- dose files read by runs
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+@dataclass(frozen=True)
+class DoseFile:
+    """A calibration record as a run reads it (``--dose-file``, ``doses:``): checked whole on load (JSON, kind,
+    format, every dose's fields, finite multipliers), then looked up per run arm and dose (:meth:`lookup`)."""
+
+    path: Path
+    hash: str
+    statistic: str
+    targets: tuple[float, ...]
+    model: dict[str, Any]
+    doses: tuple[dict[str, Any], ...]
+
+    @classmethod
+    def load(cls, path: Path) -> DoseFile:
+        import json
+
+        from steerlab.fileio import file_hash
+
+        path = Path(path)
+        where = f"dose file {path}"
+        try:
+            data = json.loads(read_text(path, "dose file"))
+        except json.JSONDecodeError as exc:
+            raise DoseError(
+                f"{where} is not JSON ({exc.msg}, line {exc.lineno}); give a calibrate-dose --out file"
+            ) from None
+        if not isinstance(data, dict) or data.get("kind") != "dose_calibration":
+            raise DoseError(f"{where} is not a calibrate-dose record (no kind: dose_calibration)")
+        old = isinstance(data.get("doses"), list) and any(
+            isinstance(d, dict) and "file_hash" not in d for d in data["doses"]
+        )
+        if data.get("format") == 1 or old:
+            raise DoseError(f"{where} records no vector-file hashes (an older calibrate-dose), so a vector changed "
+                            "since cannot be caught; re-run calibrate-dose")  # fmt: skip
+        if data.get("format") != FORMAT:
+            raise DoseError(
+                f"{where} has format {data.get('format')!r}, this steerlab reads {FORMAT}; re-run calibrate-dose"
+            )
+        try:
+            targets = tuple(float(t) for t in data["targets"])
+            statistic, model, doses = str(data["statistic"]), dict(data["model"]), tuple(data["doses"])
+            Fingerprint.from_dict(model)
+            for d in doses:
+                _check_dose(d, targets, where)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DoseError(f"{where} is malformed ({type(exc).__name__}: {exc}); re-run calibrate-dose") from None
+        if not targets or not doses or not all(math.isfinite(t) and t > 0 for t in targets):
+            raise DoseError(
+                f"{where} is malformed (no dose, or a target that is not a KL above 0); re-run calibrate-dose"
+            )
+        return cls(path, file_hash(path), statistic, targets, model, doses)
+
+    def describe(self) -> dict[str, Any]:
+        """What a run header records of the file (its hash is part of the run's identity)."""
+        return {"path": str(self.path), "hash": self.hash, "statistic": self.statistic, "targets": list(self.targets),
+                "unit": "multipliers are signed doses: KL(unsteered || steered) in nats"}  # fmt: skip
+
+    def check_model(self, fingerprint: Fingerprint, what: str = "the run's model") -> None:
+        """Refuse the file for a model whose fingerprint differs from the one it was calibrated on."""
+        diff = Fingerprint.from_dict(self.model).differences(fingerprint)
+        if diff:
+            raise DoseError(f"dose file {self.path} was calibrated on another model than {what} (fingerprint differs "
+                            f"in {', '.join(diff)}); run calibrate-dose on this model")  # fmt: skip
+
+    def lookup(self, vector_file: Path, control: int | None, dose: float) -> dict[str, Any]:
+        """The calibrated dose record of ``vector_file``'s vector (``control`` None) or random control at the
+        signed ``dose`` (KL units: target ``|dose|``, sign of ``dose``); refused in one line if the file has none,
+        the vector file changed since, or that dose did not converge."""
+        from steerlab.fileio import file_hash
+
+        target = next((t for t in self.targets if math.isclose(t, abs(dose), rel_tol=1e-9)), None)
+        if target is None:
+            have = ", ".join(f"{t:g}" for t in self.targets)
+            raise DoseError(f"multiplier {dose:+g} is a dose in KL units, but dose file {self.path} holds doses at KL "
+                            f"{have} only; use those or run calibrate-dose with --target-kl {abs(dose):g}")  # fmt: skip
+        h = file_hash(Path(vector_file))
+        mine = [d for d in self.doses if d["file_hash"] == h]
+        if not mine:
+            then = next((d["file_hash"] for d in self.doses if _same_file(d["file"], vector_file)), None)
+            if then is not None:
+                raise DoseError(f"vector file {vector_file} changed since dose file {self.path} was calibrated (sha256 "
+                                f"{then} then, {h} now); re-run calibrate-dose on it")  # fmt: skip
+            files = ", ".join(sorted({d["file"] for d in self.doses}))
+            raise DoseError(f"dose file {self.path} holds no dose for vector file {vector_file} (it holds {files}); "
+                            "run calibrate-dose on it")  # fmt: skip
+        sign = "+" if dose > 0 else "-"
+        what = "the vector" if control is None else f"control {control}"
+        found = [d for d in mine if d["control"] == control and d["sign"] == sign and d["target_kl"] == target]
+        if not found:
+            n = len({d["control"] for d in mine if d["control"] is not None})
+            fix = (
+                "run calibrate-dose on it" if control is None
+                else f"use controls: {n} or fewer, or re-run calibrate-dose with --controls {control + 1}"
+            )  # fmt: skip
+            raise DoseError(f"dose file {self.path} holds no dose for {what} of {vector_file} at KL {target:g} "
+                            f"({sign}); {fix}")  # fmt: skip
+        record = found[0]
+        if not record["converged"]:
+            raise DoseError(f"the dose of {what} of {vector_file} at KL {target:g} ({sign}) did not converge in "
+                            f"{self.path} (KL {record['kl']:.4g} at multiplier {record['multiplier']:+g}); re-run "
+                            "calibrate-dose with a larger --max-iter or --rtol")  # fmt: skip
+        return record
+
+
+def _check_dose(d: dict[str, Any], targets: Sequence[float], where: str) -> None:
+    """Refuse a dose record whose fields a run needs are missing, mistyped or not finite."""
+    for key, kind in (("file", str), ("file_hash", str), ("sign", str), ("layers", list), ("converged", bool)):
+        if not isinstance(d[key], kind):
+            raise TypeError(f"dose {d.get('name')!r}: {key} is not a {kind.__name__}")
+    if d["sign"] not in ("+", "-") or not all(isinstance(x, int) for x in d["layers"]):
+        raise ValueError(f"dose {d.get('name')!r}: sign or layers")
+    if d["control"] is not None and not isinstance(d["control"], int):
+        raise TypeError(f"dose {d.get('name')!r}: control is not an index")
+    for key in ("multiplier", "kl", "target_kl"):
+        value = d[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise DoseError(f"{where}: dose {d.get('name')!r} ({d['sign']}) has no finite {key} ({value!r}); re-run "
+                            "calibrate-dose")  # fmt: skip
+    if float(d["target_kl"]) not in targets or (d["multiplier"] > 0) != (d["sign"] == "+") or d["multiplier"] == 0:
+        raise ValueError(f"dose {d.get('name')!r}: its target or the sign of its multiplier disagrees with the file")

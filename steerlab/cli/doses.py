@@ -16,7 +16,9 @@ from steerlab.cli.options import Device, DType
 @app.command("calibrate-dose")
 def calibrate_dose(
     vectors: list[Path] = typer.Argument(..., help="Vector files (.safetensors); each one's random controls too."),
-    target_kl: float = typer.Option(..., "--target-kl", help="Target KL(unsteered || steered) in nats."),
+    target_kl: list[float] = typer.Option(
+        ..., "--target-kl", help="Target KL(unsteered || steered) in nats; repeat for doses at several targets."
+    ),
     texts: Path = typer.Option(
         ..., help="Neutral texts, paragraphs separated by blank lines (steerlab ships configs/texts/neutral.txt)."
     ),
@@ -34,7 +36,8 @@ def calibrate_dose(
     dtype: DType = "auto",
 ) -> None:
     """Find, for each vector and each of its random controls, the multiplier of each sign whose steering
-    reaches --target-kl from the unsteered model on a neutral text set (bisection, one pass per step)."""
+    reaches --target-kl from the unsteered model on a neutral text set (bisection, one pass per step).
+    The --out file is what `sweep --dose-file` and `eval --dose-file` read (multipliers in KL units)."""
     from steerlab.analysis.doses import run_calibration
 
     doses, record = run_calibration(
@@ -50,17 +53,20 @@ def calibrate_dose(
 def dose_table(record: dict[str, Any]) -> Table:
     """The doses of a calibration record (what ``--out`` writes) as a table."""
     t = record["texts"]
+    targets = record.get("targets") or [record["target_kl"]]  # format 1 wrote one target_kl
     title = (
-        f"doses at {record['statistic']} KL = {record['target_kl']:g} on {t['file']} "
+        f"doses at {record['statistic']} KL = {', '.join(f'{x:g}' for x in targets)} on {t['file']} "
         f"({t['n_texts']} texts, {t['n_tokens']} tokens), {record['model_source']}"
     )
     table = Table(title=escape(title))
     table.add_column("vector", no_wrap=True)
-    for column in ("control", "sign", "multiplier", "KL mean", "KL p95", "iterations"):
+    several = len(targets) > 1
+    for column in ("target KL",) * several + ("control", "sign", "multiplier", "KL mean", "KL p95", "iterations"):
         table.add_column(column, justify="right", no_wrap=True)
     for d in record["doses"]:
         control = "-" if d["control"] is None else str(d["control"])
         iterations = f"{d['iterations']}" + ("" if d["converged"] else " (not converged)")
         multiplier, kl_mean, kl_p95 = f"{d['multiplier']:+.4g}", f"{d['kl_mean']:.4f}", f"{d['kl_p95']:.4f}"
-        table.add_row(escape(d["vector"]), control, d["sign"], multiplier, kl_mean, kl_p95, iterations)
+        target = (f"{d.get('target_kl', targets[0]):g}",) * several
+        table.add_row(escape(d["vector"]), *target, control, d["sign"], multiplier, kl_mean, kl_p95, iterations)
     return table

@@ -28,6 +28,10 @@ TensorParallel = Annotated[int, typer.Option(help="vLLM: GPUs per model (tensor 
 BatchSize = Annotated[int, typer.Option(help="Rows per generation batch.")]
 TopP = Annotated[float, typer.Option(help="Nucleus sampling mass.")]
 
+DoseFileOpt = Annotated[Path | None, typer.Option(
+    "--dose-file", help="A calibrate-dose --out file: the multipliers are then signed doses in KL units (each arm "
+    "steered by its own calibrated multiplier at KL |m|, sign of m; 0: unsteered).")]  # fmt: skip
+
 # ----------------------------------------------------------------------------- fitting (extract and fit)
 VectorsDir = Annotated[Path, typer.Option(help="Vector files go to VECTORS_DIR/<concept>/NAME.safetensors.")]
 

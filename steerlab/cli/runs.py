@@ -25,6 +25,7 @@ from steerlab.cli.options import (
     Dataset,
     Device,
     DeviceMap,
+    DoseFileOpt,
     DryRun,
     DType,
     GpuMemoryUtilization,
@@ -71,6 +72,7 @@ def sweep(
     scorer: str | None = typer.Option(None, help="Override: regex or module:function scoring each output."),
     scenario: str | None = typer.Option(None, help="Override: plain or alignment_faking."),
     rename: Rename = None,
+    dose_file: DoseFileOpt = None,
     dry_run_flag: bool = typer.Option(False, "--dry-run", help="Print the run's size (and judge cost) only."),
     device: Device = "auto",
     dtype: DType = "auto",
@@ -107,6 +109,7 @@ def sweep(
         scenario=scenario,
         lora=lora,
         rename=parse_rename(rename) or None,  # given: replaces the config's rename
+        doses=dose_file,  # given: replaces the config's doses
     )
 
     def summarise(run_dir: Path) -> None:  # a plain run's summary, written while the run is still locked
@@ -117,7 +120,8 @@ def sweep(
             return
         path, cells = write_summary(run_dir, cfg.scorer)
         table = Table(title=f"{run_dir}: score = {cfg.scorer}")
-        for col in ("vector", "condition", "multiplier", "real (95% over requests)", "controls min-max", "z"):
+        unit = "dose (KL)" if cfg.doses is not None else "multiplier"
+        for col in ("vector", "condition", unit, "real (95% over requests)", "controls min-max", "z"):
             table.add_column(col)
         for c in cells:
             z = c.get("z")
@@ -153,9 +157,12 @@ def eval_command(
     max_turns: MaxTurns = 4,
     rename: Rename = None,
     vector: Path | None = typer.Option(None, help="Steer with this vector file (and its controls)."),
-    alpha: str = typer.Option("0", help="Signed multipliers with --vector, e.g. -0.2,0,0.2."),
+    alpha: str = typer.Option(
+        "0", help="Signed multipliers with --vector, e.g. -0.2,0,0.2 (KL doses with --dose-file)."
+    ),
     controls: int = typer.Option(0, help="Random controls of --vector to run beside it."),
     scale: str = typer.Option("absolute", help="absolute or relative (x the layer's mean |h|)."),
+    dose_file: DoseFileOpt = None,
     limit: Limit = None,
     max_new_tokens: MaxNewTokens = 1024,
     temperature: Temperature = 1.0,
@@ -195,7 +202,8 @@ def eval_command(
         rename=tuple(rename or ()),
     )  # fmt: skip
     cfg = shared.config(conditions, vectors=[str(vector)] if vector else [], controls=controls,
-                        multipliers=parse_multipliers(alpha), scale=scale)  # fmt: skip
+                        multipliers=parse_multipliers(alpha), scale=scale,
+                        **({"doses": str(dose_file)} if dose_file is not None else {}))  # fmt: skip
     run_config(cfg, device=device, dtype=dtype, dry=dry_run_flag, backend=backend,
                tensor_parallel_size=tensor_parallel_size, engine=engine)  # fmt: skip
 

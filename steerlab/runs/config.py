@@ -68,6 +68,9 @@ class SweepConfig(BaseModel):
     controls: int = Field(default=2, ge=0)
     multipliers: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
     scale: Scale = "absolute"  # absolute or relative, as in steerlab.steer
+    # a calibrate-dose --out file: the multipliers are then signed doses in KL units (each arm steered by its own
+    # calibrated multiplier at KL |m|, sign of m; 0 unsteered); see steerlab.runs.rows.steering_settings
+    doses: Path | None = None
     layers: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)  # checked against the model
     scenario: Literal["plain", "alignment_faking"] = "plain"
     # plain: name -> system prompt (None: none); alignment_faking: names from monitored/unmonitored/raw
@@ -142,6 +145,13 @@ class SweepConfig(BaseModel):
     def _consistent(self) -> SweepConfig:
         if not self.vectors and any(m != 0 for m in self.multipliers):
             raise ValueError("non-zero multipliers need vectors to steer with (give vectors, or multipliers [0])")
+        if self.doses is not None:
+            if not self.vectors:
+                raise ValueError("doses: a dose file gives each vector's multiplier; give vectors to steer with")
+            if self.scale != "absolute":
+                raise ValueError("doses: calibrated doses are absolute multipliers; drop scale: relative")
+            if self.lora is not None:
+                raise ValueError("doses: the doses were calibrated on the model without the LoRA adapter; drop lora")
         if self.conditions is None:
             self.conditions = ["monitored", "unmonitored"] if self.scenario == "alignment_faking" else {"default": None}
         if self.scenario == "alignment_faking" and isinstance(self.conditions, dict):

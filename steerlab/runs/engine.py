@@ -42,6 +42,7 @@ from steerlab.runs.rows import (
     ROW_FIELDS,
     Arm,
     Row,
+    dose_file,
     expand,
     generation_key,
     load_arms,
@@ -109,7 +110,14 @@ def check_config(config: SweepConfig, fingerprint: Fingerprint | None = None) ->
                 f"vector {arm.vector!r} has width {arm.bundle.vector.d_model}, but the model's d_model is "
                 f"{fingerprint.d_model}; use a vector fitted on this model"
             )
-    steering_settings(config, arms)  # the steered layers exist in every vector file
+    table = dose_file(config)
+    if table is not None:  # the doses' model: the vectors' before the model loads, the model's once it has
+        if fingerprint is not None:
+            table.check_model(fingerprint)
+        for arm in arms:
+            if arm.bundle is not None and arm.control is None:
+                table.check_model(Fingerprint.from_dict(arm.bundle.meta["model"]), f"vector file {arm.path}")
+    steering_settings(config, arms)  # the steered layers exist in every vector file (and every arm has its dose)
     return arms
 
 
@@ -217,6 +225,7 @@ def _generate(
                     "system": next((m["content"] for m in job.messages if m["role"] == "system"), None),
                     "layers": list(job.setting.steered_layers()) if job.setting else [],
                     "scale": config.scale,
+                    **doses(config, job, rows_of[job.key][0]),
                     "sampling_seed": job.sampling.seed,
                     "turns": [t.__dict__ for t in sample_turns],
                     "text": transcript([t.text for t in sample_turns]),
@@ -238,6 +247,16 @@ def _generate(
                 bar.close()
                 raise ChunkGenerationError(failures, len(part))
     bar.close()
+
+
+def doses(config: SweepConfig, job: Job, row: Row) -> dict[str, Any]:
+    """A dose run's sample fields: the signed dose (KL units, also the row's ``multiplier``) and the multiplier
+    applied (the arm's calibrated one; 0 unsteered). Shared by the rows of one generation (one arm and dose, or
+    unsteered). Nothing without a dose file."""
+    if config.doses is None:
+        return {}
+    applied = job.setting.multiplier if job.setting is not None else 0.0
+    return {"dose_kl": row.multiplier, "steering_multiplier": applied}
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The run header: what a run was, recorded once in ``RUN_DIR/header.json``.
 
 :func:`build_header` describes the config, scenario, model, vector and prompt files, requests,
-seeds and backend; a resumed run must agree with the header on :data:`RESUME_KEYS`
+seeds, backend and dose file; a resumed run must agree with the header on :data:`RESUME_KEYS`
 (:func:`steerlab.harness.records.check_run`).
 """
 
@@ -20,12 +20,15 @@ from steerlab.harness.datasets import Item
 from steerlab.harness.records import FORMAT, git_commit, versions
 from steerlab.harness.scenario import Scenario
 from steerlab.runs.config import SweepConfig
+from steerlab.runs.rows import dose_file
 
 
 def config_hash(config: SweepConfig) -> str:
     data = config.model_dump(mode="json", exclude={"out", "batch_size", "scorer", "judge"})
     if not data.get("rename"):  # no rename: the hash of a run made before renames existed
         data.pop("rename", None)
+    if data.get("doses") is None:  # no dose file: the hash of a run made before dose files existed
+        data.pop("doses", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -53,6 +56,8 @@ def build_header(
             **({system_file: file_hash(Path(system_file))} if system_file else {}),
         },
         "claims": prompts.describe(config.claims) if config.claims else None,
+        # the dose file's path, content hash and targets (None without one): a resume with another is refused
+        "dose_file": table.describe() if (table := dose_file(config)) is not None else None,
         "intervention": config.intervention,
         "requests_hash": items_hash(items),
         "items": [i.id for i in items],
@@ -76,4 +81,6 @@ def describe_backend(backend: Backend) -> dict[str, Any]:
     return describe() if callable(describe) else {"backend": "undescribed"}
 
 
-RESUME_KEYS = ("config_hash", "model", "vector_files", "requests_hash", "scenario", "claims", "backend_identity")
+RESUME_KEYS = (
+    "config_hash", "model", "vector_files", "requests_hash", "scenario", "claims", "backend_identity", "dose_file",
+)  # fmt: skip

@@ -5,6 +5,11 @@ Every combination of (vector arm, signed multiplier, claim, condition, request, 
 (:func:`load_arms`). Rows at multiplier 0 are the same generation whatever the vector, so rows
 are keyed by the generation they need (:func:`generation_key`) and the engine generates each key
 once (:mod:`steerlab.runs.engine`). With no vectors the run has one arm named ``none``.
+
+With a dose file (``doses:``, ``--dose-file``) a row's ``multiplier`` is a signed dose in KL units, the run's
+coordinate: every arm (the real vector and each control) is steered at that dose by its *own* calibrated
+multiplier (:func:`steering_settings`), so real and controls at one dose are a matched comparison, and rows,
+their ids, generation keys and summaries are keyed by the dose. Samples record the multiplier applied beside it.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from steerlab.errors import ConfigError
 from steerlab.harness.datasets import Item
@@ -20,6 +25,9 @@ from steerlab.models import Fingerprint
 from steerlab.runs.config import SweepConfig
 from steerlab.steer import SteeringSetting
 from steerlab.vectors import VectorBundle
+
+if TYPE_CHECKING:
+    from steerlab.analysis.doses import DoseFile
 
 NONE = "none"  # vector and arm name of unsteered rows in a run without vectors
 
@@ -42,6 +50,7 @@ class Arm:
     arm: str
     bundle: VectorBundle | None
     control: int | None
+    path: Path | None = None  # the vector file (a dose file's doses are looked up by its content)
 
 
 def load_arms(config: SweepConfig, fingerprint: Fingerprint | None) -> list[Arm]:
@@ -57,8 +66,8 @@ def load_arms(config: SweepConfig, fingerprint: Fingerprint | None) -> list[Arm]
         names.add(name)
         if config.controls > len(bundle.controls):
             raise ConfigError(f"{path} has {len(bundle.controls)} controls; the sweep asks for {config.controls}")
-        arms.append(Arm(name, "real", bundle, None))
-        arms += [Arm(name, f"control{i}", bundle, i) for i in range(config.controls)]
+        arms.append(Arm(name, "real", bundle, None, Path(path)))
+        arms += [Arm(name, f"control{i}", bundle, i, Path(path)) for i in range(config.controls)]
     return arms
 
 
@@ -102,13 +111,39 @@ def generation_key(row: Row) -> str:
 
 
 def steering_settings(config: SweepConfig, arms: Sequence[Arm]) -> dict[tuple[str, str, float], SteeringSetting]:
-    """Every (vector, arm, non-zero multiplier)'s steering setting; refuses layers a vector file lacks."""
+    """Every (vector, arm, non-zero multiplier)'s steering setting; refuses layers a vector file lacks.
+
+    With ``config.doses`` the multiplier is a signed dose: the setting steers by the arm's calibrated multiplier
+    at KL ``|m|`` in the direction ``sign(m)``, at the layers it was calibrated at (refused, one line, when the
+    file has no converged dose for the arm and dose, or the vector file changed since, or ``layers:`` differ)."""
     from steerlab.generate import settings_for
 
+    table = dose_file(config)
     out = {}
     for arm in arms:
         if arm.bundle is None:
             continue
-        for setting in settings_for(arm.bundle, config.multipliers, config.layers, config.scale, arm.control):
-            out[(arm.vector, arm.arm, setting.multiplier)] = setting
+        for m in config.multipliers:
+            if table is None or m == 0:
+                alpha = m
+            else:
+                assert arm.path is not None
+                record = table.lookup(arm.path, arm.control, m)
+                alpha = float(record["multiplier"])
+            (setting,) = settings_for(arm.bundle, [alpha], config.layers, config.scale, arm.control)
+            if table is not None and m != 0 and list(setting.steered_layers()) != record["layers"]:
+                raise ConfigError(
+                    f"layers: {config.layers} steers {arm.path} at {list(setting.steered_layers())}, but its doses "
+                    f"were calibrated at {record['layers']}; drop layers: or calibrate those layers"
+                )
+            out[(arm.vector, arm.arm, m)] = setting
     return out
+
+
+def dose_file(config: SweepConfig) -> DoseFile | None:
+    """The run's dose file (:class:`steerlab.analysis.doses.DoseFile`), checked whole; None without one."""
+    if config.doses is None:
+        return None
+    from steerlab.analysis.doses import DoseFile
+
+    return DoseFile.load(config.doses)

@@ -6,6 +6,10 @@ against the envelope of its random controls (min-max, and mean +- 2 s.d. across 
 the real effect's z-score relative to the controls (:func:`summarise`, :func:`write_summary`).
 The alignment-faking scenario's labels go through :mod:`steerlab.harness.summary`, a prompt
 intervention's through :mod:`steerlab.prompts` (:func:`write_label_summary`).
+
+In a dose run (``doses:``) the ``multiplier`` of every sample, and so of every cell, is the signed dose in KL
+units, so a cell holds the real vector and its controls each at its own calibrated multiplier for that dose;
+the cell records those multipliers (``real_steering_multiplier``, ``control_steering_multipliers``).
 """
 
 from __future__ import annotations
@@ -59,7 +63,10 @@ def summarise(
     from steerlab import stats
 
     cells: dict[tuple[str, float, str], dict[str, list[tuple[str, float]]]] = defaultdict(lambda: defaultdict(list))
+    applied: dict[tuple[str, float, str], dict[str, set[float]]] = defaultdict(lambda: defaultdict(set))
     for r in records:
+        if "dose_kl" in r:  # a dose run: the multiplier each arm was steered by at this dose
+            applied[(r["vector"], r["multiplier"], r["condition"])][r["arm"]].add(r["steering_multiplier"])
         key = (r["vector"], r["multiplier"], r["condition"])
         cells[key][r["arm"]].append((stats.request_of(r), score(r["text"], r)))
     out = []
@@ -75,6 +82,10 @@ def summarise(
             "real_ci_low": est["ci_low"], "real_ci_high": est["ci_high"], "n": len(real), "n_requests": len(per),
             "n_controls": len(ctrl_means),
         }  # fmt: skip
+        if (vector, mult, cond) in applied:
+            per_arm = {a: min(m) for a, m in sorted(applied[vector, mult, cond].items())}  # one per arm and dose
+            entry.update(dose_kl=mult, real_steering_multiplier=per_arm.get("real"),
+                         control_steering_multipliers=[v for a, v in per_arm.items() if a != "real"])  # fmt: skip
         if ctrl_means:
             c_mean = statistics.fmean(ctrl_means)
             c_sd = statistics.stdev(ctrl_means) if len(ctrl_means) > 1 else 0.0
@@ -97,10 +108,13 @@ def write_summary(run_dir: Path, spec: str) -> tuple[Path, list[dict[str, Any]]]
     if not records:
         raise ConfigError(f"{run_dir} has no samples to summarise")
     check_unique(records, Path(run_dir) / SAMPLES)
-    seed = min(read_header(run_dir)["seeds"])
+    header = read_header(run_dir)
+    seed = min(header["seeds"])
     summary = summarise(records, scorer(spec), seed=seed)
     path = Path(run_dir) / SUMMARY
     body = {"scorer": spec, "statistics": stats.describe(seed), "cells": summary}
+    if header.get("dose_file"):  # the cells' multipliers are signed doses (KL units)
+        body["dose_file"] = header["dose_file"]
     atomic_write_text(path, json.dumps(body, indent=1) + "\n")
     return path, summary
 
