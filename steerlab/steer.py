@@ -28,6 +28,24 @@ generated tokens' positions). Under ``"generation"`` the first generated token i
 affected: it is chosen from the prefill pass's logits, before any decode step runs; steering
 reaches the second token onward (each decode step adds at the position of the token it reads).
 
+Operators (``SteeringSetting.operator``), each per row through the same table, with ``u = v_l / |v_l|`` and the
+setting's unit ``s_l = |v_l|`` (absolute scale) or the layer's ``token_norm`` (relative scale), so a multiplier
+means the same length along ``u`` for every operator::
+
+    add     h += alpha * s_l * u                          (the paper's steering)
+    ablate  h += (alpha * s_l - h.u) * u                  projection onto u set to alpha * s_l:
+                                                          alpha = 0 is directional ablation (Arditi et al.),
+                                                          alpha != 0 ablation then addition
+    clamp   h += alpha * s_l * u, then the projection onto u is clamped to [lo * s_l, hi * s_l]
+
+All three are ``h' = h + A + (clamp(q, lo, hi) - q) * u`` with ``q = (h + A).u``: a row that only adds has
+``u = 0`` (so nothing moves along it) and unbounded limits. The projection is computed in float32. A table
+without ablation or clamping rows runs no projection at all: plain addition costs what it always did.
+
+A setting may carry a :class:`steerlab.conditions.Condition` (conditional steering, after Lee et al.): the row is
+steered only if its prompt's mean cosine (or projection) with a condition direction at a condition layer passes a
+threshold, decided on the prefill pass and kept for the row's decode steps (see :mod:`steerlab.conditions`).
+
 Numbers that would break the model are refused, each with one line naming the setting: a row whose
 added vector is not finite in float32 or whose norm is at least ``MAX_NORM`` (its squares, summed by
 every RMS norm in float32, would overflow) when the table is built; a row that overflows the model's
@@ -42,7 +60,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -51,7 +69,12 @@ from steerlab.errors import ConfigError
 from steerlab.loci import POSITIONS, Position
 from steerlab.vectors import SteeringVector, VectorError
 
+if TYPE_CHECKING:
+    from steerlab.conditions import Condition, ConditionGate
+
 Scale = Literal["absolute", "relative"]
+Operator = Literal["add", "ablate", "clamp"]
+OPERATORS: tuple[str, ...] = get_args(Operator)
 # Largest norm an added vector may have: beyond it the sum of squares that every RMS norm computes
 # (in float32) overflows, the normalised stream becomes 0 or NaN, and generation is garbage.
 MAX_NORM = math.sqrt(torch.finfo(torch.float32).max)  # about 1.8e19
@@ -72,6 +95,9 @@ class SteeringSetting:
     layers: tuple[int, ...] | None = None  # default: the vector's selected layers
     scale: Scale = "absolute"
     token_norms: dict[int, float] | None = None
+    operator: Operator = "add"
+    bounds: tuple[float, float] | None = None  # clamp: the projection's range, in multiplier units
+    condition: Condition | None = None  # steer only rows whose prompt passes it
 
     def steered_layers(self) -> tuple[int, ...]:
         return tuple(self.layers) if self.layers is not None else self.vector.layers
@@ -79,19 +105,37 @@ class SteeringSetting:
     def describe(self) -> str:
         """``alpha=+4 x toy at layers [1, 2]``: how error messages name a setting."""
         scale = " (relative scale)" if self.scale == "relative" else ""
-        return f"alpha={self.multiplier:+g} x {self.vector.name} at layers {list(self.steered_layers())}{scale}"
+        op = ""
+        if self.operator == "ablate":
+            op = "ablate, "
+        elif self.operator == "clamp" and self.bounds is not None:
+            op = f"clamp to [{self.bounds[0]:g}, {self.bounds[1]:g}], "
+        cond = f" if {self.condition.describe()}" if self.condition is not None else ""
+        layers = list(self.steered_layers())
+        return f"{op}alpha={self.multiplier:+g} x {self.vector.name} at layers {layers}{scale}{cond}"
 
-    def rows(self, layers: Sequence[int]) -> torch.Tensor:
-        """This setting's additive vectors ``[len(layers), d_model]`` (zeros where it does not steer)."""
-        if not math.isfinite(self.multiplier):
-            raise ConfigError(f"multiplier {self.multiplier} is not a finite number")
-        if self.scale not in get_args(Scale):
-            raise ConfigError(f"unknown scale {self.scale!r}; use absolute or relative")
+    def check(self) -> None:
+        """Refuse, with one line, an operator or bounds that make no sense."""
+        if self.operator not in OPERATORS:
+            raise ConfigError(f"unknown operator {self.operator!r}; use one of {', '.join(OPERATORS)}")
+        if self.operator == "clamp":
+            if self.bounds is None:
+                raise ConfigError("operator clamp needs bounds LO:HI (the projection's range, in multiplier units)")
+            lo, hi = self.bounds
+            if math.isnan(lo) or math.isnan(hi) or lo > hi or lo == math.inf or hi == -math.inf:
+                raise ConfigError(f"clamp bounds [{lo:g}, {hi:g}]: give LO <= HI, numbers (or an empty side for none)")
+        elif self.bounds is not None:
+            raise ConfigError(
+                f"bounds are for operator clamp, not {self.operator} (drop --clamp or use --operator clamp)"
+            )
+
+    def _units(self, layers: Sequence[int]) -> tuple[list[int], torch.Tensor]:
+        """(indices j into ``layers`` this setting steers, its per-layer vectors ``[n, d_model]`` float32 as the
+        multiplier scales them: the saved vector, or for relative scale its direction times the token norm)."""
         mine = set(self.steered_layers())
-        out = torch.zeros(len(layers), self.vector.d_model, dtype=torch.float32)
         rows = [j for j, layer in enumerate(layers) if layer in mine]
         if not rows:
-            return out
+            return rows, torch.zeros(0, self.vector.d_model)
         v = [self.vector.at(layers[j]).float() for j in rows]
         if self.scale == "relative":
             for i, j in enumerate(rows):
@@ -105,8 +149,50 @@ class SteeringSetting:
                         "cannot scale by it; refit the vector or use --scale absolute"
                     )
                 v[i] = v[i] / v[i].norm().clamp_min(1e-30) * norm  # row by row, as the table has always been made
-        v = torch.stack(v)  # [n_rows, d_model]
-        out[rows] = self.multiplier * v
+        return rows, torch.stack(v)
+
+    def projection(self, layers: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This setting's projection rows: (unit directions ``[len(layers), d_model]``, lower and upper limits of the
+        projection ``[len(layers)]``), float32; zeros and (-inf, inf) where it only adds or does not steer."""
+        self.check()
+        n, d = len(layers), self.vector.d_model
+        units = torch.zeros(n, d)
+        lo = torch.full((n,), -math.inf)
+        hi = torch.full((n,), math.inf)
+        if self.operator == "add":
+            return units, lo, hi
+        rows, v = self._units(layers)
+        for i, j in enumerate(rows):
+            size = float(v[i].double().norm())
+            if not size > 0:
+                raise VectorError(f"{self.describe()}: the vector at layer {layers[j]} is zero, so it has no direction")
+            units[j] = v[i] / v[i].norm()
+            if self.operator == "ablate":
+                lo[j] = hi[j] = self.multiplier * size
+            else:
+                assert self.bounds is not None
+                lo[j], hi[j] = self.bounds[0] * size, self.bounds[1] * size
+                for end in (lo[j], hi[j]):
+                    if math.isfinite(float(end)) and not abs(float(end)) < MAX_NORM:
+                        raise ConfigError(
+                            f"{self.describe()}: a clamp bound at layer {layers[j]} is {float(end):.3g} along the "
+                            "vector, which overflows float32; use smaller bounds"
+                        )
+        return units, lo, hi
+
+    def rows(self, layers: Sequence[int]) -> torch.Tensor:
+        """This setting's additive vectors ``[len(layers), d_model]`` (zeros where it does not steer)."""
+        if not math.isfinite(self.multiplier):
+            raise ConfigError(f"multiplier {self.multiplier} is not a finite number")
+        if self.scale not in get_args(Scale):
+            raise ConfigError(f"unknown scale {self.scale!r}; use absolute or relative")
+        self.check()
+        out = torch.zeros(len(layers), self.vector.d_model, dtype=torch.float32)
+        rows, v = self._units(layers)
+        if not rows:
+            return out
+        if self.operator != "ablate":  # ablation sets the projection itself (see projection()); it adds nothing
+            out[rows] = self.multiplier * v
         # The added vector must survive float32 and the next RMS norm (a sum of squares in float32).
         sizes = abs(self.multiplier) * v.double().norm(dim=-1)  # [n_rows]
         bad = (~torch.isfinite(out[rows]).all(-1)) | ~(sizes < MAX_NORM)
@@ -117,6 +203,38 @@ class SteeringSetting:
                 "which overflows float32; use a smaller multiplier"
             )
         return out
+
+
+def parse_bounds(text: str) -> tuple[float, float]:
+    """``--clamp LO:HI`` (multiplier units; an empty side is unbounded: ``:2``, ``-1:``) as (lo, hi)."""
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise ConfigError(f"--clamp {text!r}: write LO:HI, e.g. -1:1, or :2 for at most 2")
+    try:
+        lo = float(parts[0]) if parts[0].strip() else -math.inf
+        hi = float(parts[1]) if parts[1].strip() else math.inf
+    except ValueError:
+        raise ConfigError(f"--clamp {text!r}: LO and HI must be numbers (write LO:HI, e.g. -1:1)") from None
+    if math.isnan(lo) or math.isnan(hi) or lo > hi or lo == math.inf or hi == -math.inf:
+        raise ConfigError(f"--clamp {text!r}: give LO <= HI (an empty side for no bound)")
+    return lo, hi
+
+
+Projection = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # units [n_rows, L, d_model], lo, hi [n_rows, L]
+
+
+def build_projection(settings: Sequence[SteeringSetting], layers: Sequence[int]) -> Projection | None:
+    """The projection rows of a table (row 0 and adding rows: zero units, unbounded), or None when every setting only
+    adds (then the hooks compute no projection at all)."""
+    if all(s.operator == "add" for s in settings):
+        return None
+    d_model = settings[0].vector.d_model
+    units = torch.zeros(1 + len(settings), len(layers), d_model)
+    lo = torch.full((1 + len(settings), len(layers)), -math.inf)
+    hi = torch.full((1 + len(settings), len(layers)), math.inf)
+    for i, s in enumerate(settings):
+        units[i + 1], lo[i + 1], hi[i + 1] = s.projection(layers)
+    return units, lo, hi
 
 
 def build_table(settings: Sequence[SteeringSetting], d_model: int) -> tuple[torch.Tensor, list[int]]:
@@ -167,6 +285,10 @@ def check_finite_rows(table: torch.Tensor, layer: int, labels: Sequence[str]) ->
         )
 
 
+class _Decided(Exception):
+    """Ends a condition pre-pass once every condition layer has been read."""
+
+
 class Steerer:
     """Owns the hooks of all selected layers; install and remove with one call (or ``with``).
 
@@ -182,8 +304,11 @@ class Steerer:
         position: Position = "all",
         max_batch: int = 256,
         labels: Sequence[str] | None = None,
+        projection: Projection | None = None,
+        gate: ConditionGate | None = None,
     ):
-        """``labels[i]`` names table row ``i + 1`` in error messages (row 0 is unsteered)."""
+        """``labels[i]`` names table row ``i + 1`` in error messages (row 0 is unsteered); ``projection`` holds the
+        ablating and clamping rows (:func:`build_projection`), ``gate`` the rows' conditions."""
         if position not in POSITIONS:
             raise ConfigError(f"unknown position {position!r}; use one of {', '.join(POSITIONS)}")
         if table.dim() != 3 or table.shape[1] != len(layers):
@@ -201,9 +326,45 @@ class Steerer:
             self._tables.append(self._layer_table(table, j, device, dtype))  # once per layer, at setup
             self._per_row.append(torch.zeros(max_batch, table.shape[-1], device=device, dtype=dtype))
         self.max_batch = max_batch
+        # projection (ablate, clamp): per layer [n_rows, d_model] units, [n_rows] limits, and static per-row buffers
+        self._units: list[torch.Tensor] = []
+        self._limits: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._ubuf: list[torch.Tensor] = []  # per layer [max_batch, d_model] float32
+        self._lbuf: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer ([max_batch], [max_batch]) float32
+        self._projects: list[bool] = [False] * len(self.layers)  # a row of the table projects at this layer
+        self._set_projection(projection)
+        self.gate = gate
+        self._check_gate()
+        self._suspended = False  # a condition pre-pass: the steering hooks do nothing
         self._handles: list[Any] = []
         self._rows: list[int] = []  # the table row of each batch row, as last set
         self._watch: list[tuple[int, torch.Tensor]] | None = None  # (layer, ok [batch]) while watching
+
+    def _set_projection(self, projection: Projection | None) -> None:
+        """Take a table's projection rows; the per-row buffers are made once and kept (static addresses)."""
+        if projection is None:
+            self._units, self._limits = [], []
+            self._projects = [False] * len(self.layers)
+            return
+        units, lo, hi = projection
+        n_rows = self._source.shape[0]
+        if units.shape != self._source.shape or lo.shape != (n_rows, len(self.layers)) or hi.shape != lo.shape:
+            raise ConfigError(f"projection shape {tuple(units.shape)} does not match the table's {tuple(lo.shape)}")
+        if not self._ubuf:
+            for buffer in self._per_row:
+                self._ubuf.append(torch.zeros(self.max_batch, buffer.shape[-1], device=buffer.device))
+                self._lbuf.append((torch.zeros(self.max_batch, device=buffer.device),
+                                   torch.zeros(self.max_batch, device=buffer.device)))  # fmt: skip
+        self._units = [units[:, j].to(b.device).contiguous() for j, b in enumerate(self._per_row)]
+        self._limits = [(lo[:, j].to(b.device).contiguous(), hi[:, j].to(b.device).contiguous())
+                        for j, b in enumerate(self._per_row)]  # fmt: skip
+        self._projects = [bool(u.any()) for u in self._units]
+
+    def _check_gate(self) -> None:
+        if self.gate is not None and any(not 0 <= layer < len(self.blocks) for layer in self.gate.layers):
+            raise ConfigError(
+                f"condition layer(s) {self.gate.layers} out of range: the model has {len(self.blocks)} layers"
+            )
 
     def _layer_table(self, table: torch.Tensor, j: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """Layer ``j``'s rows of ``table`` ``[n_rows, d_model]`` on ``device`` in ``dtype``, refused (one line naming
@@ -220,10 +381,15 @@ class Steerer:
         buffer = torch.zeros_like(self._per_row[j], dtype=dtype)  # [max_batch, d_model]
         rows = torch.as_tensor(self._rows, dtype=torch.long, device=table.device)
         buffer[: rows.numel()] = table[rows]  # the rows last set, gathered again from the wider source
+        if self.gate is not None and self.gate.met is not None:  # and gated again as they were
+            buffer[: rows.numel()] *= self.gate.multiplier().to(device=buffer.device, dtype=dtype)[:, None]
         self._per_row[j] = buffer
         return buffer
 
-    def retable(self, table: torch.Tensor, labels: Sequence[str] | None = None) -> None:
+    def retable(
+        self, table: torch.Tensor, labels: Sequence[str] | None = None, projection: Projection | None = None,
+        gate: ConditionGate | None = None,
+    ) -> None:  # fmt: skip
         """Replace the table (``[n_rows, len(layers), d_model]``, same layers) and keep the per-row buffers: their
         shape, dtype and address stay, so a compiled graph that reads them neither recompiles nor re-captures.
         Every batch row is set to row 0 (unsteered) until :meth:`set_rows`."""
@@ -234,6 +400,9 @@ class Steerer:
         self._labels = list(labels) if labels else []
         tables = [self._layer_table(table, j, b.device, b.dtype) for j, b in enumerate(self._per_row)]
         self._source, self._tables = table, tables
+        self._set_projection(projection)
+        self.gate = gate
+        self._check_gate()
         self.set_rows([])
 
     def set_rows(self, rows: torch.Tensor | Sequence[int]) -> None:
@@ -244,10 +413,52 @@ class Steerer:
         n_rows = self._tables[0].shape[0]
         if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n_rows):
             raise ConfigError(f"table rows must lie in 0..{n_rows - 1}")
+        n = rows.numel()
         for table, buffer in zip(self._tables, self._per_row, strict=True):
-            buffer[: rows.numel()] = table[rows.to(table.device)]
-            buffer[rows.numel() :] = 0
+            buffer[:n] = table[rows.to(table.device)]
+            buffer[n:] = 0
+        for units, (lo, hi), ubuf, (lbuf, hbuf) in zip(self._units, self._limits, self._ubuf, self._lbuf, strict=True):
+            index = rows.to(units.device)
+            ubuf[:n], lbuf[:n], hbuf[:n] = units[index], lo[index], hi[index]
+            ubuf[n:] = 0
+            lbuf[n:], hbuf[n:] = -math.inf, math.inf
         self._rows = rows.tolist()
+
+    def start_batch(self, mask: torch.Tensor) -> None:
+        """Before a batch's prefill pass, with its prompt mask ``[batch, seq]`` (1 on real tokens; the rows as last
+        set): the rows' conditions are decided on the coming pass (or in :meth:`prepass`). A no-op without
+        conditions."""
+        if self.gate is not None:
+            self.gate.start(self._rows, mask)
+
+    def prepass(self, forward: Any) -> None:
+        """Decide the batch's conditions on an unsteered pass over the prompt (``forward()`` runs the model on it),
+        cut after the deepest condition layer: for conditions read at a layer after a steered one."""
+        if self.gate is None or not self.gate.pending:
+            return
+        self._suspended = True
+        try:
+            forward()
+        except _Decided:
+            pass
+        finally:
+            self._suspended = False
+        if self.gate.pending:
+            raise RuntimeError(f"the condition pre-pass never reached layer(s) {sorted(self.gate.pending)}")
+
+    def decisions(self) -> list[tuple[bool | None, float | None]] | None:
+        """The batch's condition decisions (passed, score) per row, or None without conditions."""
+        return self.gate.decisions() if self.gate is not None else None
+
+    def _apply_gate(self) -> None:
+        """Zero the per-row buffers of the rows whose condition failed (kept so for the batch's decode steps)."""
+        assert self.gate is not None
+        g = self.gate.multiplier()  # [batch]
+        n = g.numel()
+        for buffer in self._per_row:
+            buffer[:n] *= g.to(device=buffer.device, dtype=buffer.dtype)[:, None]
+        for ubuf in self._ubuf:
+            ubuf[:n] *= g.to(ubuf.device)[:, None]
 
     def watch(self) -> None:
         """Check the next forward passes: each steered layer records whether every row's hidden state at its last
@@ -282,6 +493,8 @@ class Steerer:
 
         def hook(_module: Any, _args: Any, output: Any) -> None:
             nonlocal buffer
+            if self._suspended:
+                return
             hidden = output[0] if isinstance(output, tuple) else output  # [batch, seq, d_model]
             if hidden.dtype != buffer.dtype:  # the guess at setup was wrong: cast once, not per pass
                 buffer = self._adopt(j, hidden.dtype)
@@ -289,16 +502,41 @@ class Steerer:
                 return
             if position == "generation" and hidden.shape[1] != 1:
                 return
-            hidden.add_(buffer[: hidden.shape[0]].unsqueeze(1))
+            n = hidden.shape[0]
+            hidden.add_(buffer[:n].unsqueeze(1))
+            if self._projects[j]:  # ablate / clamp rows: move the projection onto u into [lo, hi], in float32
+                u = self._ubuf[j][:n]  # [batch, d_model]
+                lo, hi = self._lbuf[j]
+                q = torch.einsum("btd,bd->bt", hidden.float(), u)  # [batch, seq]
+                shift = torch.clamp(q, lo[:n, None], hi[:n, None]) - q
+                hidden.add_((shift.unsqueeze(-1) * u.unsqueeze(1)).to(hidden.dtype))
             if self._watch is not None:
                 self._watch.append((layer, torch.isfinite(hidden[:, -1].float().pow(2).mean(-1))))  # [batch]
+
+        return hook
+
+    def _condition_hook(self, layer: int):
+        gate = self.gate
+        assert gate is not None
+
+        def hook(_module: Any, _args: Any, output: Any) -> None:
+            if not gate.pending:
+                return
+            hidden = output[0] if isinstance(output, tuple) else output  # [batch, seq, d_model], not yet steered
+            if gate.read(layer, hidden):
+                self._apply_gate()
+                if self._suspended:
+                    raise _Decided
 
         return hook
 
     def install(self) -> Steerer:
         if self._handles:
             raise RuntimeError("steering hooks are already installed")
-        self._handles = [self.blocks[layer].register_forward_hook(self._hook(j)) for j, layer in enumerate(self.layers)]
+        # condition hooks first: on a block that is both, the condition reads the output before it is steered
+        if self.gate is not None:
+            self._handles = [self.blocks[c].register_forward_hook(self._condition_hook(c)) for c in self.gate.layers]
+        self._handles += [self.blocks[i].register_forward_hook(self._hook(j)) for j, i in enumerate(self.layers)]
         return self
 
     def remove(self) -> None:
@@ -325,4 +563,9 @@ def steerer_for(
     if not layers:
         raise ConfigError("no layer to steer: every setting has an empty layer list")
     labels = [s.describe() for s in settings]
-    return Steerer(blocks, layers, table, position=position, max_batch=max_batch, labels=labels)
+    from steerlab.conditions import ConditionGate
+
+    return Steerer(
+        blocks, layers, table, position=position, max_batch=max_batch, labels=labels,
+        projection=build_projection(settings, layers), gate=ConditionGate.of(settings, d_model),
+    )  # fmt: skip

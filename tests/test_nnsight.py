@@ -357,9 +357,30 @@ def test_remote_steered_generation_equals_local_hf(ndif, tiny, tiny_dir):
         requests = _mixed_requests(tiny, temperature=temperature)
         _same(HFBackend(tiny, batch_size=4).generate(requests), backend.generate(requests))
     sent = ndif.requests[-1]
-    assert sent["api_key"] == KEY and set(sent["returned"]) == {"picks", "fed", "flags"}  # per-step tokens, checks
+    # per-step tokens, checks, condition decisions (none here)
+    assert sent["api_key"] == KEY and set(sent["returned"]) == {"picks", "fed", "flags", "decided"}
     info = backend.describe()
     assert info["engine"] == {"remote": True, "ndif_model": str(tiny_dir)} and info["device_type"] == "ndif"
+
+
+def test_remote_ablation_clamping_and_conditions_equal_local_hf(ndif, tiny, tiny_dir):
+    """The trace body with operators and a condition serializes and runs on the (emulated) server as the HF hooks."""
+    from steerlab.conditions import Condition
+
+    backend = NNsightBackend(open_model(str(tiny_dir), remote=True), batch_size=4)
+    hf = HFBackend(tiny, batch_size=4)
+    base = _mixed_requests(tiny, temperature=0.0)
+    v = SteeringVector(torch.randn(tiny.n_layers, tiny.d_model, generator=torch.Generator().manual_seed(3)),
+                       tuple(range(tiny.n_layers)), (2,), tiny.fingerprint.to_dict(), "op")  # fmt: skip
+    w = torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(4))
+    settings = [SteeringSetting(v, 0.0, operator="ablate"),
+                SteeringSetting(v, 1.0, operator="clamp", bounds=(-0.5, 0.5)),
+                SteeringSetting(v, 2.0, condition=Condition(w, 1, 0.0, ">"))]  # fmt: skip
+    requests = [Request(r.messages, r.sampling, settings[i % 3], id=r.id) for i, r in enumerate(base)]
+    want, got = hf.generate(requests), backend.generate(requests)
+    _same(want, got)
+    assert [r.condition_met for r in got] == [r.condition_met for r in want]
+    assert any(r.condition_met is not None for r in want)
 
 
 def test_the_key_is_in_no_file_written(ndif, tiny_dir, tmp_path, capsys, monkeypatch):

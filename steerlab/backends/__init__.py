@@ -137,6 +137,17 @@ def check_backend_options(kind: str, **given: Any) -> None:
         )
 
 
+def check_steering_support(kind: str, operator: str = "add", conditional: bool = False) -> None:
+    """Refuse (one line) steering that ``kind`` cannot apply: vLLM's hook adds only (no ablation, clamping or
+    condition); an API model is not steered at all."""
+    if kind == "vllm" and (operator != "add" or conditional):
+        what = "--condition" if conditional and operator == "add" else f"--operator {operator}"
+        raise ConfigError(
+            f"{what} needs --backend hf or nnsight: steerlab's vLLM hook adds vectors only (no ablation, clamping "
+            "or conditions)"
+        )
+
+
 def check_engine_options(max_model_len: int | None, gpu_memory_utilization: float | None) -> None:
     if max_model_len is not None and max_model_len < 1:
         raise ConfigError(f"--max-model-len {max_model_len}: give a positive number of tokens")

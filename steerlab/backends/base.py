@@ -67,6 +67,10 @@ class Result:
     # text the chat template itself put at the start of the assistant turn and that belongs to its
     # transcript: a reasoning block it opens (``"<think>\n"``, see models.generation_lead)
     lead: str = ""
+    # conditional steering (steerlab.conditions): whether the prompt passed the setting's condition, and its score;
+    # None where the request's setting has no condition
+    condition_met: bool | None = None
+    condition_score: float | None = None
 
 
 class Backend(Protocol):

@@ -201,8 +201,10 @@ class HFBackend:
                     steerer, [labels[i] for i in batch],
                 )  # fmt: skip
                 seconds = (time.perf_counter() - started) / len(batch)
-                for i, (text, n_new, reason) in zip(batch, outs, strict=True):
-                    results[i] = Result(requests[i].id, text, len(ids[i]), n_new, reason, seconds, leads[i])
+                decided = steerer.decisions() if steerer is not None else None  # conditions: (passed, score) per row
+                for k, (i, (text, n_new, reason)) in enumerate(zip(batch, outs, strict=True)):
+                    met, score = decided[k] if decided else (None, None)
+                    results[i] = Result(requests[i].id, text, len(ids[i]), n_new, reason, seconds, leads[i], met, score)
         finally:
             if steerer is not None:
                 steerer.remove()
@@ -271,6 +273,10 @@ class HFBackend:
         # Logits at the last position only (every row ends there: left padding); the full
         # [batch, seq, vocab] is never made where the model can skip it (transformers CausalLMs can).
         keep = {self._keep_kw: 1} if self._keep_kw else {}
+        if steerer is not None and steerer.gate is not None:  # conditional steering: decided on the prompt
+            steerer.start_batch(mask)
+            if steerer.gate.prepass:  # a condition read after a steered layer: an unsteered pass up to it first
+                steerer.prepass(lambda: model(input_ids=input_ids, attention_mask=mask, position_ids=positions))
         if static is not None:  # prefill eagerly, into the static cache
             logits, positions = static.prefill(input_ids, mask, positions)
         else:

@@ -27,15 +27,17 @@ numbers can differ from it only by the compiler's order of floating-point sums.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import types
 from typing import Any
 
 import torch
 
+from steerlab.conditions import ConditionGate
 from steerlab.errors import ConfigError
 from steerlab.loci import Position
-from steerlab.steer import Steerer, SteeringSetting, build_table
+from steerlab.steer import Steerer, SteeringSetting, build_projection, build_table
 
 log = logging.getLogger(__name__)
 MIN_LENGTH = 128  # shortest static cache: short calls share one compiled graph
@@ -136,12 +138,22 @@ class CompiledDecoder:
         """Put a call's settings into the steering table (row i + 1: ``settings[i]``; row 0: unsteered)."""
         n_layers, d_model = self.loaded.n_layers, self.loaded.d_model
         full = torch.zeros(1 + len(settings), n_layers, d_model)  # [rows, all layers, d_model]
+        projection, gate = None, None
         if settings:
             table, layers = build_table(settings, d_model)
             if not layers:  # as steerer_for refuses it on the eager path
                 raise ConfigError("no layer to steer: every setting has an empty layer list")
             full[:, layers] = table
-        self.steerer.retable(full, [s.describe() for s in settings])
+            if (part := build_projection(settings, layers)) is not None:  # over every layer, as the table
+                units, lo, hi = (
+                    torch.zeros_like(full),
+                    torch.full(full.shape[:2], -math.inf),
+                    torch.full(full.shape[:2], math.inf),
+                )
+                units[:, layers], lo[:, layers], hi[:, layers] = part
+                projection = (units, lo, hi)
+            gate = ConditionGate.of(settings, d_model)
+        self.steerer.retable(full, [s.describe() for s in settings], projection, gate)
 
     def prepare(self, needed: int, context: int | None) -> None:
         """Make the static cache hold ``needed`` positions (allocating a longer one when the current is short)."""

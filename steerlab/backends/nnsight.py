@@ -43,29 +43,59 @@ import torch
 
 from steerlab.backends.base import Sampling
 from steerlab.backends.hf import HFBackend, Transcripts, left_pad
+from steerlab.conditions import ConditionGate
 from steerlab.errors import ConfigError
 from steerlab.loci import POSITIONS, Position
 from steerlab.nnsight_model import NNsightModel, module_path
-from steerlab.steer import SteeringSetting, block_device_dtype, build_table, check_finite_rows
+from steerlab.steer import SteeringSetting, block_device_dtype, build_projection, build_table, check_finite_rows
 
 
 class TraceSteering:
-    """A call's steering table for trace bodies: the Steerer's ``set_rows`` protocol, no hooks."""
+    """A call's steering table for trace bodies: the Steerer's ``set_rows`` protocol, no hooks. Holds the additions,
+    the projection rows (ablate, clamp) and the conditions, as :class:`steerlab.steer.Steerer` does."""
 
     def __init__(self, settings: Sequence[SteeringSetting], d_model: int):
         table, layers = build_table(settings, d_model)  # [1 + n_settings, n_layers, d_model], row 0 zeros; finite
         if not layers:
             raise ConfigError("no layer to steer: every setting has an empty layer list")
         self.table, self.layers = table, layers
+        self.projection = build_projection(settings, layers)  # units [rows, L, d], lo, hi [rows, L]; or None
+        self.gate = ConditionGate.of(settings, d_model)
+        if self.gate is not None and self.gate.prepass:
+            bad = next(s for s in settings if s.condition is not None and s.condition.layer > min(s.steered_layers()))
+            raise ConfigError(
+                f"{bad.describe()}: --backend nnsight decides a condition in the same pass only, so its layer must "
+                f"be at or before the first steered layer ({min(bad.steered_layers())}); use --backend hf, or a "
+                "condition at an earlier layer"
+            )
         self.labels = [s.describe() for s in settings]
         self.rows: list[int] = []
+        self.decided: list[tuple[bool | None, float | None]] | None = None
 
     def set_rows(self, rows: Sequence[int]) -> None:
         self.rows = list(rows)
+        self.decided = None
 
     def per_row(self) -> torch.Tensor:
         """The vectors of the current rows: ``[batch, n_layers, d_model]``."""
         return self.table[torch.as_tensor(self.rows, dtype=torch.long)]
+
+    def per_row_projection(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The current rows' (units ``[batch, n_layers, d_model]``, lo, hi ``[batch, n_layers]``), or None."""
+        if self.projection is None:
+            return None
+        index = torch.as_tensor(self.rows, dtype=torch.long)
+        return tuple(part[index] for part in self.projection)  # type: ignore[return-value]
+
+    def per_row_conditions(self) -> dict[int, tuple[torch.Tensor, ...]]:
+        """Per condition layer, the current rows' (directions, thresholds, comparator ">", cosine, conditioned)."""
+        if self.gate is None:
+            return {}
+        self.gate.rows = torch.as_tensor(self.rows, dtype=torch.long)
+        return {layer: self.gate.per_row(layer) for layer in self.gate.layers}
+
+    def decisions(self) -> list[tuple[bool | None, float | None]] | None:
+        return self.decided
 
     def remove(self) -> None:
         pass
@@ -169,6 +199,12 @@ class NNsightBackend(HFBackend):
         embed = envoy.get(self._embed)
         layers = steerer.layers if steerer is not None else []
         add = steerer.per_row() if steerer is not None else None  # [batch, n_layers, d_model] float32
+        projection = steerer.per_row_projection() if steerer is not None else None
+        projects = [bool(projection[0][:, j].any()) if projection else False for j in range(len(layers))]
+        conditions = steerer.per_row_conditions() if steerer is not None else {}
+        # the blocks a step visits, in the model's order: a condition layer is read before it is steered
+        visits = sorted([(c, -1) for c in conditions] + [(layer, j) for j, layer in enumerate(layers)])
+        prompt_mask = mask.float()  # [batch, seq]
         position = self.position
         sampled = [b for b, s in enumerate(samplings) if s.temperature > 0]
         seeds = [s.seed for s in samplings]
@@ -186,17 +222,43 @@ class NNsightBackend(HFBackend):
                 # a batch whose rows all end before `limit` cuts the loop short, by design (everything is saved in it)
                 warnings.filterwarnings("ignore", message=".*was never reached.*")
                 with envoy.generate(inputs, generation_config=config, backend=backend) as tracer:
-                    picks, fed, flags = [].save(), [].save(), [].save()
+                    picks, fed, flags, decided = [].save(), [].save(), [].save(), [].save()
                     generators = {}
+                    gate = None  # [batch] float: 1 to steer the row, 0 where its condition failed
                     for step in tracer.iter[:limit]:
                         if step > 0:
                             fed.append(embed.input[:, -1].cpu())  # [batch]: the token fed back after the last step
                         steer = add is not None and (position == "all" or (position == "prompt") == (step == 0))
-                        for j in range(len(layers)):
-                            out = blocks[layers[j]].output
+                        for layer, j in visits:
+                            out = blocks[layer].output
                             hidden = out[0] if isinstance(out, tuple) else out  # [batch, seq, d_model]
+                            if j < 0:  # a condition layer: decided on the prompt (step 0), before any steering
+                                if step == 0:
+                                    dirs, thr, gt, cos, here = (t.to(hidden.device) for t in conditions[layer])
+                                    h = hidden.float()
+                                    proj = torch.einsum("btd,bd->bt", h, dirs)  # [batch, seq]
+                                    per = torch.where(cos[:, None], proj / h.norm(dim=-1).clamp_min(1e-30), proj)
+                                    m = prompt_mask.to(h.device)
+                                    score = (per * m).sum(-1) / m.sum(-1).clamp_min(1.0)  # [batch]
+                                    passed = torch.where(gt, score > thr, score < thr)
+                                    met = torch.where(here, passed, torch.ones_like(passed))
+                                    gate = met.float() if gate is None else gate * met.float()
+                                    decided.append(torch.stack([here.float(), met.float(), score]).cpu())
+                                continue
                             if steer:
-                                hidden[:] += add[:, j].to(device=hidden.device, dtype=hidden.dtype).unsqueeze(1)
+                                delta = add[:, j].to(device=hidden.device, dtype=torch.float32)  # [batch, d_model]
+                                if gate is not None:
+                                    delta = delta * gate[:, None]
+                                hidden[:] += delta.to(hidden.dtype).unsqueeze(1)
+                                if projects[j]:  # ablate / clamp rows (the Steerer's formula, in float32)
+                                    u = projection[0][:, j].to(hidden.device)  # [batch, d_model]
+                                    if gate is not None:
+                                        u = u * gate[:, None]
+                                    lo = projection[1][:, j, None].to(hidden.device)
+                                    hi = projection[2][:, j, None].to(hidden.device)
+                                    q = torch.einsum("btd,bd->bt", hidden.float(), u)
+                                    shift = torch.clamp(q, lo, hi) - q
+                                    hidden[:] += (shift.unsqueeze(-1) * u.unsqueeze(1)).to(hidden.dtype)
                             if step < 2:  # the prefill and the first decode step are checked, as the HF backend does
                                 flags.append(torch.isfinite(hidden[:, -1].float().pow(2).mean(-1)).cpu())
                         logits = head.output  # [batch, seq, vocab]
@@ -216,9 +278,15 @@ class NNsightBackend(HFBackend):
                         picks.append(picked.cpu())
                         onehot = torch.full_like(last, float("-inf")).scatter(1, picked[:, None], 0.0)
                         logits[:, -1, :] = onehot.to(logits.dtype)
-            return picks, fed, flags
+            return picks, fed, flags, decided
 
-        return self.nn.run("a generation batch", run)
+        picks, fed, flags, decided = self.nn.run("a generation batch", run)
+        if steerer is not None and steerer.gate is not None:
+            here, met, score = _combine(decided)
+            steerer.decided = [
+                (bool(m), float(s)) if h else (None, None) for h, m, s in zip(here, met, score, strict=True)
+            ]
+        return picks, fed, flags
 
     @staticmethod
     def _report_broken(flags: list[torch.Tensor], labels: list[str | None], steerer: TraceSteering) -> None:
@@ -237,6 +305,16 @@ class NNsightBackend(HFBackend):
                         f"{labels[b]}: after steering, {what} in {where}; generation stopped. "
                         "Use a smaller multiplier (or --dtype float32)"
                     )
+
+
+def _combine(decided: list[torch.Tensor]) -> tuple[list[bool], list[bool], list[float]]:
+    """Per row, from each condition layer's ``[3, batch]`` (conditioned here, passed, score): whether the row has a
+    condition, whether it passed, and its score (a row has one condition, so one layer conditions it)."""
+    stacked = torch.stack(decided)  # [n_condition_layers, 3, batch]
+    here = stacked[:, 0].bool()
+    met = stacked[:, 1].bool().all(0)
+    score = torch.where(here, stacked[:, 2], torch.zeros_like(stacked[:, 2])).sum(0)
+    return here.any(0).tolist(), met.tolist(), score.tolist()
 
 
 __all__ = ["NNsightBackend", "TraceSteering"]

@@ -54,7 +54,7 @@ from typing import Any
 
 import torch
 
-from steerlab.backends import vllm_check, vllm_steer
+from steerlab.backends import check_steering_support, vllm_check, vllm_steer
 from steerlab.backends.base import (
     Request,
     Result,
@@ -283,6 +283,7 @@ class VLLMBackend:
         row_of: dict[int, int] = {}
         for r in requests:
             if r.steering is not None and id(r.steering) not in row_of:
+                check_steering_support("vllm", r.steering.operator, r.steering.condition is not None)
                 settings.append(r.steering)
                 row_of[id(r.steering)] = len(settings)
         per_call = self.max_settings - 1

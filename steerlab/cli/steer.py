@@ -62,12 +62,21 @@ def steer(
     vllm_arg: VllmArgs = None,
     compile: CompileOpt = None,
     remote: Remote = False,
+    operator: str = typer.Option("add", help="add (the paper's), ablate (projection set to alpha x |v|; alpha 0 "
+                                 "removes the direction) or clamp (add, then clamp the projection to --clamp)."),
+    clamp: str | None = typer.Option(None, help="--operator clamp: the projection's range LO:HI in multiplier "
+                                     "units (x |v|), e.g. -1:1; an empty side is unbounded (:2)."),
+    condition: Path | None = typer.Option(None, help="Steer only prompts that pass this condition file "
+                                          "(steerlab condition fit); the decision is printed per prompt."),
 ) -> None:
     """Generate with a steering vector added to the residual stream (and, with --compare, without)."""
-    from steerlab.backends import check_backend_options, make_backend
+    from dataclasses import replace
+
+    from steerlab.backends import check_backend_options, check_steering_support, make_backend
     from steerlab.backends.base import Sampling
+    from steerlab.conditions import load_condition
     from steerlab.generate import as_chat, completions, load_prompts, parse_multipliers, settings_for
-    from steerlab.steer import build_table
+    from steerlab.steer import build_table, parse_bounds
     from steerlab.vectors import VectorBundle
 
     multipliers = parse_multipliers(alpha)
@@ -75,6 +84,9 @@ def steer(
         device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg, compile, remote
     )
     check_backend_options(backend_kind, lora=lora, **engine)  # an option the backend does not take: before any file
+    check_steering_support(backend_kind, operator, condition is not None)
+    bounds = parse_bounds(clamp) if clamp is not None else None
+    cond = load_condition(condition) if condition is not None else None
     if [prompt is not None, prompts is not None, chat].count(True) != 1:
         raise ConfigError("give exactly one of --prompt, --prompts or --chat")
     if chat and len(multipliers) != 1:
@@ -86,13 +98,17 @@ def steer(
     first = VectorBundle.load(vector)
     n_layers = first.meta["model"].get("n_layers") if isinstance(first.meta["model"], dict) else None
     layer_list = parse_layers(layers, n_layers if isinstance(n_layers, int) else None)
-    build_table(settings_for(first, multipliers, layer_list, scale, control), first.vector.d_model)  # type: ignore[arg-type]
+    ops = {"operator": operator, "bounds": bounds, "condition": cond}
+    build_table([replace(s, **ops) for s in settings_for(first, multipliers, layer_list, scale, control)],  # type: ignore[arg-type]
+                first.vector.d_model)  # fmt: skip
     backend, fingerprint, _ = make_backend(
         backend_kind, model, batch_size=batch_size, dtype=dtype, device=device, position=position,
         tensor_parallel_size=tensor_parallel_size, lora=lora, **engine,
     )  # fmt: skip
     bundle = VectorBundle.load(vector, expect=fingerprint, force=force)
-    settings = settings_for(bundle, multipliers, layer_list, scale, control)  # type: ignore[arg-type]
+    if cond is not None:
+        cond.check_model(fingerprint)
+    settings = [replace(s, **ops) for s in settings_for(bundle, multipliers, layer_list, scale, control)]  # type: ignore[arg-type]
     if not chat:
         for i, group in enumerate(completions(backend, chats, settings, sampling, compare)):
             typer.echo(f"=== prompt {i}: {group[0].prompt[-1]['content']}")
