@@ -36,7 +36,6 @@ from steerlab.fileio import read_text
 
 if TYPE_CHECKING:
     from steerlab.models import Fingerprint
-    from steerlab.steer import SteeringSetting
 
 Statistic = Literal["cosine", "projection"]
 Comparator = Literal[">", "<"]
@@ -185,8 +184,9 @@ class ConditionGate:
         self.scores: torch.Tensor | None = None  # [batch] float32 (NaN: no condition)
 
     @classmethod
-    def of(cls, settings: Sequence[SteeringSetting], d_model: int) -> ConditionGate | None:
-        """The gate of a table of ``settings`` (None when no setting has a condition)."""
+    def of(cls, settings: Sequence[Any], d_model: int) -> ConditionGate | None:
+        """The gate of a table of ``settings`` (:class:`steerlab.table.SteeringSetting`; None when no setting has a
+        condition)."""
         conditions = [s.condition for s in settings]
         if all(c is None for c in conditions):
             return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from steerlab.backends.base import Backend, Request, Result, Sampling
+from steerlab.backends.base import Backend, Request, Result, Sampling, check_steering_support
 from steerlab.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -137,17 +137,6 @@ def check_backend_options(kind: str, **given: Any) -> None:
         )
 
 
-def check_steering_support(kind: str, operator: str = "add", conditional: bool = False) -> None:
-    """Refuse (one line) steering that ``kind`` cannot apply: vLLM's hook adds only (no ablation, clamping or
-    condition); an API model is not steered at all."""
-    if kind == "vllm" and (operator != "add" or conditional):
-        what = "--condition" if conditional and operator == "add" else f"--operator {operator}"
-        raise ConfigError(
-            f"{what} needs --backend hf or nnsight: steerlab's vLLM hook adds vectors only (no ablation, clamping "
-            "or conditions)"
-        )
-
-
 def check_engine_options(max_model_len: int | None, gpu_memory_utilization: float | None) -> None:
     if max_model_len is not None and max_model_len < 1:
         raise ConfigError(f"--max-model-len {max_model_len}: give a positive number of tokens")
@@ -155,4 +144,4 @@ def check_engine_options(max_model_len: int | None, gpu_memory_utilization: floa
         raise ConfigError(f"--gpu-memory-utilization {gpu_memory_utilization}: give a fraction in (0, 1]")
 
 
-__all__ = ["BACKENDS", "Backend", "Request", "Result", "Sampling", "make_backend"]
+__all__ = ["BACKENDS", "Backend", "Request", "Result", "Sampling", "check_steering_support", "make_backend"]

@@ -149,3 +149,14 @@ def check_requests(requests: Sequence[Request]) -> None:
         if not r.messages or not any(m.get("content", "").strip() for m in r.messages):
             raise ConfigError(f"request {r.id!r} has an empty prompt")
         r.sampling.check()
+
+
+def check_steering_support(kind: str, operator: str = "add", conditional: bool = False) -> None:
+    """Refuse (one line) steering that ``kind`` cannot apply: vLLM's hook adds only (no ablation, clamping or
+    condition); an API model is not steered at all."""
+    if kind == "vllm" and (operator != "add" or conditional):
+        what = "--condition" if conditional and operator == "add" else f"--operator {operator}"
+        raise ConfigError(
+            f"{what} needs --backend hf or nnsight: steerlab's vLLM hook adds vectors only (no ablation, clamping "
+            "or conditions)"
+        )

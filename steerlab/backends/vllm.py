@@ -54,11 +54,12 @@ from typing import Any
 
 import torch
 
-from steerlab.backends import check_steering_support, vllm_check, vllm_steer
+from steerlab.backends import vllm_check, vllm_steer
 from steerlab.backends.base import (
     Request,
     Result,
     check_requests,
+    check_steering_support,
     derive_seed,
     package_version,
     render_prompts,
