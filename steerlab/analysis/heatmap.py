@@ -142,14 +142,19 @@ def parse_layer_choice(spec: str, n_layers: int) -> int | list[int]:
 
 
 def vector_rows(
-    bundles: Sequence[tuple[Path, VectorBundle]], n_controls: int, choice: int | list[int]
+    bundles: Sequence[tuple[Path, VectorBundle]], n_controls: int, choice: int | list[int] | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[int], torch.Tensor]:
-    """(rows, vectors, layers, unit directions ``[n_rows, n_layers, d_model]``) for the vector files."""
+    """(rows, vectors, layers, unit directions ``[n_rows, n_layers, d_model]``) for the vector files.
+
+    ``choice``: each vector's K best layers (an int), the same layers for all (a list), or each vector's
+    own selected layers (``None``)."""
     vectors, seen = [], set()
     for path, bundle in bundles:
         if n_controls > len(bundle.controls):
             raise ConfigError(f"--controls {n_controls}: {path} has only {len(bundle.controls)} random controls")
-        if isinstance(choice, int):
+        if choice is None:
+            layers, ranked_by = sorted(bundle.vector.layers), "selected_layers"
+        elif isinstance(choice, int):
             layers, ranked_by = top_layers(bundle, choice)
         else:
             missing = [layer for layer in choice if layer not in bundle.vector.layers_available]
