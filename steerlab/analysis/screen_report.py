@@ -17,27 +17,28 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from steerlab.analysis.screen import (
+    DATASETS,
+    KIND,
     PARTIAL,
     PROGRESS,
     SCORES,
     ScoreStore,
-    Screen,
     ScreenError,
     check_model,
-    check_same,
     make_plan,
-    read_screen,
     run_scores,
     scan,
-    stored_meta,
     texts_of,
 )
+from steerlab.cache import row_checksums
 from steerlab.errors import ConfigError
 from steerlab.fileio import atomic_write_text
 from steerlab.vectors import VectorBundle, finite_json
@@ -45,6 +46,58 @@ from steerlab.vectors import VectorBundle, finite_json
 OUTPUTS = ("ranked.jsonl", "summary.json", "index.html", "judge.jsonl")
 JUDGES = ("none", "local", "anthropic")
 DEFAULT_CONTROLS = 32
+
+
+def stored_meta(path: Path) -> dict[str, Any]:
+    """The meta of a screen file (finished or partial); one line when it is not one."""
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("kind") != KIND:
+                raise ScreenError(f"{path} is not a steerlab screen file; pass --overwrite to start over")
+            return json.loads(f.attrs["meta"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise ScreenError(f"{path} cannot be read ({exc}); pass --overwrite to start over") from None
+
+
+IDENTITY = ("format", "data", "vectors", "rows", "layers", "mode", "max_tokens", "span_tokens", "model")
+
+
+def check_same(old: dict[str, Any], new: dict[str, Any], where: Path) -> None:
+    """Refuse to resume a screen written with other settings or data, naming the first difference."""
+    for key in IDENTITY:
+        if old.get(key) != new.get(key):
+            what = "the data file changed" if key == "data" else f"{key} differ"
+            raise ScreenError(f"{where} was screened with other settings ({what}); rerun with the same settings, "
+                              "or pass --overwrite to start over")  # fmt: skip
+
+
+@dataclass
+class Screen:
+    """A finished ``scores.h5`` read back (verified against its checksums)."""
+
+    meta: dict[str, Any]
+    ids: list[str]
+    lines: np.ndarray
+    arrays: dict[str, np.ndarray]
+
+    def row_scores(self) -> np.ndarray:
+        """``[n_docs, n_rows]``: each row's score, the mean over its own vector's layers."""
+        layers = self.meta["layers"]
+        idx = [[layers.index(layer) for layer in r["layers"]] for r in self.meta["rows"]]
+        return np.stack([self.arrays["scores"][:, r, li].mean(-1) for r, li in enumerate(idx)], axis=1)
+
+
+def read_screen(path: Path) -> Screen:
+    meta = stored_meta(path)
+    with h5py.File(path, "r") as f:
+        arrays = {name: f[name][()] for name in (*DATASETS, "checksums")}
+        ids = list(f["ids"].asstr()[...])
+        lines = f["lines"][()]
+    bad = np.nonzero(row_checksums(np.ascontiguousarray(arrays["scores"], np.float32)) != arrays["checksums"])[0]
+    if len(bad):
+        raise ScreenError(f"{path}: the scores of document {ids[bad[0]]!r} do not match their checksum (the file "
+                          "changed on disk); rerun with --overwrite")  # fmt: skip
+    return Screen(meta, ids, lines, arrays)
 
 
 def z_scores(real: np.ndarray, controls: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -330,7 +383,7 @@ def run_screen(
     out.mkdir(parents=True, exist_ok=True)
     with exclusive(out, "screen"):
         if overwrite:
-            for name in (SCORES, PARTIAL, PROGRESS):
+            for name in (SCORES, PARTIAL, PROGRESS, *OUTPUTS):  # nothing of the old screen stands beside the new
                 (out / name).unlink(missing_ok=True)
         if not finished:
             tok = loaded.tokenizer
