@@ -232,7 +232,8 @@ def write_html(path: Path, rows: list[dict[str, Any]], info: dict[str, Any]) -> 
     ]
     for name, c in info["concepts"].items():
         parts.append(f"<h2>{e(name)}</h2><p>layers {e(str(c['layers']))}, {c['n_controls']} controls; mean z "
-                     f"{c['z_mean']:.3g}, median {c['z_median']:.3g}</p>")  # fmt: skip
+                     f"{c['z_mean']:.3g}, median {c['z_median']:.3g}; its spread across documents is "
+                     f"x{c['spread_vs_controls']:.3g} the controls'</p>")  # fmt: skip
         for flag in ("top", "bottom"):
             flagged = sorted((r for r in rows if r["concepts"][name]["flag"] == flag),
                              key=lambda r: r["concepts"][name]["rank"], reverse=flag == "bottom")  # fmt: skip

@@ -57,7 +57,8 @@ def screen(
               f"{info['layers']}); {info['per_tail']} flagged per tail")  # fmt: skip
     for name, c in info["concepts"].items():
         top5 = escape(str(c["top"][:5])) + (" ..." if len(c["top"]) > 5 else "")
-        out.print(f"  {escape(name)}: mean z {c['z_mean']:.3g} vs {c['n_controls']} controls; top {top5}")
+        out.print(f"  {escape(name)}: mean z {c['z_mean']:.3g} vs {c['n_controls']} controls, spread across documents "
+                  f"x{c['spread_vs_controls']:.3g} the controls'; top {top5}")  # fmt: skip
     if info.get("judge"):
         j = info["judge"]
         out.print(f"  judge {j['backend']}:{escape(j['model'])}: {j['n_judged']} flagged documents, {j['cached']} "
