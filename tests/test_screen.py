@@ -300,6 +300,11 @@ def test_the_judge_is_asked_about_the_flagged_documents_only(setup, tiny_dir, tm
     asked.clear()
     code, _, err = run_cli([*args, "--resume"], capsys)  # the cache answers: no new question
     assert code == 0 and asked == [], err
+    # --overwrite without a judge: a new screen (default --tail 0.05: 2 of 24 per tail), no stale judge.jsonl
+    code, _, err = run_cli([*screen_args(data, vector, out, tiny_dir, "--controls", "2"), "--overwrite"], capsys)
+    assert code == 0 and not (out / "judge.jsonl").exists(), err
+    flags = [r["concepts"]["planted"]["flag"] for r in read_ranked(out)]
+    assert flags[:3] == ["top", "top", None] and flags.count("bottom") == 2 and "judge" not in read_ranked(out)[0]
 
 
 @pytest.mark.integration

@@ -22,7 +22,9 @@ def screen(
     data_format: str = typer.Option("auto", "--format", help="auto (by suffix, else first character), jsonl or text."),
     model: str | None = typer.Option(None, help="Model (default: the one the vectors were fitted on)."),
     controls: int | None = typer.Option(
-        None, help="Random controls per vector (default: all the file has; more are drawn by its seed rule)."
+        None,
+        help="Random controls per vector (default 32, beyond the file's own drawn by its seed rule; a file "
+        "that records none: the controls it carries).",
     ),
     layers: str = typer.Option("selected", help="selected (each vector's own), topK, or a list like 3,5,10-12."),
     cosine: bool = typer.Option(False, "--cosine", help="Mean cosine per token, not the mean projection."),
