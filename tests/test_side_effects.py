@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -234,8 +233,11 @@ def test_readout_equals_an_independent_computation_and_the_plant_beats_the_contr
     samples = {s["id"]: s for s in read_samples(root / "run")}
     concepts = {c["name"]: c for c in record["concepts"]}
     assert list(concepts) == ["alpha", "beta"]  # the run's vector, then its sibling concept file
-    assert concepts["alpha"]["readout_layer"] == 1 and concepts["alpha"]["layer_rule"] == "best val_auroc"
-    assert concepts["beta"]["readout_layer"] == 0  # all val_auroc equal: the lower layer
+    assert (
+        concepts["alpha"]["readout_layer"] == 1
+        and concepts["alpha"]["layer_rule"] == "best selected layer by val_auroc"
+    )
+    assert concepts["beta"]["readout_layer"] == 1  # all val_auroc equal: the lower selected layer (of 1, 2)
     units = {}
     for name, c in concepts.items():
         v = VectorBundle.load(root / c["file"]).vector.at(c["readout_layer"])
@@ -329,7 +331,7 @@ def test_real_sweep_end_to_end_kl_and_perplexity(tiny_dir, loaded, tmp_path, cap
             "--device", "cpu", "--n-resamples", "200"]  # fmt: skip
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
-    assert "no reasoning to judge" in out and "readout:alpha" in out and "kl_mean" in out
+    assert "no reasoning to judge" in out and "read-out alpha" in out and "KL mean" in out and "ppl ratio" in out
     record = json.loads((tmp_path / "se" / "side_effects.json").read_text())
     assert record["judge"]["judged"] is False and record["texts"]["n_texts"] == 3
     for r in record["rows"]:
@@ -344,18 +346,29 @@ def test_real_sweep_end_to_end_kl_and_perplexity(tiny_dir, loaded, tmp_path, cap
     controls = [row(record, f"control{i}", 3.0)["kl_mean"] for i in range(2)]
     env = next(e for e in record["envelope"] if e["multiplier"] == 3.0 and e["statistic"] == "kl_mean")
     assert env["controls"] == pytest.approx(controls) and env["control_max"] == pytest.approx(max(controls))
-    # a second run into the same --out is refused; --overwrite replaces it, and --controls 1 narrows the envelope
+    # a second run into the same --out is refused; --overwrite replaces it, --controls 1 narrows the envelope and
+    # --readout-layer reads at the layer given
     code, _, err = run_cli(args, capsys)
     assert code == 2 and "exists and is not empty" in err
-    code, _, err = run_cli([*args, "--overwrite", "--controls", "1"], capsys)
+    code, _, err = run_cli([*args, "--overwrite", "--controls", "1", "--readout-layer", "3"], capsys)
     assert code == 0, err
     again = json.loads((tmp_path / "se" / "side_effects.json").read_text())
     assert {r["arm"] for r in again["rows"]} == {"real", "control0"}
     assert row(again, "real", 3.0)["kl_mean"] == pytest.approx(real["kl_mean"], rel=1e-6)
+    assert [(c["readout_layer"], c["layer_rule"]) for c in again["concepts"]] == [(3, "--readout-layer")]
+    sample = next(s for s in read_samples(tmp_path / "run") if s["arm"] == "real" and s["multiplier"] == 3)
+    ids, n_prompt = generated_ids(loaded, sample)
+    u = directions[3] / directions[3].norm()
+    got = next(json.loads(x) for x in (tmp_path / "se" / "readouts.jsonl").read_text().splitlines()
+               if json.loads(x)["id"] == sample["id"])  # fmt: skip
+    assert got["readout"]["alpha"] == pytest.approx(
+        float((block_states(loaded, ids)[3][n_prompt:] @ u).mean()), abs=1e-4
+    )
 
 
-def test_readout_layer_option_and_default_rule(loaded, tmp_path):
+def test_default_readout_layer_is_the_best_selected_layer(loaded, tmp_path):
     directions = torch.randn(loaded.n_layers, loaded.d_model, generator=torch.Generator().manual_seed(9))
-    path = concept_file(tmp_path, loaded, "gamma", directions, auroc=[0.7, 0.6, 0.9, 0.9])
-    assert readout_layer(VectorBundle.load(path)) == (2, "best val_auroc")  # ties: the lower layer
-    shutil.rmtree(tmp_path / "vectors")
+    path = concept_file(tmp_path, loaded, "gamma", directions, auroc=[0.95, 0.6, 0.7, 0.99])
+    assert readout_layer(VectorBundle.load(path)) == (2, "best selected layer by val_auroc")  # of 1, 2 only
+    path = concept_file(tmp_path / "b", loaded, "delta", directions, auroc=[0.5, 0.8, 0.8, 0.5])
+    assert readout_layer(VectorBundle.load(path)) == (1, "best selected layer by val_auroc")  # ties: the lower

@@ -17,10 +17,11 @@ unsteered (multiplier 0) samples and the random controls at the same multiplier:
   the concept's read-out layer projected on the concept's unit direction there and averaged over the generated
   tokens only (:mod:`steerlab.analysis.side_effects_probe`); reported as the change against the unsteered
   samples, over requests as above. Because the re-encoding is unsteered, the steering cannot touch the read-out
-  directly: only the text it made can. The default read-out layer of a concept is its best layer by its
-  validation diagnostic (the first of ``val_auroc``, ``keyword_hard_auroc``, ``cv_auroc``, ``cv_dprime`` its
-  file records; ties: the lower layer), else its first selected layer; ``--readout-layer N`` reads every concept
-  at layer N;
+  directly (whichever layer it steered): only the text it made can. The default read-out layer of a concept is
+  the best of its vector's selected layers by the first validation diagnostic its file records (``val_auroc``,
+  ``keyword_hard_auroc``, ``cv_auroc``, ``cv_dprime``; ties: the lower layer), else its first selected layer: a
+  layer where the concept's direction was fitted to be read, and the best held-out one among them;
+  ``--readout-layer N`` reads every concept at layer N;
 - **envelope**: each statistic of the real vector beside the same statistic of every random control at the same
   multiplier: the controls' min and max, where the real value lies (``above``, ``below``, ``inside``), its rank
   among real and controls (1 = the largest), the share of controls below it, and a z-score when there are at least
@@ -104,21 +105,21 @@ def control_index(arm: str) -> int | None:
 
 
 def readout_layer(bundle: VectorBundle) -> tuple[int, str]:
-    """A concept's default read-out layer and the rule that chose it (module docstring)."""
+    """A concept's default read-out layer and the rule that chose it: of the vector's selected layers, the best by
+    its first validation diagnostic present (ties: the lower layer), else the first selected layer."""
     diag = bundle.meta.get("diagnostics") or {}
     per_layer = diag.get("per_layer") or {}
     layers = list(diag.get("layers") or bundle.meta["layers"])
+    selected = set(bundle.vector.layers) & set(bundle.vector.layers_available)
     for name in RANKINGS:
         scores = per_layer.get(name)
         if scores is None or len(scores) != len(layers):
             continue
         arr = np.asarray(scores, dtype=float)
-        if not np.isfinite(arr).all():
-            continue
-        order = sorted(range(len(layers)), key=lambda i: (-arr[i], layers[i]))
-        usable = [layers[i] for i in order if layers[i] in bundle.vector.layers_available]
+        usable = [i for i in range(len(layers)) if layers[i] in selected and np.isfinite(arr[i])]
         if usable:
-            return usable[0], f"best {name}"
+            best = min(usable, key=lambda i: (-arr[i], layers[i]))
+            return layers[best], f"best selected layer by {name}"
     return sorted(bundle.vector.layers)[0], "first selected layer"
 
 

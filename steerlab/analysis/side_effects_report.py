@@ -74,9 +74,13 @@ def measure(loaded: LoadedModel, p: Plan, *, max_tokens: int = 64, batch_size: i
 
     settings = steering_settings(p.config, p.arms)
     probe = PerplexityProbe(loaded, p.text_list, max_tokens=max_tokens, batch_size=batch_size)
-    kl, nll = probe.measure([settings[k] for k in p.keys])  # [n_keys, n_tokens], [n_keys, n_predicted]
-    kl_mean, kl_p95 = summarise(kl, "mean").tolist(), summarise(kl, "p95").tolist()
-    ppl, base_ppl = perplexity(nll), probe.base_perplexity()
+    # every arm's multiplier 0 adds zeros: one such row (through the same steering table) stands for them all
+    zero = next(k for k in p.keys if k[2] == 0)
+    measured = [k for k in p.keys if k[2] != 0 or k == zero]
+    kl, nll = probe.measure([settings[k] for k in measured])  # [n_measured, n_tokens], [n_measured, n_predicted]
+    at = [measured.index(k if k[2] != 0 else zero) for k in p.keys]
+    kl_mean, kl_p95 = [summarise(kl, s)[at].tolist() for s in ("mean", "p95")]
+    ppl, base_ppl = [perplexity(nll)[i] for i in at], probe.base_perplexity()
     got = sample_readouts(loaded, p, batch_size, progress)
     base = unsteered(p.samples)
     names = [c.name for c in p.concepts]

@@ -44,7 +44,8 @@ def side_effects(
         conditions=condition, controls=controls, device=device, dtype=dtype, batch_size=batch_size,
         max_tokens=max_tokens, seed=seed, n_resamples=n_resamples,
     )  # fmt: skip
-    out.print(envelope_table(record))
+    for table in envelope_tables(record):
+        out.print(table)
     if record["judge"]["note"]:
         out.print(record["judge"]["note"], markup=False)
     out.print(f"wrote {where / RECORD}, {where / READOUTS} and {where / FIGURE}", markup=False)
@@ -54,27 +55,33 @@ def _num(v: Any, fmt: str = "+.3g") -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
 
 
-def envelope_table(record: dict[str, Any]) -> Table:
-    """The real vector against its controls, per multiplier and statistic (changes vs the unsteered samples)."""
-    concepts = ", ".join(f"{c['name']}@{c['readout_layer']}" for c in record["concepts"])
-    title = (f"side effects of {record['run_dir']} ({record['model_source']}); unsteered perplexity "
-             f"{record['baseline']['ppl']:.3f}; read-out {concepts}")  # fmt: skip
-    table = Table(title=escape(title))
-    for col in ("vector", "multiplier", "statistic", "real", "95% CI", "controls min..max", "rank", "vs controls"):
-        table.add_column(col, no_wrap=col in ("vector", "statistic"), justify="left" if col in
-                         ("vector", "statistic", "vs controls") else "right")  # fmt: skip
+NAMES = {"kl_mean": "KL mean", "kl_p95": "KL p95", "ppl_delta": "ppl change", "ppl_ratio": "ppl ratio"}
+
+
+def envelope_tables(record: dict[str, Any]) -> list[Table]:
+    """Per steered vector: the real vector against its controls, per multiplier and statistic (every change is
+    against the run's unsteered samples; KL and perplexity against the unsteered model)."""
+    concepts = ", ".join(f"{c['name']} at layer {c['readout_layer']}" for c in record["concepts"])
     rows = {(r["vector"], r["multiplier"]): r for r in record["rows"] if r["control"] is None}
+    tables: dict[str, Table] = {}
     for e in record["envelope"]:
         if e["multiplier"] == 0:
             continue
         row = rows[(e["vector"], e["multiplier"])]
-        ci = "-"
+        if e["vector"] not in tables:
+            title = (f"steering {e['vector']} ({row['n_requests']} requests; unsteered perplexity "
+                     f"{record['baseline']['ppl']:.3f}; read-out: {concepts})")  # fmt: skip
+            table = tables[e["vector"]] = Table(title=escape(title))
+            for col in ("alpha", "statistic", "real [95% CI]", "controls", "rank", "real is"):
+                left = col in ("statistic", "real is")
+                table.add_column(col, justify="left" if left else "right", overflow="fold")
+        real = _num(e["real"])
         if ":" in e["statistic"]:
             kind, concept = e["statistic"].split(":", 1)
             c = row[kind][concept]
-            ci = f"[{_num(c['ci_low'])}, {_num(c['ci_high'])}] n={c['n_requests']}"
+            real += f" [{_num(c['ci_low'])}, {_num(c['ci_high'])}]"
         span = f"{_num(e['control_min'])}..{_num(e['control_max'])}" if e["control_min"] is not None else "-"
         rank = f"{e['rank']}/{e['n_controls'] + 1}" if e["rank"] is not None else "-"
-        table.add_row(escape(e["vector"]), f"{e['multiplier']:+g}", escape(e["statistic"]), _num(e["real"]), ci,
-                      span, rank, e["position"])  # fmt: skip
-    return table
+        label = NAMES.get(e["statistic"]) or e["statistic"].replace("readout:", "read-out ").replace(":", " ")
+        tables[e["vector"]].add_row(f"{e['multiplier']:+g}", escape(label), real, span, rank, e["position"])
+    return list(tables.values())
