@@ -225,7 +225,7 @@ def with_controls(path: Path, bundle: VectorBundle, n: int) -> VectorBundle:
     drawn = controls_from_seeds(v.directions, seeds)  # [n, n_available, d_model]
     controls = [SteeringVector(c, v.layers_available, v.layers, v.fingerprint, name=f"{v.name}/control{i}")
                 for i, c in enumerate(drawn)]  # fmt: skip
-    return VectorBundle(v, controls, {**bundle.meta, "screen_controls_drawn": n})
+    return VectorBundle(v, controls, {**bundle.meta, "screen_control_seeds": seeds})
 
 
 @dataclass
@@ -263,9 +263,10 @@ def make_plan(bundles: Sequence[tuple[Path, VectorBundle]], n_controls: int, cho
         raise ScreenError(f"--span-tokens {span_tokens}: give at least 1")
     full = [(p, with_controls(p, b, n_controls)) for p, b in bundles]
     rows, vectors, layers, units = vector_rows(full, n_controls, choice)
-    for v, (p, b) in zip(vectors, full, strict=True):
-        v.update({"hash": file_hash(p), "n_controls": n_controls, "controls_drawn": len(b.controls) > n_controls
-                  or "screen_controls_drawn" in b.meta})  # fmt: skip
+    for v, (p, b), (_, given) in zip(vectors, full, bundles, strict=True):  # the seeds, so the controls are known
+        seeds = b.meta.get("screen_control_seeds") or list((b.meta.get("controls") or {}).get("seeds") or [])
+        v.update({"hash": file_hash(p), "n_controls": n_controls, "n_controls_in_file": len(given.controls),
+                  "control_seeds": seeds[:n_controls] or None})  # fmt: skip
     return Plan(rows, vectors, layers, units, cosine, max_tokens, span_tokens)
 
 
