@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from steerlab.config import load_yaml
 from steerlab.errors import ConfigError
@@ -140,6 +140,15 @@ class SweepConfig(BaseModel):
             return check_chat_date(value)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """Without a dose file the dump has no ``doses`` key, so a run header (and its config hash) is what it
+        was before dose files existed, and older runs resume."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("doses") is None:
+            data.pop("doses", None)
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepConfig:

@@ -27,8 +27,6 @@ def config_hash(config: SweepConfig) -> str:
     data = config.model_dump(mode="json", exclude={"out", "batch_size", "scorer", "judge"})
     if not data.get("rename"):  # no rename: the hash of a run made before renames existed
         data.pop("rename", None)
-    if data.get("doses") is None:  # no dose file: the hash of a run made before dose files existed
-        data.pop("doses", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
