@@ -372,3 +372,35 @@ def test_default_readout_layer_is_the_best_selected_layer(loaded, tmp_path):
     assert readout_layer(VectorBundle.load(path)) == (2, "best selected layer by val_auroc")  # of 1, 2 only
     path = concept_file(tmp_path / "b", loaded, "delta", directions, auroc=[0.5, 0.8, 0.8, 0.5])
     assert readout_layer(VectorBundle.load(path)) == (1, "best selected layer by val_auroc")  # ties: the lower
+
+
+class PlainBackend:
+    """Plain text naming the generation it serves; steering is ignored."""
+
+    def generate(self, requests):
+        return [Result(r.id, f"Answer for {r.id.split('|')[0]}: fine.", 5, 8, "eos", 0.0) for r in requests]
+
+
+@pytest.mark.integration
+def test_smollm2_shipped_vectors_relative_scale(smollm2, tmp_path, capsys, monkeypatch):
+    """The real model and the shipped vectors (relative scale, sibling concept found, default read-out layers)."""
+    from steerlab.runs import SweepConfig, run_sweep
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.txt").write_text("Name a colour.\n")
+    (tmp_path / "texts.txt").write_text(TEXTS)
+    vec = REPO / "vectors" / "researcher_expectations" / "smollm2.safetensors"
+    cfg = SweepConfig(model="smollm2", vectors=[vec], controls=1, multipliers=[-0.2, 0.0, 0.2], scale="relative",
+                      prompts="prompts.txt", out=Path("run"))  # fmt: skip
+    run_sweep(cfg, PlainBackend(), smollm2.fingerprint, progress=False)
+    code, _, err = run_cli(["side-effects", "run", "--texts", "texts.txt", "--max-tokens", "8", "--device", "cpu",
+                            "--n-resamples", "50"], capsys)  # fmt: skip
+    assert code == 0, err
+    record = json.loads((tmp_path / "run-side-effects" / "side_effects.json").read_text())
+    names = {c["name"]: c for c in record["concepts"]}
+    assert set(names) == {"researcher_expectations", "retraining_consequences"}
+    for c in names.values():
+        bundle = VectorBundle.load(Path(c["file"]))
+        assert c["readout_layer"] in bundle.vector.layers and c["layer_rule"].startswith("best selected layer")
+    zero, real = row(record, "real", 0.0), row(record, "real", 0.2)
+    assert zero["kl_mean"] == 0 and zero["ppl_ratio"] == 1 and real["kl_mean"] > 0 and real["scale"] == "relative"

@@ -1,8 +1,8 @@
 """The two model passes of the side-effect report (:mod:`steerlab.analysis.side_effects`).
 
 1. :class:`PerplexityProbe`, a :class:`~steerlab.analysis.doses.KLProbe` that also keeps, for every setting,
-   the log-probability of each text's actual next token: from one pass over rows = settings x texts through one
-   per-row steering table, the per-token ``KL(unsteered || steered)`` (exactly as KLProbe computes it) and the
+   the log-probability of each text's actual next token: from one pass over settings x texts through one per-row
+   steering table, the per-token ``KL(unsteered || steered)`` (the formula KLProbe uses) and the
    per-token negative log-likelihood of the neutral texts under the steered model. Perplexity is
    ``exp(mean NLL)`` over every predicted token of every text (a token whose successor is a real token).
 2. :func:`readouts`: every sample re-encoded by the *unsteered* model (teacher forcing, no steering hook), the
@@ -47,27 +47,28 @@ class PerplexityProbe(KLProbe):
     @torch.inference_mode()
     def measure(self, settings: Sequence[SteeringSetting]) -> tuple[torch.Tensor, torch.Tensor]:
         """(KL ``[len(settings), n_tokens]`` over every real token, NLL ``[len(settings), n_predicted]`` over every
-        predicted token), text by text, left to right, from one pass over the rows settings x texts."""
+        predicted token), text by text, left to right, through one per-row steering table.
+
+        Each forward batch is one setting over the same chunk of texts the unsteered pass used, so a setting that adds
+        nothing (multiplier 0) runs the very computation of the unsteered pass: its KL and NLL change are exactly 0,
+        not a batch-shape rounding difference."""
         n_texts, width = self.ids.shape
-        n_rows = len(settings) * n_texts
-        kl_out = torch.zeros(n_rows, width)  # [settings * texts, width]
-        nll_out = torch.zeros(n_rows, width - 1)  # [settings * texts, width - 1]
+        kl_out = torch.zeros(len(settings), n_texts, width)  # [settings, texts, width]
+        nll_out = torch.zeros(len(settings), n_texts, width - 1)  # [settings, texts, width - 1]
         steerer = steerer_for(self.loaded.blocks, settings, self.loaded.d_model, position="all",
-                              max_batch=min(self.batch_size, n_rows))  # fmt: skip
+                              max_batch=min(self.batch_size, n_texts))  # fmt: skip
         with steerer:
-            for lo in range(0, n_rows, self.batch_size):
-                rows = range(lo, min(lo + self.batch_size, n_rows))
-                steerer.set_rows([r // n_texts + 1 for r in rows])  # table row of (setting s, text t): s + 1
-                texts = torch.as_tensor([r % n_texts for r in rows])
-                logq = self._forward(texts.tolist())  # [batch, width, vocab]
-                logp = self.base[texts.to(self.base.device)]
-                p = logp.exp()
-                kl = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)  # [batch, width]
-                kl_out[lo : rows.stop] = kl.cpu()
-                nll_out[lo : rows.stop] = self._nll(logq, texts)
-        kl = kl_out.view(len(settings), n_texts, width)[:, self.real]  # [settings, n_tokens]
-        nll = nll_out.view(len(settings), n_texts, width - 1)[:, self.predicts]  # [settings, n_predicted]
-        return kl, nll
+            for s in range(len(settings)):
+                for lo in range(0, n_texts, self.batch_size):  # the unsteered pass's chunks (KLProbe._unsteered)
+                    texts = torch.arange(lo, min(lo + self.batch_size, n_texts))
+                    steerer.set_rows([s + 1] * len(texts))  # table row of setting s: s + 1
+                    logq = self._forward(texts.tolist())  # [batch, width, vocab]
+                    logp = self.base[texts.to(self.base.device)]
+                    p = logp.exp()
+                    kl = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)  # [batch, width]
+                    kl_out[s, texts] = kl.cpu()
+                    nll_out[s, texts] = self._nll(logq, texts)
+        return kl_out[:, self.real], nll_out[:, self.predicts]  # [settings, n_tokens], [settings, n_predicted]
 
     def base_perplexity(self) -> float:
         """Perplexity of the neutral texts under the unsteered model."""
