@@ -42,6 +42,8 @@ def made(tmp_path_factory, tiny_dir):
     b.meta["model"] = foreign
     b.save(root / "foreign.safetensors")
     shutil.rmtree(root / "x")
+    two = {"concept": "two", "layers": [1, 2], "selected_layers": [1], "model": loaded.fingerprint.to_dict()}
+    VectorBundle.build(d[1:3], torch.empty(0, 2, loaded.d_model), two).save(root / "two_layers.safetensors")
     return root
 
 
@@ -88,6 +90,7 @@ TABLE = [
     ([*SE, "--vector", "nowhere.safetensors"], "no vector file at nowhere.safetensors", None),
     ([*SE, "--readout-layer", "9"], "the model has 4 layers", None),
     ([*SE, "--readout-layer", "-1"], "the model has 4 layers", None),
+    ([*SE, "--vector", "two_layers.safetensors", "--readout-layer", "3"], "has no direction at layer 3", None),
     ([*SE, "--texts", "empty.txt"], "holds no text", _empty_texts),
     ([*SE, "--texts", "none.txt"], "does not exist", None),
     ([*SE, "--out", "run/side"], "inside the run directory", None),

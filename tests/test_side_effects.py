@@ -60,26 +60,37 @@ def block_states(loaded, ids: list[int]) -> list[torch.Tensor]:
     return [h[0].float() for h in hs[1:]]
 
 
-def generated_ids(loaded, sample) -> tuple[list[int], int]:
-    """A one-turn sample's tokens as the backend saw them: the chat template's prompt (+ prefill), then the text."""
+def generated_ids(loaded, sample, turn: int = 0) -> tuple[list[int], int]:
+    """A sample's tokens as the backend saw them at ``turn``: the chat template's prompt (the earlier turns as
+    assistant messages, each followed by a <NEXT/> user turn; the prefill on the first turn), then the turn's text."""
     tok = loaded.tokenizer
-    prompt = tok.apply_chat_template(sample["messages"], tokenize=False, add_generation_prompt=True)
-    prompt += sample.get("prefill") or ""
+    messages = list(sample["messages"])
+    for t in sample["turns"][:turn]:
+        messages += [{"role": "assistant", "content": t["text"]}, {"role": "user", "content": "<NEXT/>"}]
+    prefill = (sample.get("prefill") or "") if turn == 0 else ""
+    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefill
     p = tok(prompt, add_special_tokens=False)["input_ids"]
-    new = sample["turns"][0]["text"][len(sample.get("prefill") or "") :]
+    new = sample["turns"][turn]["text"][len(prefill) :]
     return p + tok(new, add_special_tokens=False)["input_ids"], len(p)
 
 
 class RowBackend:
     """Writes a scratchpad naming the generation it serves (``alpha/real|+2|monitored|benign-000|s0``), the real
-    vector's positive rows with the planted words; steering is ignored (the text says what was steered)."""
+    vector's positive rows with the planted words; steering is ignored (the text says what was steered). Control 0
+    writes its output in a second turn (the protocol's <NEXT/>), so its read-out spans two turns."""
 
     def generate(self, requests):
         out = []
         for r in requests:
-            key = r.id.split("#")[0]
+            key, turn = r.id.split("#")
             plant = PLANT if re.match(r"alpha/real\|\+", key) else " the weather is mild"
             text = f"<SCRATCHPAD_REASONING>{key}{plant}</SCRATCHPAD_REASONING>\n<OUTPUT>ok</OUTPUT>"
+            if "/control0|" in key:
+                text = (
+                    f"<SCRATCHPAD_REASONING>{key}{plant}</SCRATCHPAD_REASONING>"
+                    if turn == "t0"
+                    else "<OUTPUT>ok</OUTPUT>"
+                )
             out.append(Result(r.id, text, 5, 12, "eos", 0.0))
         return out
 
@@ -244,15 +255,22 @@ def test_readout_equals_an_independent_computation_and_the_plant_beats_the_contr
         units[name] = (c["readout_layer"], v / v.norm())
     mine: dict[str, dict[str, float]] = {}
     seen: dict[tuple, dict[str, float]] = {}  # every arm's multiplier-0 rows share one generation
+    n_two_turns = 0
     for r in readouts:
-        ids, n_prompt = generated_ids(loaded, samples[r["id"]])
-        if (tuple(ids), n_prompt) not in seen:
-            states = block_states(loaded, ids)
-            seen[(tuple(ids), n_prompt)] = {
-                n: float((states[lay][n_prompt:] @ u).mean()) for n, (lay, u) in units.items()
-            }
-        mine[r["id"]] = seen[(tuple(ids), n_prompt)]
-        assert r["n_generated"] == len(ids) - n_prompt
+        sample = samples[r["id"]]
+        n_two_turns += len(sample["turns"]) == 2
+        views = [generated_ids(loaded, sample, t) for t in range(len(sample["turns"]))]
+        key = tuple((tuple(ids), n) for ids, n in views)
+        if key not in seen:  # every token generated in every turn, each read in the context it was generated in
+            sums, count = dict.fromkeys(units, 0.0), 0
+            for ids, n_prompt in views:
+                states = block_states(loaded, ids)
+                for n, (lay, u) in units.items():
+                    sums[n] += float((states[lay][n_prompt:] @ u).sum())
+                count += len(ids) - n_prompt
+            seen[key] = ({n: v / count for n, v in sums.items()}, count)
+        mine[r["id"]], count = seen[key]
+        assert r["n_generated"] == count
         for n in units:
             assert r["readout"][n] == pytest.approx(mine[r["id"]][n], abs=1e-4), (r["id"], n)
     # the change of each row: mean over requests of (group mean - unsteered mean), recomputed with numpy
@@ -268,6 +286,7 @@ def test_readout_equals_an_independent_computation_and_the_plant_beats_the_contr
                     group.setdefault(s["item"], []).append(mine[s["id"]][n])
             want = np.mean([np.mean(group[i]) - np.mean([b[n] for b in base[i]]) for i in sorted(group)])
             assert r["readout"][n]["change"] == pytest.approx(want, abs=1e-4)
+    assert n_two_turns == 2 * 2 * 3  # control 0 at both non-zero multipliers, both conditions, three requests
     env = {(e["multiplier"], e["statistic"]): e for e in record["envelope"]}
     assert env[(2.0, "readout:alpha")]["position"] == "above"  # the planted words are in the real arm's text only
     assert env[(2.0, "readout:alpha")]["real"] > 0
