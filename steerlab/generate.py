@@ -136,6 +136,15 @@ def settings_for(
     return [SteeringSetting(vec, m, scale=scale, token_norms=norms) for m in multipliers]
 
 
+def label_of(setting: SteeringSetting) -> str:
+    """``alpha=+4``, ``ablate alpha=+0``, ``clamp [-1, 1] alpha=+0``: how `steer` names a setting's completion."""
+    if setting.operator == "ablate":
+        return f"ablate alpha={setting.multiplier:+g}"
+    if setting.operator == "clamp" and setting.bounds is not None:
+        return f"clamp [{setting.bounds[0]:g}, {setting.bounds[1]:g}] alpha={setting.multiplier:+g}"
+    return f"alpha={setting.multiplier:+g}"
+
+
 @dataclass
 class Completion:
     prompt: Messages
@@ -154,12 +163,15 @@ def completions(
     """For each prompt, the completion under each setting (and unsteered first with ``compare``)."""
     requests, labels = [], []
     for i, prompt in enumerate(prompts):
-        arms = ([(None, "unsteered")] if compare else []) + [(s, f"alpha={s.multiplier:+g}") for s in settings]
+        arms = ([(None, "unsteered")] if compare else []) + [(s, label_of(s)) for s in settings]
         for setting, label in arms:
             requests.append(Request(prompt, sampling, setting, id=f"{i}:{label}"))
             labels.append((i, label))
     results = backend.generate(requests)
     grouped: list[list[Completion]] = [[] for _ in prompts]
     for (i, label), result in zip(labels, results, strict=True):
+        met = getattr(result, "condition_met", None)
+        if met is not None:  # conditional steering: say whether this prompt was steered
+            label += f" [steer-if {'met' if met else 'not met: unsteered'}, score {result.condition_score:.4g}]"
         grouped[i].append(Completion(prompts[i], label, result.text, result.finish_reason))
     return grouped

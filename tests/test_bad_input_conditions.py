@@ -39,12 +39,12 @@ def steer(tiny_dir, tiny_vector, *extra):
         (["--operator", "clamp", "--clamp", "a:1"], "must be numbers"),
         (["--operator", "clamp", "--clamp", "1"], "write LO:HI"),
         (["--clamp", "0:1"], "bounds are for operator clamp"),
-        (["--condition", "{root}/broken.json"], "is not JSON"),
-        (["--condition", "{root}/notcond.json"], "is not a condition file"),
-        (["--condition", "{root}/missing.json"], "missing.json"),
-        (["--condition", "{root}/other.json"], "fitted on another model"),
+        (["--steer-if", "{root}/broken.json"], "is not JSON"),
+        (["--steer-if", "{root}/notcond.json"], "is not a condition file"),
+        (["--steer-if", "{root}/missing.json"], "missing.json"),
+        (["--steer-if", "{root}/other.json"], "fitted on another model"),
         (["--backend", "vllm", "--operator", "ablate"], "--operator ablate needs --backend hf or nnsight"),
-        (["--backend", "vllm", "--condition", "{root}/ok.json"], "--condition needs --backend hf or nnsight"),
+        (["--backend", "vllm", "--steer-if", "{root}/ok.json"], "--steer-if needs --backend hf or nnsight"),
     ],
 )
 def test_steer_refuses(extra, says, cond_file, tiny_dir, tiny_vector, capsys):

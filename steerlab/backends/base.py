@@ -155,7 +155,7 @@ def check_steering_support(kind: str, operator: str = "add", conditional: bool =
     """Refuse (one line) steering that ``kind`` cannot apply: vLLM's hook adds only (no ablation, clamping or
     condition); an API model is not steered at all."""
     if kind == "vllm" and (operator != "add" or conditional):
-        what = "--condition" if conditional and operator == "add" else f"--operator {operator}"
+        what = "--steer-if" if conditional and operator == "add" else f"--operator {operator}"
         raise ConfigError(
             f"{what} needs --backend hf or nnsight: steerlab's vLLM hook adds vectors only (no ablation, clamping "
             "or conditions)"

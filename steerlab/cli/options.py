@@ -32,6 +32,42 @@ DoseFileOpt = Annotated[Path | None, typer.Option(
     "--dose-file", help="A calibrate-dose --out file: the multipliers are then signed doses in KL units (each arm "
     "steered by its own calibrated multiplier at KL |m|, sign of m; 0: unsteered).")]  # fmt: skip
 
+OperatorOpt = Annotated[str | None, typer.Option(
+    "--operator", help="add (the paper's), ablate (the projection onto the vector set to alpha x |v|; alpha 0 removes "
+    "the direction) or clamp (add, then clamp the projection to --clamp).")]  # fmt: skip
+ClampOpt = Annotated[str | None, typer.Option(
+    "--clamp", help="--operator clamp: the projection's range LO:HI in multiplier units (x |v|), e.g. -1:1; an empty "
+    "side is open (:2).")]  # fmt: skip
+SteerIfOpt = Annotated[Path | None, typer.Option(
+    "--steer-if", help="A condition file (steerlab condition fit): steer only prompts that pass it, decided per "
+    "prompt on the prefill pass.")]  # fmt: skip
+SteerOnlyOpt = Annotated[str | None, typer.Option(
+    "--steer-only", help="Steer only rows of these conditions, e.g. monitored; the others run unsteered, recorded "
+    "as gated (the experimenter's choice, not a property of the vector).")]  # fmt: skip
+
+
+def steering_overrides(operator: str | None, clamp: str | None, steer_if: Path | None,
+                       steer_only: str | None) -> dict[str, Any]:  # fmt: skip
+    """The run-config fields the steering options give (absent ones left out)."""
+    import math
+
+    from steerlab.steer import parse_bounds
+
+    out: dict[str, Any] = {}
+    if operator is not None:
+        out["operator"] = operator
+    if clamp is not None:
+        out["clamp"] = [None if math.isinf(b) else b for b in parse_bounds(clamp)]
+    if steer_if is not None:
+        out["steer_if"] = str(steer_if)
+    if steer_only is not None:
+        names = [n.strip() for n in steer_only.split(",")]
+        if not all(names):
+            raise ConfigError(f"--steer-only {steer_only!r}: give condition names, e.g. monitored or monitored,raw")
+        out["steer_only"] = names
+    return out
+
+
 # ----------------------------------------------------------------------------- fitting (extract and fit)
 VectorsDir = Annotated[Path, typer.Option(help="Vector files go to VECTORS_DIR/<concept>/NAME.safetensors.")]
 

@@ -128,13 +128,14 @@ def run_config(
     (a plain run's summary) runs after that. Every option is checked before the model loads (and
     again against the model before the run directory is made); the run directory stays locked
     until all of it is done. ``engine``: :func:`steerlab.cli.options.engine_options`, for make_backend."""
-    from steerlab.backends import check_backend_options, make_backend
+    from steerlab.backends import check_backend_options, check_steering_support, make_backend
     from steerlab.harness.datasets import load_requests
     from steerlab.runs import check_config, make_scenario, run_sweep
 
     if backend == "anthropic" and cfg.vectors:
         raise ConfigError("the anthropic backend cannot steer; drop the vectors or use --backend hf, vllm or nnsight")
     check_backend_options(backend, lora=cfg.lora, **(engine or {}))
+    check_steering_support(backend, cfg.operator, cfg.steer_if is not None)
     arms = check_config(cfg)  # sampling, scorer, vector files and their layers: before the model loads
     scenario = make_scenario(cfg)
     items = load_requests(cfg.prompts, cfg.prompt_set, cfg.limit)  # a bad request file fails before the model loads

@@ -21,6 +21,7 @@ from steerlab.cli.options import (
     BatchSize,
     BootstrapSeed,
     ChatDate,
+    ClampOpt,
     CompileOpt,
     Dataset,
     Device,
@@ -40,6 +41,7 @@ from steerlab.cli.options import (
     MaxNewTokens,
     MaxTurns,
     ModelOpt,
+    OperatorOpt,
     OutDir,
     Prefill,
     PrefixCaching,
@@ -48,6 +50,8 @@ from steerlab.cli.options import (
     RubricOpt,
     RunSeed,
     Seeds,
+    SteerIfOpt,
+    SteerOnlyOpt,
     SystemPrompt,
     Temperature,
     TensorParallel,
@@ -56,6 +60,7 @@ from steerlab.cli.options import (
     VllmArgs,
     engine_options,
     parse_rename,
+    steering_overrides,
 )  # fmt: skip
 from steerlab.cli.report import fmt_interval, print_label_summary
 from steerlab.cli.runner import dry_run, judge_factory, refuse_judge_errors, rubric_and_cache, run_config, run_judge
@@ -73,6 +78,10 @@ def sweep(
     scenario: str | None = typer.Option(None, help="Override: plain or alignment_faking."),
     rename: Rename = None,
     dose_file: DoseFileOpt = None,
+    operator: OperatorOpt = None,
+    clamp: ClampOpt = None,
+    steer_if: SteerIfOpt = None,
+    steer_only: SteerOnlyOpt = None,
     dry_run_flag: bool = typer.Option(False, "--dry-run", help="Print the run's size (and judge cost) only."),
     device: Device = "auto",
     dtype: DType = "auto",
@@ -110,6 +119,7 @@ def sweep(
         lora=lora,
         rename=parse_rename(rename) or None,  # given: replaces the config's rename
         doses=dose_file,  # given: replaces the config's doses
+        **steering_overrides(operator, clamp, steer_if, steer_only),
     )
 
     def summarise(run_dir: Path) -> None:  # a plain run's summary, written while the run is still locked
@@ -163,6 +173,10 @@ def eval_command(
     controls: int = typer.Option(0, help="Random controls of --vector to run beside it."),
     scale: str = typer.Option("absolute", help="absolute or relative (x the layer's mean |h|)."),
     dose_file: DoseFileOpt = None,
+    operator: OperatorOpt = None,
+    clamp: ClampOpt = None,
+    steer_if: SteerIfOpt = None,
+    steer_only: SteerOnlyOpt = None,
     limit: Limit = None,
     max_new_tokens: MaxNewTokens = 1024,
     temperature: Temperature = 1.0,
@@ -203,7 +217,8 @@ def eval_command(
     )  # fmt: skip
     cfg = shared.config(conditions, vectors=[str(vector)] if vector else [], controls=controls,
                         multipliers=parse_multipliers(alpha), scale=scale,
-                        **({"doses": str(dose_file)} if dose_file is not None else {}))  # fmt: skip
+                        **({"doses": str(dose_file)} if dose_file is not None else {}),
+                        **steering_overrides(operator, clamp, steer_if, steer_only))  # fmt: skip
     run_config(cfg, device=device, dtype=dtype, dry=dry_run_flag, backend=backend,
                tensor_parallel_size=tensor_parallel_size, engine=engine)  # fmt: skip
 

@@ -62,12 +62,22 @@ def steer(
     vllm_arg: VllmArgs = None,
     compile: CompileOpt = None,
     remote: Remote = False,
-    operator: str = typer.Option("add", help="add (the paper's), ablate (projection set to alpha x |v|; alpha 0 "
-                                 "removes the direction) or clamp (add, then clamp the projection to --clamp)."),
-    clamp: str | None = typer.Option(None, help="--operator clamp: the projection's range LO:HI in multiplier "
-                                     "units (x |v|), e.g. -1:1; an empty side is unbounded (:2)."),
-    condition: Path | None = typer.Option(None, help="Steer only prompts that pass this condition file "
-                                          "(steerlab condition fit); the decision is printed per prompt."),
+    operator: str = typer.Option(
+        "add",
+        help="add (the paper's), ablate (projection set to alpha x |v|; alpha 0 "
+        "removes the direction) or clamp (add, then clamp the projection to --clamp).",
+    ),
+    clamp: str | None = typer.Option(
+        None,
+        help="--operator clamp: the projection's range LO:HI in multiplier "
+        "units (x |v|), e.g. -1:1; an empty side is unbounded (:2).",
+    ),
+    steer_if: Path | None = typer.Option(
+        None,
+        "--steer-if",
+        help="Steer only prompts that pass this condition "
+        "file (steerlab condition fit); the decision is printed per prompt.",
+    ),
 ) -> None:
     """Generate with a steering vector added to the residual stream (and, with --compare, without)."""
     from dataclasses import replace
@@ -84,9 +94,9 @@ def steer(
         device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg, compile, remote
     )
     check_backend_options(backend_kind, lora=lora, **engine)  # an option the backend does not take: before any file
-    check_steering_support(backend_kind, operator, condition is not None)
+    check_steering_support(backend_kind, operator, steer_if is not None)
     bounds = parse_bounds(clamp) if clamp is not None else None
-    cond = load_condition(condition) if condition is not None else None
+    cond = load_condition(steer_if) if steer_if is not None else None
     if [prompt is not None, prompts is not None, chat].count(True) != 1:
         raise ConfigError("give exactly one of --prompt, --prompts or --chat")
     if chat and len(multipliers) != 1:

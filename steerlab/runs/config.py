@@ -20,7 +20,7 @@ from steerlab.errors import ConfigError
 from steerlab.harness.scenario import AlignmentFaking, Plain, Scenario, occurs
 from steerlab.models import DEFAULT_CHAT_DATE, check_chat_date
 from steerlab.prompts import ClaimsConfig
-from steerlab.steer import Scale
+from steerlab.steer import Operator, Scale
 
 
 class AlignmentFakingConfig(BaseModel):
@@ -71,6 +71,16 @@ class SweepConfig(BaseModel):
     # a calibrate-dose --out file: the multipliers are then signed doses in KL units (each arm steered by its own
     # calibrated multiplier at KL |m|, sign of m; 0 unsteered); see steerlab.runs.rows.steering_settings
     doses: Path | None = None
+    # the steering operator (steerlab.table): add (the paper's), ablate (the projection onto the vector set to
+    # multiplier x |v|; multiplier 0 removes the direction), clamp (add, then clamp the projection to clamp: [LO, HI]
+    # x |v|; null for an open side). Under ablate and clamp, multiplier 0 steers too (it is not the unsteered row).
+    operator: Operator = "add"
+    clamp: tuple[float | None, float | None] | None = None
+    # conditional steering: a condition file (steerlab condition fit); a row whose prompt fails it is not steered
+    steer_if: Path | None = None
+    # the experimenter's gate: steer only rows of these scenario conditions (e.g. [monitored]); the others run
+    # unsteered at every multiplier and their samples say gated: steer_only (a choice of the run, not of the vector)
+    steer_only: list[str] | None = Field(default=None, min_length=1)
     layers: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)  # checked against the model
     scenario: Literal["plain", "alignment_faking"] = "plain"
     # plain: name -> system prompt (None: none); alignment_faking: names from monitored/unmonitored/raw
@@ -146,9 +156,19 @@ class SweepConfig(BaseModel):
         """Without a dose file the dump has no ``doses`` key, so a run header (and its config hash) is what it
         was before dose files existed, and older runs resume."""
         data = handler(self)
-        if isinstance(data, dict) and data.get("doses") is None:
-            data.pop("doses", None)
+        if isinstance(data, dict):  # the same for the steering options: absent at their defaults
+            for key, default in (("doses", None), ("operator", "add"), ("clamp", None), ("steer_if", None),
+                                 ("steer_only", None)):  # fmt: skip
+                if key in data and data[key] == default:
+                    data.pop(key)
         return data
+
+    def bounds(self) -> tuple[float, float] | None:
+        """``clamp`` as (lo, hi) floats, an open side infinite."""
+        if self.clamp is None:
+            return None
+        lo, hi = self.clamp
+        return (-math.inf if lo is None else float(lo), math.inf if hi is None else float(hi))
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepConfig:
@@ -161,12 +181,32 @@ class SweepConfig(BaseModel):
                 raise ValueError("doses: calibrated doses are absolute multipliers; drop scale: relative")
             if self.lora is not None:
                 raise ValueError("doses: the doses were calibrated on the model without the LoRA adapter; drop lora")
+        if self.operator != "add" or self.steer_if is not None or self.steer_only is not None:
+            what = "steer_if" if self.steer_if is not None else "steer_only" if self.steer_only else "operator"
+            if not self.vectors:
+                raise ValueError(f"{what}: give vectors to steer with")
+        if self.operator == "clamp" and self.clamp is None:
+            raise ValueError("operator clamp needs clamp: [LO, HI] (the projection's range in multiplier units)")
+        if self.clamp is not None:
+            if self.operator != "clamp":
+                raise ValueError(f"clamp: bounds are for operator clamp, not {self.operator}")
+            lo, hi = self.bounds()  # type: ignore[misc]
+            if math.isnan(lo) or math.isnan(hi) or lo > hi or lo == math.inf or hi == -math.inf:
+                raise ValueError(f"clamp: {list(self.clamp)}: give LO <= HI (null for an open side)")
+        if self.doses is not None and self.operator != "add":
+            raise ValueError(f"doses: the doses were calibrated for addition; drop doses or operator {self.operator}")
         if self.conditions is None:
             self.conditions = ["monitored", "unmonitored"] if self.scenario == "alignment_faking" else {"default": None}
         if self.scenario == "alignment_faking" and isinstance(self.conditions, dict):
             raise ValueError("alignment_faking conditions are a list of names (monitored, unmonitored, raw)")
         if self.scenario == "plain" and isinstance(self.conditions, list):
             self.conditions = {name: None for name in self.conditions}
+        if self.steer_only is not None:
+            unknown = [c for c in self.steer_only if c not in self.conditions]
+            if unknown:
+                raise ValueError(
+                    f"steer_only: {unknown[0]!r} is not a condition of this run ({', '.join(self.conditions)})"
+                )
         if self.claims is not None:
             if self.scenario != "alignment_faking":
                 raise ValueError("claims need scenario: alignment_faking (a claim is appended to its system prompt)")

@@ -44,11 +44,13 @@ from steerlab.runs.rows import (
     Row,
     dose_file,
     expand,
+    gated,
     generation_key,
     load_arms,
     row_fields,
     row_of,
     steering_settings,
+    steers,
 )
 from steerlab.runs.summary import scorer
 from steerlab.steer import SteeringSetting
@@ -117,6 +119,15 @@ def check_config(config: SweepConfig, fingerprint: Fingerprint | None = None) ->
         for arm in arms:
             if arm.bundle is not None and arm.control is None:
                 table.check_model(Fingerprint.from_dict(arm.bundle.meta["model"]), f"vector file {arm.path}")
+    if config.steer_if is not None:  # the condition's model: the vectors' before the model loads, the model's after
+        from steerlab.conditions import load_condition
+
+        cond = load_condition(config.steer_if)
+        models = [fingerprint] if fingerprint is not None else [
+            Fingerprint.from_dict(a.bundle.meta["model"]) for a in arms if a.bundle is not None and a.control is None
+        ]  # fmt: skip
+        for model in models:
+            cond.check_model(model)
     steering_settings(config, arms)  # the steered layers exist in every vector file (and every arm has its dose)
     return arms
 
@@ -181,19 +192,19 @@ def _generate(
     todo = [r for r in rows if r.id not in done]
     # a job killed after some of its rows were written: its other rows reuse that generation (a
     # regenerated one could differ, e.g. on a GPU whose kernels depend on the batch shape)
-    generated = {generation_key(row_of(s)): s for s in existing}
+    generated = {generation_key(row_of(s), config): s for s in existing}
     settings = steering_settings(config, arms)
     jobs: dict[str, Job] = {}
     rows_of: dict[str, list[Row]] = defaultdict(list)
     reused: list[dict[str, Any]] = []
     for row in todo:  # one generation per distinct key, across the whole run
-        key = generation_key(row)
+        key = generation_key(row, config)
         if key in generated:
             shared = {k: v for k, v in generated[key].items() if k not in ROW_FIELDS}
-            reused.append({**row_fields(row), "prompt": by_id[row.item].prompt, **shared})
+            reused.append({**row_fields(row), "prompt": by_id[row.item].prompt, **shared, **gated(row, config)})
             continue
         if key not in jobs:
-            setting = None if row.multiplier == 0 else settings[(row.vector, row.arm, row.multiplier)]
+            setting = settings[(row.vector, row.arm, row.multiplier)] if steers(row, config) else None
             messages = scenarios[row.claim].messages(by_id[row.item], row.condition)
             seed = sample_seed(config.seed, row.item, row.seed)
             base = Sampling(config.max_new_tokens, config.temperature, config.top_p, seed, tuple(config.stop))
@@ -212,7 +223,8 @@ def _generate(
             part = queue[lo : lo + chunk]
             started = time.perf_counter()
             failures: dict[str, Exception] = {}
-            turns = converse(scenario, backend, part, failures)
+            decided: dict[str, list[dict[str, Any]]] = {}
+            turns = converse(scenario, backend, part, failures, decided)
             seconds = round((time.perf_counter() - started) / len(part), 4)
             written = 0
             for job in part:
@@ -226,6 +238,11 @@ def _generate(
                     "layers": list(job.setting.steered_layers()) if job.setting else [],
                     "scale": config.scale,
                     **doses(config, job, rows_of[job.key][0]),
+                    **(
+                        {"steer_if": decided.get(job.key, [])}
+                        if job.setting is not None and job.setting.condition
+                        else {}
+                    ),
                     "sampling_seed": job.sampling.seed,
                     "turns": [t.__dict__ for t in sample_turns],
                     "text": transcript([t.text for t in sample_turns]),
@@ -238,7 +255,7 @@ def _generate(
                 if shared["system"] is None:  # what the template shows instead of "no system prompt"
                     shared["template_system"] = template_system
                 for row in rows_of[job.key]:
-                    sample = {**row_fields(row), "prompt": by_id[row.item].prompt, **shared}
+                    sample = {**row_fields(row), "prompt": by_id[row.item].prompt, **shared, **gated(row, config)}
                     fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
                     written += 1
             fh.flush()
@@ -272,13 +289,18 @@ class Job:
 
 
 def converse(
-    scenario: Scenario, backend: Backend, jobs: Sequence[Job], failures: dict[str, Exception] | None = None
+    scenario: Scenario,
+    backend: Backend,
+    jobs: Sequence[Job],
+    failures: dict[str, Exception] | None = None,
+    decided: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, list[Turn]]:
     """Run each job's turns: all first turns in one backend call, then every continuation together.
 
     With ``failures`` given and a backend that reports errors per request (``generate_each``), a job
     whose request fails (at any turn) stops there: it maps to its error in ``failures`` and is left
     out of the result, and the other jobs go on. Otherwise the backend's ``generate`` raises as is.
+    ``decided`` (given) collects, per job whose setting has a condition, each turn's ``{"met", "score"}``.
     """
     each = getattr(backend, "generate_each", None) if failures is not None else None
     convo = {j.key: list(j.messages) for j in jobs}
@@ -302,6 +324,8 @@ def converse(
                 continue
             text = res.lead + (job.prefill if t == 0 else "") + res.text
             turns[job.key].append(Turn(text, res.finish_reason, res.n_new_tokens))
+            if decided is not None and getattr(res, "condition_met", None) is not None:
+                decided.setdefault(job.key, []).append({"met": res.condition_met, "score": res.condition_score})
             so_far = transcript([turn.text for turn in turns[job.key]])
             if t + 1 < scenario.max_turns and scenario.continues(so_far, res.finish_reason):
                 convo[job.key] = next_turn_messages(convo[job.key], text)

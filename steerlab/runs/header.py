@@ -56,6 +56,8 @@ def build_header(
         "claims": prompts.describe(config.claims) if config.claims else None,
         # the dose file's path, content hash and targets (None without one): a resume with another is refused
         "dose_file": table.describe() if (table := dose_file(config)) is not None else None,
+        # the steer_if condition file and its content hash (None without one): a resume with another is refused
+        "steer_if_file": {str(config.steer_if): file_hash(Path(config.steer_if))} if config.steer_if else None,
         "intervention": config.intervention,
         "requests_hash": items_hash(items),
         "items": [i.id for i in items],
@@ -81,4 +83,5 @@ def describe_backend(backend: Backend) -> dict[str, Any]:
 
 RESUME_KEYS = (
     "config_hash", "model", "vector_files", "requests_hash", "scenario", "claims", "backend_identity", "dose_file",
+    "steer_if_file",
 )  # fmt: skip

@@ -15,10 +15,11 @@ their ids, generation keys and summaries are keyed by the dose. Samples record t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from steerlab.conditions import load_condition
 from steerlab.errors import ConfigError
 from steerlab.harness.datasets import Item
 from steerlab.models import Fingerprint
@@ -89,7 +90,7 @@ def expand(
 
 
 # the fields of a sample that belong to its row, not to the generation rows share
-ROW_FIELDS = ("id", "vector", "arm", "multiplier", "condition", "item", "seed", "claim", "prompt")
+ROW_FIELDS = ("id", "vector", "arm", "multiplier", "condition", "item", "seed", "claim", "prompt", "gated")
 
 
 def row_fields(row: Row) -> dict[str, Any]:
@@ -103,9 +104,29 @@ def row_of(sample: dict[str, Any]) -> Row:
                sample["item"], sample["seed"], sample.get("claim"))  # fmt: skip
 
 
-def generation_key(row: Row) -> str:
-    """The generation ``row`` needs: every arm at multiplier 0 shares its condition's unsteered one."""
-    steer = "none" if row.multiplier == 0 else f"{row.vector}/{row.arm}|{row.multiplier:+g}"
+def steers(row: Row, config: SweepConfig | None = None) -> bool:
+    """Whether ``row``'s generation is steered: a non-zero multiplier (under ablate or clamp any multiplier), in a
+    condition the experimenter's gate (``steer_only``) lets through."""
+    if row.vector == NONE:
+        return False
+    if config is None:
+        return row.multiplier != 0
+    if config.steer_only is not None and row.condition not in config.steer_only:
+        return False
+    return row.multiplier != 0 or config.operator != "add"
+
+
+def gated(row: Row, config: SweepConfig) -> dict[str, Any]:
+    """The sample field of a row the experimenter's gate leaves unsteered: ``{"gated": "steer_only"}``."""
+    if config.steer_only is not None and row.vector != NONE and row.condition not in config.steer_only:
+        return {"gated": "steer_only"}
+    return {}
+
+
+def generation_key(row: Row, config: SweepConfig | None = None) -> str:
+    """The generation ``row`` needs: every unsteered row (multiplier 0 under addition, or gated off by
+    ``steer_only``) shares its condition's unsteered one."""
+    steer = f"{row.vector}/{row.arm}|{row.multiplier:+g}" if steers(row, config) else "none"
     claim = f"{row.claim}|" if row.claim else ""
     return f"{steer}|{claim}{row.condition}|{row.item}|s{row.seed}"
 
@@ -119,6 +140,7 @@ def steering_settings(config: SweepConfig, arms: Sequence[Arm]) -> dict[tuple[st
     from steerlab.generate import settings_for
 
     table = dose_file(config)
+    condition = load_condition(config.steer_if) if config.steer_if is not None else None
     out = {}
     for arm in arms:
         if arm.bundle is None:
@@ -131,6 +153,7 @@ def steering_settings(config: SweepConfig, arms: Sequence[Arm]) -> dict[tuple[st
                 record = table.lookup(arm.path, arm.control, m)
                 alpha = float(record["multiplier"])
             (setting,) = settings_for(arm.bundle, [alpha], config.layers, config.scale, arm.control)
+            setting = replace(setting, operator=config.operator, bounds=config.bounds(), condition=condition)
             if table is not None and m != 0 and list(setting.steered_layers()) != record["layers"]:
                 raise ConfigError(
                     f"layers: {config.layers} steers {arm.path} at {list(setting.steered_layers())}, but its doses "
