@@ -423,3 +423,45 @@ def test_smollm2_shipped_vectors_relative_scale(smollm2, tmp_path, capsys, monke
         assert c["readout_layer"] in bundle.vector.layers and c["layer_rule"].startswith("best selected layer")
     zero, real = row(record, "real", 0.0), row(record, "real", 0.2)
     assert zero["kl_mean"] == 0 and zero["ppl_ratio"] == 1 and real["kl_mean"] > 0 and real["scale"] == "relative"
+
+
+def test_a_dose_run_puts_every_arm_at_its_calibrated_kl(tiny, tiny_dir, tmp_path, capsys, monkeypatch):
+    """A sweep with a dose file (calibrate-dose on the same texts): at dose d every arm, the real vector and each
+    control at its own calibrated multiplier, has KL d on those texts (within the calibration's tolerance), and the
+    report records the multiplier each arm was steered by."""
+    monkeypatch.chdir(tmp_path)
+    readout = tiny.model.lm_head.weight * tiny.model.model.norm.weight  # [vocab, d_model]
+    directions = torch.randn(tiny.n_layers, tiny.d_model, generator=torch.Generator().manual_seed(0))
+    directions[3] = torch.linalg.svd(readout.detach(), full_matrices=False).Vh[0]  # the direction the head reads most
+    directions = 4 * directions / directions.norm(dim=-1, keepdim=True)
+    meta = {"concept": "toy", "layers": list(range(tiny.n_layers)), "selected_layers": [3],
+            "model": tiny.fingerprint.to_dict()}  # fmt: skip
+    VectorBundle.build(directions, random_controls(directions, 2, seed=1), meta).save(tmp_path / "v.safetensors")
+    (tmp_path / "texts.txt").write_text(TEXTS)
+    code, _, err = run_cli(["calibrate-dose", "v.safetensors", "--texts", "texts.txt", "--model", tiny_dir, "--device",
+                            "cpu", "--out", "doses.json", "--max-tokens", 16, "--rtol", 0.002, "--start", 0.3,
+                            "--target-kl", 0.01], capsys)  # fmt: skip
+    assert code == 0, err
+    doses = json.loads((tmp_path / "doses.json").read_text())["doses"]
+    (tmp_path / "prompts.txt").write_text("Tell me about the sea.\nName a colour.\n")
+    cfg = {"model": str(tiny_dir), "vectors": ["v.safetensors"], "controls": 2, "multipliers": [-0.01, 0.0, 0.01],
+           "prompts": "prompts.txt", "max_new_tokens": 5, "doses": "doses.json", "out": "run"}  # fmt: skip
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+    code, _, err = run_cli(["sweep", "--config", "sweep.yaml", "--device", "cpu"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["side-effects", "run", "--texts", "texts.txt", "--max-tokens", 16, "--device", "cpu",
+                            "--n-resamples", 50], capsys)  # fmt: skip
+    assert code == 0, err
+    record = json.loads((tmp_path / "run-side-effects" / "side_effects.json").read_text())
+    assert record["settings"]["dose_file"] == "doses.json"
+    want = {(d["control"], d["sign"]): d for d in doses}
+    for r in record["rows"]:
+        if r["multiplier"] == 0:
+            assert r["kl_mean"] == 0 and r["dose_kl"] == 0
+            continue
+        d = want[(r["control"], "+" if r["multiplier"] > 0 else "-")]
+        assert r["applied_multiplier"] == d["multiplier"] and r["dose_kl"] == r["multiplier"]
+        assert r["kl_mean"] == pytest.approx(d["kl_mean"], rel=1e-4)  # the calibration's own KL at that multiplier
+        assert r["kl_mean"] == pytest.approx(0.01, rel=0.003)
+    env = next(e for e in record["envelope"] if e["multiplier"] == 0.01 and e["statistic"] == "kl_mean")
+    assert env["control_max"] - env["control_min"] < 0.0001  # matched doses: no arm is a bigger push

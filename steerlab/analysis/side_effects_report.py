@@ -84,13 +84,15 @@ def measure(loaded: LoadedModel, p: Plan, *, max_tokens: int = 64, batch_size: i
     got = sample_readouts(loaded, p, batch_size, progress)
     base = unsteered(p.samples)
     names = [c.name for c in p.concepts]
+    dosed = getattr(p.config, "doses", None) is not None  # the multipliers are doses in KL units
     rows = []
     for i, (vector, arm, m) in enumerate(p.keys):
         group = [s for s in p.samples if (s["vector"], s["arm"], float(s["multiplier"])) == (vector, arm, m)]
         setting = settings[(vector, arm, m)]
         row: dict[str, Any] = {
             "vector": vector, "arm": arm, "control": control_index(arm), "multiplier": m,
-            "applied_multiplier": setting.multiplier, "layers": list(setting.steered_layers()), "scale": setting.scale,
+            "applied_multiplier": setting.multiplier, "dose_kl": m if dosed else None,
+            "layers": list(setting.steered_layers()), "scale": setting.scale,
             "n_samples": len(group), "n_requests": len({request_of(s) for s in group}),
             "kl_mean": kl_mean[i], "kl_p95": kl_p95[i], "ppl": ppl[i], "ppl_delta": ppl[i] - base_ppl,
             "ppl_ratio": ppl[i] / base_ppl,
@@ -105,8 +107,9 @@ def measure(loaded: LoadedModel, p: Plan, *, max_tokens: int = 64, batch_size: i
         "model": loaded.fingerprint.to_dict(), "model_source": loaded.source,
         "texts": {"file": str(p.texts), "hash": p.inputs["texts"], "n_texts": len(probe.seqs),
                   "n_tokens": probe.n_tokens, "n_predicted": probe.n_predicted},
-        "settings": {"max_tokens": max_tokens, "batch_size": batch_size, "conditions": sorted({str(s.get("condition"))
-                     for s in p.samples}), "statistics": describe(seed, n_resamples),
+        "settings": {"dose_file": str(p.config.doses) if dosed else None, "max_tokens": max_tokens,
+                     "batch_size": batch_size, "conditions": sorted({str(s.get("condition")) for s in p.samples}),
+                     "statistics": describe(seed, n_resamples),
                      "divergence": "KL(unsteered || steered) per token over the neutral texts, nats; perplexity: "
                      "exp(mean next-token NLL) over the same texts",
                      "readout": "unsteered re-encoding (teacher forcing), residual (block output) at the concept's "
