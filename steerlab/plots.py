@@ -71,8 +71,10 @@ def sweep(
     panels: dict[str, dict[str, dict[str, list[float]]]],
     score_label: str,
     path: Path,
+    axis: str = "signed multiplier",
 ) -> Path:
-    """One panel per condition: score vs signed multiplier, per vector the real vector as a line
+    """One panel per condition: score vs signed multiplier (``axis``: its label; a dose run's is the signed dose),
+    per vector the real vector as a line
     with s.e.m. error bars and its random controls as a shaded min-max band (dotted: mean +- 2 s.d.).
 
     ``panels[condition][vector]`` holds lists keyed multiplier, real_mean, real_sem, control_min,
@@ -91,7 +93,7 @@ def sweep(
             ax.plot(s["multiplier"], s["control_hi"], color=color, linestyle=":", linewidth=1)
         ax.axvline(0, color="grey", linewidth=0.8)
         ax.set_title(condition)
-        ax.set_xlabel("signed multiplier")
+        ax.set_xlabel(axis)
     axes[0][0].set_ylabel(score_label)
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()

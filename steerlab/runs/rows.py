@@ -28,7 +28,7 @@ from steerlab.steer import SteeringSetting
 from steerlab.vectors import VectorBundle
 
 if TYPE_CHECKING:
-    from steerlab.analysis.doses import DoseFile
+    from steerlab.analysis.dose_file import DoseFile
 
 NONE = "none"  # vector and arm name of unsteered rows in a run without vectors
 
@@ -164,9 +164,9 @@ def steering_settings(config: SweepConfig, arms: Sequence[Arm]) -> dict[tuple[st
 
 
 def dose_file(config: SweepConfig) -> DoseFile | None:
-    """The run's dose file (:class:`steerlab.analysis.doses.DoseFile`), checked whole; None without one."""
+    """The run's dose file (:class:`steerlab.analysis.dose_file.DoseFile`), checked whole; None without one."""
     if config.doses is None:
         return None
-    from steerlab.analysis.doses import DoseFile
+    from steerlab.analysis.dose_file import DoseFile
 
     return DoseFile.load(config.doses)

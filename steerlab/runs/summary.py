@@ -128,7 +128,9 @@ def figure(run_dir: Path, summary: Sequence[dict[str, Any]], scorer_name: str) -
         series = panels[cell["condition"]][cell["vector"]]
         for key in ("multiplier", "real_mean", "real_sem", "control_min", "control_max", "control_lo", "control_hi"):
             series[key].append(cell.get(key, float("nan")))
-    return plots.sweep(panels, scorer_name, Path(run_dir) / "sweep.png")
+    dosed = any("dose_kl" in cell for cell in summary)  # a dose run: the x axis is the signed dose
+    axis = "signed dose (KL, nats)" if dosed else "signed multiplier"
+    return plots.sweep(panels, scorer_name, Path(run_dir) / "sweep.png", axis)
 
 
 # ----------------------------------------------------------------------------- labelled runs
