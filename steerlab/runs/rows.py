@@ -117,8 +117,10 @@ def steers(row: Row, config: SweepConfig | None = None) -> bool:
 
 
 def gated(row: Row, config: SweepConfig) -> dict[str, Any]:
-    """The sample field of a row the experimenter's gate leaves unsteered: ``{"gated": "steer_only"}``."""
-    if config.steer_only is not None and row.vector != NONE and row.condition not in config.steer_only:
+    """The sample field of a row the experimenter's gate leaves unsteered (a row that would be steered without it):
+    ``{"gated": "steer_only"}``."""
+    would_steer = row.vector != NONE and (row.multiplier != 0 or config.operator != "add")
+    if config.steer_only is not None and would_steer and row.condition not in config.steer_only:
         return {"gated": "steer_only"}
     return {}
 
