@@ -449,9 +449,10 @@ def test_a_dose_run_puts_every_arm_at_its_calibrated_kl(tiny, tiny_dir, tmp_path
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(cfg))
     code, _, err = run_cli(["sweep", "--config", "sweep.yaml", "--device", "cpu"], capsys)
     assert code == 0, err
-    code, _, err = run_cli(["side-effects", "run", "--texts", "texts.txt", "--max-tokens", 16, "--device", "cpu",
-                            "--n-resamples", 50], capsys)  # fmt: skip
+    code, out, err = run_cli(["side-effects", "run", "--texts", "texts.txt", "--max-tokens", 16, "--device", "cpu",
+                              "--n-resamples", 50], capsys)  # fmt: skip
     assert code == 0, err
+    assert re.search(r"┃ +dose ┃", out)  # the table's first column is the dose, not a multiplier
     record = json.loads((tmp_path / "run-side-effects" / "side_effects.json").read_text())
     assert record["settings"]["dose_file"] == "doses.json"
     want = {(d["control"], d["sign"]): d for d in doses}

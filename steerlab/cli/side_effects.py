@@ -72,7 +72,8 @@ def envelope_tables(record: dict[str, Any]) -> list[Table]:
             title = (f"steering {e['vector']} ({row['n_requests']} requests; unsteered perplexity "
                      f"{record['baseline']['ppl']:.3f}; read-out: {concepts})")  # fmt: skip
             table = tables[e["vector"]] = Table(title=escape(title))
-            for col in ("alpha", "statistic", "real [95% CI]", "controls", "rank", "real is"):
+            first = "dose" if (record.get("settings") or {}).get("dose_file") else "alpha"
+            for col in (first, "statistic", "real [95% CI]", "controls", "rank", "real is"):
                 left = col in ("statistic", "real is")
                 table.add_column(col, justify="left" if left else "right", overflow="fold")
         real = _num(e["real"])

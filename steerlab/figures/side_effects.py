@@ -47,7 +47,7 @@ def _real(ax: Any, mults: list[float], real: list[Any], low: list[Any] | None, h
                 zorder=3)  # fmt: skip
 
 
-def _panel_axes(fig: Any, grid: Any, panel: dict[str, Any], row0: int, what: str) -> None:
+def _panel_axes(fig: Any, grid: Any, panel: dict[str, Any], row0: int, what: str, xlabel: str) -> None:
     for i, steered in enumerate(panel["steered"]):
         for j, measured in enumerate(panel["measured"]):
             cell = panel["cells"][i][j]
@@ -56,7 +56,7 @@ def _panel_axes(fig: Any, grid: Any, panel: dict[str, Any], row0: int, what: str
             _real(ax, cell["multipliers"], cell["real"], cell["ci_low"], cell["ci_high"])
             ax.axhline(0, color="black", lw=0.6)
             ax.set_title(f"steer {steered}\n{what} {measured}", fontsize=8)
-            ax.set_xlabel("multiplier", fontsize=8)
+            ax.set_xlabel(xlabel, fontsize=8)
             ax.set_ylabel(f"{what} change vs unsteered", fontsize=8)
             ax.tick_params(labelsize=7)
             if i == 0 and j == 0:
@@ -66,6 +66,7 @@ def _panel_axes(fig: Any, grid: Any, panel: dict[str, Any], row0: int, what: str
 def draw_side_effects(record: dict[str, Any]):
     """The figure (module docstring) from a side-effect record's ``figure`` block."""
     data = record["figure"]
+    xlabel = "dose (signed KL)" if (record.get("settings") or {}).get("dose_file") else "multiplier"
     panels = [(p, what) for p, what in ((data["readout"], "read-out"), (data["judge"], "judge")) if p]
     n_cols = max([2, *(len(p["measured"]) for p, _ in panels)])
     n_rows = sum(len(p["steered"]) for p, _ in panels) + len(data["divergence"])
@@ -73,7 +74,7 @@ def draw_side_effects(record: dict[str, Any]):
     grid = fig.add_gridspec(n_rows, n_cols)
     row = 0
     for panel, what in panels:
-        _panel_axes(fig, grid, panel, row, what)
+        _panel_axes(fig, grid, panel, row, what, xlabel)
         row += len(panel["steered"])
     for vector, d in data["divergence"].items():
         for j, (key, label) in enumerate((("kl_mean", "mean KL from unsteered (nats)"),
@@ -83,7 +84,7 @@ def draw_side_effects(record: dict[str, Any]):
             _real(ax, d["multipliers"], d[key], None, None)
             ax.axhline(1.0 if key == "ppl_ratio" else 0.0, color="black", lw=0.6)
             ax.set_title(f"steer {vector}: neutral texts", fontsize=8)
-            ax.set_xlabel("multiplier", fontsize=8)
+            ax.set_xlabel(xlabel, fontsize=8)
             ax.set_ylabel(label, fontsize=8)
             ax.tick_params(labelsize=7)
         row += 1
