@@ -466,3 +466,47 @@ def test_a_dose_run_puts_every_arm_at_its_calibrated_kl(tiny, tiny_dir, tmp_path
         assert r["kl_mean"] == pytest.approx(0.01, rel=0.003)
     env = next(e for e in record["envelope"] if e["multiplier"] == 0.01 and e["statistic"] == "kl_mean")
     assert env["control_max"] - env["control_min"] < 0.0001  # matched doses: no arm is a bigger push
+
+
+def test_a_killed_report_resumes_to_the_same_numbers(judged, tmp_path, capsys, monkeypatch):
+    """Killed after its first chunk of read-outs, a report leaves only the partial read-outs; the rerun (no
+    --overwrite needed) re-encodes only the rest and writes exactly what an uninterrupted report writes."""
+    import steerlab.analysis.side_effects_report as report
+
+    root, _, _ = judged
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(report, "READOUT_CHUNK", 8)
+    args = ["side-effects", "run", "--texts", "texts.txt", "--max-tokens", "12", "--device", "cpu",
+            "--n-resamples", "500", "--seed", "3"]  # fmt: skip
+    code, _, err = run_cli([*args, "--out", tmp_path / "clean"], capsys)
+    assert code == 0, err
+    real, encoded = report.readouts, []
+
+    def dies_on_the_second_chunk(loaded, samples, *a, **kw):
+        if encoded:
+            raise KeyboardInterrupt
+        encoded.extend(samples)
+        return real(loaded, samples, *a, **kw)
+
+    monkeypatch.setattr(report, "readouts", dies_on_the_second_chunk)
+    code, _, _ = run_cli([*args, "--out", tmp_path / "killed"], capsys)  # Ctrl-C: typer exits non-zero
+    assert code not in (0, 2)
+    assert [p.name for p in (tmp_path / "killed").iterdir()] == ["readouts.partial.jsonl"]
+    assert len((tmp_path / "killed" / "readouts.partial.jsonl").read_text().splitlines()) == 8
+
+    def counts(loaded, samples, *a, **kw):
+        encoded.extend(samples)
+        return real(loaded, samples, *a, **kw)
+
+    encoded.clear()
+    monkeypatch.setattr(report, "readouts", counts)
+    code, _, err = run_cli([*args, "--out", tmp_path / "killed"], capsys)
+    assert code == 0, err
+    n_distinct = len({json.dumps([s["messages"], s["turns"]]) for s in read_samples(root / "run")})
+    assert len(encoded) == n_distinct - 8  # the first chunk was read back, not re-encoded
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == ["readouts.jsonl", "side_effects.json",
+                                                                        "side_effects.png"]  # fmt: skip
+    for name in ("readouts.jsonl", "side_effects.json"):
+        assert (tmp_path / "killed" / name).read_text() == (tmp_path / "clean" / name).read_text().replace(
+            str(tmp_path / "clean"), str(tmp_path / "killed")
+        )

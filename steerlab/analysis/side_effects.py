@@ -29,7 +29,11 @@ unsteered (multiplier 0) samples and the random controls at the same multiplier:
 
 Nothing here writes into the run directory: :func:`run_side_effects` checks every input before the model loads,
 then writes ``side_effects.json``, ``readouts.jsonl`` (every sample's read-out) and ``side_effects.png`` into
-``--out`` (default: a sibling of the run directory, ``RUN_DIR-side-effects``). Assembling the record from the
+``--out`` (default: a sibling of the run directory, ``RUN_DIR-side-effects``). The re-encoding, the long part, is
+resumable: each chunk of read-outs is appended to ``--out/readouts.partial.jsonl`` as it is done, keyed by what
+determines it (model fingerprint, dtype and device, the concepts' files and layers, the chat date, the
+generation's text); a rerun after a kill reads back the finished ones (the same numbers: JSON floats round-trip)
+and re-encodes only the rest, and the file is removed once the report is written. Assembling the record from the
 measured numbers is :mod:`steerlab.analysis.side_effects_report`.
 """
 
@@ -51,6 +55,7 @@ from steerlab.models import Fingerprint
 from steerlab.vectors import VectorBundle
 
 FORMAT = 1
+PARTIAL = "readouts.partial.jsonl"  # the read-outs of a report still running (or killed): resumed, then removed
 RANKINGS = ("val_auroc", "keyword_hard_auroc", "cv_auroc", "cv_dprime")  # first present picks the read-out layer
 
 
@@ -130,7 +135,8 @@ def check_out(out: Path, run_dir: Path, overwrite: bool) -> None:
                                "give a directory outside it")  # fmt: skip
     if out.exists() and not out.is_dir():
         raise SideEffectsError(f"--out {out} is a file; give a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    # a directory holding only the read-outs of a killed report is resumed (module docstring)
+    if out.is_dir() and {q.name for q in out.iterdir()} - {PARTIAL} and not overwrite:
         raise SideEffectsError(f"--out {out} exists and is not empty; choose a new directory or pass --overwrite")
 
 

@@ -9,6 +9,7 @@ computing and the figure can be drawn again from ``side_effects.json``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ import torch
 
 from steerlab.analysis.side_effects import (
     FORMAT,
+    PARTIAL,
     Plan,
     SideEffectsError,
     change,
@@ -28,10 +30,13 @@ from steerlab.analysis.side_effects import (
     unsteered,
 )
 from steerlab.analysis.side_effects_probe import PerplexityProbe, perplexity, readouts
+from steerlab.fileio import open_append, read_jsonl
 from steerlab.models import LoadedModel
+from steerlab.vectors import finite_json
 
 RECORD, READOUTS, FIGURE = "side_effects.json", "readouts.jsonl", "side_effects.png"
 DIVERGENCE = ("kl_mean", "kl_p95", "ppl_delta", "ppl_ratio")
+READOUT_CHUNK = 64  # distinct generations re-encoded between two appends to the partial read-outs
 
 
 def _generation_key(s: dict[str, Any]) -> str:
@@ -51,13 +56,42 @@ def sample_readouts(
     rows_layer = [layers.index(c.layer) for c in p.concepts]
     distinct: dict[str, dict[str, Any]] = {}
     for s in p.samples:
-        distinct.setdefault(_generation_key(s), s)
-    keys = list(distinct)
+        distinct.setdefault(_digest(_generation_key(s)), s)
     chat_date = p.header.get("chat_date") or (p.header.get("backend") or {}).get("chat_date") or "2024-07-26"
-    values, counts = readouts(loaded, [distinct[k] for k in keys], units, layers, rows_layer, chat_date,
-                              batch_size=batch_size, progress=progress)  # fmt: skip
-    by_key = {k: ([float(v) for v in values[i]], int(counts[i])) for i, k in enumerate(keys)}
-    return {s["id"]: by_key[_generation_key(s)] for s in p.samples}
+    param = next(loaded.model.parameters())
+    what = {"model": loaded.fingerprint.to_dict(), "dtype": str(param.dtype), "device": param.device.type,
+            "chat_date": chat_date, "concepts": [[c.name, c.hash, c.layer] for c in p.concepts]}  # fmt: skip
+    key = _digest(json.dumps(what, sort_keys=True))  # what the read-outs depend on, besides the generation
+    partial = p.out / PARTIAL
+    by_key: dict[str, tuple[list[float], int]] = {}
+    for r in read_jsonl(partial, torn_tail=True):  # a killed report's finished read-outs
+        if r.get("key") == key and r.get("generation") in distinct:
+            by_key[r["generation"]] = ([math.nan if v is None else float(v) for v in r["values"]], int(r["count"]))
+    todo = [g for g in distinct if g not in by_key]
+    if todo:
+        _make(p.out)
+        with open_append(partial) as fh:
+            for lo in range(0, len(todo), READOUT_CHUNK):
+                chunk = todo[lo : lo + READOUT_CHUNK]
+                values, counts = readouts(loaded, [distinct[g] for g in chunk], units, layers, rows_layer, chat_date,
+                                          batch_size=batch_size, progress=progress)  # fmt: skip
+                for i, g in enumerate(chunk):
+                    by_key[g] = ([float(v) for v in values[i]], int(counts[i]))
+                    line = {"key": key, "generation": g, "values": by_key[g][0], "count": by_key[g][1]}
+                    fh.write(json.dumps(finite_json(line), allow_nan=False) + "\n")
+                fh.flush()
+    return {s["id"]: by_key[_digest(_generation_key(s))] for s in p.samples}
+
+
+def _make(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SideEffectsError(f"cannot make {out} ({exc.strerror}); choose another --out") from None
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def judge_score(s: dict[str, Any], key: str) -> float | None:
@@ -227,7 +261,6 @@ def run_side_effects(
     into ``out``. Returns the record and the output directory."""
     from steerlab.fileio import atomic_write_text
     from steerlab.models import Fingerprint, load_model
-    from steerlab.vectors import finite_json
 
     p = plan(run_dir, vector_files=vector_files, texts=texts, readout_layer_=readout_layer, out=out,
              overwrite=overwrite, conditions=conditions, controls=controls, batch_size=batch_size,
@@ -243,11 +276,9 @@ def run_side_effects(
     from steerlab.plots import save
 
     fig = draw_side_effects(record)  # drawn before anything is written: a failure leaves nothing behind
-    try:
-        p.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SideEffectsError(f"cannot make {p.out} ({exc.strerror}); choose another --out") from None
+    _make(p.out)
     atomic_write_text(p.out / READOUTS, "".join(json.dumps(finite_json(r), allow_nan=False) + "\n" for r in per_sample))
     save(fig, p.out / FIGURE)
     atomic_write_text(p.out / RECORD, json.dumps(finite_json(record), indent=1, allow_nan=False) + "\n")
+    (p.out / PARTIAL).unlink(missing_ok=True)  # everything it held is in readouts.jsonl now
     return record, p.out
