@@ -132,6 +132,48 @@ def load_condition(path: Path, expect: Fingerprint | None = None) -> Condition:
     return cond
 
 
+def check_same_pass(settings: Sequence[Any], condition: Condition | None = None) -> None:
+    """Refuse, for ``--backend nnsight`` (which decides a condition in the same pass only), a setting whose condition
+    (its own, or ``condition`` for all) reads a layer after its first steered layer."""
+    for s in settings:
+        cond = condition if condition is not None else s.condition
+        if cond is not None and s.steered_layers() and cond.layer > min(s.steered_layers()):
+            raise ConfigError(
+                f"{s.describe()}: --backend nnsight decides a condition in the same pass only, so its layer "
+                f"({cond.layer}) must be at or before the first steered layer ({min(s.steered_layers())}); use "
+                "--backend hf, or a condition at an earlier layer"
+            )
+
+
+def system_hash(text: str | None) -> str | None:
+    """How a condition file names a system prompt: sha256 of its text (first 16 hex digits); None for none."""
+    import hashlib
+
+    return None if text is None else hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_rendering(path: Path, systems: Sequence[tuple[str, str | None]]) -> None:
+    """Refuse a run whose prompts carry a system prompt the condition was not fitted with (``systems``: the run's
+    (condition, system prompt) pairs). The score averages over every prompt token, the system prompt's included, so
+    a condition fitted without the run's system prompt reads other tokens than it was fitted on. A condition file
+    that does not record its prompts' system prompts (written by hand) is not checked."""
+    try:
+        fit = json.loads(read_text(Path(path), "condition file")).get("fit") or {}
+    except (json.JSONDecodeError, AttributeError):
+        return  # load_condition says what is wrong with it
+    known = fit.get("system_prompts")
+    if known is None:
+        return
+    for condition, text in systems:
+        if system_hash(text) not in known:
+            sent = "no system prompt" if text is None else "a system prompt"
+            raise ConditionError(
+                f"steer_if: {path} was fitted on prompts without the system prompt this run sends (condition "
+                f"{condition!r} has {sent} the fit never saw); the score averages over every prompt token, so fit it "
+                "on prompts rendered as the run renders them (condition fit --system, or .jsonl with messages)"
+            )
+
+
 def prompt_scores(
     hidden: torch.Tensor, mask: torch.Tensor, directions: torch.Tensor, cosine: torch.Tensor
 ) -> torch.Tensor:
@@ -144,7 +186,8 @@ def prompt_scores(
     cos = proj / h.norm(dim=-1).clamp_min(1e-30)
     per_token = torch.where(cosine.to(h.device)[:, None], cos, proj)
     m = mask.to(device=h.device, dtype=torch.float32)
-    return (per_token * m).sum(-1) / m.sum(-1).clamp_min(1.0)
+    per_token = torch.where(m > 0, per_token, torch.zeros_like(per_token))  # padding never enters, even as NaN
+    return per_token.sum(-1) / m.sum(-1).clamp_min(1.0)
 
 
 class ConditionGate:
@@ -181,6 +224,7 @@ class ConditionGate:
         self.mask: torch.Tensor | None = None
         self.pending: set[int] = set()
         self.met: torch.Tensor | None = None  # [batch] bool, once decided
+        self.started = False  # a batch has started (start() called)
         self.scores: torch.Tensor | None = None  # [batch] float32 (NaN: no condition)
 
     @classmethod
@@ -200,11 +244,15 @@ class ConditionGate:
         """A new batch: its table rows ``[batch]`` and prompt mask ``[batch, seq]`` (1 on real tokens)."""
         self.rows = torch.as_tensor(rows, dtype=torch.long).cpu()
         self.mask = mask
-        self.pending = set(self.layers)
-        self.met = None
         n = self.rows.numel()
         self._met = torch.ones(n, dtype=torch.bool, device=mask.device)
+        self._last = self._met
         self._scores = torch.full((n,), float("nan"), device=mask.device)
+        self.started = True
+        if bool(self._conditioned[self.rows].any()):
+            self.pending, self.met = set(self.layers), None
+        else:  # no row of this batch has a condition: nothing to read, no pre-pass
+            self.pending, self.met, self.scores = set(), self._met, self._scores
 
     def read(self, layer: int, hidden: torch.Tensor) -> bool:
         """Score the rows whose condition reads ``layer`` on ``hidden`` ``[batch, seq, d_model]`` (the prompt, before
@@ -222,7 +270,8 @@ class ConditionGate:
         scores = prompt_scores(hidden, self.mask, self._dirs[layer][rows], self._cos[layer][rows])
         thr = self._thr[layer][rows].to(device)
         passed = torch.where(self._gt[layer][rows].to(device), scores > thr, scores < thr)
-        self._met = torch.where(here, passed, self._met)
+        self._last = torch.where(here, passed, torch.ones_like(passed))  # this layer's decisions alone
+        self._met = self._met & self._last
         self._scores = torch.where(here, scores, self._scores)
         self.pending.discard(layer)
         if self.pending:
@@ -239,9 +288,12 @@ class ConditionGate:
                 self._here[layer][rows])  # fmt: skip
 
     def multiplier(self) -> torch.Tensor:
-        """``[batch]`` float32: 1 for a row to steer, 0 for a row whose condition failed."""
-        assert self.met is not None, "the condition is not decided yet"
-        return self.met.float()
+        """``[batch]`` float32: 0 for a row whose condition has failed so far, else 1."""
+        return self._met.float()
+
+    def last_multiplier(self) -> torch.Tensor:
+        """``[batch]`` float32: 0 for a row whose condition the last :meth:`read` failed, else 1."""
+        return self._last.float()
 
     def decisions(self) -> list[tuple[bool | None, float | None]]:
         """(passed, score) per batch row; (None, None) for a row without a condition. One device-to-host copy."""

@@ -175,9 +175,14 @@ class Steerer:
     def _set_projection(self, projection: Projection | None) -> None:
         """Take a table's projection rows; the per-row buffers are made once and kept (static addresses)."""
         if projection is None:
-            self._units, self._limits = [], []
-            self._projects = [False] * len(self.layers)
-            return
+            if not self._ubuf:  # never projected: no buffers, no projection work
+                self._units, self._limits = [], []
+                self._projects = [False] * len(self.layers)
+                return
+            # buffers made by an earlier table stay (static addresses): this table's rows project nothing
+            n_rows = self._source.shape[0]
+            shape = (n_rows, len(self.layers))
+            projection = (torch.zeros_like(self._source), torch.full(shape, -math.inf), torch.full(shape, math.inf))
         units, lo, hi = projection
         n_rows = self._source.shape[0]
         if units.shape != self._source.shape or lo.shape != (n_rows, len(self.layers)) or hi.shape != lo.shape:
@@ -213,7 +218,7 @@ class Steerer:
         buffer = torch.zeros_like(self._per_row[j], dtype=dtype)  # [max_batch, d_model]
         rows = torch.as_tensor(self._rows, dtype=torch.long, device=table.device)
         buffer[: rows.numel()] = table[rows]  # the rows last set, gathered again from the wider source
-        if self.gate is not None and self.gate.met is not None:  # and gated again as they were
+        if self.gate is not None and self.gate.started:  # and gated again as they were
             buffer[: rows.numel()] *= self.gate.multiplier().to(device=buffer.device, dtype=dtype)[:, None]
         self._per_row[j] = buffer
         return buffer
@@ -283,9 +288,10 @@ class Steerer:
         return self.gate.decisions() if self.gate is not None else None
 
     def _apply_gate(self) -> None:
-        """Zero the per-row buffers of the rows whose condition failed (kept so for the batch's decode steps)."""
+        """Zero the per-row buffers of the rows whose condition was just read and failed (kept so for the batch's
+        decode steps)."""
         assert self.gate is not None
-        g = self.gate.multiplier()  # [batch]
+        g = self.gate.last_multiplier()  # [batch]
         n = g.numel()
         for buffer in self._per_row:
             buffer[:n] *= g.to(device=buffer.device, dtype=buffer.dtype)[:, None]
@@ -355,10 +361,10 @@ class Steerer:
             if not gate.pending:
                 return
             hidden = output[0] if isinstance(output, tuple) else output  # [batch, seq, d_model], not yet steered
-            if gate.read(layer, hidden):
-                self._apply_gate()
-                if self._suspended:
-                    raise _Decided
+            done = gate.read(layer, hidden)
+            self._apply_gate()  # at once: a row decided here is not steered at any later layer of this pass
+            if done and self._suspended:
+                raise _Decided
 
         return hook
 

@@ -166,6 +166,8 @@ def parse_bounds(text: str) -> tuple[float, float]:
         raise ConfigError(f"--clamp {text!r}: LO and HI must be numbers (write LO:HI, e.g. -1:1)") from None
     if math.isnan(lo) or math.isnan(hi) or lo > hi or lo == math.inf or hi == -math.inf:
         raise ConfigError(f"--clamp {text!r}: give LO <= HI (an empty side for no bound)")
+    if lo == -math.inf and hi == math.inf:
+        raise ConfigError(f"--clamp {text!r}: both sides are open, so it would clamp nothing; give LO, HI or both")
     return lo, hi
 
 

@@ -65,6 +65,18 @@ def _changed_vector(root):
     b.save(path)
 
 
+def _with_config(name, **changes):
+    """A copy of the run whose header's config steers otherwise (an operator, a condition, a gate)."""
+
+    def make(root):
+        shutil.copytree(root / "run", root / name)
+        header = json.loads((root / name / "header.json").read_text())
+        header["config"] = header["config"] | changes
+        (root / name / "header.json").write_text(json.dumps(header))
+
+    return make
+
+
 def _empty_texts(root):
     (root / "empty.txt").write_text("\n\n  \n")
 
@@ -102,6 +114,16 @@ TABLE = [
     ([*SE, "--max-tokens", "0"], "give at least 1", None),
     ([*SE, "--n-resamples", "-1"], "give 0 or more", None),
     (SE, "changed since the run", _changed_vector),
+    (
+        ["side-effects", "ablated", "--device", "cpu"],
+        "steers with operator ablate",
+        _with_config("ablated", operator="ablate"),
+    ),
+    (
+        ["side-effects", "gated", "--device", "cpu"],
+        "steers with steer_only",
+        _with_config("gated", steer_only=["monitored"]),
+    ),
 ]
 
 

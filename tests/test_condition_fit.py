@@ -78,7 +78,9 @@ def test_cli_fit_recovers_the_planted_threshold_and_the_backend_applies_it(tiny,
     true, false, scores, planted, vec = planted_prompts(tiny, tmp_path)
     meta = {"concept": "toy", "layers": list(range(tiny.n_layers)), "selected_layers": [1, 2],
             "model": tiny.fingerprint.to_dict()}  # fmt: skip
-    VectorBundle.build(vec.directions, random_controls(vec.directions, 1, seed=1), meta).save(tmp_path / "toy.safetensors")
+    VectorBundle.build(vec.directions, random_controls(vec.directions, 1, seed=1), meta).save(
+        tmp_path / "toy.safetensors"
+    )
     out = tmp_path / "cond.json"
     code, stdout, err = run_cli(["condition", "fit", "--true", tmp_path / "true.txt", "--false", tmp_path / "false.txt",
                                  "--model", tiny_dir, "--vector", tmp_path / "toy.safetensors", "--layers", "2",

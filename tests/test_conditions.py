@@ -16,7 +16,9 @@ TEXTS = ["The user asks for a short answer.", "Spell this backwards", "Convert 1
 def vector(tiny, seed, layers=(2,), scale=1.0):
     g = torch.Generator().manual_seed(seed)
     directions = scale * torch.randn(tiny.n_layers, tiny.d_model, generator=g)
-    return SteeringVector(directions, tuple(range(tiny.n_layers)), tuple(layers), tiny.fingerprint.to_dict(), f"v{seed}")
+    return SteeringVector(
+        directions, tuple(range(tiny.n_layers)), tuple(layers), tiny.fingerprint.to_dict(), f"v{seed}"
+    )
 
 
 def direction(tiny, seed):
@@ -177,3 +179,38 @@ def test_nnsight_backend_matches_hf_with_operators_and_conditions(tiny):
     late = Condition(w, 3, 0.0, ">")
     with pytest.raises(ConfigError, match="at or before the first steered layer"):
         nn.generate(requests(TEXTS[:1], SteeringSetting(v, 1.0, condition=late)))
+
+
+def test_conditions_at_different_layers_in_one_call_gate_each_row_before_its_first_steered_layer(tiny):
+    """Setting A's condition reads layer 0 and A steers from layer 0; setting B's reads layer 2. A row of A whose
+    condition fails must be unsteered from layer 0 on, whatever B's rows in the batch do (review finding F2)."""
+    backend = HFBackend(tiny, batch_size=8)
+    prompts = backend.prompt_ids(requests(TEXTS, None))
+    w = direction(tiny, 41)
+    a_cond = Condition(w, 0, max(reference_scores(tiny, prompts, 0, w)) + 1.0, ">")  # fails for every prompt
+    b_cond = Condition(w, 2, min(reference_scores(tiny, prompts, 2, w)) - 1.0, ">")  # passes for every prompt
+    v = vector(tiny, 6, layers=(0, 1, 2, 3), scale=3.0)
+    a, b = (
+        SteeringSetting(v, 1.0, condition=a_cond),
+        SteeringSetting(vector(tiny, 7, layers=(3,)), 1.0, condition=b_cond),
+    )
+    alone = backend.generate(requests(TEXTS[:3], a))
+    mixed = backend.generate([*requests(TEXTS[:3], a), Request([{"role": "user", "content": TEXTS[3]}],
+                                                               Sampling(max_new_tokens=10), b, id="b")])  # fmt: skip
+    never = backend.generate(requests(TEXTS[:3], None))
+    assert [r.text for r in mixed[:3]] == [r.text for r in alone] == [r.text for r in never]
+    assert [r.condition_met for r in mixed] == [False, False, False, True]
+
+
+def test_a_projecting_call_then_a_plain_call_on_the_compiled_path(tiny):
+    """The static steerer keeps its projection buffers after an ablating call; a later adding or unsteered call must
+    run (review finding F1) and write the eager tokens."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    compiled = HFBackend(tiny, batch_size=3, compile=True, compiler=CompileCounterWithBackend("inductor"))
+    eager = HFBackend(tiny, batch_size=3, compile=False)
+    v = vector(tiny, 8, layers=(1, 2))
+    for setting in (SteeringSetting(v, 0.0, operator="ablate"), SteeringSetting(v, 1.0), None,
+                    SteeringSetting(v, 0.5, operator="clamp", bounds=(-1, 1))):  # fmt: skip
+        reqs = requests(TEXTS, setting, n=5)
+        assert [r.text for r in compiled.generate(reqs)] == [r.text for r in eager.generate(reqs)]

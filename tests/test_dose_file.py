@@ -180,3 +180,25 @@ def test_eval_takes_a_dose_file(tiny_dir, tiny_vector, tmp_path, capsys):
         control = None if r["arm"] == "real" else 0
         want = 0.0 if r["multiplier"] == 0 else table[control, "-", 0.01]
         assert r["dose_kl"] == r["multiplier"] and r["steering_multiplier"] == want
+
+
+def test_a_gated_dose_run_records_each_rows_own_dose_and_no_multiplier(tiny_dir, tiny_vector, tmp_path, capsys):
+    """steer_only with a dose file: rows of the gated condition share the unsteered generation, yet each records its
+    own dose and a steering multiplier of 0 (a shared field copied from one row would give every gated row the first
+    row's dose: review finding F4)."""
+    record = calibrate(capsys, tiny_dir, tiny_vector, tmp_path / "doses.json")
+    args = sweep_args(tmp_path, tiny_dir, tiny_vector, doses=str(tmp_path / "doses.json"),
+                      conditions={"a": None, "b": "Be brief."}, steer_only=["a"])  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    table = calibrated(record)
+    rows = samples(tmp_path / "run")
+    assert all(s["dose_kl"] == s["multiplier"] for s in rows)
+    for s in rows:
+        if s["condition"] == "b" or s["multiplier"] == 0:
+            assert s["steering_multiplier"] == 0.0
+        else:
+            control = None if s["arm"] == "real" else int(s["arm"].removeprefix("control"))
+            sign = "+" if s["multiplier"] > 0 else "-"
+            assert s["steering_multiplier"] == table[(control, sign, abs(s["multiplier"]))]
+    assert {s["multiplier"] for s in rows if s.get("gated")} == {m for m in DOSES if m != 0}

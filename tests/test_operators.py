@@ -15,7 +15,9 @@ from steerlab.vectors import SteeringVector
 def vector(tiny, seed, layers=(1,), scale=1.0):
     g = torch.Generator().manual_seed(seed)
     directions = scale * torch.randn(tiny.n_layers, tiny.d_model, generator=g)
-    return SteeringVector(directions, tuple(range(tiny.n_layers)), tuple(layers), tiny.fingerprint.to_dict(), f"v{seed}")
+    return SteeringVector(
+        directions, tuple(range(tiny.n_layers)), tuple(layers), tiny.fingerprint.to_dict(), f"v{seed}"
+    )
 
 
 TEXTS = ["The user asks for a short answer.", "Spell this backwards", "Convert 12 kilometres to miles, please."]

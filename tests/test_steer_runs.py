@@ -44,8 +44,10 @@ def unsteered_text(rows: list[dict]) -> dict[tuple, str]:
 
 
 def test_steer_only_leaves_other_conditions_unsteered_and_says_so(tiny_dir, tiny_vector, tmp_path, capsys):
-    code, _, err = run_cli(sweep(tmp_path, tiny_dir, tiny_vector, steer_only=["watched"]), capsys)
+    code, _, err = run_cli(sweep(tmp_path, tiny_dir, tiny_vector, steer_only=["watched"], scorer="[aeiou]{2}"), capsys)
     assert code == 0, err
+    cells = json.loads((tmp_path / "run" / "summary.json").read_text())["cells"]
+    assert {(c["condition"], c["multiplier"]) for c in cells if c.get("gated")} == {("alone", 2.0)}
     rows = samples(tmp_path / "run")
     base = unsteered_text(rows)
     steered = [r for r in rows if r["multiplier"] != 0]
@@ -56,7 +58,9 @@ def test_steer_only_leaves_other_conditions_unsteered_and_says_so(tiny_dir, tiny
             assert r["gated"] == "steer_only" and r["layers"] == [] and r["text"] == base[key]
         else:
             assert "gated" not in r and r["layers"] == [1, 2]
-    assert any(r["text"] != base[(r["condition"], r["item"], r["seed"])] for r in steered if r["condition"] == "watched")
+    assert any(
+        r["text"] != base[(r["condition"], r["item"], r["seed"])] for r in steered if r["condition"] == "watched"
+    )
     header = json.loads((tmp_path / "run" / "header.json").read_text())
     assert header["config"]["steer_only"] == ["watched"]
     # the same run without the gate: the gated rows are the ones that change
@@ -124,8 +128,13 @@ def test_steer_if_steers_the_rows_whose_prompt_passes_and_records_each_decision(
     record = json.loads(path.read_text())
     record["threshold"] += 1.0
     path.write_text(json.dumps(record))
-    refused(sweep(tmp_path, tiny_dir, tiny_vector, steer_if=str(path)), "another steer if file", tmp_path / "run", capsys,
-            loading_bar=True)
+    refused(
+        sweep(tmp_path, tiny_dir, tiny_vector, steer_if=str(path)),
+        "another steer if file",
+        tmp_path / "run",
+        capsys,
+        loading_bar=True,
+    )
 
 
 def test_eval_takes_the_steering_options(tiny_dir, tiny_vector, tmp_path, capsys):
@@ -167,3 +176,30 @@ def test_vllm_refuses_operators_and_conditions_in_runs(tiny_dir, tiny_vector, tm
             "--operator ablate needs --backend hf or nnsight", None, capsys)  # fmt: skip
     assert not (tmp_path / "run").exists()
     assert load_prompts  # (the prompt reader the sweep uses is the generate module's)
+
+
+def test_a_condition_fitted_without_the_runs_system_prompt_is_refused(tiny_dir, tiny_vector, tmp_path, capsys):
+    """condition fit records its prompts' system prompts; a run that sends another would score other tokens than
+    the fit saw (review finding F5)."""
+    (tmp_path / "t.txt").write_text("\n".join(f"please evaluate answer {i}" for i in range(5)) + "\n")
+    (tmp_path / "f.txt").write_text("\n".join(f"tell me a story {i}" for i in range(5)) + "\n")
+    fit = ["condition", "fit", "--true", tmp_path / "t.txt", "--false", tmp_path / "f.txt", "--model", tiny_dir]
+    code, _, err = run_cli([*fit, "--folds", "2", "--layers", "0", "--out", tmp_path / "c.json"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "c.json").read_text())["fit"]["system_prompts"] == [None]
+    refused(sweep(tmp_path, tiny_dir, tiny_vector, steer_if=str(tmp_path / "c.json")),
+            "condition 'watched' has a system prompt the fit never saw", tmp_path, capsys)  # fmt: skip
+    code, _, err = run_cli(sweep(tmp_path, tiny_dir, tiny_vector, steer_if=str(tmp_path / "c.json"),
+                                 conditions={"alone": None}), capsys)  # fmt: skip
+    assert code == 0, err
+
+
+def test_nnsight_refuses_a_condition_after_a_steered_layer_before_the_run_directory_exists(tiny, tiny_dir,
+                                                                                         tiny_vector, tmp_path,
+                                                                                         capsys):  # fmt: skip
+    pytest.importorskip("nnsight")
+    late = Condition(torch.ones(tiny.d_model), 3, 0.0, ">", model=tiny.fingerprint.to_dict())
+    (tmp_path / "late.json").write_text(json.dumps(late.record()))
+    args = [*sweep(tmp_path, tiny_dir, tiny_vector, steer_if=str(tmp_path / "late.json")), "--backend", "nnsight"]
+    refused(args, "decides a condition in the same pass only", None, capsys)
+    assert not (tmp_path / "run").exists()

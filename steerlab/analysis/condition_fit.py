@@ -173,7 +173,8 @@ def prompt_features(
                 h = seen[layer]
                 if statistic == "cosine":
                     h = h / h.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-                out[batch, j] = ((h * m).sum(1) / m.sum(1).clamp_min(1.0)).cpu().numpy()
+                h = torch.where(m > 0, h, torch.zeros_like(h))  # padding never enters, even as NaN
+                out[batch, j] = (h.sum(1) / m.sum(1).clamp_min(1.0)).cpu().numpy()
     finally:
         for h in handles:
             h.remove()

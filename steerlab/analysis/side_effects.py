@@ -241,6 +241,18 @@ def plan(
     if not config.vectors or not any(m != 0 for m in config.multipliers):
         raise SideEffectsError(f"{run_dir} is not a steered run (no vectors or no non-zero multiplier); side effects "
                                "need a sweep of vectors over multipliers, 0 among them")  # fmt: skip
+    if config.operator != "add" or config.steer_if is not None or config.steer_only is not None:
+        what = (
+            f"operator {config.operator}"
+            if config.operator != "add"
+            else "steer_if (conditional steering)"
+            if config.steer_if is not None
+            else "steer_only (gated conditions)"
+        )
+        raise SideEffectsError(
+            f"{run_dir} steers with {what}: the report measures additive, unconditional steering against the "
+            "unsteered samples at multiplier 0; run it on an additive sweep"
+        )
     if 0 not in config.multipliers:
         raise SideEffectsError(f"{run_dir} has no multiplier 0: changes are measured against the unsteered samples; "
                                "rerun the sweep with 0 among its multipliers")  # fmt: skip

@@ -154,6 +154,10 @@ def check_requests(requests: Sequence[Request]) -> None:
 def check_steering_support(kind: str, operator: str = "add", conditional: bool = False) -> None:
     """Refuse (one line) steering that ``kind`` cannot apply: vLLM's hook adds only (no ablation, clamping or
     condition); an API model is not steered at all."""
+    from steerlab.table import OPERATORS
+
+    if operator not in OPERATORS:
+        raise ConfigError(f"unknown operator {operator!r}; use one of {', '.join(OPERATORS)}")
     if kind == "vllm" and (operator != "add" or conditional):
         what = "--steer-if" if conditional and operator == "add" else f"--operator {operator}"
         raise ConfigError(

@@ -43,7 +43,7 @@ import torch
 
 from steerlab.backends.base import Sampling
 from steerlab.backends.hf import HFBackend, Transcripts, left_pad
-from steerlab.conditions import ConditionGate
+from steerlab.conditions import ConditionGate, check_same_pass
 from steerlab.errors import ConfigError
 from steerlab.loci import POSITIONS, Position
 from steerlab.nnsight_model import NNsightModel, module_path
@@ -62,12 +62,7 @@ class TraceSteering:
         self.projection = build_projection(settings, layers)  # units [rows, L, d], lo, hi [rows, L]; or None
         self.gate = ConditionGate.of(settings, d_model)
         if self.gate is not None and self.gate.prepass:
-            bad = next(s for s in settings if s.condition is not None and s.condition.layer > min(s.steered_layers()))
-            raise ConfigError(
-                f"{bad.describe()}: --backend nnsight decides a condition in the same pass only, so its layer must "
-                f"be at or before the first steered layer ({min(bad.steered_layers())}); use --backend hf, or a "
-                "condition at an earlier layer"
-            )
+            check_same_pass(settings)
         self.labels = [s.describe() for s in settings]
         self.rows: list[int] = []
         self.decided: list[tuple[bool | None, float | None]] | None = None
@@ -239,7 +234,8 @@ class NNsightBackend(HFBackend):
                                     proj = torch.einsum("btd,bd->bt", h, dirs)  # [batch, seq]
                                     per = torch.where(cos[:, None], proj / h.norm(dim=-1).clamp_min(1e-30), proj)
                                     m = prompt_mask.to(h.device)
-                                    score = (per * m).sum(-1) / m.sum(-1).clamp_min(1.0)  # [batch]
+                                    per = torch.where(m > 0, per, torch.zeros_like(per))  # padding never enters
+                                    score = per.sum(-1) / m.sum(-1).clamp_min(1.0)  # [batch]
                                     passed = torch.where(gt, score > thr, score < thr)
                                     met = torch.where(here, passed, torch.ones_like(passed))
                                     gate = met.float() if gate is None else gate * met.float()

@@ -42,11 +42,11 @@ def fit(
     dtype: DType = "auto",
 ) -> None:
     """Choose the layer, direction, comparator and threshold that best tell --true prompts from --false ones (F1,
-    cross-validated), for `steer --condition` and the `condition` field of sweeps. Prints each layer's CV F1 and
-    the nested-CV F1 of the whole choice (the honest one to quote)."""
+    cross-validated), for `steer --steer-if` and `--steer-if` / `steer_if:` of sweeps and eval. Prints each layer's
+    CV F1 and the nested-CV F1 of the whole choice (the honest one to quote)."""
     from steerlab.analysis.condition_fit import fit_condition, write_condition
     from steerlab.cli.common import parse_layers
-    from steerlab.conditions import ConditionError
+    from steerlab.conditions import ConditionError, system_hash
     from steerlab.errors import ConfigError
     from steerlab.generate import load_prompts
     from steerlab.models import load_model
@@ -84,6 +84,12 @@ def fit(
         name or true.stem,
     )  # fmt: skip
     report["vector"] = str(vector) if vector is not None else None
+    # the system prompts the prompts carried (their hashes; null: none): a run that sends another is refused
+    report["system_prompts"] = sorted(
+        {system_hash(next((m["content"] for m in chat if m["role"] == "system"), None))
+         for chat in [*true_prompts, *false_prompts]},
+        key=lambda h: h or "",
+    )  # fmt: skip
     sources = {"true": true, "false": false, **({"vector": vector} if vector is not None else {})}
     write_condition(out_file, cond, report, sources)  # type: ignore[arg-type]
     table = Table(title=f"condition {escape(cond.name)}: {report['n_true']} true, {report['n_false']} false prompts, "

@@ -132,6 +132,19 @@ def check_config(config: SweepConfig, fingerprint: Fingerprint | None = None) ->
     return arms
 
 
+def check_condition_prompts(config: SweepConfig, scenarios: dict[str | None, Scenario], items: Sequence[Item]) -> None:
+    """A ``steer_if`` condition fitted on prompts with other system prompts than the run sends is refused."""
+    if config.steer_if is None or not items:
+        return
+    from steerlab.conditions import check_rendering
+
+    systems = [
+        (cond, next((m["content"] for m in sc.messages(items[0], cond) if m["role"] == "system"), None))
+        for sc in scenarios.values() for cond in sc.conditions()
+    ]  # fmt: skip
+    check_rendering(config.steer_if, systems)
+
+
 def run_sweep(
     config: SweepConfig, backend: Backend, fingerprint: Fingerprint | None, progress: bool = True, chunk: int = 64,
     then: Callable[[Path], None] | None = None,
@@ -161,6 +174,7 @@ def run_sweep(
             f"the backend renders chats dated {described['chat_date']} but the run config says {config.chat_date}; "
             "build the backend with the config's chat_date"
         )
+    check_condition_prompts(config, scenarios, items)
     header = build_header(config, scenario, items, fingerprint, len(rows), described)
     check_run(run_dir, header, RESUME_KEYS)  # before anything is written
     fits = getattr(backend, "check_fits", None)
@@ -201,7 +215,8 @@ def _generate(
         key = generation_key(row, config)
         if key in generated:
             shared = {k: v for k, v in generated[key].items() if k not in ROW_FIELDS}
-            reused.append({**row_fields(row), "prompt": by_id[row.item].prompt, **shared, **gated(row, config)})
+            reused.append({**row_fields(row), "prompt": by_id[row.item].prompt, **shared, **gated(row, config),
+                           **doses(config, settings, row)})  # fmt: skip
             continue
         if key not in jobs:
             setting = settings[(row.vector, row.arm, row.multiplier)] if steers(row, config) else None
@@ -237,7 +252,6 @@ def _generate(
                     "system": next((m["content"] for m in job.messages if m["role"] == "system"), None),
                     "layers": list(job.setting.steered_layers()) if job.setting else [],
                     "scale": config.scale,
-                    **doses(config, job, rows_of[job.key][0]),
                     **(
                         {"steer_if": decided.get(job.key, [])}
                         if job.setting is not None and job.setting.condition
@@ -255,7 +269,8 @@ def _generate(
                 if shared["system"] is None:  # what the template shows instead of "no system prompt"
                     shared["template_system"] = template_system
                 for row in rows_of[job.key]:
-                    sample = {**row_fields(row), "prompt": by_id[row.item].prompt, **shared, **gated(row, config)}
+                    sample = {**row_fields(row), "prompt": by_id[row.item].prompt, **shared, **gated(row, config),
+                              **doses(config, settings, row)}  # fmt: skip
                     fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
                     written += 1
             fh.flush()
@@ -266,13 +281,13 @@ def _generate(
     bar.close()
 
 
-def doses(config: SweepConfig, job: Job, row: Row) -> dict[str, Any]:
-    """A dose run's sample fields: the signed dose (KL units, also the row's ``multiplier``) and the multiplier
-    applied (the arm's calibrated one; 0 unsteered). Shared by the rows of one generation (one arm and dose, or
-    unsteered). Nothing without a dose file."""
+def doses(config: SweepConfig, settings: dict[tuple[str, str, float], SteeringSetting], row: Row) -> dict[str, Any]:
+    """A dose run's sample fields, per row: the signed dose (KL units, also the row's ``multiplier``) and the
+    multiplier applied to its generation (the arm's calibrated one; 0 where the row is unsteered: multiplier 0,
+    or gated off by ``steer_only``). Nothing without a dose file."""
     if config.doses is None:
         return {}
-    applied = job.setting.multiplier if job.setting is not None else 0.0
+    applied = settings[(row.vector, row.arm, row.multiplier)].multiplier if steers(row, config) else 0.0
     return {"dose_kl": row.multiplier, "steering_multiplier": applied}
 
 

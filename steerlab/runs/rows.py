@@ -90,7 +90,8 @@ def expand(
 
 
 # the fields of a sample that belong to its row, not to the generation rows share
-ROW_FIELDS = ("id", "vector", "arm", "multiplier", "condition", "item", "seed", "claim", "prompt", "gated")
+ROW_FIELDS = ("id", "vector", "arm", "multiplier", "condition", "item", "seed", "claim", "prompt", "gated", "dose_kl",
+              "steering_multiplier")  # fmt: skip
 
 
 def row_fields(row: Row) -> dict[str, Any]:

@@ -64,7 +64,10 @@ def summarise(
 
     cells: dict[tuple[str, float, str], dict[str, list[tuple[str, float]]]] = defaultdict(lambda: defaultdict(list))
     applied: dict[tuple[str, float, str], dict[str, set[float]]] = defaultdict(lambda: defaultdict(set))
+    gated: set[tuple[str, float, str]] = set()  # cells the experimenter's gate (steer_only) left unsteered
     for r in records:
+        if r.get("gated"):
+            gated.add((r["vector"], r["multiplier"], r["condition"]))
         if "dose_kl" in r:  # a dose run: the multiplier each arm was steered by at this dose
             applied[(r["vector"], r["multiplier"], r["condition"])][r["arm"]].add(r["steering_multiplier"])
         key = (r["vector"], r["multiplier"], r["condition"])
@@ -82,6 +85,8 @@ def summarise(
             "real_ci_low": est["ci_low"], "real_ci_high": est["ci_high"], "n": len(real), "n_requests": len(per),
             "n_controls": len(ctrl_means),
         }  # fmt: skip
+        if (vector, mult, cond) in gated:  # real and controls unsteered here by the run's design, not the vector
+            entry["gated"] = "steer_only"
         if (vector, mult, cond) in applied:
             per_arm = {a: min(m) for a, m in sorted(applied[vector, mult, cond].items())}  # one per arm and dose
             entry.update(dose_kl=mult, real_steering_multiplier=per_arm.get("real"),
