@@ -27,6 +27,30 @@ _CORPUS = [
 ]
 
 
+def block_outputs(loaded: LoadedModel, ids: list[int]) -> list[torch.Tensor]:
+    """Each block's output ``[seq, d_model]`` (float32) for one unpadded sequence, from transformers' own
+    ``output_hidden_states`` (``hidden_states[l + 1]`` is block ``l``'s output; the last one is read before the final
+    norm): an independent reference for steerlab's hooks."""
+    config = loaded.model.config
+    config.tie_last_hidden_states = False
+    try:
+        with torch.inference_mode():
+            hs = loaded.model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+    finally:
+        del config.tie_last_hidden_states
+    return [h[0].float() for h in hs[1:]]
+
+
+def readout_vector(loaded: LoadedModel, layer: int, norm: float = 4.0) -> torch.Tensor:
+    """Directions ``[n_layers, d_model]`` of norm ``norm``: random, except at ``layer`` the direction the unembedding
+    reads most (the top right-singular vector of the norm-scaled output embedding), so steering along it moves the
+    next-token distribution more than an equal-norm random direction does."""
+    readout = loaded.model.lm_head.weight * loaded.model.model.norm.weight  # [vocab, d_model]
+    directions = torch.randn(loaded.n_layers, loaded.d_model, generator=torch.Generator().manual_seed(0))
+    directions[layer] = torch.linalg.svd(readout.detach(), full_matrices=False).Vh[0]
+    return norm * directions / directions.norm(dim=-1, keepdim=True)
+
+
 def tiny_tokenizer(vocab_size: int = 400):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 from conftest import REPO, run_cli
 from test_bad_input import refused
 
 from steerlab.analysis.doses import read_texts
 from steerlab.fileio import file_hash
+from steerlab.testing import readout_vector
 from steerlab.vectors import VectorBundle, random_controls
 
 NEUTRAL = REPO / "configs" / "texts" / "neutral.txt"
@@ -33,10 +33,7 @@ DOSES = [-0.01, 0.0, 0.005, 0.01]
 def tiny_vector(tiny, tmp_path) -> Path:
     """A vector file whose real vector (layer 3) is the direction the unembedding reads most, so it reaches a KL
     at a smaller multiplier than its two equal-norm random controls (which differ from each other too)."""
-    readout = tiny.model.lm_head.weight * tiny.model.model.norm.weight  # [vocab, d_model]
-    directions = torch.randn(tiny.n_layers, tiny.d_model, generator=torch.Generator().manual_seed(0))
-    directions[3] = torch.linalg.svd(readout.detach(), full_matrices=False).Vh[0]
-    directions = 4 * directions / directions.norm(dim=-1, keepdim=True)
+    directions = readout_vector(tiny, 3)
     meta = {"concept": "toy", "layers": list(range(tiny.n_layers)), "selected_layers": [3],
             "model": tiny.fingerprint.to_dict()}  # fmt: skip
     return VectorBundle.build(directions, random_controls(directions, 2, seed=1), meta).save(tmp_path / "v.safetensors")

@@ -17,6 +17,7 @@ from test_bad_input import refused
 
 from steerlab.analysis.doses import KLProbe, calibrate, items, read_texts
 from steerlab.steer import SteeringSetting
+from steerlab.testing import readout_vector
 from steerlab.vectors import VectorBundle, random_controls
 
 NEUTRAL = REPO / "configs" / "texts" / "neutral.txt"
@@ -112,10 +113,7 @@ def test_one_pass_over_many_rows_equals_each_row_alone(tiny, tiny_vector):
 
 def test_a_vector_and_an_equal_norm_control_with_different_effects_get_different_multipliers(tiny):
     # the real vector, at the last layer, is the direction the unembedding reads most; the controls are random
-    readout = tiny.model.lm_head.weight * tiny.model.model.norm.weight  # [vocab, d_model]
-    directions = torch.randn(tiny.n_layers, tiny.d_model, generator=torch.Generator().manual_seed(0))
-    directions[3] = torch.linalg.svd(readout.detach(), full_matrices=False).Vh[0]
-    directions = 4 * directions / directions.norm(dim=-1, keepdim=True)
+    directions = readout_vector(tiny, 3)
     meta = {"concept": "toy", "layers": list(range(tiny.n_layers)), "selected_layers": [3],
             "model": tiny.fingerprint.to_dict()}  # fmt: skip
     bundle = VectorBundle.build(directions, random_controls(directions, 2, seed=1), meta)

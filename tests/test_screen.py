@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import REPO, run_cli
 
+from steerlab.testing import block_outputs
 from steerlab.vectors import VectorBundle, control_seeds, controls_from_seeds, random_controls
 
 MARKER, REPEAT = " evaluators", 5  # the planted documents repeat it; the vector is its tokens' direction
@@ -33,17 +34,9 @@ def loaded(tiny_dir):
 
 def hidden(loaded, text: str) -> tuple[list[int], list[torch.Tensor]]:
     """(ids fed: BOS + text, per layer the block outputs ``[seq, d_model]``) from transformers' own
-    ``output_hidden_states`` (one unpadded sequence; hidden_states[l + 1] is block l's output)."""
-    tok = loaded.tokenizer
-    ids = [tok.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"]]
-    config = loaded.model.config
-    config.tie_last_hidden_states = False
-    try:
-        with torch.inference_mode():
-            hs = loaded.model(torch.tensor([ids]), output_hidden_states=True).hidden_states
-    finally:
-        del config.tie_last_hidden_states
-    return ids, [h[0].float() for h in hs[1:]]
+    ``output_hidden_states`` (:func:`steerlab.testing.block_outputs`)."""
+    ids = [loaded.tokenizer.bos_token_id, *loaded.tokenizer(text, add_special_tokens=False)["input_ids"]]
+    return ids, block_outputs(loaded, ids)
 
 
 def documents() -> list[dict]:

@@ -29,6 +29,7 @@ from steerlab.backends.base import Result
 from steerlab.clients.cache import ReplyCache
 from steerlab.harness.judge import Rubric, judge_run
 from steerlab.harness.records import read_samples
+from steerlab.testing import block_outputs
 from steerlab.vectors import VectorBundle, random_controls
 
 RUBRIC = "configs/judge/rubric.yaml"
@@ -46,18 +47,6 @@ def concept_file(root: Path, loaded, concept: str, directions: torch.Tensor, aur
     path = root / "vectors" / concept / "tiny.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     return VectorBundle.build(directions, random_controls(directions, n_controls, seed=7), meta).save(path)
-
-
-def block_states(loaded, ids: list[int]) -> list[torch.Tensor]:
-    """Block outputs ``[seq, d_model]`` per layer from transformers' own ``output_hidden_states``."""
-    config = loaded.model.config
-    config.tie_last_hidden_states = False
-    try:
-        with torch.inference_mode():
-            hs = loaded.model(torch.tensor([ids]), output_hidden_states=True).hidden_states
-    finally:
-        del config.tie_last_hidden_states
-    return [h[0].float() for h in hs[1:]]
 
 
 def generated_ids(loaded, sample, turn: int = 0) -> tuple[list[int], int]:
@@ -140,7 +129,7 @@ def planted_direction(loaded, layer: int) -> torch.Tensor:
     """The planted words' mean residual at ``layer`` (all layers: noise elsewhere)."""
     ids = loaded.tokenizer(PLANT, add_special_tokens=False)["input_ids"]
     d = 0.3 * torch.randn(loaded.n_layers, loaded.d_model, generator=torch.Generator().manual_seed(11))
-    d[layer] = block_states(loaded, ids)[layer].mean(0)
+    d[layer] = block_outputs(loaded, ids)[layer].mean(0)
     return d
 
 
@@ -264,7 +253,7 @@ def test_readout_equals_an_independent_computation_and_the_plant_beats_the_contr
         if key not in seen:  # every token generated in every turn, each read in the context it was generated in
             sums, count = dict.fromkeys(units, 0.0), 0
             for ids, n_prompt in views:
-                states = block_states(loaded, ids)
+                states = block_outputs(loaded, ids)
                 for n, (lay, u) in units.items():
                     sums[n] += float((states[lay][n_prompt:] @ u).sum())
                 count += len(ids) - n_prompt
@@ -381,7 +370,7 @@ def test_real_sweep_end_to_end_kl_and_perplexity(tiny_dir, loaded, tmp_path, cap
     got = next(json.loads(x) for x in (tmp_path / "se" / "readouts.jsonl").read_text().splitlines()
                if json.loads(x)["id"] == sample["id"])  # fmt: skip
     assert got["readout"]["alpha"] == pytest.approx(
-        float((block_states(loaded, ids)[3][n_prompt:] @ u).mean()), abs=1e-4
+        float((block_outputs(loaded, ids)[3][n_prompt:] @ u).mean()), abs=1e-4
     )
 
 
