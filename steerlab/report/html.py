@@ -1,0 +1,295 @@
+"""``steerlab report``: one self-contained HTML file per run (or per pair of runs), from the run's
+records. Reads only: the run directory is never written; the report goes where ``out`` says.
+
+The page embeds everything (inline CSS and JS, figures as data URIs, the samples as JSON; gzip +
+base64 when large, decompressed in the browser by ``DecompressionStream``), so it opens offline from
+a ``file://`` URL, and its Content-Security-Policy lets it fetch nothing. Run text (model output is
+untrusted) reaches the page only as JSON data or HTML-escaped text, and the script puts it in the
+DOM with ``textContent``, never as markup. The page itself is :mod:`steerlab.report.html_page`; the
+header and summary tables are :mod:`steerlab.report.html_tables`.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from steerlab.errors import ConfigError
+from steerlab.fileio import atomic_write_text
+from steerlab.harness.parse import parse
+from steerlab.harness.records import FORMAT, HEADER, SAMPLES, SUMMARY, read_header, read_samples
+from steerlab.report.html_page import PAGE
+from steerlab.report.html_tables import figures_html, header_html, summary_html
+from steerlab.tags import REASONING_OPENS, last_reasoning_end, open_reasoning
+
+COMPRESS_ABOVE = 256 * 1024  # bytes of sample JSON above which the page embeds it gzip + base64
+# the fields that may tell two runs' samples of one request apart; the rest of the key is the request itself
+VARYING = ("vector", "arm", "multiplier", "claim")
+
+
+def default_out(run_dir: Path, compare: Path | None = None) -> Path:
+    """Beside the run, never in it (reading a run never writes into it): ``RUN-report.html``, or
+    ``RUN_A-vs-RUN_B-report.html`` beside RUN_A."""
+    run_dir = Path(run_dir)
+    name = run_dir.resolve().name if run_dir.name in ("", ".", "..") else run_dir.name
+    if compare is not None:
+        name += f"-vs-{Path(compare).resolve().name}"
+    return run_dir.resolve().parent / f"{name}-report.html"
+
+
+def check_run_dir(run_dir: Path) -> dict[str, Any]:
+    """The run's header, or one line saying why ``run_dir`` is no run this version reads."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is not a directory; give a run directory (steerlab eval / sweep / prompt-eval)")
+    if not (run_dir / HEADER).exists() and (run_dir / "records.jsonl").exists():
+        raise ConfigError(
+            f"{run_dir} is a run of the older format 1 (records.jsonl, no header.json); this version reads format "
+            f"{FORMAT}: rerun it with this version into a new directory"
+        )
+    header = read_header(run_dir)  # no header.json, a broken one, or another format: one line
+    if not (run_dir / SAMPLES).is_file():
+        raise ConfigError(f"{run_dir} holds no {SAMPLES} (a run stopped before its first sample); nothing to report")
+    return header
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that is a folder, exists without ``overwrite``, or cannot be written, before
+    anything is read at length or written."""
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name such as {out / 'report.html'}")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"--out {out} exists; pass --overwrite to replace it, or choose another path")
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write --out {out} ({folder} is not a writable folder); choose another path")
+
+
+def split_turn(text: str, finish_reason: str | None) -> dict[str, Any]:
+    """A turn's scratchpad and output apart, as :mod:`steerlab.harness.parse` reads them; a reasoning block
+    the turn left open (cut by the token limit) is ``open_scratchpad``."""
+    parsed = parse([text], finish_reason or "")
+    pending = None
+    if open_reasoning(text):
+        tail = text[last_reasoning_end(text) :]
+        at = max(tail.rfind(tag) for tag in REASONING_OPENS)
+        pending = tail[at:].split(">", 1)[-1].strip()
+    return {"scratchpad": parsed.reasoning, "open_scratchpad": pending, "output": parsed.output}
+
+
+def _user_message(sample: dict[str, Any]) -> str | None:
+    users = [m.get("content") for m in sample.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"]
+    return users[0] if users else None
+
+
+def slim(sample: dict[str, Any], systems: dict[str, int]) -> dict[str, Any]:
+    """What the page shows of one sample (the system prompt once per distinct text, by index)."""
+    system = sample.get("system")
+    out: dict[str, Any] = {
+        k: sample.get(k)
+        for k in ("id", "item", "condition", "claim", "vector", "arm", "multiplier", "seed", "label", "finish_reason",
+                  "n_new_tokens", "prompt", "gated", "dose_kl", "steering_multiplier", "layers", "sampling_seed")
+        if sample.get(k) is not None
+    }  # fmt: skip
+    if system is not None:
+        out["system"] = systems.setdefault(system, len(systems))
+    out["user"] = _user_message(sample)
+    steer_if = sample.get("steer_if") or []
+    turns = []
+    for n, turn in enumerate(sample.get("turns") or []):
+        text = turn.get("text", "") if isinstance(turn, dict) else str(turn)
+        finish = turn.get("finish_reason") if isinstance(turn, dict) else None
+        tokens = turn.get("n_new_tokens") if isinstance(turn, dict) else None
+        entry = {"text": text, "finish_reason": finish, "n_new_tokens": tokens, **split_turn(text, finish)}
+        if n < len(steer_if):
+            entry["steer_if"] = steer_if[n]
+        turns.append(entry)
+    out["turns"] = turns
+    judge = sample.get("judge")
+    if isinstance(judge, dict):
+        out["judge"] = {k: judge[k] for k in ("scores", "error", "skipped", "model") if k in judge}
+    return out
+
+
+def heatmap_data(path: Path, ids: set[str]) -> dict[str, Any]:
+    """The token colouring of a ``steerlab heatmap`` output (its ``heatmap.h5``) for the samples of this run."""
+    from steerlab.analysis.heatmap import read_h5
+    from steerlab.analysis.heatmap_draw import _numbers
+
+    path = Path(path)
+    h5 = path / "heatmap.h5" if path.is_dir() else path
+    if not h5.is_file():
+        raise ConfigError(f"--heatmap {path} holds no heatmap.h5; give the --out folder of steerlab heatmap")
+    maps = read_h5(h5)
+    by_id = {
+        s.id: {"tokens": s.tokens, "n_prompt": s.n_prompt, "average": [_numbers(row) for row in s.average]}
+        for s in maps.samples
+        if s.id in ids
+    }  # fmt: skip
+    if not by_id:
+        raise ConfigError(f"--heatmap {path} colours none of this run's samples (it was computed for {maps.run_dir})")
+    rows = [r["name"] + ("" if r.get("control") is None else " (control)") for r in maps.rows]
+    return {"mode": maps.mode, "rows": rows, "layers": maps.layers, "by_id": by_id, "source": str(h5)}
+
+
+def find_heatmap(run_dir: Path) -> Path | None:
+    """A ``steerlab heatmap`` output computed for this run, in a sibling folder of the run (as ``make demo``
+    leaves runs/demo/heatmap beside runs/demo/af_sweep), or None."""
+    import h5py
+
+    run_dir = Path(run_dir).resolve()
+    for h5 in sorted(run_dir.parent.glob("*/heatmap.h5")):
+        try:
+            with h5py.File(h5, "r") as f:
+                if f.attrs.get("kind") != "steerlab-heatmap":
+                    continue
+                source = Path(str(f.attrs.get("run_dir", "")))
+        except OSError:
+            continue
+        if source.resolve() == run_dir or (source.name == run_dir.name and not source.is_absolute()):
+            return h5.parent
+    return None
+
+
+def _layers(samples: Sequence[dict[str, Any]]) -> dict[str, dict[str, list[int]]]:
+    """The layers each (vector, arm) steered, as its samples record them."""
+    out: dict[str, dict[str, list[int]]] = defaultdict(dict)
+    for s in samples:
+        if s.get("layers") and s.get("vector") not in (None, "none"):
+            out[s["vector"]].setdefault(str(s.get("arm")), list(s["layers"]))
+    return dict(out)
+
+
+def run_part(run_dir: Path, header: dict[str, Any], samples: list[dict[str, Any]]) -> str:
+    """The server-rendered HTML of one run: header, summary tables, figures."""
+    summary = None
+    if (Path(run_dir) / SUMMARY).is_file():
+        try:
+            summary = json.loads((Path(run_dir) / SUMMARY).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ConfigError(f"{Path(run_dir) / SUMMARY} is broken (not JSON); rerun the run's summary") from None
+    return header_html(run_dir, header, _layers(samples), len(samples)) + summary_html(summary) + figures_html(run_dir)
+
+
+def pair_key(sample: dict[str, Any], keep: Sequence[str]) -> tuple:
+    return (sample.get("item"), sample.get("condition"), sample.get("seed"), *(sample.get(k) for k in keep))
+
+
+def pair_samples(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> tuple[list[tuple[int, int]], list[str]]:
+    """Pairs (index in a, index in b) of the same request: equal item, condition, seed, and each of vector,
+    arm, multiplier and claim whose set of values is the same in both runs (what the runs share); the other
+    fields are what the comparison is about. Samples of one key pair in their order in the files."""
+    keep = [k for k in VARYING if {s.get(k) for s in a} == {s.get(k) for s in b}]
+    where: dict[tuple, list[int]] = defaultdict(list)
+    for j, s in enumerate(b):
+        where[pair_key(s, keep)].append(j)
+    pairs = []
+    for i, s in enumerate(a):
+        slot = where.get(pair_key(s, keep))
+        if slot:
+            pairs.append((i, slot.pop(0)))
+    return pairs, ["item", "condition", "seed", *keep]
+
+
+def _embed(data: dict[str, Any], compress: bool | None) -> tuple[str, str]:
+    """(encoding, text) of the page's data block; the JSON is made inert inside <script>."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    if compress is None:
+        compress = len(text.encode("utf-8")) > COMPRESS_ABOVE
+    if compress:
+        return "gzip+base64", base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0)).decode("ascii")
+    return "json", text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render(title: str, body: str, data: dict[str, Any], compress: bool | None = None) -> str:
+    from html import escape
+
+    encoding, payload = _embed(data, compress)
+    parts = {"TITLE": escape(title), "BODY": body, "ENCODING": encoding, "DATA": payload}
+    # one pass over the template: run text inside BODY that reads "__DATA__" stays text
+    return re.sub(r"__(TITLE|BODY|ENCODING|DATA)__", lambda m: parts[m.group(1)], PAGE)
+
+
+def build_report(run_dir: Path, heatmap: Path | None = None, compress: bool | None = None) -> str:
+    """The HTML of one run's report (reads only)."""
+    header = check_run_dir(run_dir)
+    samples = read_samples(run_dir)
+    if heatmap is None:
+        heatmap = find_heatmap(run_dir)
+    systems: dict[str, int] = {}
+    data: dict[str, Any] = {"kind": "run", "samples": [slim(s, systems) for s in samples]}
+    data["systems"] = list(systems)
+    if heatmap is not None:
+        data["heatmap"] = heatmap_data(heatmap, {str(s.get("id")) for s in samples})
+    return render(f"steerlab report: {Path(run_dir).name}", run_part(run_dir, header, samples), data, compress)
+
+
+def build_compare(run_a: Path, run_b: Path, compress: bool | None = None) -> str:
+    """The HTML of two runs side by side, the same request's samples paired (reads only)."""
+    from html import escape
+
+    headers = [check_run_dir(run_a), check_run_dir(run_b)]
+    a, b = read_samples(run_a), read_samples(run_b)
+    pairs, key = pair_samples(a, b)
+    if not pairs:
+        raise ConfigError(f"{run_a} and {run_b} share no request (no sample with the same {', '.join(key)}); "
+                          "compare runs of the same requests")  # fmt: skip
+    systems: dict[str, int] = {}
+    data = {
+        "kind": "compare", "names": [Path(run_a).name, Path(run_b).name], "key": key,
+        "pairs": [{"a": slim(a[i], systems), "b": slim(b[j], systems)} for i, j in pairs],
+        "unpaired": [len(a) - len(pairs), len(b) - len(pairs)],
+    }  # fmt: skip
+    data["systems"] = list(systems)
+    parts = [
+        f'<details class="run"><summary>run {"AB"[n]}: {escape(str(d))}</summary>{run_part(d, h, s)}</details>'
+        for n, (d, h, s) in enumerate(((run_a, headers[0], a), (run_b, headers[1], b)))
+    ]  # fmt: skip
+    title = f"steerlab compare: {Path(run_a).name} vs {Path(run_b).name}"
+    return render(title, "".join(parts), data, compress)
+
+
+def write_report(
+    run_dir: Path | None,
+    out: Path | None = None,
+    *,
+    heatmap: Path | None = None,
+    compare: Sequence[Path] | None = None,
+    overwrite: bool = False,
+    compress: bool | None = None,
+) -> Path:
+    """The command: check every input, build the page, write it atomically; returns its path.
+
+    ``compare`` (two run directories) makes the side-by-side page instead of one run's."""
+    if compare:
+        if run_dir is not None:
+            raise ConfigError("give either RUN_DIR or --compare RUN_A RUN_B, not both")
+        if heatmap is not None:
+            raise ConfigError("--heatmap colours one run's report; leave it out with --compare")
+        run_a, run_b = (Path(p) for p in compare)
+        for p in (run_a, run_b):
+            check_run_dir(p)
+        out = Path(out) if out is not None else default_out(run_a, run_b)
+        check_out(out, overwrite)
+        page = build_compare(run_a, run_b, compress)
+    else:
+        if run_dir is None:
+            raise ConfigError("give a run directory: steerlab report RUN_DIR (or --compare RUN_A RUN_B)")
+        check_run_dir(Path(run_dir))
+        out = Path(out) if out is not None else default_out(Path(run_dir))
+        check_out(out, overwrite)
+        if heatmap is not None and not Path(heatmap).exists():
+            raise ConfigError(f"--heatmap {heatmap} does not exist; give the --out folder of steerlab heatmap")
+        page = build_report(Path(run_dir), heatmap, compress)
+    atomic_write_text(out, page)
+    return out
