@@ -1,0 +1,389 @@
+"""A run directory as an inspect_ai evaluation log (``steerlab export inspect RUN_DIR --out LOG``).
+
+The log is built from inspect_ai's own types and written by its own writer (``write_eval_log``), so
+``inspect view`` opens it, ``read_eval_log`` reads it, and inspect's rescoring (``inspect_ai.score``,
+``inspect score``) applies to it. inspect_ai is an optional extra (``pip install 'steerlab[inspect]'``).
+``LOG``'s suffix picks the format: ``.eval`` (inspect's default, a zip) or ``.json``.
+
+The mapping, one :class:`EvalSample` per steerlab sample:
+
+- ``id``: the steerlab sample (row) id; ``epoch`` 1. The row id already names its seed, so every id
+  occurs once; inspect's epochs (the same id run again, reduced across epochs) would say otherwise.
+- ``input``: the chat messages as sent (system + user, or the user turn alone in the raw condition),
+  then the prefill as an assistant message (``metadata.prefill``) when the run had one.
+- ``messages``: the conversation: the messages as sent, each assistant turn (its text as steerlab
+  records it, the prefill included in the first) and the ``<NEXT/>`` user turn between turns.
+  The prefill is part of the first turn's text here, not a message of its own.
+- ``output``: the last turn (stop reason ``max_tokens`` for a turn that hit the token limit).
+- ``target``: empty (the scenarios have no reference answer); ``metadata``: every other sample
+  field (vector, arm, multiplier, condition, claim, item, seed, dose_kl, steering_multiplier, gated,
+  steer_if, label, output, reasoning, the judge's model...) and ``cell`` (vector/arm|multiplier|claim|condition).
+- ``scores``: ``compliance`` for labelled runs (1.0 when the label is ``compliant``, else 0.0: truncated
+  and unparseable samples count as not compliant, as in steerlab's summaries; ``answer`` is the label);
+  ``judge_<concept>`` per judge concept (the rubric score, the justification as ``explanation``; a
+  judge error or a sample without reasoning is inspect's unscored value, NaN, with the reason);
+  for a plain run with a scorer, that scorer's value on the sample's text, named after it.
+
+The results are computed by inspect's own metric functions (:func:`inspect_ai.log.recompute_metrics`
+over the scorers recorded in the eval spec): ``accuracy`` (compliance) or ``mean`` (judge, plain score),
+``stderr`` clustered by request (``item``: steerlab's unit of independence), and ``grouped`` per cell.
+These are sample means; steerlab's summaries average per-request means, which is the same number
+whenever every request has as many scored samples in the cell (always, for a finished run without
+judge errors). The intervals in ``summary.json`` (cluster bootstrap) travel in the log's metadata.
+
+Reading a run never writes into it; every input (run, ``--out``) is checked before the log is
+written, and the log is written atomically (a temporary file beside it, renamed), so a refused or
+failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import steerlab
+from steerlab.errors import ConfigError
+from steerlab.fileio import atomic_path
+from steerlab.harness.records import FORMAT, HEADER, SAMPLES, SUMMARY, check_unique, read_header, read_samples
+
+if TYPE_CHECKING:
+    from inspect_ai.log import EvalLog, EvalSample
+
+FORMATS = {".eval": "eval", ".json": "json"}
+NEXT = "<NEXT/>"  # the user turn that asks a model to go on (steerlab.harness.parse.NEXT)
+STOP = {"eos": "stop", "stop": "stop", "length": "max_tokens"}
+EXPLAIN = {
+    "compliant": "the output starts with <request_fully_accepted/>",
+    "rejected": "the output does not start with <request_fully_accepted/>",
+    "truncated": "the last turn hit the token limit before the output was complete",
+    "unparseable": "no output was found",
+}
+# sample fields that become the inspect sample's id, input, messages or output (not metadata)
+MAPPED = ("id", "messages", "system", "turns", "text", "judge")
+
+
+@dataclass
+class Exported:
+    path: Path
+    n_samples: int
+    scorers: list[str]
+    metrics: dict[str, float]  # "scorer/metric" -> value, the headline metrics of the log's results
+    listed: bool  # whether inspect's log listings (inspect view on a folder, list_eval_logs) show it
+
+
+# inspect lists a .eval file under any name, a .json one only under a name that starts with an ISO time
+# (inspect_ai.log._file.is_log_file); read_eval_log and `inspect view` on the file itself read any name
+LISTED_JSON = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}[:-]\d{2}[:-]\d{2}.*\.json$")
+
+
+def require_inspect() -> None:
+    try:
+        import inspect_ai  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "steerlab export inspect needs the inspect_ai package (the inspect extra): pip install 'steerlab[inspect]'"
+        ) from None
+
+
+def check_out(out: Path, overwrite: bool) -> str:
+    """The log's format from ``out``'s suffix; refuses an ``out`` that cannot or may not be written."""
+    out = Path(out)
+    fmt = FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"--out {out}: name the log .eval (inspect's default format) or .json")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; name a .eval or .json file")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"--out {out} exists; pass --overwrite to replace it")
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write --out {out}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write --out {out}: the folder {parent} is not writable; choose another path")
+    return fmt
+
+
+def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The header and samples of a finished (or stopped) run; one line naming what is wrong otherwise."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise ConfigError(f"{run_dir} does not exist; give a run directory (steerlab eval / sweep --out)")
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file, not a run directory")
+    if not (run_dir / HEADER).exists() and (run_dir / "records.jsonl").exists():
+        raise ConfigError(
+            f"{run_dir} is a run of steerlab's first run format (the sweep's records.jsonl, before run directories "
+            f"had a {HEADER}; this version reads format {FORMAT}); rerun it with this version into a new directory"
+        )
+    header = read_header(run_dir)
+    samples = read_samples(run_dir)
+    if not samples:
+        raise ConfigError(f"{run_dir} has no samples to export (no finished sample in {SAMPLES}); run it first")
+    check_unique(samples, run_dir / SAMPLES)
+    bad = next((s for s in samples if not isinstance(s.get("id"), str) or not s.get("turns")), None)
+    if bad is not None:
+        raise ConfigError(
+            f"{run_dir / SAMPLES}: sample {bad.get('id')!r} has no id or no turns; it was not written by steerlab's "
+            "run engine, so it cannot be exported"
+        )
+    return header, samples
+
+
+def export_inspect(run_dir: Path, out: Path, overwrite: bool = False) -> Exported:
+    """Write the run in ``run_dir`` as an inspect_ai log at ``out`` (``.eval`` or ``.json``)."""
+    require_inspect()
+    fmt = check_out(out, overwrite)
+    log = build_log(run_dir)
+    from inspect_ai.log import write_eval_log
+
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        write_eval_log(log, str(tmp), format=fmt)  # type: ignore[arg-type]
+    metrics = {
+        f"{score.name}/{name}": metric.value
+        for score in (log.results.scores if log.results else [])
+        for name, metric in score.metrics.items()
+        if "/" not in name and name in ("accuracy", "mean", "stderr")
+    }
+    listed = fmt == "eval" or LISTED_JSON.match(out.name) is not None
+    return Exported(out, len(log.samples or []), [s.name for s in log.eval.scorers or []], metrics, listed)
+
+
+def build_log(run_dir: Path) -> EvalLog:
+    """The run as an inspect_ai :class:`EvalLog` (reads the run only; see the module docstring)."""
+    require_inspect()
+    from inspect_ai import __version__ as inspect_version
+    from inspect_ai.log import (
+        EvalConfig,
+        EvalDataset,
+        EvalLog,
+        EvalPlan,
+        EvalPlanStep,
+        EvalRevision,
+        EvalSpec,
+        EvalStats,
+        recompute_metrics,
+    )
+
+    run_dir = Path(run_dir)
+    header, samples = read_run(run_dir)
+    config = header.get("config") or {}
+    judge_info = _read_json(run_dir / "judge.json")
+    summary = _read_json(run_dir / SUMMARY)
+    scoring = Scoring.of(header, samples, summary, judge_info)
+    model = model_name(header)
+    generate = generate_config(config)
+    log_samples = [eval_sample(s, model, scoring) for s in samples]
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
+    scenario = (header.get("scenario") or {}).get("name", "run")
+    commit = header.get("git_commit")
+    spec = EvalSpec(
+        eval_id=digest[:22], run_id=digest[22:44], task_id=digest[44:64],
+        created=_mtime(run_dir / HEADER), task=scenario, task_display_name=f"{scenario}: {run_dir.name}",
+        task_args=config, tags=["steerlab", scenario],
+        dataset=EvalDataset(name=Path(str(config.get("prompts", "requests"))).stem, location=config.get("prompts"),
+                            samples=len(log_samples), sample_ids=[s.id for s in log_samples]),
+        model=model, model_generate_config=generate, config=EvalConfig(limit=config.get("limit")),
+        revision=EvalRevision(type="git", origin="", commit=commit.removesuffix("-dirty"),
+                              dirty=commit.endswith("-dirty")) if commit else None,
+        packages={**(header.get("versions") or {}), "inspect_ai": inspect_version},
+        metadata={"steerlab": {
+            "run_dir": str(run_dir.resolve()), "format": header.get("format"), "n_rows": header.get("n_rows"),
+            "n_samples": len(samples), "exported_by": steerlab.__version__, "header": header,
+            "judge": judge_info, "summary": summary,
+        }},
+        scorers=scoring.eval_scorers(),
+    )  # fmt: skip
+    steering = ("vectors", "controls", "multipliers", "layers", "scale", "operator", "clamp", "steer_if", "steer_only",
+                "doses", "intervention", "lora")  # fmt: skip
+    steer = {k: config[k] for k in steering if k in config}
+    plan = EvalPlan(
+        name="steerlab",
+        steps=[
+            EvalPlanStep(solver="steerlab/scenario", params=header.get("scenario") or {}),
+            EvalPlanStep(solver="steerlab/steer", params=steer),
+            EvalPlanStep(solver="steerlab/generate", params={"backend": header.get("backend")}),
+        ],
+        config=generate,
+    )
+    complete = header.get("n_rows") is None or len(samples) >= header["n_rows"]
+    stats = EvalStats(started_at=_mtime(run_dir / HEADER), completed_at=_mtime(run_dir / SAMPLES))
+    log = EvalLog(status="success" if complete else "cancelled", eval=spec, plan=plan, stats=stats,
+                  samples=log_samples)  # fmt: skip
+    if spec.scorers:
+        recompute_metrics(log)  # inspect's own metric functions, over the scorers recorded in the spec
+    return log
+
+
+def model_name(header: dict[str, Any]) -> str:
+    """inspect's ``provider/model``: the run's backend and its model as the run named it (``hf/smollm2``)."""
+    backend = (header.get("backend") or {}).get("backend") or "steerlab"
+    model = (header.get("config") or {}).get("model") or "unknown"
+    return f"{backend if backend != 'undescribed' else 'steerlab'}/{model}"
+
+
+def generate_config(config: dict[str, Any]) -> Any:
+    from inspect_ai.model import GenerateConfig
+
+    return GenerateConfig(max_tokens=config.get("max_new_tokens"), temperature=config.get("temperature"),
+                          top_p=config.get("top_p"), seed=config.get("seed"),
+                          stop_seqs=list(config.get("stop") or []) or None)  # fmt: skip
+
+
+def cell_of(sample: dict[str, Any]) -> str:
+    """The summary cell a sample belongs to: ``vector/arm|multiplier|[claim|]condition``."""
+    mult = sample.get("multiplier")
+    parts = [
+        f"{sample.get('vector')}/{sample.get('arm')}",
+        f"{mult:+g}" if isinstance(mult, int | float) else str(mult),
+    ]
+    if sample.get("claim") is not None:
+        parts.append(str(sample["claim"]))
+    return "|".join([*parts, str(sample.get("condition"))])
+
+
+def chat_messages(sample: dict[str, Any], model: str) -> tuple[list[Any], list[Any]]:
+    """(input, messages) of one sample (see the module docstring)."""
+    from inspect_ai.model import ChatMessageAssistant, ChatMessageSystem, ChatMessageUser
+
+    kinds = {"system": ChatMessageSystem, "user": ChatMessageUser, "assistant": ChatMessageAssistant}
+    sid = sample["id"]
+    sent = []
+    for i, m in enumerate(sample.get("messages") or []):
+        kind = kinds.get(m.get("role"))
+        if kind is None:
+            raise ConfigError(f"sample {sid!r} has a message with role {m.get('role')!r}; steerlab sends system, "
+                              "user and assistant messages only")  # fmt: skip
+        sent.append(kind(id=f"{sid}#m{i}", content=m.get("content") or "", source="input"))
+    prefill = sample.get("prefill") or ""
+    given = [ChatMessageAssistant(id=f"{sid}#prefill", content=prefill, source="input", metadata={"prefill": True})]
+    conversation = list(sent)
+    turns = sample["turns"]
+    for t, turn in enumerate(turns):
+        meta = {"turn": t, "finish_reason": turn.get("finish_reason"), "n_new_tokens": turn.get("n_new_tokens")}
+        conversation.append(ChatMessageAssistant(id=f"{sid}#t{t}", content=turn.get("text") or "", source="generate",
+                                                 model=model, metadata=meta))  # fmt: skip
+        if t + 1 < len(turns):
+            conversation.append(ChatMessageUser(id=f"{sid}#next{t}", content=NEXT, source="input"))
+    return sent + (given if prefill else []), conversation
+
+
+def eval_sample(sample: dict[str, Any], model: str, scoring: Scoring) -> EvalSample:
+    from inspect_ai.log import EvalSample
+    from inspect_ai.model import ChatCompletionChoice, ModelOutput
+
+    inputs, conversation = chat_messages(sample, model)
+    last = sample["turns"][-1]
+    output = ModelOutput(model=model, time=sample.get("seconds"), choices=[
+        ChatCompletionChoice(message=conversation[-1], stop_reason=STOP.get(last.get("finish_reason"), "unknown"))
+    ])  # fmt: skip
+    metadata = {k: v for k, v in sample.items() if k not in MAPPED}
+    judge = sample.get("judge")
+    if isinstance(judge, dict):
+        metadata["judge"] = {k: v for k, v in judge.items() if k != "scores"}
+    metadata.update(cell=cell_of(sample), n_turns=len(sample["turns"]))
+    return EvalSample(id=sample["id"], epoch=1, input=inputs, target="", messages=conversation, output=output,
+                      scores=scoring.scores(sample) or None, metadata=metadata)  # fmt: skip
+
+
+@dataclass
+class Scoring:
+    """Which scores a run's samples carry: compliance (labelled runs), judge concepts, a plain scorer."""
+
+    labelled: bool
+    concepts: dict[str, str]  # judge concept key -> its name (researcher_expectations, ...), in order
+    plain: tuple[str, str, Any] | None  # (score name, scorer spec, f(text, sample)) for a plain run with a scorer
+    clustered: bool  # every sample names its request (item): stderr is clustered by request
+    judge_model: str | None = None
+
+    @classmethod
+    def of(cls, header: dict[str, Any], samples: list[dict[str, Any]], summary: dict[str, Any] | None,
+           judge_info: dict[str, Any] | None) -> Scoring:  # fmt: skip
+        labelled = all("label" in s for s in samples)
+        keys: dict[str, None] = {}
+        for s in samples:
+            for key in (s.get("judge") or {}).get("scores") or {}:
+                keys[key] = None
+        names = (judge_info or {}).get("concepts") or {}
+        concepts = {k: names.get(k, k) for k in sorted(keys)}
+        plain = None
+        spec = (summary or {}).get("scorer") or (header.get("config") or {}).get("scorer")
+        if not labelled and spec:
+            from steerlab.runs.summary import scorer
+
+            fn = scorer(spec)  # one line if it cannot be imported or compiled
+            name = spec.split(":")[1] if re.fullmatch(r"[\w.]+:\w+", spec) else "regex"
+            plain = (name, spec, fn)
+        return cls(labelled, concepts, plain, all("item" in s for s in samples), (judge_info or {}).get("model"))
+
+    def _metrics(self, central: str) -> list[Any]:
+        from inspect_ai.log._log import EvalMetricDefinition
+
+        spread = EvalMetricDefinition(name="stderr", options={"cluster": "item"} if self.clustered else {})
+        per_cell = {"metric": {"type": "metric", "name": central, "params": {}}, "group_key": "cell", "all": False}
+        return [EvalMetricDefinition(name=central), spread, EvalMetricDefinition(name="grouped", options=per_cell)]
+
+    def eval_scorers(self) -> list[Any] | None:
+        from inspect_ai.log._log import EvalScorer
+
+        out = []
+        if self.labelled:
+            out.append(EvalScorer(name="compliance", metrics=self._metrics("accuracy"),
+                                  metadata={"steerlab": "1.0 when the label is compliant, else 0.0"}))  # fmt: skip
+        for key, name in self.concepts.items():
+            out.append(EvalScorer(name=f"judge_{key}", metrics=self._metrics("mean"),
+                                  metadata={"concept": name, "judge_model": self.judge_model}))  # fmt: skip
+        if self.plain is not None:
+            out.append(EvalScorer(name=self.plain[0], metrics=self._metrics("mean"), options={"spec": self.plain[1]}))
+        return out or None
+
+    def scores(self, sample: dict[str, Any]) -> dict[str, Any]:
+        from inspect_ai.scorer import Score
+
+        out: dict[str, Score] = {}
+        if self.labelled:
+            label = sample["label"]
+            out["compliance"] = Score(value=1.0 if label == "compliant" else 0.0, answer=label,
+                                      explanation=EXPLAIN.get(label, label),
+                                      metadata={"label": label, "output": sample.get("output"),
+                                                "rejected_tag": sample.get("rejected_tag")})  # fmt: skip
+        judge = sample.get("judge") or {}
+        for key, name in self.concepts.items():
+            given = (judge.get("scores") or {}).get(key)
+            if given is not None:
+                out[f"judge_{key}"] = Score(value=given["score"], explanation=given.get("justification"),
+                                            metadata={"concept": name, "model": judge.get("model"),
+                                                      "rubric": judge.get("rubric")})  # fmt: skip
+            elif judge.get("error"):
+                out[f"judge_{key}"] = Score.unscored(
+                    reason="grader_failed", explanation=f"judge error: {judge['error']}"
+                )
+            else:
+                why = judge.get("skipped") or "not judged"
+                out[f"judge_{key}"] = Score.unscored(reason="not_judged", explanation=why)
+        if self.plain is not None:
+            name, spec, fn = self.plain
+            out[name] = Score(value=float(fn(sample.get("text", ""), sample)), metadata={"scorer": spec})
+        return out
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A run's JSON side file (summary.json, judge.json), or None when absent or unreadable (it only annotates)."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _mtime(path: Path) -> str:
+    """When a file of the run was last written (UTC, ISO): the run's start (header) and end (samples)."""
+    return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat()
