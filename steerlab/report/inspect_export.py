@@ -145,8 +145,11 @@ def export_inspect(run_dir: Path, out: Path, overwrite: bool = False) -> Exporte
     from inspect_ai.log import write_eval_log
 
     out = Path(out)
-    with atomic_path(out) as tmp:
-        write_eval_log(log, str(tmp), format=fmt)  # type: ignore[arg-type]
+    try:
+        with atomic_path(out) as tmp:  # the temporary file goes whatever happens; out appears only whole
+            write_eval_log(log, str(tmp), format=fmt)  # type: ignore[arg-type]
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile
+        raise ConfigError(f"cannot write --out {out} ({exc.strerror or exc}); nothing was written") from None
     metrics = {
         f"{score.name}/{name}": metric.value
         for score in (log.results.scores if log.results else [])
