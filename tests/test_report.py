@@ -48,7 +48,8 @@ def cli(args: list) -> None:
 def make_vector(tiny, path: Path) -> Path:
     directions = 4.0 * torch.randn(tiny.n_layers, tiny.d_model, generator=torch.Generator().manual_seed(0))
     meta = {"concept": "toy", "layers": list(range(tiny.n_layers)), "selected_layers": [1, 2],
-            "model": tiny.fingerprint.to_dict(), "diagnostics": {"per_layer": {"token_norm": [10.0] * tiny.n_layers}}}  # fmt: skip
+            "model": tiny.fingerprint.to_dict(),
+            "diagnostics": {"per_layer": {"token_norm": [10.0] * tiny.n_layers}}}  # fmt: skip
     return VectorBundle.build(directions, random_controls(directions, 2, seed=1), meta).save(path)
 
 
@@ -79,8 +80,9 @@ def plant(run: Path) -> list[dict]:
             s["text"], s["finish_reason"] = text, "eos"
             parsed = parse([text], "eos")
             s.update(label=parsed.label, output=parsed.output, reasoning=parsed.reasoning)
-        s["judge"] = {"scores": {"A": {"score": i % 5, "justification": f"reason A{i}"},
-                                 "B": {"score": 4 - i % 5, "justification": f"reason B{i}"}}, "model": "planted"}  # fmt: skip
+        scores = {"A": {"score": i % 5, "justification": f"reason A{i}"},
+                  "B": {"score": 4 - i % 5, "justification": f"reason B{i}"}}  # fmt: skip
+        s["judge"] = {"scores": scores, "model": "planted"}
     rewrite_samples(run, samples)
     return samples
 
@@ -172,7 +174,8 @@ def test_report_of_a_run_embeds_every_sample_and_never_writes_into_the_run(runs,
     assert compliant["scratchpad"] == "I will answer inside <OUTPUT> tags." and compliant["output"].startswith(
         "<request_fully_accepted/>"
     )
-    for shown, sample in zip(data["samples"], samples, strict=True):  # the tiny model's own turns: as the parser reads them
+    # the tiny model's own turns too: split as the parser reads them
+    for shown, sample in zip(data["samples"], samples, strict=True):
         turn = sample["turns"][0]
         parsed = parse([turn["text"]], turn["finish_reason"])
         assert (shown["turns"][0]["scratchpad"], shown["turns"][0]["output"]) == (parsed.reasoning, parsed.output)
@@ -189,7 +192,8 @@ def test_report_of_a_run_embeds_every_sample_and_never_writes_into_the_run(runs,
 def test_a_turn_cut_inside_its_scratchpad_shows_the_open_block_apart():
     from steerlab.report.html import split_turn
 
-    cut = split_turn("<SCRATCHPAD_REASONING>done</SCRATCHPAD_REASONING>\n<SCRATCHPAD_REASONING>still <OUTPUT> going", "length")
+    text = "<SCRATCHPAD_REASONING>done</SCRATCHPAD_REASONING>\n<SCRATCHPAD_REASONING>still <OUTPUT> going"
+    cut = split_turn(text, "length")
     assert cut == {"scratchpad": "done", "open_scratchpad": "still <OUTPUT> going", "output": None}
     raw = split_turn("<think>hm</think>The answer.", "eos")  # a <think> model answering after </think>
     assert raw == {"scratchpad": "hm", "open_scratchpad": None, "output": "The answer."}
@@ -257,7 +261,8 @@ def test_compare_pairs_the_same_requests_of_two_runs(runs, tmp_path, capsys):
     for pair in data["pairs"]:
         assert pair["a"]["multiplier"] == 4 and pair["b"]["multiplier"] == -4
         assert all(pair["a"][k] == pair["b"][k] for k in ("item", "condition", "seed", "arm"))
-    assert {(p["a"]["id"], p["b"]["id"]) for p in data["pairs"]} == set(zip(merged["id_x"], merged["id_y"], strict=True))
+    pairs = {(p["a"]["id"], p["b"]["id"]) for p in data["pairs"]}
+    assert pairs == set(zip(merged["id_x"], merged["id_y"], strict=True))
 
 
 def test_heatmap_beside_the_run_is_found_and_embedded(runs, tmp_path, capsys):

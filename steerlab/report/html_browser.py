@@ -89,8 +89,14 @@ class Browser:
             raise RuntimeError(f"{expression!r} raised: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def open(self, url: str, ready: str = READY, timeout: float = 30.0) -> float:
-        """Navigate to ``url`` and wait until the ``ready`` expression is truthy; returns the seconds it took."""
+    def open(self, url: str, ready: str = READY, timeout: float = 30.0, fresh: bool = True) -> float:
+        """Navigate to ``url`` and wait until the ``ready`` expression is truthy; returns the seconds it took.
+
+        ``fresh``: load the page anew (by way of about:blank), even where only its fragment changes; without
+        it, a new fragment is a same-document navigation (the page's ``hashchange``)."""
+        if fresh:
+            self.open("about:blank", ready="document.readyState === 'complete' && location.href === 'about:blank'",
+                      timeout=timeout, fresh=False)  # fmt: skip
         started = time.perf_counter()
         self.call("Page.navigate", {"url": url})
         deadline = time.monotonic() + timeout
