@@ -291,5 +291,8 @@ def write_report(
         if heatmap is not None and not Path(heatmap).exists():
             raise ConfigError(f"--heatmap {heatmap} does not exist; give the --out folder of steerlab heatmap")
         page = build_report(Path(run_dir), heatmap, compress)
-    atomic_write_text(out, page)
+    try:
+        atomic_write_text(out, page)  # a temporary file beside it, renamed: no partial report is ever left
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile
+        raise ConfigError(f"cannot write --out {out} ({exc.strerror or exc}); choose another path") from None
     return out
