@@ -18,6 +18,11 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.steerlab-installed
 DEMO_OUT ?= runs/demo
+APT := DEBIAN_FRONTEND=noninteractive apt-get -y -q
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo "sudo -n")
+INSTALL_CHROMIUM := { $(SUDO) $(APT) install chromium >/dev/null 2>&1 || \
+	{ $(SUDO) $(APT) update >/dev/null 2>&1 && $(SUDO) $(APT) install chromium >/dev/null 2>&1; }; } && \
+	command -v chromium >/dev/null 2>&1
 
 .PHONY: install install-vllm demo vectors test test-unit test-vllm bench lint clean
 
@@ -76,6 +81,10 @@ demo: $(STAMP)
 		--out $(DEMO_OUT)/heatmap --overwrite
 	# every paper figure the demo runs support (the rest are listed as skipped, with the reason)
 	$(BIN)/steerlab figure all $(DEMO_OUT)/af_sweep $(DEMO_OUT)/prompt_eval --out $(DEMO_OUT)/figures
+	# one self-contained HTML report per demo run, beside it (af_sweep's with the heatmap's token colouring);
+	# each command prints the report's path
+	for run in sweep af_sweep prompt_eval dose_sweep; do \
+		$(BIN)/steerlab report $(DEMO_OUT)/$$run --out $(DEMO_OUT)/$$run-report.html --overwrite || exit 1; done
 
 # Regenerate the vectors shipped in vectors/ (same settings as the demo).
 vectors: $(STAMP)
@@ -84,8 +93,14 @@ vectors: $(STAMP)
 		cp $(DEMO_OUT)/vectors/$$c/smollm2.* vectors/$$c/ 2>/dev/null || \
 		{ mkdir -p vectors/$$c && cp $(DEMO_OUT)/vectors/$$c/smollm2.* vectors/$$c/; }; done
 
+# The report's browser tests drive the system's headless Chromium (Debian's package; nothing is downloaded at
+# run time). It is installed here where missing and possible; the tests then must run (STEERLAB_REQUIRE_BROWSER=1),
+# and where it cannot be installed they skip, saying so.
 test: $(STAMP)
-	STEERLAB_REQUIRE_NNSIGHT=1 $(BIN)/python -m pytest
+	@if command -v chromium >/dev/null 2>&1 || $(INSTALL_CHROMIUM); then browser=1; \
+	else browser=0; echo "chromium not installable: the report's browser tests will skip"; fi; \
+	echo "STEERLAB_REQUIRE_BROWSER=$$browser"; \
+	STEERLAB_REQUIRE_BROWSER=$$browser STEERLAB_REQUIRE_NNSIGHT=1 $(BIN)/python -m pytest
 	$(MAKE) test-vllm
 
 test-vllm: $(VLLM_STAMP)
