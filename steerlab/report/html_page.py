@@ -124,7 +124,7 @@ function heat(s) {
   return det;
 }
 function card(s, perma) {
-  const c = el("article", "sample"), h = el("h3"), a = el("a", "perma", "🔗");
+  const c = el("article", "sample"), h = el("h3"), a = el("a", "perma", "¶");
   c.dataset.id = s.id;
   a.href = perma; a.title = "permalink to this sample";
   h.append(a, el("span", "sid", s.id)); c.append(h);
