@@ -53,11 +53,11 @@ def make_vector(tiny, path: Path) -> Path:
     return VectorBundle.build(directions, random_controls(directions, 2, seed=1), meta).save(path)
 
 
-def sweep(tiny_dir, vector: Path, out: Path, multipliers: list[float]) -> Path:
+def sweep(tiny_dir, vector: Path, out: Path, multipliers: list[float], **extra) -> Path:
     cfg = out.parent / f"{out.name}.yaml"
     cfg.write_text(yaml.safe_dump({
         "model": str(tiny_dir), "vectors": [str(vector)], "controls": 1, "multipliers": multipliers,
-        "scenario": "alignment_faking", "prompts": BENIGN, "limit": 2, "max_new_tokens": 3, "out": str(out),
+        "scenario": "alignment_faking", "prompts": BENIGN, "limit": 2, "max_new_tokens": 3, "out": str(out), **extra,
     }))  # fmt: skip
     cli(["sweep", "--config", cfg])
     return out
@@ -89,12 +89,13 @@ def plant(run: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def runs(tiny, tiny_dir, tmp_path_factory) -> dict[str, Path]:
-    """af: the planted three-multiplier run; plus (4) and minus (-4) runs of the same requests for --compare."""
+    """af: the planted three-multiplier run; plus (4, steered only when monitored: issue 20's steer_only) and
+    minus (-4) runs of the same requests for --compare."""
     root = tmp_path_factory.mktemp("report-runs")
     vector = make_vector(tiny, root / "v.safetensors")
     af = sweep(tiny_dir, vector, root / "af", [-4, 0, 4])
     plant(af)
-    return {"af": af, "plus": sweep(tiny_dir, vector, root / "plus", [4]),
+    return {"af": af, "plus": sweep(tiny_dir, vector, root / "plus", [4], steer_only=["monitored"]),
             "minus": sweep(tiny_dir, vector, root / "minus", [-4]), "vector": vector}  # fmt: skip
 
 
@@ -258,6 +259,9 @@ def test_compare_pairs_the_same_requests_of_two_runs(runs, tmp_path, capsys):
     a, b = load_run(runs["plus"]), load_run(runs["minus"])
     merged = pd.merge(a, b, on=["item", "condition", "seed", "vector", "arm"])  # the independent pairing
     assert len(data["pairs"]) == len(merged) == len(a) == 2 * 2 * 2 and data["unpaired"] == [0, 0]
+    gated = [p["a"]["condition"] for p in data["pairs"] if p["a"].get("gated") == "steer_only"]
+    assert len(gated) == (a["gated"] == "steer_only").sum() == 4 and set(gated) == {"unmonitored"}
+    assert "<b>steer_only</b> <code>[&quot;monitored&quot;]</code>" in out.read_text()  # in the header at a glance
     for pair in data["pairs"]:
         assert pair["a"]["multiplier"] == 4 and pair["b"]["multiplier"] == -4
         assert all(pair["a"][k] == pair["b"][k] for k in ("item", "condition", "seed", "arm"))
@@ -284,3 +288,6 @@ def test_heatmap_beside_the_run_is_found_and_embedded(runs, tmp_path, capsys):
         for s in maps.samples:
             assert heat["by_id"][s.id]["tokens"] == s.tokens
             np.testing.assert_array_equal(np.asarray(heat["by_id"][s.id]["average"], np.float32), s.average)
+    # a sibling run's report does not take a heatmap computed for another run
+    code, _, err = run_cli(["report", runs["minus"], "--out", tmp_path / "minus.html"], capsys)
+    assert code == 0 and "heatmap" not in embedded((tmp_path / "minus.html").read_text()), err

@@ -131,7 +131,11 @@ def test_compare_and_a_large_compressed_run_open(browser, runs, tmp_path, capsys
     assert browser.evaluate("document.getElementById('count').textContent") == "8"
     assert browser.evaluate("document.querySelectorAll('#samples article.pair').length") == 8
     assert browser.evaluate("document.querySelectorAll('#samples article.pair > article.sample').length") == 16
+    assert browser.evaluate("document.querySelectorAll('#samples .badge.b-gated').length") == 4  # steer_only
     assert choose(browser, "f-condition", "unmonitored") == 4
+    assert browser.evaluate("document.querySelectorAll('#samples .badge.b-gated').length") == 4
+    assert choose(browser, "f-condition", "monitored") == 4
+    assert browser.evaluate("document.querySelectorAll('#samples .badge.b-gated').length") == 0
     # 3,000 samples: embedded gzip + base64, decompressed by the browser, drawn a page of 50 at a time
     big = tmp_path / "big"
     big.mkdir()

@@ -224,13 +224,18 @@ def build_report(run_dir: Path, heatmap: Path | None = None, compress: bool | No
     """The HTML of one run's report (reads only)."""
     header = check_run_dir(run_dir)
     samples = read_samples(run_dir)
-    if heatmap is None:
+    found = heatmap is None
+    if found:
         heatmap = find_heatmap(run_dir)
     systems: dict[str, int] = {}
     data: dict[str, Any] = {"kind": "run", "samples": [slim(s, systems) for s in samples]}
     data["systems"] = list(systems)
     if heatmap is not None:
-        data["heatmap"] = heatmap_data(heatmap, {str(s.get("id")) for s in samples})
+        try:
+            data["heatmap"] = heatmap_data(heatmap, {str(s.get("id")) for s in samples})
+        except ConfigError:
+            if not found:  # named by --heatmap: say what is wrong; a folder found beside the run is only a guess
+                raise
     return render(f"steerlab report: {Path(run_dir).name}", run_part(run_dir, header, samples), data, compress)
 
 

@@ -147,7 +147,10 @@ function card(s, perma) {
     const tb = el("div", "turn");
     const what = " · " + (t.finish_reason || "?") + " · " + (t.n_new_tokens ?? "?") + " tokens";
     tb.append(el("div", "turnhead", "turn " + (n + 1) + what));
-    if (t.steer_if !== undefined) tb.append(el("div", "steerif", "steer_if: " + JSON.stringify(t.steer_if)));
+    if (t.steer_if !== undefined) {
+      const met = t.steer_if.met ? "condition met: steered" : "condition not met: not steered";
+      tb.append(el("div", "steerif", "steer_if: " + met + " (score " + Number(t.steer_if.score).toPrecision(4) + ")"));
+    }
     const split = el("div", "split");
     const left = t.open_scratchpad ? (t.scratchpad ? "\n\n" : "") + t.open_scratchpad + "  [left open]" : "";
     const scratch = (t.scratchpad || "") + left;
