@@ -39,7 +39,10 @@ def browser():
         if os.environ.get("STEERLAB_REQUIRE_BROWSER") == "1":
             pytest.fail(f"STEERLAB_REQUIRE_BROWSER=1 but {missing}")
         pytest.skip(missing)
-    b = Browser(binary)
+    try:
+        b = Browser(binary)
+    except RuntimeError:  # a container without user namespaces: Chromium's sandbox cannot start there
+        b = Browser(binary, sandbox=False)
     try:
         yield b
     finally:

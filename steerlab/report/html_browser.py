@@ -33,7 +33,10 @@ def find_chromium() -> str | None:
 class Browser:
     """One headless Chromium and one page (tab) driven over the DevTools protocol."""
 
-    def __init__(self, binary: str, width: int = 1400, height: int = 1000, timeout: float = 30.0) -> None:
+    def __init__(
+        self, binary: str, width: int = 1400, height: int = 1000, timeout: float = 30.0, sandbox: bool | None = None
+    ) -> None:
+        """``sandbox``: Chromium's sandbox; by default off for root (where Chromium refuses to start with it)."""
         import websocket
 
         self.profile = tempfile.mkdtemp(prefix="steerlab-chromium-")
@@ -41,7 +44,7 @@ class Browser:
                 "--no-first-run", "--no-default-browser-check", "--disable-gpu", "--disable-extensions",
                 "--disable-background-networking", "--disable-sync", "--proxy-server=127.0.0.1:9",
                 "--proxy-bypass-list=<-loopback>", f"--window-size={width},{height}", "about:blank"]  # fmt: skip
-        if os.geteuid() == 0:
+        if sandbox is False or (sandbox is None and os.geteuid() == 0):
             args.insert(1, "--no-sandbox")
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.events: list[dict[str, Any]] = []
