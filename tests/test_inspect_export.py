@@ -373,3 +373,23 @@ def test_overwrite_replaces_the_log_and_nothing_else_is_left(af, tmp_path):
     assert code == 0, err
     assert json.loads(out.read_text())["eval"]["task"] == "alignment_faking"
     assert sorted(os.listdir(tmp_path)) == ["x.json"]  # no temporary file beside it
+
+
+def test_a_stopped_run_exports_what_it_finished_as_cancelled(af, tmp_path):
+    """A run killed before its last rows (and a torn last line): the finished samples, status cancelled."""
+    import shutil
+
+    from inspect_ai.log import read_eval_log
+
+    _, run, samples = af
+    shutil.copytree(run, tmp_path / "run")
+    lines = (tmp_path / "run" / "samples.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "run" / "samples.jsonl").write_text("".join(lines[:40]) + lines[40][:25])  # torn 41st line
+    code, out, err = _cli(["export", "inspect", tmp_path / "run", "--out", tmp_path / "part.eval"])
+    assert code == 0 and "40 samples" in out, err
+    log = read_eval_log(str(tmp_path / "part.eval"))
+    kept = [json.loads(line) for line in lines[:40]]
+    assert log.status == "cancelled" and [s.id for s in log.samples] == sorted(s["id"] for s in kept)
+    assert log.eval.metadata["steerlab"]["n_rows"] == 64 and log.results.total_samples == 40
+    want = np.mean([s["label"] == "compliant" for s in kept])
+    assert log.results.scores[0].metrics["accuracy"].value == pytest.approx(want)
