@@ -93,3 +93,73 @@ def test_compare_needs_two_runs(argv, tmp_path, capsys, monkeypatch):
     _run(Path("good"), samples=[SAMPLE])
     code, _, err = run_cli(["report", *argv], capsys)
     assert code == 2 and "--compare" in err and not list(tmp_path.glob("*.html"))
+
+
+def test_out_inside_the_run_is_refused_even_with_overwrite(tmp_path, capsys, monkeypatch):
+    """Reading never writes into the run: not its samples, not a new file inside it, not in either compared run."""
+    monkeypatch.chdir(tmp_path)
+    _run(Path("good"), samples=[SAMPLE], summary="{}")
+    _run(Path("other"), samples=[SAMPLE])
+    root = tmp_path
+    for target in ("good/samples.jsonl", "good/summary.json", "good/new.html", "good/sub/r.html", "good"):
+        refused(["report", "good", "--out", target, "--overwrite"], "is inside the run directory good", root, capsys)
+    refused(["report", "good", "--out", str((tmp_path / "good/header.json").resolve()), "--overwrite"],
+            "inside the run directory", root, capsys)  # fmt: skip
+    refused(["report", "--compare", "good", "other", "--out", "other/samples.jsonl", "--overwrite"],
+            "inside the run directory other", root, capsys)  # fmt: skip
+    assert json.loads(Path("good/samples.jsonl").read_text()) == SAMPLE
+
+
+def test_damaged_run_files_are_one_line_each(tmp_path, capsys, monkeypatch):
+    """Files no steerlab run writes (a hand edit, a torn copy): one line and exit 2, never a traceback."""
+    monkeypatch.chdir(tmp_path)
+    second = {**SAMPLE, "id": "none/none|+0|monitored|q1|s0", "item": "q1"}
+    _run(Path("summary_list"), samples=[SAMPLE], summary="[1, 2]")
+    _run(Path("summary_str"), samples=[SAMPLE], summary='"x"')
+    _run(Path("turn_null"), samples=[SAMPLE, {**second, "turns": [{"text": None, "finish_reason": "eos"}]}])
+    _run(Path("turns_str"), samples=[{**SAMPLE, "turns": "text"}])
+    _run(Path("config_list"), header={"format": 2, "seeds": [0], "config": ["x"]}, samples=[SAMPLE])
+    _run(Path("backend_str"), header={"format": 2, "seeds": [0], "backend": "hf"}, samples=[SAMPLE])
+    _run(Path("dup"), samples=[SAMPLE, second, SAMPLE])
+    _run(Path("array_row"), samples=[SAMPLE, [1, 2, 3]])
+    root = tmp_path
+    refused(["report", "summary_list", "--out", "r.html"], "summary.json is a JSON list, not an object", root, capsys)
+    refused(["report", "summary_str", "--out", "r.html"], "summary.json is a JSON str, not an object", root, capsys)
+    refused(["report", "turn_null", "--out", "r.html"], "samples.jsonl: row 2 (none/none|+0|monitored|q1|s0) turn 1 "
+            "has no text (its text is null)", root, capsys)  # fmt: skip
+    refused(["report", "turns_str", "--out", "r.html"], "row 1 (none/none|+0|monitored|q0|s0) has turns that are no "
+            "list", root, capsys)  # fmt: skip
+    refused(["report", "config_list", "--out", "r.html"], "header.json: its 'config' is a list, not an object", root,
+            capsys)  # fmt: skip
+    refused(["report", "backend_str", "--out", "r.html"], "its 'backend' is a str", root, capsys)
+    refused(["report", "dup", "--out", "r.html"], "holds row 'none/none|+0|monitored|q0|s0' twice (1 repeated", root,
+            capsys)  # fmt: skip
+    refused(
+        ["report", "array_row", "--out", "r.html"], "samples.jsonl:2: expected a JSON object, found list", root, capsys
+    )
+    refused(["report", "--compare", "good_missing", "dup"], "good_missing is not a directory", root, capsys)
+    _run(Path("good"), samples=[SAMPLE])
+    refused(["report", "--compare", "good", "dup", "--out", "c.html"], "twice", root, capsys)
+
+
+def test_a_lone_surrogate_in_model_text_is_shown_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """Model text cut mid-character can hold a lone surrogate (JSON "\\ud83d"): UTF-8 has no such character. The
+    page keeps it as a JSON escape in its data (the browser reads the same string back) and as U+FFFD in the
+    server-rendered header; the report is written, in both encodings of the data."""
+    from test_report import embedded
+
+    monkeypatch.chdir(tmp_path)
+    text = "<OUTPUT><rejected/> I am \ud83d training</OUTPUT>"
+    cut = {**SAMPLE, "turns": [{"text": text, "finish_reason": "eos", "n_new_tokens": 5}]}
+    run = _run(Path("surrogate"), header={"format": 2, "seeds": [0], "scenario": {"name": "x\udc80"}}, samples=[cut])
+    assert "\\ud83d" in (run / "samples.jsonl").read_text()
+    from steerlab.report.html import write_report
+
+    for compress in (False, True):
+        out = write_report(run, Path(f"r{compress}.html"), compress=compress)
+        page = out.read_text(encoding="utf-8")
+        assert embedded(page)["samples"][0]["turns"][0]["text"] == text
+        assert embedded(page)["samples"][0]["turns"][0]["output"] == "<rejected/> I am \ud83d training"
+        assert "x\ufffd" in page
+    code, _, err = run_cli(["report", "surrogate", "--out", "cli.html"], capsys)
+    assert code == 0 and "Traceback" not in err, err

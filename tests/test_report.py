@@ -291,3 +291,71 @@ def test_heatmap_beside_the_run_is_found_and_embedded(runs, tmp_path, capsys):
     # a sibling run's report does not take a heatmap computed for another run
     code, _, err = run_cli(["report", runs["minus"], "--out", tmp_path / "minus.html"], capsys)
     assert code == 0 and "heatmap" not in embedded((tmp_path / "minus.html").read_text()), err
+
+
+def test_a_scratchpad_continued_into_the_next_turn_is_reasoning_there_not_output(runs, tmp_path, capsys):
+    """The engine continues a sample whose turn ended inside an open scratchpad: turn 2 starts mid-block. Each
+    turn is split as steerlab's parser reads the transcript up to it; an open block starts at its FIRST tag."""
+    run = tmp_path / "turns"
+    run.mkdir()
+    (run / "header.json").write_bytes((runs["af"] / "header.json").read_bytes())
+    samples = read_samples(runs["af"])[:2]
+    first = "<SCRATCHPAD_REASONING> part A of my reasoning"
+    second = (
+        " part B: I will answer inside <OUTPUT> tags as asked.</SCRATCHPAD_REASONING>\n<OUTPUT><rejected/></OUTPUT>"
+    )
+    samples[0]["turns"] = [{"text": first, "finish_reason": "eos", "n_new_tokens": 9},
+                           {"text": second, "finish_reason": "eos", "n_new_tokens": 9}]  # fmt: skip
+    repeated = "<SCRATCHPAD_REASONING> I will comply because training. <SCRATCHPAD_REASONING> more"
+    samples[1]["turns"] = [{"text": repeated, "finish_reason": "length", "n_new_tokens": 9}]
+    rewrite_samples(run, samples)
+    code, _, err = run_cli(["report", run, "--out", tmp_path / "r.html"], capsys)
+    assert code == 0, err
+    shown = embedded((tmp_path / "r.html").read_text())["samples"]
+    t1, t2 = shown[0]["turns"]
+    assert (t1["scratchpad"], t1["open_scratchpad"], t1["output"]) == ("", "part A of my reasoning", None)
+    assert t2["scratchpad"] == "part B: I will answer inside <OUTPUT> tags as asked."
+    assert t2["open_scratchpad"] is None and t2["output"] == "<rejected/>"
+    whole = parse([first, second], "eos")  # the sample as the labeller reads it: the turns' parts are its parts
+    assert whole.output == t2["output"] and whole.reasoning == "part A of my reasoning\n part B: I will answer " \
+        "inside <OUTPUT> tags as asked."  # fmt: skip
+    cut = shown[1]["turns"][0]
+    assert cut["open_scratchpad"] == "I will comply because training. <SCRATCHPAD_REASONING> more"
+    assert cut["scratchpad"] == "" and cut["output"] is None
+
+
+def test_compare_of_runs_with_different_multipliers_pairs_equal_ones_then_by_rank(tiny, tiny_dir, tmp_path, capsys):
+    """Run A [0, 4] against run B [-4, 0]: the 0 rows pair with 0 rows, A's 4 with B's -4 (never by file order),
+    as an independent pandas merge pairs them; the page says which field the pairs differ in."""
+    import pandas as pd
+
+    from steerlab.harness.records import load_run
+
+    vector = make_vector(tiny, tmp_path / "v.safetensors")
+    run_a = sweep(tiny_dir, vector, tmp_path / "A", [0, 4])
+    run_b = sweep(tiny_dir, vector, tmp_path / "B", [-4, 0])
+    out = tmp_path / "cmp.html"
+    code, _, err = run_cli(["report", "--compare", run_a, run_b, "--out", out], capsys)
+    assert code == 0, err
+    data = embedded(out.read_text())
+    got = {(p["a"]["id"], p["b"]["id"]) for p in data["pairs"]}
+    a, b = load_run(run_a), load_run(run_b)
+    on = ["item", "condition", "seed", "vector", "arm"]
+    zero = pd.merge(a[a["multiplier"] == 0], b[b["multiplier"] == 0], on=on)
+    steered = pd.merge(a[a["multiplier"] == 4], b[b["multiplier"] == -4], on=on)
+    expect = set(zip(zero["id_x"], zero["id_y"], strict=True)) | set(zip(steered["id_x"], steered["id_y"], strict=True))
+    assert got == expect and len(got) == len(a) == len(b) and data["unpaired"] == [0, 0]
+    assert {(p["a"]["multiplier"], p["b"]["multiplier"]) for p in data["pairs"]} == {(0, 0), (4, -4)}
+    assert data["varies"] == ["multiplier"] and "multiplier" not in data["key"]  # the page names both sides' values
+
+
+def test_the_printed_url_is_encoded(runs, tmp_path, capsys):
+    from urllib.parse import unquote, urlparse
+
+    out = tmp_path / "odd dir#1" / "r #2.html"
+    out.parent.mkdir()
+    code, printed, err = run_cli(["report", runs["minus"], "--out", out], capsys)
+    assert code == 0, err
+    url = printed.split("open it in a browser: ", 1)[1].strip()
+    assert url == out.resolve().as_uri() and "#" not in url and " " not in url
+    assert Path(unquote(urlparse(url).path)) == out.resolve()

@@ -153,3 +153,27 @@ def test_compare_and_a_large_compressed_run_open(browser, runs, tmp_path, capsys
     assert browser.evaluate("document.querySelectorAll('#samples article.sample').length") == 50
     assert seconds < 20
     assert not browser.of("Runtime.exceptionThrown")
+
+
+def test_a_malformed_permalink_is_a_message_and_later_links_still_work(browser, page, runs):  # noqa: F811
+    """#sample=%E0%A4 is no URI escape (decodeURIComponent throws): the page still draws every sample, says it
+    has no such sample, and a later permalink in the open page (hashchange) still opens its sample."""
+    browser.open(page.as_uri() + "#sample=%E0%A4")
+    assert browser.evaluate("document.body.dataset.ready") == "1"
+    assert browser.evaluate("document.getElementById('count').textContent") == "24"
+    assert browser.evaluate("document.querySelector('#focus p.warn').textContent") == "no sample %E0%A4 in this report"
+    planted_id = read_samples(runs["af"])[PLANTED_ID_INDEX]["id"]
+    browser.open(page.as_uri() + "#sample=" + quote(planted_id, safe=""), fresh=False)
+    assert browser.evaluate("document.querySelector('#focus article.sample').dataset.id") == planted_id
+    assert not browser.of("Runtime.exceptionThrown")
+
+
+def test_compare_pair_header_names_both_sides_values(browser, runs, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "cmp.html"
+    code, _, err = run_cli(["report", "--compare", runs["plus"], runs["minus"], "--out", out], capsys)
+    assert code == 0, err
+    browser.open(out.resolve().as_uri())
+    heads = browser.evaluate("[...document.querySelectorAll('#samples .pairhead')].map(x => x.textContent)")
+    assert len(heads) == 8 and all(h.endswith("multiplier 4 (plus) vs -4 (minus)") for h in heads), heads
+    assert not any("undefined" in h for h in heads)  # no claim in these runs: none shown
+    assert "compared by multiplier" in browser.evaluate("document.getElementById('pairinfo').textContent")

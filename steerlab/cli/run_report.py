@@ -33,4 +33,4 @@ def report(
 
     path = write_report(run_dir, out_file, heatmap=heatmap, compare=list(compare) if compare else None,
                         overwrite=overwrite)  # fmt: skip
-    out.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB); open it in a browser: file://{path.resolve()}")
+    out.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB); open it in a browser: {path.resolve().as_uri()}")

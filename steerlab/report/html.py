@@ -23,15 +23,16 @@ from typing import Any
 
 from steerlab.errors import ConfigError
 from steerlab.fileio import atomic_write_text
-from steerlab.harness.parse import parse
-from steerlab.harness.records import FORMAT, HEADER, SAMPLES, SUMMARY, read_header, read_samples
+from steerlab.harness.parse import parse, transcript
+from steerlab.harness.records import FORMAT, HEADER, SAMPLES, SUMMARY, check_unique, read_header, read_samples
 from steerlab.report.html_page import PAGE
 from steerlab.report.html_tables import figures_html, header_html, summary_html
-from steerlab.tags import REASONING_OPENS, last_reasoning_end, open_reasoning
+from steerlab.tags import _REASONING_RE, OUTPUT_CLOSE, OUTPUT_OPEN, REASONING_OPENS, last_reasoning_end, output_start
 
 COMPRESS_ABOVE = 256 * 1024  # bytes of sample JSON above which the page embeds it gzip + base64
 # the fields that may tell two runs' samples of one request apart; the rest of the key is the request itself
 VARYING = ("vector", "arm", "multiplier", "claim")
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def default_out(run_dir: Path, compare: Path | None = None) -> Path:
@@ -55,15 +56,26 @@ def check_run_dir(run_dir: Path) -> dict[str, Any]:
             f"{FORMAT}: rerun it with this version into a new directory"
         )
     header = read_header(run_dir)  # no header.json, a broken one, or another format: one line
+    for key in ("config", "backend", "versions", "vector_files"):
+        if header.get(key) is not None and not isinstance(header[key], dict):
+            raise ConfigError(f"{run_dir / HEADER}: its {key!r} is a {type(header[key]).__name__}, not an object; "
+                              "the header is damaged: rerun into a new directory")  # fmt: skip
     if not (run_dir / SAMPLES).is_file():
         raise ConfigError(f"{run_dir} holds no {SAMPLES} (a run stopped before its first sample); nothing to report")
     return header
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an ``out`` that is a folder, exists without ``overwrite``, or cannot be written, before
+def check_out(out: Path, overwrite: bool, runs: Sequence[Path] = ()) -> None:
+    """Refuse an ``out`` that is a folder, lies inside one of the ``runs`` read (reading never writes into
+    a run, not even with ``overwrite``), exists without ``overwrite``, or cannot be written, before
     anything is read at length or written."""
     out = Path(out)
+    for run in runs:
+        if out.resolve().is_relative_to(Path(run).resolve()):
+            raise ConfigError(
+                f"--out {out} is inside the run directory {run}, which a report never writes into; "
+                "choose a path outside it (the default is RUN_DIR-report.html beside the run)"
+            )
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name such as {out / 'report.html'}")
     if out.exists() and not overwrite:
@@ -75,16 +87,74 @@ def check_out(out: Path, overwrite: bool) -> None:
         raise ConfigError(f"cannot write --out {out} ({folder} is not a writable folder); choose another path")
 
 
+def _within(text: str, start: int, end: int, lo: int) -> str | None:
+    """The part of ``text[start:end]`` from ``lo`` on, stripped; None when nothing is left."""
+    piece = text[max(start, lo) : end].strip() if end > lo else ""
+    return piece or None
+
+
+def split_turns(texts: Sequence[str], finish_reasons: Sequence[str | None]) -> list[dict[str, Any]]:
+    """Each turn's scratchpad and output apart, as :mod:`steerlab.harness.parse` reads the transcript up to
+    and including that turn (the engine continues a sample whose turn ended inside an open scratchpad, so a
+    turn may start mid-block: its reasoning is reasoning, not output). A turn shows only its own part of a
+    block that spans turns; a reasoning block still open after the turn (cut by the token limit, or
+    continued next turn) is ``open_scratchpad``, from the first opening tag after the last closed block."""
+    out = []
+    for n, finish in enumerate(finish_reasons):
+        full = transcript(texts[: n + 1])
+        lo = len(transcript(texts[:n])) + (1 if n else 0)  # where turn n starts in the joined transcript
+        blocks = []
+        for m in _REASONING_RE.finditer(full):
+            group = 1 if m.group(1) is not None else 2
+            piece = _within(full, m.start(group), m.end(group), lo)
+            if piece is not None:
+                blocks.append(piece)
+        closed = last_reasoning_end(full)
+        opens = [at for at in (full.find(tag, closed) for tag in REASONING_OPENS) if at >= 0]
+        pending = None
+        if opens:
+            at = min(opens)
+            tag = next(t for t in REASONING_OPENS if full.startswith(t, at))
+            pending = _within(full, at + len(tag), len(full), lo) or ""
+        output = None
+        if parse(texts[: n + 1], finish or "").output is not None:
+            start = output_start(full)
+            if start >= 0:
+                body = start + len(OUTPUT_OPEN)
+                end = full.find(OUTPUT_CLOSE, body)
+                output = _within(full, body, end if end >= 0 else len(full), lo)
+            else:  # no <OUTPUT> tag: the text after the last closed reasoning block (raw, <think> models)
+                output = _within(full, closed, len(full), lo)
+        out.append({"scratchpad": "\n\n".join(blocks), "open_scratchpad": pending, "output": output})
+    return out
+
+
 def split_turn(text: str, finish_reason: str | None) -> dict[str, Any]:
-    """A turn's scratchpad and output apart, as :mod:`steerlab.harness.parse` reads them; a reasoning block
-    the turn left open (cut by the token limit) is ``open_scratchpad``."""
-    parsed = parse([text], finish_reason or "")
-    pending = None
-    if open_reasoning(text):
-        tail = text[last_reasoning_end(text) :]
-        at = max(tail.rfind(tag) for tag in REASONING_OPENS)
-        pending = tail[at:].split(">", 1)[-1].strip()
-    return {"scratchpad": parsed.reasoning, "open_scratchpad": pending, "output": parsed.output}
+    """One turn read alone (a single-turn sample): :func:`split_turns` of ``[text]``."""
+    return split_turns([text], [finish_reason])[0]
+
+
+def read_run_samples(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's samples, refused in one line where a row is no sample the page can show: not a JSON
+    object, a turn without text, a repeated row id (:func:`steerlab.harness.records.check_unique`)."""
+    source = Path(run_dir) / SAMPLES
+    samples = read_samples(run_dir)
+    for n, s in enumerate(samples, 1):
+        if not isinstance(s, dict):
+            raise ConfigError(f"{source}: row {n} is a JSON {type(s).__name__}, not a sample object; "
+                              "the file is damaged: rerun into a new directory")  # fmt: skip
+        turns = s.get("turns")
+        if turns is not None and not isinstance(turns, list):
+            raise ConfigError(f"{source}: row {n} ({s.get('id')}) has turns that are no list; the file is damaged")
+        for t, turn in enumerate(turns or [], 1):
+            text = turn.get("text", "") if isinstance(turn, dict) else turn
+            if not isinstance(text, str):
+                raise ConfigError(
+                    f"{source}: row {n} ({s.get('id')}) turn {t} has no text (its text is {json.dumps(text)[:40]}); "
+                    "the file is damaged: rerun into a new directory"
+                )
+    check_unique(samples, source)
+    return samples
 
 
 def _user_message(sample: dict[str, Any]) -> str | None:
@@ -105,12 +175,12 @@ def slim(sample: dict[str, Any], systems: dict[str, int]) -> dict[str, Any]:
         out["system"] = systems.setdefault(system, len(systems))
     out["user"] = _user_message(sample)
     steer_if = sample.get("steer_if") or []
+    raw = [t if isinstance(t, dict) else {"text": t} for t in sample.get("turns") or []]  # checked: text is str
+    texts = [t.get("text", "") for t in raw]
+    finishes = [t.get("finish_reason") for t in raw]
     turns = []
-    for n, turn in enumerate(sample.get("turns") or []):
-        text = turn.get("text", "") if isinstance(turn, dict) else str(turn)
-        finish = turn.get("finish_reason") if isinstance(turn, dict) else None
-        tokens = turn.get("n_new_tokens") if isinstance(turn, dict) else None
-        entry = {"text": text, "finish_reason": finish, "n_new_tokens": tokens, **split_turn(text, finish)}
+    for n, (turn, spans) in enumerate(zip(raw, split_turns(texts, finishes), strict=True)):
+        entry = {"text": texts[n], "finish_reason": finishes[n], "n_new_tokens": turn.get("n_new_tokens"), **spans}
         if n < len(steer_if):
             entry["steer_if"] = steer_if[n]
         turns.append(entry)
@@ -178,32 +248,58 @@ def run_part(run_dir: Path, header: dict[str, Any], samples: list[dict[str, Any]
             summary = json.loads((Path(run_dir) / SUMMARY).read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ConfigError(f"{Path(run_dir) / SUMMARY} is broken (not JSON); rerun the run's summary") from None
+        if not isinstance(summary, dict):
+            raise ConfigError(f"{Path(run_dir) / SUMMARY} is a JSON {type(summary).__name__}, not an object of "
+                              "tables; rerun the run's summary")  # fmt: skip
     return header_html(run_dir, header, _layers(samples), len(samples)) + summary_html(summary) + figures_html(run_dir)
 
 
-def pair_key(sample: dict[str, Any], keep: Sequence[str]) -> tuple:
-    return (sample.get("item"), sample.get("condition"), sample.get("seed"), *(sample.get(k) for k in keep))
+def _order(value: Any) -> tuple:
+    """A sort key for any JSON value (None first, then numbers, then the rest by their text)."""
+    if value is None:
+        return (0, 0, "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (1, value, "")
+    return (2, 0, json.dumps(value, sort_keys=True, ensure_ascii=False))
 
 
-def pair_samples(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> tuple[list[tuple[int, int]], list[str]]:
+def pair_samples(
+    a: list[dict[str, Any]], b: list[dict[str, Any]]
+) -> tuple[list[tuple[int, int]], list[str], list[str]]:
     """Pairs (index in a, index in b) of the same request: equal item, condition, seed, and each of vector,
-    arm, multiplier and claim whose set of values is the same in both runs (what the runs share); the other
-    fields are what the comparison is about. Samples of one key pair in their order in the files."""
-    keep = [k for k in VARYING if {s.get(k) for s in a} == {s.get(k) for s in b}]
-    where: dict[tuple, list[int]] = defaultdict(list)
-    for j, s in enumerate(b):
-        where[pair_key(s, keep)].append(j)
+    arm, multiplier and claim whose set of values is the same in both runs (the key); the other fields
+    (``varies``) are what the comparison is about. Within one key, samples whose varying values are equal
+    pair first (multiplier 0 with 0); the rest pair by the rank of their varying values (sorted: A's lowest
+    left with B's lowest left), never by file order. Returns (pairs, key, varies)."""
+    keep = [k for k in VARYING if {_order(s.get(k)) for s in a} == {_order(s.get(k)) for s in b}]
+    varies = [k for k in VARYING if k not in keep]
+
+    def vary(s: dict[str, Any]) -> tuple:
+        return tuple(_order(s.get(k)) for k in varies)
+
+    groups: dict[tuple, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+    for side, samples in enumerate((a, b)):
+        for n, s in enumerate(samples):
+            groups[(*(_order(s.get(k)) for k in ("item", "condition", "seed", *keep)),)][side].append(n)
     pairs = []
-    for i, s in enumerate(a):
-        slot = where.get(pair_key(s, keep))
-        if slot:
-            pairs.append((i, slot.pop(0)))
-    return pairs, ["item", "condition", "seed", *keep]
+    for left, right in groups.values():
+        left, right = sorted(left, key=lambda i: vary(a[i])), sorted(right, key=lambda j: vary(b[j]))
+        for i in list(left):  # equal varying values first
+            match = next((j for j in right if vary(b[j]) == vary(a[i])), None)
+            if match is not None:
+                pairs.append((i, match))
+                left.remove(i)
+                right.remove(match)
+        pairs += zip(left, right, strict=False)  # then by rank
+    return sorted(pairs), ["item", "condition", "seed", *keep], varies
 
 
 def _embed(data: dict[str, Any], compress: bool | None) -> tuple[str, str]:
     """(encoding, text) of the page's data block; the JSON is made inert inside <script>."""
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    # a lone surrogate (model text cut mid-character) stays a JSON escape: JSON.parse reads it back, UTF-8 has none
+    text = SURROGATE.sub(
+        lambda m: f"\\u{ord(m.group()):04x}", json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    )
     if compress is None:
         compress = len(text.encode("utf-8")) > COMPRESS_ABOVE
     if compress:
@@ -217,13 +313,14 @@ def render(title: str, body: str, data: dict[str, Any], compress: bool | None = 
     encoding, payload = _embed(data, compress)
     parts = {"TITLE": escape(title), "BODY": body, "ENCODING": encoding, "DATA": payload}
     # one pass over the template: run text inside BODY that reads "__DATA__" stays text
-    return re.sub(r"__(TITLE|BODY|ENCODING|DATA)__", lambda m: parts[m.group(1)], PAGE)
+    page = re.sub(r"__(TITLE|BODY|ENCODING|DATA)__", lambda m: parts[m.group(1)], PAGE)
+    return SURROGATE.sub("\ufffd", page)  # in the server-rendered header and tables: shown as U+FFFD
 
 
 def build_report(run_dir: Path, heatmap: Path | None = None, compress: bool | None = None) -> str:
     """The HTML of one run's report (reads only)."""
     header = check_run_dir(run_dir)
-    samples = read_samples(run_dir)
+    samples = read_run_samples(run_dir)
     found = heatmap is None
     if found:
         heatmap = find_heatmap(run_dir)
@@ -244,14 +341,14 @@ def build_compare(run_a: Path, run_b: Path, compress: bool | None = None) -> str
     from html import escape
 
     headers = [check_run_dir(run_a), check_run_dir(run_b)]
-    a, b = read_samples(run_a), read_samples(run_b)
-    pairs, key = pair_samples(a, b)
+    a, b = read_run_samples(run_a), read_run_samples(run_b)
+    pairs, key, varies = pair_samples(a, b)
     if not pairs:
         raise ConfigError(f"{run_a} and {run_b} share no request (no sample with the same {', '.join(key)}); "
                           "compare runs of the same requests")  # fmt: skip
     systems: dict[str, int] = {}
     data = {
-        "kind": "compare", "names": [Path(run_a).name, Path(run_b).name], "key": key,
+        "kind": "compare", "names": [Path(run_a).name, Path(run_b).name], "key": key, "varies": varies,
         "pairs": [{"a": slim(a[i], systems), "b": slim(b[j], systems)} for i, j in pairs],
         "unpaired": [len(a) - len(pairs), len(b) - len(pairs)],
     }  # fmt: skip
@@ -285,14 +382,14 @@ def write_report(
         for p in (run_a, run_b):
             check_run_dir(p)
         out = Path(out) if out is not None else default_out(run_a, run_b)
-        check_out(out, overwrite)
+        check_out(out, overwrite, (run_a, run_b))
         page = build_compare(run_a, run_b, compress)
     else:
         if run_dir is None:
             raise ConfigError("give a run directory: steerlab report RUN_DIR (or --compare RUN_A RUN_B)")
         check_run_dir(Path(run_dir))
         out = Path(out) if out is not None else default_out(Path(run_dir))
-        check_out(out, overwrite)
+        check_out(out, overwrite, (Path(run_dir),))
         if heatmap is not None and not Path(heatmap).exists():
             raise ConfigError(f"--heatmap {heatmap} does not exist; give the --out folder of steerlab heatmap")
         page = build_report(Path(run_dir), heatmap, compress)

@@ -180,7 +180,11 @@ function render(it) {
   if (D.kind !== "compare") return card(it, "#sample=" + encodeURIComponent(it.id));
   const p = el("article", "pair"), perma = "#pair=" + encodeURIComponent(it.a.id);
   p.dataset.id = it.a.id;
-  p.append(el("div", "pairhead", D.key.map(k => k + " " + it.a[k]).join(" · ")));
+  const v = x => x === undefined || x === null ? "(none)" : x;
+  const vary = (D.varies || []).map(k =>
+    k + " " + v(it.a[k]) + " (" + D.names[0] + ") vs " + v(it.b[k]) + " (" + D.names[1] + ")");
+  const same = D.key.filter(k => it.a[k] !== undefined && it.a[k] !== null).map(k => k + " " + it.a[k]);
+  p.append(el("div", "pairhead", same.concat(vary).join(" · ")));
   p.append(card(it.a, perma), card(it.b, perma));
   return p;
 }
@@ -261,7 +265,9 @@ function focus() {
   const box = $("focus"), m = location.hash.match(/^#(?:sample|pair)=(.*)$/);
   box.textContent = "";
   if (!m) { box.hidden = true; return; }
-  const id = decodeURIComponent(m[1]), it = items.find(x => keyOf(x) === id);
+  let id;
+  try { id = decodeURIComponent(m[1]); } catch (e) { id = m[1]; }  // a hand-edited link that is no URI escape
+  const it = items.find(x => keyOf(x) === id);
   box.hidden = false;
   if (!it) { box.append(el("p", "warn", "no sample " + id + " in this report")); return; }
   box.append(el("h2", null, "Linked sample"), render(it));
@@ -271,11 +277,12 @@ load().then(data => {
   D = data; items = D.kind === "compare" ? D.pairs : D.samples;
   $("total").textContent = items.length;
   if (D.kind === "compare") {
-    $("pairinfo").textContent = items.length + " pairs of the same request (same " + D.key.join(", ") +
-      "); left unpaired: " + D.unpaired[0] + " samples of " + D.names[0] + ", " + D.unpaired[1] + " of " + D.names[1];
+    const by = D.varies && D.varies.length ? ", compared by " + D.varies.join(", ") : "";
+    $("pairinfo").textContent = items.length + " pairs of the same request (same " + D.key.join(", ") + ")" + by +
+      "; left unpaired: " + D.unpaired[0] + " samples of " + D.names[0] + ", " + D.unpaired[1] + " of " + D.names[1];
   }
-  setup(); apply(); focus();
   window.addEventListener("hashchange", focus);
+  setup(); apply(); focus();
   document.body.dataset.ready = "1";
 }).catch(e => {
   $("samples").append(el("p", "warn", "could not read the embedded samples: " + e));
