@@ -122,6 +122,7 @@ def test_damaged_run_files_are_one_line_each(tmp_path, capsys, monkeypatch):
     _run(Path("backend_str"), header={"format": 2, "seeds": [0], "backend": "hf"}, samples=[SAMPLE])
     _run(Path("dup"), samples=[SAMPLE, second, SAMPLE])
     _run(Path("array_row"), samples=[SAMPLE, [1, 2, 3]])
+    _run(Path("judge_int"), samples=[{**SAMPLE, "judge": {"scores": {"A": 5}}}])
     root = tmp_path
     refused(["report", "summary_list", "--out", "r.html"], "summary.json is a JSON list, not an object", root, capsys)
     refused(["report", "summary_str", "--out", "r.html"], "summary.json is a JSON str, not an object", root, capsys)
@@ -137,6 +138,8 @@ def test_damaged_run_files_are_one_line_each(tmp_path, capsys, monkeypatch):
     refused(
         ["report", "array_row", "--out", "r.html"], "samples.jsonl:2: expected a JSON object, found list", root, capsys
     )
+    refused(["report", "judge_int", "--out", "r.html"], "row 1 (none/none|+0|monitored|q0|s0) has judge scores that "
+            "are not objects", root, capsys)  # fmt: skip
     refused(["report", "--compare", "good_missing", "dup"], "good_missing is not a directory", root, capsys)
     _run(Path("good"), samples=[SAMPLE])
     refused(["report", "--compare", "good", "dup", "--out", "c.html"], "twice", root, capsys)

@@ -359,3 +359,61 @@ def test_the_printed_url_is_encoded(runs, tmp_path, capsys):
     url = printed.split("open it in a browser: ", 1)[1].strip()
     assert url == out.resolve().as_uri() and "#" not in url and " " not in url
     assert Path(unquote(urlparse(url).path)) == out.resolve()
+
+
+def test_estimate_records_are_tables_with_the_interval_beside_the_estimate(runs, tmp_path, capsys):
+    """prompt-eval's ``net`` ({"A_net": {"value", "ci_low", "ci_high"}, ...}) is a table of estimates, and every
+    interval is printed in its estimate's cell (gap, monitored.rate, value), not in the ci_high cell."""
+    run = tmp_path / "pe"
+    run.mkdir()
+    (run / "header.json").write_bytes((runs["af"] / "header.json").read_bytes())
+    rewrite_samples(run, read_samples(runs["af"])[:1])
+    net = {"n_requests": 2, "A_net": {"value": 0.25, "ci_low": -0.125, "ci_high": 0.5},
+           "B_net": {"value": -0.5, "ci_low": -0.75, "ci_high": 0.0}, "A_over_B": None}  # fmt: skip
+    claims = [{"claim": "A1+", "monitored": {"n": 2, "rate": 0.5, "ci_low": 0.25, "ci_high": 0.75}, "gap": 0.125,
+               "ci_low": -0.25, "ci_high": 0.375}]  # fmt: skip
+    (run / "summary.json").write_text(json.dumps({"claims": claims, "net": net}))
+    code, _, err = run_cli(["report", run, "--out", tmp_path / "r.html"], capsys)
+    assert code == 0, err
+    page = (tmp_path / "r.html").read_text()
+    parser = Tables()
+    parser.feed(page)
+    assert set(parser.tables) == {"claims", "net"}
+    rows = [dict(r) for r in parser.tables["net"][1:]]
+    assert [json.loads(r["value"]) for r in rows] == [0.25, -0.5] and json.loads(rows[1]["ci_low"]) == -0.75
+    assert re.search(r'data-value="0.25">0.25 <span class="ci">\[-0.125, 0.5\]</span></td>', page)
+    assert re.search(r'data-value="0.125">0.125 <span class="ci">\[-0.25, 0.375\]</span></td>', page)  # gap
+    assert re.search(r'data-value="0.5">0.5 <span class="ci">\[0.25, 0.75\]</span></td>', page)  # monitored.rate
+    assert not re.search(r'data-value="0.375">0.375 <span', page)  # not in the ci_high cell
+
+
+def test_template_system_prompt_is_embedded_when_no_system_prompt_was_given(runs, tmp_path, capsys):
+    run = tmp_path / "ts"
+    run.mkdir()
+    (run / "header.json").write_bytes((runs["af"] / "header.json").read_bytes())
+    samples = read_samples(runs["af"])[:2]
+    samples[0].update(system=None, template_system="You are a helpful AI assistant named SmolLM")
+    rewrite_samples(run, samples)
+    code, _, err = run_cli(["report", run, "--out", tmp_path / "r.html"], capsys)
+    assert code == 0, err
+    data = embedded((tmp_path / "r.html").read_text())
+    first = data["samples"][0]
+    assert "system" not in first and data["systems"][first["template_system"]] == samples[0]["template_system"]
+    assert data["systems"][data["samples"][1]["system"]] == samples[1]["system"]
+
+
+def test_a_heatmap_found_beside_the_run_must_name_its_path_not_only_its_folder_name(tmp_path):
+    """find_heatmap: a relative run_dir (as steerlab heatmap recorded it) counts only when all its parts end the
+    run's path; another folder of the same name does not."""
+    import h5py
+
+    from steerlab.report.html import find_heatmap
+
+    run = tmp_path / "x" / "af"
+    run.mkdir(parents=True)
+    for recorded, found in (("other/af", False), ("x/af", True), ("af", True), (str(run), True), ("/y/af", False)):
+        hm = tmp_path / "x" / "hm"
+        hm.mkdir(exist_ok=True)
+        with h5py.File(hm / "heatmap.h5", "w") as f:
+            f.attrs["kind"], f.attrs["run_dir"] = "steerlab-heatmap", recorded
+        assert (find_heatmap(run) == hm) is found, recorded

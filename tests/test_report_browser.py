@@ -177,3 +177,18 @@ def test_compare_pair_header_names_both_sides_values(browser, runs, tmp_path, ca
     assert len(heads) == 8 and all(h.endswith("multiplier 4 (plus) vs -4 (minus)") for h in heads), heads
     assert not any("undefined" in h for h in heads)  # no claim in these runs: none shown
     assert "compared by multiplier" in browser.evaluate("document.getElementById('pairinfo').textContent")
+
+
+def test_the_chat_templates_own_system_prompt_is_shown(browser, runs, tmp_path, capsys):  # noqa: F811
+    run = tmp_path / "ts"
+    run.mkdir()
+    (run / "header.json").write_bytes((runs["af"] / "header.json").read_bytes())
+    samples = read_samples(runs["af"])[:1]
+    samples[0].update(system=None, template_system="You are a helpful AI assistant named SmolLM")
+    rewrite_samples(run, samples)
+    code, _, err = run_cli(["report", run, "--out", tmp_path / "r.html"], capsys)
+    assert code == 0, err
+    browser.open((tmp_path / "r.html").resolve().as_uri())
+    box = "document.querySelector('#samples details.tsystem')"
+    assert browser.evaluate(box + ".querySelector('summary').textContent").startswith("system prompt (none given")
+    assert browser.evaluate(box + ".textContent").endswith("You are a helpful AI assistant named SmolLM")

@@ -153,6 +153,12 @@ def read_run_samples(run_dir: Path) -> list[dict[str, Any]]:
                     f"{source}: row {n} ({s.get('id')}) turn {t} has no text (its text is {json.dumps(text)[:40]}); "
                     "the file is damaged: rerun into a new directory"
                 )
+        judge = s.get("judge")
+        scores = judge.get("scores") if isinstance(judge, dict) else None
+        if judge is not None and (not isinstance(judge, dict) or not isinstance(scores, (dict, type(None)))
+                                  or not all(isinstance(v, dict) for v in (scores or {}).values())):  # fmt: skip
+            raise ConfigError(f"{source}: row {n} ({s.get('id')}) has judge scores that are not objects of "
+                              '{"score": ..., "justification": ...}; rerun steerlab judge on the run')  # fmt: skip
     check_unique(samples, source)
     return samples
 
@@ -173,6 +179,8 @@ def slim(sample: dict[str, Any], systems: dict[str, int]) -> dict[str, Any]:
     }  # fmt: skip
     if system is not None:
         out["system"] = systems.setdefault(system, len(systems))
+    elif isinstance(sample.get("template_system"), str):  # what the chat template shows instead of no system prompt
+        out["template_system"] = systems.setdefault(sample["template_system"], len(systems))
     out["user"] = _user_message(sample)
     steer_if = sample.get("steer_if") or []
     raw = [t if isinstance(t, dict) else {"text": t} for t in sample.get("turns") or []]  # checked: text is str
@@ -226,7 +234,11 @@ def find_heatmap(run_dir: Path) -> Path | None:
                 source = Path(str(f.attrs.get("run_dir", "")))
         except OSError:
             continue
-        if source.resolve() == run_dir or (source.name == run_dir.name and not source.is_absolute()):
+        if source.is_absolute():
+            if source.resolve() == run_dir:
+                return h5.parent
+        # a relative run_dir (relative to where steerlab heatmap ran): every part of it must end the run's path
+        elif source.parts and run_dir.parts[-len(source.parts) :] == source.parts:
             return h5.parent
     return None
 

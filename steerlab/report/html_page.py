@@ -139,6 +139,10 @@ function card(s, perma) {
   if (s.system !== undefined) {
     const det = el("details");
     det.append(el("summary", null, "system prompt"), tagged(D.systems[s.system])); c.append(det);
+  } else if (s.template_system !== undefined) {  // no system prompt given: the one the chat template shows instead
+    const det = el("details", "tsystem");
+    det.append(el("summary", null, "system prompt (none given: the chat template's own)"),
+               tagged(D.systems[s.template_system])); c.append(det);
   }
   if (s.user) {
     const u = el("div", "user"); u.append(el("div", "panehead", "user message"), tagged(s.user)); c.append(u);

@@ -104,6 +104,20 @@ def _cell(value: Any) -> str:
     return f'<td class="num" data-value="{escape(json.dumps(value))}">{shown}</td>'
 
 
+def _estimates(columns: list[str]) -> dict[str, str]:
+    """The estimate each interval belongs to: {estimate column: its ci_low column}. The estimate is the column
+    just before ``ci_low`` with the same prefix (``gap`` for ``ci_low``, ``monitored.rate`` for
+    ``monitored.ci_low``); an interval without one stays in its own columns only."""
+    out = {}
+    for n, c in enumerate(columns):
+        if c.endswith("ci_low") and n > 0:
+            prefix = c[: -len("ci_low")]
+            before = columns[n - 1]
+            if before.startswith(prefix) and "." not in before[len(prefix) :] and not before.endswith("ci_high"):
+                out[before] = c
+    return out
+
+
 def table_html(name: str, rows: list[Mapping[str, Any]]) -> str:
     """A list of records as one table (nested records flattened to ``a.b`` columns); each interval
     (``ci_low``, ``ci_high``) also shown beside its estimate as ``[low, high]``."""
@@ -111,29 +125,40 @@ def table_html(name: str, rows: list[Mapping[str, Any]]) -> str:
     columns: list[str] = []
     for r in flat:
         columns += [c for c in r if c not in columns]
+    estimates = _estimates(columns)
     head = "".join(f"<th>{escape(c)}</th>" for c in columns)
     body = []
     for r in flat:
         cells = []
         for c in columns:
             cells.append(_cell(r.get(c)))
-            if c.endswith("ci_high") and isinstance(r.get(c), (int, float)):
-                low = r.get(c[: -len("ci_high")] + "ci_low")
-                if isinstance(low, (int, float)):
-                    cells[-1] = cells[-1].replace("</td>", f' <span class="ci">[{low:.3g}, {r[c]:.3g}]</span></td>')
+            if c in estimates and isinstance(r.get(c), (int, float)):
+                low_key = estimates[c]
+                low, high = r.get(low_key), r.get(low_key[: -len("ci_low")] + "ci_high")
+                if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (low, high)):
+                    cells[-1] = cells[-1].replace("</td>", f' <span class="ci">[{low:.3g}, {high:.3g}]</span></td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<h3>{escape(name)}</h3><div class="scroll"><table class="summary" data-table="{escape(name)}">'
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")  # fmt: skip
 
 
+def _is_estimate(value: Any) -> bool:
+    return isinstance(value, Mapping) and "value" in value and "ci_low" in value
+
+
 def summary_html(summary: dict[str, Any] | None) -> str:
-    """Every table of ``summary.json`` (each list of records), then its other entries."""
+    """Every table of ``summary.json`` (each list of records; each record of estimates such as prompt-eval's
+    ``net``, ``{"A_net": {"value", "ci_low", "ci_high"}, ...}``, as a table of them), then its other entries."""
     if summary is None:
         return '<section class="summary"><h2>Summary</h2><p>no summary.json in this run</p></section>'
     tables, rest = [], {}
     for key, value in summary.items():
         if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
             tables.append(table_html(key, value))
+        elif isinstance(value, Mapping) and any(_is_estimate(v) for v in value.values()):
+            rows = [{"estimate": k, **v} for k, v in value.items() if _is_estimate(v)]
+            others = {k: v for k, v in value.items() if not _is_estimate(v)}
+            tables.append(table_html(key, rows) + (kv_table(others) if others else ""))
         else:
             rest[key] = value
     return f'<section class="summary"><h2>Summary</h2>{"".join(tables)}{kv_table(rest)}</section>'
