@@ -183,7 +183,12 @@ def exported(af):
         path = root / "logs" / f"af{suffix}"
         code, out, err = _cli(["export", "inspect", run, "--out", path])
         assert code == 0, err
-        assert f"wrote {path}: 64 samples; compliance/accuracy 0.5625" in out
+        # the headline pools every cell (real and control arms, both multipliers and conditions): the line says so
+        assert (
+            f"wrote {path}: 64 samples; pooled over all 8 cells (arms, multipliers, conditions together): "
+            "compliance/accuracy 0.5625" in out
+        )
+        assert "per-cell values: the log's grouped metrics" in out
         assert ("note: inspect lists a .json log" in out) == (suffix == ".json")
         logs[suffix] = read_eval_log(str(path))
     assert snapshot(run) == before  # reading a run never writes into it
@@ -273,6 +278,10 @@ def test_results_are_inspects_metrics_and_match_the_hand_count_and_summary(af, e
     for s in samples:
         per.setdefault(s["item"], []).append(float(s["label"] == "compliant"))
     assert comp["stderr"].value == pytest.approx(_clustered_stderr(per), rel=1e-6)
+    # the scorers' metadata says the headline is pooled over every cell
+    for scorer in log.eval.scorers:
+        assert scorer.metadata["headline"].startswith("accuracy/mean and stderr pool every sample of the log: real "
+                                                      "and control arms, every multiplier")  # fmt: skip
     # the eval spec says what the run was
     spec = log.eval
     assert spec.task == "alignment_faking" and spec.model == "steerlab/tiny" and spec.dataset.samples == 64
@@ -393,3 +402,83 @@ def test_a_stopped_run_exports_what_it_finished_as_cancelled(af, tmp_path):
     assert log.eval.metadata["steerlab"]["n_rows"] == 64 and log.results.total_samples == 40
     want = np.mean([s["label"] == "compliant" for s in kept])
     assert log.results.scores[0].metrics["accuracy"].value == pytest.approx(want)
+
+
+def shout(text, sample):
+    """A user's scorer, named with --scorer: 1.0 for a compliant output."""
+    return float("request_fully_accepted" in text)
+
+
+def _as_plain(run, summary_scorer=None, text=None):
+    """``run`` made a plain run (no labels); its summary.json names ``summary_scorer``; ``text``: every sample's."""
+    rows = []
+    for line in (run / "samples.jsonl").read_text().splitlines():
+        row = {k: v for k, v in json.loads(line).items() if k not in ("label", "output", "reasoning", "rejected_tag")}
+        rows.append(row | ({"text": text} if text is not None else {}))
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    header = json.loads((run / "header.json").read_text())
+    (run / "header.json").write_text(json.dumps(header | {"scenario": {"name": "plain", "systems": {"default": None}}}))
+    (run / "summary.json").write_text(json.dumps({"scorer": summary_scorer, "cells": []}))
+    return rows
+
+
+def test_a_run_named_regex_is_scored_and_scorer_on_the_command_line_replaces_it(af, tmp_path, monkeypatch):
+    """The run's files may name a regex (or a steerlab.scorers function, see the plain sweep): it scores every
+    sample. Any other module:function is run only when named with --scorer, which replaces the run's scorer."""
+    import shutil
+
+    from inspect_ai.log import read_eval_log
+
+    _, run, _ = af
+    shutil.copytree(run, tmp_path / "run")
+    rows = _as_plain(tmp_path / "run", summary_scorer=r"Sure\.")
+    code, out, err = _cli(["export", "inspect", tmp_path / "run", "--out", tmp_path / "re.eval"])
+    assert code == 0 and "regex/mean" in out, err
+    log = read_eval_log(str(tmp_path / "re.eval"))
+    want = {r["id"]: float("Sure." in r["text"]) for r in rows}
+    assert {s.id: s.scores["regex"].value for s in log.samples} == want and 0 < sum(want.values()) < len(want)
+    assert log.eval.scorers[-1].name == "regex" and log.eval.scorers[-1].options == {"spec": r"Sure\."}
+
+    # the run names builtins:exec and its samples are code: refused unless named; --scorer names another instead
+    payload = f"__import__('pathlib').Path({str(tmp_path / 'PWNED')!r}).write_text('ran'); x = 1"
+    _as_plain(tmp_path / "run", summary_scorer="builtins:exec", text=payload)
+    code, out, err = _cli(["export", "inspect", tmp_path / "run", "--out", tmp_path / "exec.eval"])
+    assert code == 2 and "pass --scorer builtins:exec if you trust it" in err and not (tmp_path / "PWNED").exists()
+    code, out, err = _cli(["export", "inspect", tmp_path / "run", "--out", tmp_path / "dw.eval",
+                           "--scorer", "steerlab.scorers:distinct_words"])  # fmt: skip
+    assert code == 0 and "distinct_words/mean" in out and not (tmp_path / "PWNED").exists(), err
+    log = read_eval_log(str(tmp_path / "dw.eval"))
+    assert [s.name for s in log.eval.scorers] == ["judge_A", "judge_B", "distinct_words"]
+
+
+def test_scorer_on_the_command_line_scores_a_labelled_run_too(af, tmp_path):
+    """--scorer with the user's own module:function (which the user vouches for) on a labelled run: a score beside
+    compliance and the judge's, the function's value on each sample's text."""
+    from inspect_ai.log import read_eval_log
+
+    _, run, samples = af
+    code, out, err = _cli(["export", "inspect", run, "--out", tmp_path / "s.eval",
+                           "--scorer", "test_inspect_export:shout"])  # fmt: skip
+    assert code == 0 and "shout/mean" in out, err
+    log = read_eval_log(str(tmp_path / "s.eval"))
+    assert [s.name for s in log.eval.scorers] == ["compliance", "judge_A", "judge_B", "shout"]
+    by_id = {s["id"]: s for s in samples}
+    for got in log.samples:
+        assert got.scores["shout"].value == float("request_fully_accepted" in by_id[got.id]["text"])
+        assert got.scores["shout"].metadata == {"scorer": "test_inspect_export:shout"}
+
+
+def test_out_beside_the_run_is_written_and_inside_it_refused(af, tmp_path):
+    """A folder whose name starts with the run's name is not inside it; the run's own folder is (F7)."""
+    import shutil
+
+    _, run, _ = af
+    shutil.copytree(run, tmp_path / "run")
+    before = snapshot(tmp_path / "run")
+    code, out, err = _cli(["export", "inspect", tmp_path / "run", "--out", tmp_path / "run-logs" / "x.eval"])
+    assert code == 0 and (tmp_path / "run-logs" / "x.eval").is_file(), err
+    for inside in ("summary.json", "samples.jsonl", "header.json"):
+        target = (tmp_path / "run" / inside).with_suffix(".json")
+        code, out, err = _cli(["export", "inspect", tmp_path / "run", "--out", target, "--overwrite"])
+        assert code == 2 and "is inside the run directory" in err, err
+    assert snapshot(tmp_path / "run") == before

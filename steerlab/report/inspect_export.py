@@ -22,24 +22,32 @@ The mapping, one :class:`EvalSample` per steerlab sample:
   and unparseable samples count as not compliant, as in steerlab's summaries; ``answer`` is the label);
   ``judge_<concept>`` per judge concept (the rubric score, the justification as ``explanation``; a
   judge error or a sample without reasoning is inspect's unscored value, NaN, with the reason);
-  for a plain run with a scorer, that scorer's value on the sample's text, named after it.
+  for a plain run with a scorer, that scorer's value on the sample's text, named after it. The run's files
+  name a scorer (summary.json), but export runs only a regex or a function of ``steerlab.scorers`` from them:
+  any other ``module:function`` is code, imported and run on every sample, so it is used only when named on the
+  command line (``--scorer``), which also picks a scorer for any run (a labelled one included).
 
 The results are computed by inspect's own metric functions (:func:`inspect_ai.log.recompute_metrics`
 over the scorers recorded in the eval spec): ``accuracy`` (compliance) or ``mean`` (judge, plain score),
 ``stderr`` clustered by request (``item``: steerlab's unit of independence), and ``grouped`` per cell.
+The headline ``accuracy``/``mean`` pools every sample of the log: real and control arms, every multiplier,
+condition and claim together (the scorers' metadata says so); the per-cell values are the ``grouped`` ones.
 These are sample means; steerlab's summaries average per-request means, which is the same number
 whenever every request has as many scored samples in the cell (always, for a finished run without
 judge errors). The intervals in ``summary.json`` (cluster bootstrap) travel in the log's metadata.
 
-Reading a run never writes into it; every input (run, ``--out``) is checked before the log is
-written, and the log is written atomically (a temporary file beside it, renamed), so a refused or
-failed export leaves nothing behind.
+Reading a run never writes into it (an ``--out`` inside the run directory is refused); every input (run,
+``--out``, the samples' fields that the log is built from) is checked before the log is written, and the log
+is written atomically (a temporary file beside it, renamed), so a refused or failed export leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect as pyinspect
 import json
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -75,6 +83,7 @@ class Exported:
     scorers: list[str]
     metrics: dict[str, float]  # "scorer/metric" -> value, the headline metrics of the log's results
     listed: bool  # whether inspect's log listings (inspect view on a folder, list_eval_logs) show it
+    n_cells: int = 0  # the cells the headline metrics pool (see the module docstring)
 
 
 # inspect lists a .eval file under any name, a .json one only under a name that starts with an ISO time
@@ -91,12 +100,18 @@ def require_inspect() -> None:
         ) from None
 
 
-def check_out(out: Path, overwrite: bool) -> str:
-    """The log's format from ``out``'s suffix; refuses an ``out`` that cannot or may not be written."""
+def check_out(out: Path, overwrite: bool, run_dir: Path | None = None) -> str:
+    """The log's format from ``out``'s suffix; refuses an ``out`` that cannot or may not be written, or that
+    lies inside ``run_dir`` (reading a run never writes into it, ``--overwrite`` or not)."""
     out = Path(out)
     fmt = FORMATS.get(out.suffix.lower())
     if fmt is None:
         raise ConfigError(f"--out {out}: name the log .eval (inspect's default format) or .json")
+    if run_dir is not None and (Path(run_dir) / HEADER).is_file():  # a run (read_run names what else it is)
+        run, target = Path(run_dir).resolve(), out.resolve()  # symbolic links followed: where it would land
+        if target == run or run in target.parents:
+            raise ConfigError(f"--out {out} is inside the run directory {run_dir}; exporting never writes into a run, "
+                              "so write the log outside it")  # fmt: skip
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; name a .eval or .json file")
     if out.exists() and not overwrite:
@@ -134,14 +149,105 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             f"{run_dir / SAMPLES}: sample {bad.get('id')!r} has no id or no turns; it was not written by steerlab's "
             "run engine, so it cannot be exported"
         )
+    check_header(header, run_dir / HEADER)
+    for sample in samples:
+        check_sample(sample, run_dir / SAMPLES)
     return header, samples
 
 
-def export_inspect(run_dir: Path, out: Path, overwrite: bool = False) -> Exported:
-    """Write the run in ``run_dir`` as an inspect_ai log at ``out`` (``.eval`` or ``.json``)."""
+HEADER_OBJECTS = ("config", "scenario", "backend", "versions")  # header fields steerlab writes as JSON objects
+
+
+def check_header(header: dict[str, Any], path: Path) -> None:
+    """One line for a header whose fields the log is built from are not what steerlab writes."""
+    for key in HEADER_OBJECTS:
+        if header.get(key) is not None and not isinstance(header[key], dict):
+            raise ConfigError(f"{path}: {key} is a JSON {_kind(header[key])}, not an object; it was not written by "
+                              "steerlab's run engine, so the run cannot be exported")  # fmt: skip
+    if not isinstance(header.get("n_rows"), int | None) or isinstance(header.get("n_rows"), bool):
+        raise ConfigError(f"{path}: n_rows is a JSON {_kind(header['n_rows'])}, not a number of rows")
+    found = _lone_surrogate(header)
+    if found is not None:
+        raise ConfigError(f"{path}: {found} holds a lone surrogate (not Unicode text); it was not written by "
+                          "steerlab, so the run cannot be exported")  # fmt: skip
+
+
+def check_sample(sample: dict[str, Any], path: Path) -> None:
+    """One line for a sample whose fields the log is built from are not what steerlab's run engine writes."""
+    sid = sample["id"]
+
+    def refuse(what: str) -> ConfigError:
+        return ConfigError(f"{path}: sample {sid!r} {what}; it was not written by steerlab's run engine, so the run "
+                           "cannot be exported")  # fmt: skip
+
+    if not isinstance(sample.get("item"), str) or not sample["item"]:
+        # the request is the unit of every statistic (steerlab.stats.request_of); inspect's stderr is clustered
+        # by it, and one sample without it would silently turn clustering off for the whole log
+        raise refuse("has no request id ('item')")
+    turns = sample["turns"]
+    if not isinstance(turns, list) or not all(isinstance(t, dict) and isinstance(t.get("text"), str) for t in turns):
+        raise refuse("has a turn without text (each turn is an object whose text is a string)")
+    messages = sample.get("messages") or []
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("content") or "", str) for m in messages
+    ):
+        raise refuse("has messages that are not objects with string content")
+    judge = sample.get("judge")
+    if judge is not None:
+        if not isinstance(judge, dict) or not isinstance(judge.get("scores") or {}, dict):
+            raise refuse("has a judge record that is not an object with an object of scores")
+        for key, given in (judge.get("scores") or {}).items():
+            if given is not None and not (isinstance(given, dict) and _number(given.get("score"))):
+                raise refuse(f"has judge score {key!r} = {_short(given)}, not an object with a numeric score")
+    found = _lone_surrogate(sample)
+    if found is not None:
+        raise refuse(f"holds a lone surrogate in {found} (not Unicode text: inspect would store it altered)")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number"
+    )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _lone_surrogate(value: Any, where: str = "") -> str | None:
+    """Where in ``value`` a string holds a lone surrogate (a JSON \\udXXX escape that is not half of a pair: not
+    Unicode text; inspect's writer would store it as those six characters instead), e.g. ``turns[0].text ('\\ud83d')``,
+    or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"{where or 'a string'} ({ascii(value[exc.start])})"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and _lone_surrogate(key) is not None:
+            return f"{where}.{ascii(key)}" if where else ascii(key)
+        found = _lone_surrogate(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}".lstrip("."))
+        if found is not None:
+            return found
+    return None
+
+
+def export_inspect(run_dir: Path, out: Path, overwrite: bool = False, scorer: str | None = None) -> Exported:
+    """Write the run in ``run_dir`` as an inspect_ai log at ``out`` (``.eval`` or ``.json``).
+
+    ``scorer``: a regex or ``module:function(text, sample) -> float`` named by the user (the command line's
+    ``--scorer``), scored on every sample; it replaces the scorer the run's own files name (see :class:`Scoring`).
+    """
     require_inspect()
-    fmt = check_out(out, overwrite)
-    log = build_log(run_dir)
+    fmt = check_out(out, overwrite, run_dir)
+    log = build_log(run_dir, scorer)
     from inspect_ai.log import write_eval_log
 
     out = Path(out)
@@ -157,11 +263,26 @@ def export_inspect(run_dir: Path, out: Path, overwrite: bool = False) -> Exporte
         if "/" not in name and name in ("accuracy", "mean", "stderr")
     }
     listed = fmt == "eval" or LISTED_JSON.match(out.name) is not None
-    return Exported(out, len(log.samples or []), [s.name for s in log.eval.scorers or []], metrics, listed)
+    n_cells = len({(s.metadata or {}).get("cell") for s in log.samples or []})
+    return Exported(out, len(log.samples or []), [s.name for s in log.eval.scorers or []], metrics, listed, n_cells)
 
 
-def build_log(run_dir: Path) -> EvalLog:
+def build_log(run_dir: Path, scorer: str | None = None) -> EvalLog:
     """The run as an inspect_ai :class:`EvalLog` (reads the run only; see the module docstring)."""
+    from pydantic import ValidationError
+
+    try:
+        return _build_log(Path(run_dir), scorer)
+    except ValidationError as exc:  # a field of the run that inspect's types refuse (a hand-edited run)
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "a field"
+        raise ConfigError(
+            f"{run_dir}: {where}: {first.get('msg')} (inspect_ai's log format refuses it); the run was not written "
+            "as steerlab's run engine writes runs, so it cannot be exported"
+        ) from None
+
+
+def _build_log(run_dir: Path, scorer: str | None) -> EvalLog:
     require_inspect()
     from inspect_ai import __version__ as inspect_version
     from inspect_ai.log import (
@@ -181,7 +302,12 @@ def build_log(run_dir: Path) -> EvalLog:
     config = header.get("config") or {}
     judge_info = _read_json(run_dir / "judge.json")
     summary = _read_json(run_dir / SUMMARY)
-    scoring = Scoring.of(header, samples, summary, judge_info)
+    for name, side in ((SUMMARY, summary), ("judge.json", judge_info)):  # they travel in the log's metadata
+        found = _lone_surrogate(side)
+        if found is not None:
+            raise ConfigError(f"{run_dir / name}: {found} holds a lone surrogate (not Unicode text); it was not "
+                              "written by steerlab, so the run cannot be exported")  # fmt: skip
+    scoring = Scoring.of(header, samples, summary, judge_info, scorer)
     model = model_name(header)
     generate = generate_config(config)
     log_samples = [eval_sample(s, model, scoring) for s in samples]
@@ -304,12 +430,15 @@ class Scoring:
     labelled: bool
     concepts: dict[str, str]  # judge concept key -> its name (researcher_expectations, ...), in order
     plain: tuple[str, str, Any] | None  # (score name, scorer spec, f(text, sample)) for a plain run with a scorer
-    clustered: bool  # every sample names its request (item): stderr is clustered by request
+    clustered: bool  # stderr is clustered by request (every sample names its request: read_run checks it)
     judge_model: str | None = None
 
     @classmethod
     def of(cls, header: dict[str, Any], samples: list[dict[str, Any]], summary: dict[str, Any] | None,
-           judge_info: dict[str, Any] | None) -> Scoring:  # fmt: skip
+           judge_info: dict[str, Any] | None, given: str | None = None) -> Scoring:  # fmt: skip
+        """``given``: the scorer named on the command line (trusted: the user names the code); otherwise a
+        plain run's scorer as its files name it, used only when it runs no code of the run's choosing
+        (:func:`run_scorer`)."""
         labelled = all("label" in s for s in samples)
         keys: dict[str, None] = {}
         for s in samples:
@@ -318,14 +447,17 @@ class Scoring:
         names = (judge_info or {}).get("concepts") or {}
         concepts = {k: names.get(k, k) for k in sorted(keys)}
         plain = None
-        spec = (summary or {}).get("scorer") or (header.get("config") or {}).get("scorer")
-        if not labelled and spec:
-            from steerlab.runs.summary import scorer
+        from steerlab.runs.summary import scorer
 
-            fn = scorer(spec)  # one line if it cannot be imported or compiled
-            name = spec.split(":")[1] if re.fullmatch(r"[\w.]+:\w+", spec) else "regex"
-            plain = (name, spec, fn)
-        return cls(labelled, concepts, plain, all("item" in s for s in samples), (judge_info or {}).get("model"))
+        if given:
+            fn = scorer(given)  # one line if it cannot be imported or compiled
+            plain = (_score_name(given), given, fn)
+        else:
+            spec = (summary or {}).get("scorer") or (header.get("config") or {}).get("scorer")
+            if not labelled and spec:
+                fn = run_scorer(spec)
+                plain = (_score_name(spec), spec, fn)
+        return cls(labelled, concepts, plain, True, (judge_info or {}).get("model"))
 
     def _metrics(self, central: str) -> list[Any]:
         from inspect_ai.log._log import EvalMetricDefinition
@@ -340,12 +472,15 @@ class Scoring:
         out = []
         if self.labelled:
             out.append(EvalScorer(name="compliance", metrics=self._metrics("accuracy"),
-                                  metadata={"steerlab": "1.0 when the label is compliant, else 0.0"}))  # fmt: skip
+                                  metadata={"steerlab": "1.0 when the label is compliant, else 0.0",
+                                            "headline": POOLED}))  # fmt: skip
         for key, name in self.concepts.items():
             out.append(EvalScorer(name=f"judge_{key}", metrics=self._metrics("mean"),
-                                  metadata={"concept": name, "judge_model": self.judge_model}))  # fmt: skip
+                                  metadata={"concept": name, "judge_model": self.judge_model,
+                                            "headline": POOLED}))  # fmt: skip
         if self.plain is not None:
-            out.append(EvalScorer(name=self.plain[0], metrics=self._metrics("mean"), options={"spec": self.plain[1]}))
+            out.append(EvalScorer(name=self.plain[0], metrics=self._metrics("mean"), options={"spec": self.plain[1]},
+                                  metadata={"headline": POOLED}))  # fmt: skip
         return out or None
 
     def scores(self, sample: dict[str, Any]) -> dict[str, Any]:
@@ -374,8 +509,53 @@ class Scoring:
                 out[f"judge_{key}"] = Score.unscored(reason="not_judged", explanation=why)
         if self.plain is not None:
             name, spec, fn = self.plain
-            out[name] = Score(value=float(fn(sample.get("text", ""), sample)), metadata={"scorer": spec})
+            out[name] = Score(value=_apply(spec, fn, sample), metadata={"scorer": spec})
         return out
+
+
+POOLED = ("accuracy/mean and stderr pool every sample of the log: real and control arms, every multiplier, condition "
+          "and claim together; the per-cell values are the grouped metrics, one per cell")  # fmt: skip
+
+
+def _score_name(spec: str) -> str:
+    return spec.split(":")[1] if re.fullmatch(r"[\w.]+:\w+", spec) else "regex"
+
+
+def run_scorer(spec: str) -> Any:
+    """The scorer a run's own files name, when it runs no code of the run's choosing: a regex, or a public function
+    of :mod:`steerlab.scorers`. Any other ``module:function`` would be imported and run on every sample (and
+    ``builtins:exec`` would run the model's output as Python), so it is refused unless named with ``--scorer``."""
+    from steerlab.runs.summary import scorer
+
+    if not isinstance(spec, str):
+        raise ConfigError(f"the run's scorer is a JSON {_kind(spec)}, not a regex or module:function")
+    if re.fullmatch(r"[\w.]+:\w+", spec):
+        module, name = spec.split(":")
+        scorers = importlib.import_module("steerlab.scorers")
+        fn = getattr(scorers, name, None) if module == "steerlab.scorers" and not name.startswith("_") else None
+        if not (pyinspect.isfunction(fn) and fn.__module__ == "steerlab.scorers"):
+            raise ConfigError(
+                f"the run names the scorer {spec!r}: code that export would import and run on every sample, so it "
+                f"runs only when you name it: pass --scorer {spec} if you trust it (or --scorer with a regex or a "
+                "steerlab.scorers function)"
+            )
+    return scorer(spec)
+
+
+def _apply(spec: str, fn: Any, sample: dict[str, Any]) -> float:
+    """The scorer's value on one sample; one line if it raises or gives something other than a number."""
+    try:
+        value = fn(sample.get("text", ""), sample)
+    except Exception as exc:  # the scorer is the user's code: any failure is reported, not a traceback
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise ConfigError(
+            f"scorer {spec!r} failed on sample {sample['id']!r} ({why[:200]}); nothing was written"
+        ) from None
+    if not _number(value) and not isinstance(value, bool):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise ConfigError(f"scorer {spec!r} gave {shown} on sample {sample['id']!r}, not a number; "
+                          "nothing was written")  # fmt: skip
+    return float(value)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
