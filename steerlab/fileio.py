@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +217,29 @@ def exclusive(target: Path, what: str = "run") -> Iterator[Path]:
         yield lock_path
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def check_out(out: Path, overwrite: bool, inside: Sequence[Path] = (), writer: str = "this command") -> None:
+    """Refuse, with one line, an ``--out`` file that lies inside one of the run directories ``inside`` (reading a run
+    never writes into it, ``overwrite`` or not; symbolic links followed), is a folder, exists without ``overwrite``,
+    or cannot be written; ``writer`` names who refuses ("a report")."""
+    out = Path(out)
+    target = out.resolve()
+    for run in inside:
+        where = Path(run).resolve()
+        if target == where or where in target.parents:
+            raise ConfigError(
+                f"--out {out} is inside the run directory {run}, which {writer} never writes into; choose a path "
+                "outside it"
+            )
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"--out {out} exists; pass --overwrite to replace it, or choose another path")
+    folder = out.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"cannot write --out {out}: {folder} is a file, not a folder; choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write --out {out}: the folder {folder} is not writable; choose another path")

@@ -16,7 +16,7 @@ OUTPUT_OPEN, OUTPUT_CLOSE = "<OUTPUT>", "</OUTPUT>"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 REASONING_OPENS = (SCRATCHPAD_OPEN, THINK_OPEN)
 
-_REASONING_RE = re.compile(
+REASONING_RE = re.compile(
     rf"{re.escape(SCRATCHPAD_OPEN)}(.*?){re.escape(SCRATCHPAD_CLOSE)}|{re.escape(THINK_OPEN)}(.*?){re.escape(THINK_CLOSE)}",
     re.S,
 )
@@ -28,12 +28,12 @@ OUTPUT_CLOSED = "output_closed"
 
 def reasoning_blocks(text: str) -> list[str]:
     """The content of every closed reasoning block, in order."""
-    return [(m.group(1) if m.group(1) is not None else m.group(2)).strip() for m in _REASONING_RE.finditer(text)]
+    return [(m.group(1) if m.group(1) is not None else m.group(2)).strip() for m in REASONING_RE.finditer(text)]
 
 
 def last_reasoning_end(text: str) -> int:
     """Index just after the last closed reasoning block (0 if there is none)."""
-    ends = [m.end() for m in _REASONING_RE.finditer(text)]
+    ends = [m.end() for m in REASONING_RE.finditer(text)]
     return ends[-1] if ends else 0
 
 

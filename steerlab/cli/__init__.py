@@ -14,7 +14,20 @@ from steerlab.cli.common import parse_layers
 
 # isort: off
 # Importing a command module registers its commands; the order is the order of `steerlab --help`.
-from steerlab.cli import pairs, directions, steer, conditions, runs, heatmap, doses, side_effects, screen, figures, run_report, export  # noqa: F401, E402, E501
+from steerlab.cli import (  # noqa: F401, E402
+    pairs,
+    directions,
+    steer,
+    conditions,
+    runs,
+    heatmap,
+    doses,
+    side_effects,
+    screen,
+    figures,
+    run_report,
+    export,
+)
 # isort: on
 
 __all__ = ["err", "main", "out", "parse_layers", "run_app"]

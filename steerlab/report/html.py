@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import os
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -23,11 +22,12 @@ from typing import Any
 
 from steerlab.errors import ConfigError
 from steerlab.fileio import atomic_write_text
+from steerlab.fileio import check_out as _check_out
 from steerlab.harness.parse import parse, transcript
 from steerlab.harness.records import FORMAT, HEADER, SAMPLES, SUMMARY, check_unique, read_header, read_samples
 from steerlab.report.html_page import PAGE
 from steerlab.report.html_tables import figures_html, header_html, summary_html
-from steerlab.tags import _REASONING_RE, OUTPUT_CLOSE, OUTPUT_OPEN, REASONING_OPENS, last_reasoning_end, output_start
+from steerlab.tags import OUTPUT_CLOSE, OUTPUT_OPEN, REASONING_OPENS, REASONING_RE, last_reasoning_end, output_start
 
 COMPRESS_ABOVE = 256 * 1024  # bytes of sample JSON above which the page embeds it gzip + base64
 # the fields that may tell two runs' samples of one request apart; the rest of the key is the request itself
@@ -66,25 +66,9 @@ def check_run_dir(run_dir: Path) -> dict[str, Any]:
 
 
 def check_out(out: Path, overwrite: bool, runs: Sequence[Path] = ()) -> None:
-    """Refuse an ``out`` that is a folder, lies inside one of the ``runs`` read (reading never writes into
-    a run, not even with ``overwrite``), exists without ``overwrite``, or cannot be written, before
-    anything is read at length or written."""
-    out = Path(out)
-    for run in runs:
-        if out.resolve().is_relative_to(Path(run).resolve()):
-            raise ConfigError(
-                f"--out {out} is inside the run directory {run}, which a report never writes into; "
-                "choose a path outside it (the default is RUN_DIR-report.html beside the run)"
-            )
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give a file name such as {out / 'report.html'}")
-    if out.exists() and not overwrite:
-        raise ConfigError(f"--out {out} exists; pass --overwrite to replace it, or choose another path")
-    folder = out.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write --out {out} ({folder} is not a writable folder); choose another path")
+    """Refuse an ``out`` inside one of the ``runs`` read, a folder, an existing file without ``overwrite`` or an
+    unwritable path (:func:`steerlab.fileio.check_out`), before anything is read at length or written."""
+    _check_out(out, overwrite, runs, "a report")
 
 
 def _within(text: str, start: int, end: int, lo: int) -> str | None:
@@ -104,7 +88,7 @@ def split_turns(texts: Sequence[str], finish_reasons: Sequence[str | None]) -> l
         full = transcript(texts[: n + 1])
         lo = len(transcript(texts[:n])) + (1 if n else 0)  # where turn n starts in the joined transcript
         blocks = []
-        for m in _REASONING_RE.finditer(full):
+        for m in REASONING_RE.finditer(full):
             group = 1 if m.group(1) is not None else 2
             piece = _within(full, m.start(group), m.end(group), lo)
             if piece is not None:

@@ -48,7 +48,6 @@ import importlib
 import inspect as pyinspect
 import json
 import numbers
-import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -58,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 import steerlab
 from steerlab.errors import ConfigError
 from steerlab.fileio import atomic_path
+from steerlab.fileio import check_out as _check_out
 from steerlab.harness.records import FORMAT, HEADER, SAMPLES, SUMMARY, check_unique, read_header, read_samples
 
 if TYPE_CHECKING:
@@ -107,22 +107,9 @@ def check_out(out: Path, overwrite: bool, run_dir: Path | None = None) -> str:
     fmt = FORMATS.get(out.suffix.lower())
     if fmt is None:
         raise ConfigError(f"--out {out}: name the log .eval (inspect's default format) or .json")
-    if run_dir is not None and (Path(run_dir) / HEADER).is_file():  # a run (read_run names what else it is)
-        run, target = Path(run_dir).resolve(), out.resolve()  # symbolic links followed: where it would land
-        if target == run or run in target.parents:
-            raise ConfigError(f"--out {out} is inside the run directory {run_dir}; exporting never writes into a run, "
-                              "so write the log outside it")  # fmt: skip
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; name a .eval or .json file")
-    if out.exists() and not overwrite:
-        raise ConfigError(f"--out {out} exists; pass --overwrite to replace it")
-    parent = out.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(f"cannot write --out {out}: {parent} is a file, not a folder; choose another path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write --out {out}: the folder {parent} is not writable; choose another path")
+    # inside a run (read_run names what else a folder without a header is), a folder, existing, unwritable
+    inside = (Path(run_dir),) if run_dir is not None and (Path(run_dir) / HEADER).is_file() else ()
+    _check_out(out, overwrite, inside, "exporting")
     return fmt
 
 
