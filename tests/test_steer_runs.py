@@ -150,6 +150,12 @@ def test_eval_takes_the_steering_options(tiny_dir, tiny_vector, tmp_path, capsys
     header = json.loads((tmp_path / "ev" / "header.json").read_text())
     assert header["config"]["operator"] == "clamp" and header["config"]["clamp"] == [-1.0, None]
     assert all(("gated" in r) == (r["condition"] == "unmonitored") for r in rows)
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert {(c["condition"], c["multiplier"]) for c in summary["cells"] if c.get("gated")} == {
+        ("unmonitored", 0.0),
+        ("unmonitored", 1.0),
+    }
+    assert all(g["gated_conditions"] == ["unmonitored"] for g in summary["gaps"])
     assert {tuple(r["layers"]) for r in rows if r["condition"] == "monitored"} == {(1, 2)}  # clamp steers at 0 too
 
 

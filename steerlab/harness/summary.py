@@ -66,9 +66,13 @@ def summarise_labels(samples: Sequence[dict[str, Any]], seed: int = 0) -> dict[s
         for cond in conditions:
             part = [s for s in group if s["condition"] == cond]
             key = {"vector": vector, "arm": arm, "multiplier": mult, "condition": cond}
-            cells.append({**key, **metrics.rate(part, seed=seed), **judge_means(part, seed=seed)})
+            # steer_only: the run left this condition unsteered by design (not a property of the vector)
+            gated = {"gated": "steer_only"} if any(x.get("gated") for x in part) else {}
+            cells.append({**key, **gated, **metrics.rate(part, seed=seed), **judge_means(part, seed=seed)})
         if {"monitored", "unmonitored"} <= set(conditions):
-            gaps.append({"vector": vector, "arm": arm, "multiplier": mult, **metrics.gap(group, seed=seed)})
+            gated = sorted({s["condition"] for s in group if s.get("gated")})
+            note = {"gated_conditions": gated} if gated else {}  # the gap compares a steered and an unsteered side
+            gaps.append({"vector": vector, "arm": arm, "multiplier": mult, **note, **metrics.gap(group, seed=seed)})
     return {"statistics": stats.describe(seed), "cells": cells, "gaps": gaps, "curves": curves(cells, gaps)}
 
 
