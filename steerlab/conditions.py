@@ -78,9 +78,6 @@ class Condition:
         """``cosine(monitored @ layer 6) > 0.12``: how settings and records name it."""
         return f"{self.statistic}({self.name} @ layer {self.layer}) {self.comparator} {self.threshold:.6g}"
 
-    def passes(self, scores: torch.Tensor) -> torch.Tensor:
-        return scores > self.threshold if self.comparator == ">" else scores < self.threshold
-
     def record(self) -> dict[str, Any]:
         """The JSON a condition file holds (:func:`load_condition` reads it back)."""
         return {
@@ -132,12 +129,19 @@ def load_condition(path: Path, expect: Fingerprint | None = None) -> Condition:
     return cond
 
 
+def reads_after_steering(setting: Any, condition: Condition | None = None) -> bool:
+    """Whether ``condition`` (default: the setting's own) reads a layer after the setting's first steered layer, so the
+    row's condition cannot be decided in the prefill pass before it is steered (a pre-pass is needed)."""
+    cond = condition if condition is not None else setting.condition
+    return cond is not None and bool(setting.steered_layers()) and cond.layer > min(setting.steered_layers())
+
+
 def check_same_pass(settings: Sequence[Any], condition: Condition | None = None) -> None:
     """Refuse, for ``--backend nnsight`` (which decides a condition in the same pass only), a setting whose condition
     (its own, or ``condition`` for all) reads a layer after its first steered layer."""
     for s in settings:
         cond = condition if condition is not None else s.condition
-        if cond is not None and s.steered_layers() and cond.layer > min(s.steered_layers()):
+        if reads_after_steering(s, cond):
             raise ConfigError(
                 f"{s.describe()}: --backend nnsight decides a condition in the same pass only, so its layer "
                 f"({cond.layer}) must be at or before the first steered layer ({min(s.steered_layers())}); use "
@@ -199,7 +203,6 @@ class ConditionGate:
         n_rows = 1 + len(conditions)
         self.layers = sorted({c.layer for c in conditions if c is not None})
         self.prepass = prepass  # a condition layer comes after a steered layer: decide in a pre-pass
-        self.names = [c.describe() if c is not None else None for c in conditions]
         self._dirs: dict[int, torch.Tensor] = {}  # layer -> [n_rows, d_model]
         self._thr: dict[int, torch.Tensor] = {}  # layer -> [n_rows]
         self._gt: dict[int, torch.Tensor] = {}  # layer -> [n_rows] bool (comparator ">")
@@ -234,11 +237,7 @@ class ConditionGate:
         conditions = [s.condition for s in settings]
         if all(c is None for c in conditions):
             return None
-        prepass = any(
-            s.condition is not None and s.steered_layers() and s.condition.layer > min(s.steered_layers())
-            for s in settings
-        )
-        return cls(conditions, d_model, prepass)
+        return cls(conditions, d_model, any(reads_after_steering(s) for s in settings))
 
     def start(self, rows: Sequence[int] | torch.Tensor, mask: torch.Tensor) -> None:
         """A new batch: its table rows ``[batch]`` and prompt mask ``[batch, seq]`` (1 on real tokens)."""
@@ -302,13 +301,3 @@ class ConditionGate:
         conditioned = self._conditioned[self.rows].tolist()
         met, scores = self.met.cpu().tolist(), self.scores.cpu().tolist()  # type: ignore[union-attr]
         return [(bool(m), float(s)) if c else (None, None) for c, m, s in zip(conditioned, met, scores, strict=True)]
-
-
-def parse_condition_gate(text: str | None) -> tuple[str, ...] | None:
-    """``--steer-only monitored,raw`` as a tuple of condition names (None: every condition steered)."""
-    if text is None:
-        return None
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    if not names:
-        raise ConfigError("--steer-only: give one or more condition names, e.g. --steer-only monitored")
-    return names

@@ -75,6 +75,7 @@ from steerlab.table import (  # noqa: F401
     Projection,
     Scale,
     SteeringSetting,
+    bounds_ok,
     build_projection,
     build_table,
     parse_bounds,

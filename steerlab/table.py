@@ -29,6 +29,12 @@ OPERATORS: tuple[str, ...] = get_args(Operator)
 MAX_NORM = math.sqrt(torch.finfo(torch.float32).max)  # about 1.8e19
 
 
+def bounds_ok(lo: float, hi: float) -> bool:
+    """Clamp bounds (multiplier units, an open side infinite) that make sense: numbers, ``lo <= hi``, neither side
+    infinite the wrong way."""
+    return not (math.isnan(lo) or math.isnan(hi) or lo > hi or lo == math.inf or hi == -math.inf)
+
+
 @dataclass(frozen=True)
 class SteeringSetting:
     """One steering configuration: ``multiplier`` times ``vector`` at ``layers``.
@@ -71,7 +77,7 @@ class SteeringSetting:
             if self.bounds is None:
                 raise ConfigError("operator clamp needs bounds LO:HI (the projection's range, in multiplier units)")
             lo, hi = self.bounds
-            if math.isnan(lo) or math.isnan(hi) or lo > hi or lo == math.inf or hi == -math.inf:
+            if not bounds_ok(lo, hi):
                 raise ConfigError(f"clamp bounds [{lo:g}, {hi:g}]: give LO <= HI, numbers (or an empty side for none)")
         elif self.bounds is not None:
             raise ConfigError(
@@ -164,7 +170,7 @@ def parse_bounds(text: str) -> tuple[float, float]:
         hi = float(parts[1]) if parts[1].strip() else math.inf
     except ValueError:
         raise ConfigError(f"--clamp {text!r}: LO and HI must be numbers (write LO:HI, e.g. -1:1)") from None
-    if math.isnan(lo) or math.isnan(hi) or lo > hi or lo == math.inf or hi == -math.inf:
+    if not bounds_ok(lo, hi):
         raise ConfigError(f"--clamp {text!r}: give LO <= HI (an empty side for no bound)")
     if lo == -math.inf and hi == math.inf:
         raise ConfigError(f"--clamp {text!r}: both sides are open, so it would clamp nothing; give LO, HI or both")

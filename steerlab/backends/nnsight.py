@@ -228,7 +228,7 @@ class NNsightBackend(HFBackend):
                             out = blocks[layer].output
                             hidden = out[0] if isinstance(out, tuple) else out  # [batch, seq, d_model]
                             if j < 0:  # a condition layer: decided on the prompt (step 0), before any steering
-                                if step == 0:
+                                if step == 0:  # conditions.prompt_scores written out: a trace body uses only torch
                                     dirs, thr, gt, cos, here = (t.to(hidden.device) for t in conditions[layer])
                                     h = hidden.float()
                                     proj = torch.einsum("btd,bd->bt", h, dirs)  # [batch, seq]

@@ -141,12 +141,10 @@ def run_config(
     items = load_requests(cfg.prompts, cfg.prompt_set, cfg.limit)  # a bad request file fails before the model loads
     if cfg.steer_if is not None:  # a condition fitted on other system prompts; nnsight's same-pass rule
         from steerlab.conditions import check_same_pass, load_condition
-        from steerlab.prompts import claim_scenarios
-        from steerlab.runs.engine import check_condition_prompts
+        from steerlab.runs.engine import check_condition_prompts, claim_scenarios
         from steerlab.runs.rows import steering_settings
 
-        scenarios = dict(claim_scenarios(scenario, cfg.claims)) if cfg.claims else {None: scenario}
-        check_condition_prompts(cfg, scenarios, items)
+        check_condition_prompts(cfg, claim_scenarios(cfg, scenario), items)
         if backend == "nnsight":
             check_same_pass(list(steering_settings(cfg, arms).values()), load_condition(cfg.steer_if))
     n_claims = 1

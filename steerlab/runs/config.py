@@ -20,7 +20,7 @@ from steerlab.errors import ConfigError
 from steerlab.harness.scenario import AlignmentFaking, Plain, Scenario, occurs
 from steerlab.models import DEFAULT_CHAT_DATE, check_chat_date
 from steerlab.prompts import ClaimsConfig
-from steerlab.steer import Operator, Scale
+from steerlab.steer import Operator, Scale, bounds_ok
 
 
 class AlignmentFakingConfig(BaseModel):
@@ -190,8 +190,7 @@ class SweepConfig(BaseModel):
         if self.clamp is not None:
             if self.operator != "clamp":
                 raise ValueError(f"clamp: bounds are for operator clamp, not {self.operator}")
-            lo, hi = self.bounds()  # type: ignore[misc]
-            if math.isnan(lo) or math.isnan(hi) or lo > hi or lo == math.inf or hi == -math.inf:
+            if not bounds_ok(*self.bounds()):  # type: ignore[misc]
                 raise ValueError(f"clamp: {list(self.clamp)}: give LO <= HI (null for an open side)")
         if self.doses is not None and self.operator != "add":
             raise ValueError(f"doses: the doses were calibrated for addition; drop doses or operator {self.operator}")

@@ -132,6 +132,12 @@ def check_config(config: SweepConfig, fingerprint: Fingerprint | None = None) ->
     return arms
 
 
+def claim_scenarios(config: SweepConfig, scenario: Scenario) -> dict[str | None, Scenario]:
+    """The run's scenarios by claim: one per claim (baseline included) for a prompt-intervention run, differing in
+    the system prompt; else ``{None: scenario}``."""
+    return dict(prompts.claim_scenarios(scenario, config.claims)) if config.claims else {None: scenario}
+
+
 def check_condition_prompts(config: SweepConfig, scenarios: dict[str | None, Scenario], items: Sequence[Item]) -> None:
     """A ``steer_if`` condition fitted on prompts with other system prompts than the run sends is refused."""
     if config.steer_if is None or not items:
@@ -162,10 +168,7 @@ def run_sweep(
     run_dir = Path(config.out)
     arms = check_config(config, fingerprint)
     scenario = make_scenario(config)
-    # prompt interventions: one scenario per claim (baseline included), differing in the system prompt
-    scenarios: dict[str | None, Scenario] = (
-        dict(prompts.claim_scenarios(scenario, config.claims)) if config.claims else {None: scenario}
-    )
+    scenarios = claim_scenarios(config, scenario)
     items = load_requests(config.prompts, config.prompt_set, config.limit)
     rows = expand(config, arms, items, scenario.conditions(), list(scenarios))
     described = describe_backend(backend)

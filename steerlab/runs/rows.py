@@ -105,25 +105,28 @@ def row_of(sample: dict[str, Any]) -> Row:
                sample["item"], sample["seed"], sample.get("claim"))  # fmt: skip
 
 
+def _would_steer(row: Row, config: SweepConfig | None) -> bool:
+    """A non-zero multiplier (under ablate or clamp any multiplier) of a vector: steered unless the gate says not."""
+    if row.vector == NONE:
+        return False
+    return row.multiplier != 0 or (config is not None and config.operator != "add")
+
+
+def _gated_off(row: Row, config: SweepConfig | None) -> bool:
+    """The experimenter's gate (``steer_only``) leaves ``row``'s condition unsteered."""
+    return config is not None and config.steer_only is not None and row.condition not in config.steer_only
+
+
 def steers(row: Row, config: SweepConfig | None = None) -> bool:
     """Whether ``row``'s generation is steered: a non-zero multiplier (under ablate or clamp any multiplier), in a
     condition the experimenter's gate (``steer_only``) lets through."""
-    if row.vector == NONE:
-        return False
-    if config is None:
-        return row.multiplier != 0
-    if config.steer_only is not None and row.condition not in config.steer_only:
-        return False
-    return row.multiplier != 0 or config.operator != "add"
+    return _would_steer(row, config) and not _gated_off(row, config)
 
 
 def gated(row: Row, config: SweepConfig) -> dict[str, Any]:
     """The sample field of a row the experimenter's gate leaves unsteered (a row that would be steered without it):
     ``{"gated": "steer_only"}``."""
-    would_steer = row.vector != NONE and (row.multiplier != 0 or config.operator != "add")
-    if config.steer_only is not None and would_steer and row.condition not in config.steer_only:
-        return {"gated": "steer_only"}
-    return {}
+    return {"gated": "steer_only"} if _would_steer(row, config) and _gated_off(row, config) else {}
 
 
 def generation_key(row: Row, config: SweepConfig | None = None) -> str:
