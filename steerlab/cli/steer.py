@@ -11,6 +11,7 @@ from steerlab.cli.common import parse_layers
 from steerlab.cli.options import (
     BackendKind,
     BatchSize,
+    ClampOpt,
     CompileOpt,
     Device,
     DeviceMap,
@@ -19,8 +20,10 @@ from steerlab.cli.options import (
     Lora,
     MaxMemory,
     MaxModelLen,
+    OperatorOpt,
     PrefixCaching,
     Remote,
+    SteerIfOpt,
     TensorParallel,
     TopP,
     VllmArgs,
@@ -62,22 +65,9 @@ def steer(
     vllm_arg: VllmArgs = None,
     compile: CompileOpt = None,
     remote: Remote = False,
-    operator: str = typer.Option(
-        "add",
-        help="add (the paper's), ablate (projection set to alpha x |v|; alpha 0 "
-        "removes the direction) or clamp (add, then clamp the projection to --clamp).",
-    ),
-    clamp: str | None = typer.Option(
-        None,
-        help="--operator clamp: the projection's range LO:HI in multiplier "
-        "units (x |v|), e.g. -1:1; an empty side is unbounded (:2).",
-    ),
-    steer_if: Path | None = typer.Option(
-        None,
-        "--steer-if",
-        help="Steer only prompts that pass this condition "
-        "file (steerlab condition fit); the decision is printed per prompt.",
-    ),
+    operator: OperatorOpt = None,
+    clamp: ClampOpt = None,
+    steer_if: SteerIfOpt = None,
 ) -> None:
     """Generate with a steering vector added to the residual stream (and, with --compare, without)."""
     from dataclasses import replace
@@ -94,6 +84,7 @@ def steer(
         device_map, max_memory, max_model_len, gpu_memory_utilization, enable_prefix_caching, vllm_arg, compile, remote
     )
     check_backend_options(backend_kind, lora=lora, **engine)  # an option the backend does not take: before any file
+    operator = operator or "add"
     check_steering_support(backend_kind, operator, steer_if is not None)
     bounds = parse_bounds(clamp) if clamp is not None else None
     cond = load_condition(steer_if) if steer_if is not None else None
