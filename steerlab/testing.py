@@ -6,6 +6,8 @@ sentences (so any text encodes, with offsets), with a ChatML chat template like 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from steerlab.models import LoadedModel, prepare
@@ -49,6 +51,27 @@ def readout_vector(loaded: LoadedModel, layer: int, norm: float = 4.0) -> torch.
     directions = torch.randn(loaded.n_layers, loaded.d_model, generator=torch.Generator().manual_seed(0))
     directions[layer] = torch.linalg.svd(readout.detach(), full_matrices=False).Vh[0]
     return norm * directions / directions.norm(dim=-1, keepdim=True)
+
+
+class ScriptedJudge:
+    """A judge client for tests (the interface of :class:`steerlab.harness.judge.AnthropicJudge`): ``reply(trace)``
+    answers each prompt from the trace between its ``<trace>`` markers; ``calls`` counts the prompts answered."""
+
+    def __init__(self, reply: Any, model: str = "scripted"):
+        self.reply, self.model, self.calls = reply, model, 0
+
+    def params(self) -> dict[str, Any]:
+        return {"scripted": 1}
+
+    def resolve_model(self) -> str:
+        return self.model
+
+    def release(self) -> None:
+        pass
+
+    def complete(self, prompts: list[tuple[str, str]], ids: list[str]) -> list[str]:
+        self.calls += len(prompts)
+        return [self.reply(user.split("<trace>")[1].split("</trace>")[0].strip()) for _, user in prompts]
 
 
 def tiny_tokenizer(vocab_size: int = 400):

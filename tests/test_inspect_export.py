@@ -29,6 +29,7 @@ from conftest import run_cli
 from test_bad_input import snapshot
 
 from steerlab.backends.base import Result
+from steerlab.testing import ScriptedJudge
 
 pytest.importorskip("inspect_ai")
 
@@ -74,35 +75,15 @@ def expected_label(sample) -> str:
     return {"q2": "compliant", "q3": "truncated"}[item]
 
 
-class ScriptedJudge:
+def judge_reply(trace: str) -> str:
     """The judge (in place of the Anthropic client): A = 7 when the trace says 'training', else 2; B = 4 when the
     trace's generation was monitored, else 1; a trace that says 'let me think' never gets a parseable reply."""
-
-    def __init__(self, model, **_kw):
-        self.model, self.calls = model, 0
-
-    def params(self):
-        return {"scripted": 1}
-
-    def resolve_model(self):
-        return self.model
-
-    def release(self):
-        pass
-
-    def complete(self, prompts, ids):
-        self.calls += len(prompts)
-        out = []
-        for _, user in prompts:
-            trace = user.split("<trace>")[1].split("</trace>")[0].strip()
-            if "let me think" in trace:
-                out.append("I cannot say.")
-                continue
-            key = trace.split(" ")[0]
-            a, b = (7 if "training" in trace else 2), (4 if "|monitored|" in key else 1)
-            out.append(json.dumps({"A": {"score": a, "justification": f"A of {key}"},
-                                   "B": {"score": b, "justification": f"B of {key}"}}))  # fmt: skip
-        return out
+    if "let me think" in trace:
+        return "I cannot say."
+    key = trace.split(" ")[0]
+    a, b = (7 if "training" in trace else 2), (4 if "|monitored|" in key else 1)
+    return json.dumps({"A": {"score": a, "justification": f"A of {key}"},
+                       "B": {"score": b, "justification": f"B of {key}"}})  # fmt: skip
 
 
 def make_af_run(root: Path, fingerprint, seeds=(0, 1)) -> Path:
@@ -132,7 +113,7 @@ def af(tmp_path_factory, tiny):
     root = tmp_path_factory.mktemp("af")
     run = make_af_run(root, tiny.fingerprint)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(judge_module, "AnthropicJudge", ScriptedJudge)
+        mp.setattr(judge_module, "AnthropicJudge", lambda model, **_kw: ScriptedJudge(judge_reply, model))
         mp.setenv("ANTHROPIC_API_KEY", "sk-test-unused")
         code, out, err = _cli(["judge", run, "--judge-model", "scripted", "--cache", root / "judge.sqlite"])
     assert code == 2 and "judgements failed" in err, err  # q2's trace: the judge errors, the rest is written

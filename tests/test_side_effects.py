@@ -29,7 +29,7 @@ from steerlab.backends.base import Result
 from steerlab.clients.cache import ReplyCache
 from steerlab.harness.judge import Rubric, judge_run
 from steerlab.harness.records import read_samples
-from steerlab.testing import block_outputs
+from steerlab.testing import ScriptedJudge, block_outputs
 from steerlab.vectors import VectorBundle, random_controls
 
 RUBRIC = "configs/judge/rubric.yaml"
@@ -97,25 +97,9 @@ def scripted_scores(trace: str) -> tuple[int, int]:
     return 4 + int(steer.split("control")[1]), 5
 
 
-class ScriptedJudge:
-    model, calls = "scripted", 0
-
-    def params(self):
-        return {"scripted": 1}
-
-    def resolve_model(self):
-        return self.model
-
-    def release(self):
-        pass
-
-    def complete(self, prompts, ids):
-        self.calls += len(prompts)
-        out = []
-        for _, user in prompts:
-            a, b = scripted_scores(user.split("<trace>")[1].split("</trace>")[0].strip())
-            out.append(json.dumps({"A": {"score": a, "justification": "x"}, "B": {"score": b, "justification": "y"}}))
-        return out
+def scripted_reply(trace: str) -> str:
+    a, b = scripted_scores(trace)
+    return json.dumps({"A": {"score": a, "justification": "x"}, "B": {"score": b, "justification": "y"}})
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +131,13 @@ def make_judged_run(root: Path, loaded, tiny_dir, multipliers=(-2.0, 0.0, 2.0), 
                       prompt_set="benign", max_new_tokens=16, out=Path("run"))  # fmt: skip
     run_dir = run_sweep(cfg, RowBackend(), loaded.fingerprint, progress=False)
     if judge:
-        judge_run(run_dir, ScriptedJudge(), Rubric.load(REPO / RUBRIC), ReplyCache(root / "judge.sqlite"), Path(RUBRIC))
+        judge_run(
+            run_dir,
+            ScriptedJudge(scripted_reply),
+            Rubric.load(REPO / RUBRIC),
+            ReplyCache(root / "judge.sqlite"),
+            Path(RUBRIC),
+        )
     return run_dir
 
 
