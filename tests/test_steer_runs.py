@@ -209,3 +209,56 @@ def test_nnsight_refuses_a_condition_after_a_steered_layer_before_the_run_direct
     args = [*sweep(tmp_path, tiny_dir, tiny_vector, steer_if=str(tmp_path / "late.json")), "--backend", "nnsight"]
     refused(args, "decides a condition in the same pass only", None, capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_killed_gated_run_resumes_to_the_same_samples(tiny_dir, tiny_vector, tmp_path, capsys):
+    """A steer_only run cut mid-way (a torn last line, some rows of a shared generation written) resumes to the same
+    samples as an uninterrupted run: gated rows that reuse a written generation still say gated, with their own ids."""
+    code, _, err = run_cli(sweep(tmp_path, tiny_dir, tiny_vector, out="whole", steer_only=["watched"]), capsys)
+    assert code == 0, err
+    whole = (tmp_path / "whole" / "samples.jsonl").read_text().splitlines()
+    args = sweep(tmp_path, tiny_dir, tiny_vector, out="cut", steer_only=["watched"])
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    lines = (tmp_path / "cut" / "samples.jsonl").read_text().splitlines()
+    (tmp_path / "cut" / "samples.jsonl").write_text("\n".join(lines[:7]) + "\n" + lines[7][:40])  # torn 8th line
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    by_id = lambda text: {json.loads(x)["id"]: json.loads(x) for x in text}  # noqa: E731
+    resumed = by_id((tmp_path / "cut" / "samples.jsonl").read_text().splitlines())
+    first = by_id(whole)
+    assert resumed.keys() == first.keys()
+    for rid, s in first.items():
+        assert {k: resumed[rid][k] for k in ("text", "layers", "multiplier")} == {
+            k: s[k] for k in ("text", "layers", "multiplier")
+        }
+        assert resumed[rid].get("gated") == s.get("gated")
+
+
+def test_every_turn_of_a_conditioned_sample_records_its_own_decision(tmp_path):
+    """Multi-turn alignment-faking samples (the scripted model closes its scratchpad and the engine sends <NEXT/>):
+    each turn's prompt is decided anew through the real engine and HF backend, and the sample records one steer_if
+    entry per turn."""
+    from steerlab.backends.hf import HFBackend
+    from steerlab.runs import SweepConfig, run_sweep
+    from steerlab.testing import PROTOCOL_SCRIPTS, scripted_llama
+    from steerlab.vectors import VectorBundle, random_controls
+
+    loaded = scripted_llama(PROTOCOL_SCRIPTS)
+    fp = loaded.fingerprint
+    cond = Condition(torch.ones(fp.d_model), 0, -2.0, ">", model=fp.to_dict())  # every prompt passes
+    (tmp_path / "all.json").write_text(json.dumps(cond.record()))
+    d = torch.randn(fp.n_layers, fp.d_model, generator=torch.Generator().manual_seed(0))
+    meta = {"concept": "toy", "layers": list(range(fp.n_layers)), "selected_layers": [1], "model": fp.to_dict()}
+    vector = VectorBundle.build(d, random_controls(d, 1, seed=1), meta).save(tmp_path / "v.safetensors")
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps({"prompt": m}) + "\n" for m in PROTOCOL_SCRIPTS))
+    cfg = SweepConfig(scenario="alignment_faking", prompts=requests, conditions=["monitored"], max_new_tokens=120,
+                      alignment_faking={"prefill": "<SCRATCHPAD_REASONING>", "max_turns": 2}, vectors=[vector],
+                      controls=0, multipliers=[0.0, 1.0], steer_if=tmp_path / "all.json",
+                      out=tmp_path / "run")  # fmt: skip
+    run_sweep(cfg, HFBackend(loaded, batch_size=4), fp, progress=False)
+    steered = [r for r in samples(tmp_path / "run") if r["multiplier"] != 0]
+    assert any(len(r["turns"]) == 2 for r in steered)  # the path under test: continued samples
+    for r in steered:
+        assert len(r["steer_if"]) == len(r["turns"]) and all(d["met"] for d in r["steer_if"])
